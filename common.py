@@ -1,0 +1,397 @@
+"""Plumbing shared by every script: flags, device and seed, data, batching, checkpoints, metrics, plots.
+
+Nothing here knows about a model or a loss; those live in the script that uses them, so each
+script reads on its own. What is here is what every script needs in exactly the same way.
+
+Sections: errors and flags · device and seed · data · training helpers · checkpoints and metrics ·
+figures.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures go to files; no display is needed (or present on servers)
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors and flags
+# ----------------------------------------------------------------------------------------------
+def fail(message):
+    """Stop with a one-line error (exit status 1), no traceback: for user mistakes, not bugs."""
+    raise SystemExit(f"{Path(sys.argv[0]).name}: error: {message}")
+
+
+def _number(kind, check, requirement):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"must be {requirement}, got {text}")
+        return value
+
+    noun = "an integer" if kind is int else "a number"
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "> 0")
+nonnegative_int = _number(int, lambda v: v >= 0, ">= 0")
+positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "> 0")
+nonnegative_float = _number(float, lambda v: v >= 0 and math.isfinite(v), ">= 0")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line instead of argparse's usage block: the mistake, and where help is."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def make_parser(description):
+    """An argparse parser whose --help shows every default and whose errors are one line."""
+    return _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def add_common_args(parser, *, epochs, batch_size, lr, patience=0):
+    """The flags every script shares (../shared/CONVENTIONS.md), with per-script defaults."""
+    g = parser.add_argument_group("common options")
+    g.add_argument("--epochs", type=positive_int, default=epochs, help="training epochs")
+    g.add_argument("--batch-size", type=positive_int, default=batch_size, help="minibatch size")
+    g.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
+    g.add_argument("--seed", type=int, default=0, help="seed for python and torch")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                   help="auto picks cuda, then mps, then cpu")
+    g.add_argument("--data-dir", default="data",
+                   help="dataset root; downloaded there by torchvision when absent")
+    g.add_argument("--out-dir", default="figures", help="where figures, weights and metrics go")
+    g.add_argument("--load", metavar="PATH",
+                   help="skip training: load these weights and redo the figures and metrics")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint of this run in --out-dir")
+    g.add_argument("--patience", type=nonnegative_int, default=patience,
+                   help="stop when the test loss has not improved for this many evaluations "
+                        "(0 = train all epochs)")
+    g.add_argument("--limit", type=positive_int,
+                   help="use only the first N training and N test examples")
+    return g
+
+
+def check_common_args(parser, args):
+    """Refuse flag combinations argparse cannot express alone."""
+    if args.load and args.resume:
+        parser.error("--load and --resume exclude each other: --load skips training")
+
+
+# ----------------------------------------------------------------------------------------------
+# Device and seed
+# ----------------------------------------------------------------------------------------------
+def _mps_available():
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def pick_device(name):
+    """'auto' → cuda, then mps, then cpu (and says which); an absent device is a one-line error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
+        print(f"device: {name} (auto)")
+    elif name == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    elif name == "mps" and not _mps_available():
+        fail("--device mps: no Apple MPS device is available here (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def seed_everything(seed):
+    """Seed python and torch; return the CPU generator that drives shuffling and augmentation.
+
+    Keeping shuffling on its own generator makes it independent of how many random numbers the
+    model's initialisation drew, and lets --resume restore it exactly.
+    """
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def rng_state(generator):
+    """Everything --resume needs to continue the same random stream."""
+    state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state, generator):
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: MNIST-sized sets live on the device as one tensor; batches are cut by index
+# ----------------------------------------------------------------------------------------------
+DATASETS = {
+    "mnist": (torchvision.datasets.MNIST, "MNIST"),
+    "fashion-mnist": (torchvision.datasets.FashionMNIST, "Fashion-MNIST"),
+}
+
+
+def open_dataset(name, data_dir, train):
+    """The torchvision dataset, downloaded when absent; offline and absent → a one-line error."""
+    cls, title = DATASETS[name]
+    try:
+        return cls(data_dir, train=train, download=False)
+    except RuntimeError:
+        pass  # not there yet: download below
+    try:
+        return cls(data_dir, train=train, download=True)
+    except Exception as error:  # no network, proxy refused, bad checksum, disk full ...
+        folder = Path(data_dir) / cls.__name__ / "raw"
+        files = ", ".join(Path(url).stem for url, _ in cls.resources)
+        fail(f"{title} is not in {folder} and could not be downloaded "
+             f"({type(error).__name__}); put {files} (or the same names with .gz) in {folder}/")
+
+
+def load_mnist_like(name, data_dir, device, limit=None):
+    """Return ((train_x, train_y), (test_x, test_y)) on `device`, images as floats in [0, 1].
+
+    Shapes: x (N, 1, 28, 28) float32, y (N,) int64. uint8 → float happens once, on the device.
+    `limit` keeps the first N examples of each split.
+    """
+    splits = []
+    for train in (True, False):
+        dataset = open_dataset(name, data_dir, train)
+        images, labels = dataset.data[:limit], dataset.targets[:limit]  # (N, 28, 28) uint8, (N,)
+        x = images.to(device).unsqueeze(1).float().div_(255)  # (N, 28, 28) -> (N, 1, 28, 28)
+        splits.append((x, labels.to(device)))
+    return tuple(splits)
+
+
+def class_names(name):
+    return DATASETS[name][0].classes
+
+
+def batch_indices(n, batch_size, device, generator=None):
+    """Yield index tensors covering range(n) once: shuffled when `generator` is given, else in
+    order. The last batch is smaller when batch_size does not divide n (nothing is dropped)."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    order = order.to(device)
+    for start in range(0, n, batch_size):
+        yield order[start:start + batch_size]
+
+
+def num_batches(n, batch_size):
+    return math.ceil(n / batch_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training helpers
+# ----------------------------------------------------------------------------------------------
+def progress(iterable, total, desc):
+    """A tqdm bar on an interactive terminal; silent in logs and CI (one summary line instead)."""
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+
+
+def check_finite(epoch, weights_path=None, **per_batch_losses):
+    """Stop the run if any loss term went NaN or infinite, naming epoch, batch and term.
+
+    Each value is a 1-D tensor of one loss term per batch, kept on the device so that training
+    never waits for the GPU to check a number; this runs once per epoch, before any saving.
+    """
+    for term, losses in per_batch_losses.items():
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            batch = bad[0].item()
+            kept = f"; the last good weights stay in {weights_path}" if weights_path else ""
+            fail(f"{term} loss became {losses[batch].item()} at epoch {epoch}, batch {batch + 1}"
+                 f" — stopping{kept}")
+
+
+def patience_exhausted(test_losses, patience):
+    """True when the last `patience` evaluations did not improve on the best one before them."""
+    if patience == 0 or len(test_losses) <= patience:
+        return False
+    return min(test_losses[-patience:]) >= min(test_losses[:-patience])
+
+
+def cosine_lr(peak, step, total_steps, warmup_steps=0):
+    """Linear warm-up to `peak`, then cosine decay to 0 at `total_steps` (Loshchilov & Hutter,
+    SGDR, 2017, without restarts). A function of the step alone, so --resume needs no state."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    fraction = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction)))
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def summary_line(epoch, epochs, seconds, **values):
+    """`epoch 3/50 | train loss 0.312 | test acc 0.912 | 4.2 s` (None values are left out)."""
+    parts = [f"epoch {epoch}/{epochs}"]
+    for key, value in values.items():
+        if value is not None:
+            parts.append(f"{key.replace('_', ' ')} {value:.4g}")
+    return " | ".join(parts + [f"{seconds:.1f} s"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints and metrics
+# ----------------------------------------------------------------------------------------------
+def out_dir(args):
+    path = Path(args.out_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _atomic_write(path, write):
+    """Write through a temporary file in the same folder, then rename: a run killed at any moment
+    leaves the previous file intact and loadable."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(path, kind, **payload):
+    """One dict: `kind` (which script and variant wrote it) plus model/optimizer states, args,
+    epoch, history, ... Loadable with weights_only=True: tensors, numbers, strings, lists, dicts."""
+    _atomic_write(path, lambda tmp: torch.save({"kind": kind, **payload}, tmp))
+
+
+def load_checkpoint(path, kind):
+    """Load a checkpoint written by save_checkpoint for `kind`; anything else is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        fail(f"no weights file at {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        fail(f"{path} is not a weights file torch can load safely ({reason[:120]})")
+    if not isinstance(checkpoint, dict) or "kind" not in checkpoint:
+        fail(f"{path} is not a checkpoint written by this repository (expected {kind!r} weights)")
+    if checkpoint["kind"] != kind:
+        fail(f"{path} holds {checkpoint['kind']!r} weights, expected {kind!r}")
+    return checkpoint
+
+
+def load_resume_checkpoint(path, kind):
+    """The checkpoint --resume continues from: this run's own file in --out-dir."""
+    if not Path(path).is_file():
+        fail(f"--resume: no checkpoint at {path} to continue from (run once without --resume)")
+    return load_checkpoint(path, kind)
+
+
+def load_state(module, state, path, what):
+    """load_state_dict with a one-line error when the weights come from another architecture."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())
+        fail(f"the weights in {path} do not fit {what}: {detail[:200]}")
+
+
+def save_run(path, kind, args, epoch, history, seconds, generator, models, optimizers):
+    """The checkpoint of a training run after `epoch`: everything --load and --resume need.
+    models / optimizers: {name: module or optimizer}, e.g. {"generator": G, "discriminator": D}."""
+    save_checkpoint(path, kind, args=vars(args), epoch=epoch, history=history, seconds=seconds,
+                    rng=rng_state(generator),
+                    models={name: m.state_dict() for name, m in models.items()},
+                    optimizers={name: o.state_dict() for name, o in optimizers.items()})
+
+
+def restore_run(checkpoint, path, models, optimizers=(), generator=None):
+    """Put a save_run checkpoint back into `models` (and, for --resume, `optimizers` and the
+    random streams). Returns (history, wall seconds so far, last finished epoch)."""
+    for name, module in models.items():
+        load_state(module, checkpoint["models"][name], path, f"the {checkpoint['kind']!r} {name}")
+    for name, optimizer in dict(optimizers).items():
+        optimizer.load_state_dict(checkpoint["optimizers"][name])
+    if generator is not None:
+        restore_rng_state(checkpoint["rng"], generator)
+    return checkpoint["history"], checkpoint["seconds"], checkpoint["epoch"]
+
+
+def save_metrics(path, args, device, seconds, history, final, **extra):
+    """The run's JSON record: args, device, wall seconds, one record per evaluation, final block."""
+    record = {"args": vars(args), "device": str(device), "wall_seconds": round(seconds, 2),
+              "history": history, "final": final, **extra}
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+class Timer:
+    """Wall-clock seconds that stay honest on a GPU (waits for queued kernels before reading)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.start = time.perf_counter()
+
+    def seconds(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - self.start
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures: one function per kind of plot, each writes one PNG and closes it
+# ----------------------------------------------------------------------------------------------
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def plot_curves(path, curves, xlabel, ylabel, title, markers=True):
+    """curves: {label: (xs, ys)} drawn on one axis, with a legend when there are two or more."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (xs, ys) in curves.items():
+        ax.plot(xs, ys, marker="o" if markers else None, markersize=3, label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
+    _save(fig, path)
+
+
+def plot_image_grid(path, images, nrow, title):
+    """images: (N, C, H, W) in [0, 1], tiled nrow per row with torchvision.utils.make_grid."""
+    grid = torchvision.utils.make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow,
+                                       padding=2, pad_value=1.0)  # (3, H', W')
+    fig, ax = plt.subplots(figsize=(nrow * 0.8 + 0.4, grid.shape[1] / grid.shape[2] * nrow * 0.8 + 0.6))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    _save(fig, path)
+
+
+def plot_histograms(path, samples, xlabel, title, bins=50):
+    """samples: {label: 1-D tensor}, overlaid on one axis with shared bins."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    values = {label: s.detach().float().cpu().numpy() for label, s in samples.items()}
+    low = min(v.min() for v in values.values())
+    high = max(v.max() for v in values.values())
+    for label, v in values.items():
+        ax.hist(v, bins=bins, range=(low, high), alpha=0.6, label=label)
+    ax.set(xlabel=xlabel, ylabel="count", title=title)
+    if len(samples) > 1:
+        ax.legend()
+    _save(fig, path)

@@ -1,0 +1,82 @@
+"""Shared test fixtures: tiny synthetic datasets in torchvision's raw layout, and script runners.
+
+No test touches the network: data is written here, and subprocess runs get a proxy that refuses
+every connection, so "data missing" is tested the same way on a laptop with internet as in CI.
+"""
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))  # the scripts are top-level modules, not a package
+
+
+def write_idx(path, tensor):
+    """Write a uint8 tensor in the IDX format of the MNIST files (magic, sizes, raw bytes)."""
+    magic = 0x0800 | tensor.dim()  # 0x08 = unsigned byte, then the number of dimensions
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in tensor.shape)
+    path.write_bytes(header + tensor.to(torch.uint8).numpy().tobytes())
+
+
+def synthetic_split(n, seed):
+    """n learnable 28x28 images: class c is a bright 6x6 square at a class-specific place, plus
+    noise. Labels cycle 0..9 so every class is present in any prefix of 10 or more."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.randint(0, 60, (n, 28, 28), generator=generator)
+    for c in range(10):
+        row, col = 3 + (c // 5) * 13, 1 + (c % 5) * 5
+        images[labels == c, row:row + 6, col:col + 6] += 180
+    return images.clamp(0, 255).to(torch.uint8), labels.to(torch.uint8)
+
+
+def write_mnist_like(root, folder, n_train=512, n_test=256):
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        images, labels = synthetic_split(n, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    """A --data-dir holding synthetic MNIST and Fashion-MNIST (512 train, 256 test images)."""
+    root = tmp_path_factory.mktemp("data")
+    write_mnist_like(root, "MNIST")
+    write_mnist_like(root, "FashionMNIST")
+    return root
+
+
+@pytest.fixture
+def shared_data():
+    if not (SHARED_DATA / "FashionMNIST" / "raw").is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+OFFLINE_ENV = {key: "http://127.0.0.1:9" for key in
+               ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
+
+
+def run_script(*args):
+    """Run a repository script as a user would; the network is closed by a refusing proxy."""
+    env = {**os.environ, **OFFLINE_ENV, "no_proxy": "", "NO_PROXY": ""}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, *phrases):
+    """A user mistake: non-zero exit, one line on stderr, no traceback, the given phrases in it."""
+    message = result.stderr.strip()
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in message, message
+    assert len(message.splitlines()) == 1, message
+    for phrase in phrases:
+        assert phrase in message, message

@@ -1,0 +1,182 @@
+"""cnn.py: architecture, training run, --load, --resume, determinism, bad input, real data."""
+import json
+
+import pytest
+import torch
+
+import cnn
+import common
+from conftest import assert_one_line_error, run_script
+
+
+def quick_args(data_dir, out_dir, *extra):
+    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--device", "cpu",
+            "--epochs", "2", "--limit", "256", *map(str, extra)]
+
+
+def metrics(out_dir):
+    return json.loads((out_dir / "cnn_metrics.json").read_text())
+
+
+def without_times(history):
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+
+# --- architecture --------------------------------------------------------------------------------
+def test_layer_output_shapes_follow_the_assignment():
+    model, x = cnn.CNN(), torch.zeros(5, 1, 28, 28)
+    shapes = []
+    for layer in model.features:
+        x = layer(x)
+        if isinstance(layer, torch.nn.ReLU):
+            shapes.append(tuple(x.shape))
+    shapes.append(tuple(model.classifier(x).shape))
+    assert shapes == [(5, 32, 14, 14), (5, 64, 7, 7), (5, 128, 4, 4), (5, 256), (5, 10)]
+
+
+def test_parameter_count():
+    # conv 1→32: 32·9+32; 32→64: 64·32·9+64; 64→128: 128·64·9+128; FC 2048→256; FC 256→10
+    expected = (32 * 9 + 32) + (64 * 32 * 9 + 64) + (128 * 64 * 9 + 128) + (2048 * 256 + 256) + (256 * 10 + 10)
+    assert sum(p.numel() for p in cnn.CNN().parameters()) == expected == 619_786
+
+
+def test_every_conv_is_3x3_stride_2():
+    convs = [m for m in cnn.CNN().modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128]
+    assert all(c.kernel_size == (3, 3) and c.stride == (2, 2) for c in convs)
+
+
+def test_augment_only_flips_and_shifts():
+    image = torch.zeros(64, 1, 28, 28)
+    image[:, 0, 10, 6] = 1.0  # one bright pixel, far enough from every border
+    out = cnn.augment(image, torch.Generator().manual_seed(0), max_shift=2)
+    assert out.shape == image.shape and torch.equal(out.sum((1, 2, 3)), image.sum((1, 2, 3)))
+    rows, cols = (out[:, 0] == 1).nonzero()[:, 1], (out[:, 0] == 1).nonzero()[:, 2]
+    assert ((rows - 10).abs() <= 2).all()
+    assert (((cols - 6).abs() <= 2) | ((cols - 21).abs() <= 2)).all()  # 21 = 27 - 6, flipped
+    assert ((cols - 21).abs() <= 2).any() and ((cols - 6).abs() <= 2).any()
+
+
+def test_classification_loss_is_mean_negative_log_softmax():
+    logits, labels = torch.randn(6, 10), torch.randint(0, 10, (6,))
+    reference = -torch.log(torch.softmax(logits, 1)[torch.arange(6), labels]).mean()
+    assert cnn.classification_loss(logits, labels).item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+# --- runs ----------------------------------------------------------------------------------------
+def test_smoke_run_then_load_repeats_the_numbers(synthetic_data, tmp_path):
+    trained = tmp_path / "trained"
+    cnn.main(quick_args(synthetic_data, trained))
+    for name in ("cnn_accuracy.png", "cnn_loss.png", "cnn.pt", "cnn_metrics.json"):
+        assert (trained / name).is_file(), name
+    first = metrics(trained)
+    assert [r["epoch"] for r in first["history"]] == [1, 2]
+    assert first["final"]["test_acc"] > 0.3  # synthetic classes are easy: clearly above 0.1
+
+    reloaded = tmp_path / "reloaded"
+    cnn.main(quick_args(synthetic_data, reloaded, "--load", trained / "cnn.pt"))
+    assert (reloaded / "cnn_accuracy.png").is_file() and not (reloaded / "cnn.pt").exists()
+    again = metrics(reloaded)
+    assert again["final"] == first["final"]
+    assert again["history"] == first["history"]
+
+
+def test_same_seed_gives_identical_metrics(synthetic_data, tmp_path):
+    cnn.main(quick_args(synthetic_data, tmp_path / "a"))
+    cnn.main(quick_args(synthetic_data, tmp_path / "b"))
+    a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert without_times(a["history"]) == without_times(b["history"])
+    assert a["final"] == b["final"]
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_path, monkeypatch):
+    cnn.main(quick_args(synthetic_data, tmp_path / "whole", "--epochs", "3"))
+
+    real_train_epoch, calls = cnn.train_epoch, []
+
+    def killed_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(cnn, "train_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        cnn.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3"))
+    monkeypatch.undo()
+    assert common.load_checkpoint(tmp_path / "split" / "cnn.pt", "cnn")["epoch"] == 2
+    cnn.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", "--resume"))
+
+    whole, split = metrics(tmp_path / "whole"), metrics(tmp_path / "split")
+    assert without_times(split["history"]) == without_times(whole["history"])
+    assert split["final"] == whole["final"]
+
+
+def test_patience_stops_early(synthetic_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(cnn, "evaluate", lambda model, data: (1.0, 0.5))  # a test loss that never improves
+    cnn.main(quick_args(synthetic_data, tmp_path, "--epochs", "20", "--eval-every", "1",
+                        "--patience", "2"))
+    assert [r["epoch"] for r in metrics(tmp_path)["history"]] == [1, 2, 3]
+
+
+def test_nan_loss_stops_with_epoch_and_batch(synthetic_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(cnn, "classification_loss", lambda logits, labels: logits.sum() * float("nan"))
+    with pytest.raises(SystemExit, match="cross_entropy loss became nan at epoch 1, batch 1"):
+        cnn.main(quick_args(synthetic_data, tmp_path))
+    assert not (tmp_path / "cnn.pt").exists()  # nothing non-finite was saved
+
+
+# --- bad input: one line on stderr, non-zero exit, no traceback ---------------------------------
+@pytest.mark.parametrize("flags, phrase", [
+    (["--epochs", "0"], "argument --epochs: must be > 0, got 0"),
+    (["--epochs", "-3"], "argument --epochs: must be > 0, got -3"),
+    (["--batch-size", "0"], "argument --batch-size: must be > 0, got 0"),
+    (["--lr", "-1"], "argument --lr: must be > 0, got -1"),
+    (["--epochs", "ten"], "argument --epochs: expected an integer, got 'ten'"),
+    (["--device", "tpu"], "--device: invalid choice"),
+])
+def test_bad_flags_are_refused(flags, phrase, tmp_path):
+    assert_one_line_error(run_script("cnn.py", "--out-dir", tmp_path, *flags), phrase)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda(synthetic_data, tmp_path):
+    result = run_script("cnn.py", *quick_args(synthetic_data, tmp_path), "--device", "cuda")
+    assert_one_line_error(result, "--device cuda: no CUDA device")
+
+
+def test_missing_data_and_no_network(tmp_path):
+    result = run_script("cnn.py", "--data-dir", tmp_path / "empty", "--out-dir", tmp_path,
+                        "--device", "cpu")
+    assert_one_line_error(result, "Fashion-MNIST is not in", "train-images-idx3-ubyte",
+                          str(tmp_path / "empty" / "FashionMNIST" / "raw"))
+
+
+def test_bad_weights_files(synthetic_data, tmp_path):
+    not_weights = tmp_path / "notes.pt"
+    not_weights.write_text("these are not weights")
+    other_script = tmp_path / "vae.pt"
+    common.save_checkpoint(other_script, "vae_conv", model={})
+    other_arch = tmp_path / "wide.pt"
+    wide = torch.nn.Sequential(torch.nn.Conv2d(1, 64, 3))
+    common.save_checkpoint(other_arch, "cnn", models={"model": wide.state_dict()}, history=[],
+                           seconds=0.0, epoch=1)
+    cases = [(tmp_path / "missing.pt", "no weights file at"),
+             (not_weights, "is not a weights file"),
+             (other_script, "holds 'vae_conv' weights, expected 'cnn'"),
+             (other_arch, "do not fit the 'cnn' model")]
+    for path, phrase in cases:
+        result = run_script("cnn.py", *quick_args(synthetic_data, tmp_path / "out"), "--load", path)
+        assert_one_line_error(result, phrase)
+
+
+def test_resume_without_a_checkpoint(synthetic_data, tmp_path):
+    result = run_script("cnn.py", *quick_args(synthetic_data, tmp_path), "--resume")
+    assert_one_line_error(result, "--resume: no checkpoint at")
+
+
+# --- real data -----------------------------------------------------------------------------------
+def test_short_run_on_real_fashion_mnist_beats_chance(shared_data, tmp_path):
+    cnn.main(["--data-dir", str(shared_data), "--out-dir", str(tmp_path), "--device", "cpu",
+              "--epochs", "2", "--limit", "3000"])
+    assert metrics(tmp_path)["final"]["test_acc"] > 0.5  # chance is 0.1

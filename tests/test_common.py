@@ -1,0 +1,187 @@
+"""common.py: data, batching, device, checkpoints, schedules, guards and figures."""
+import argparse
+import json
+import math
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+import common
+
+
+# --- data ---------------------------------------------------------------------------------------
+def test_load_mnist_like_gives_device_tensors_in_unit_range(synthetic_data):
+    (train_x, train_y), (test_x, test_y) = common.load_mnist_like(
+        "fashion-mnist", synthetic_data, torch.device("cpu"))
+    assert train_x.shape == (512, 1, 28, 28) and test_x.shape == (256, 1, 28, 28)
+    assert train_x.dtype == torch.float32 and train_y.dtype == torch.int64
+    assert 0 <= train_x.min() and train_x.max() <= 1
+    # independent read of the same file: torchvision's own dataset, pixel for pixel
+    reference = torchvision.datasets.FashionMNIST(synthetic_data, train=False)
+    assert torch.equal(test_x[:, 0], reference.data.float() / 255)
+    assert torch.equal(test_y, reference.targets)
+
+
+def test_limit_keeps_the_first_examples(synthetic_data):
+    (full_x, _), _ = common.load_mnist_like("mnist", synthetic_data, torch.device("cpu"))
+    (x, y), (tx, ty) = common.load_mnist_like("mnist", synthetic_data, torch.device("cpu"), limit=30)
+    assert len(x) == len(y) == len(tx) == len(ty) == 30
+    assert torch.equal(x, full_x[:30])
+
+
+def test_missing_data_without_network_names_the_files(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", offline)
+    with pytest.raises(SystemExit) as stop:
+        common.load_mnist_like("fashion-mnist", tmp_path, torch.device("cpu"))
+    message = str(stop.value)
+    assert str(tmp_path / "FashionMNIST" / "raw") in message
+    assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
+
+
+@pytest.mark.parametrize("n, batch_size", [(10, 3), (12, 4), (5, 8)])
+def test_batch_indices_cover_every_example_once(n, batch_size):
+    batches = list(common.batch_indices(n, batch_size, torch.device("cpu"), torch.Generator()))
+    assert len(batches) == common.num_batches(n, batch_size) == math.ceil(n / batch_size)
+    assert sorted(torch.cat(batches).tolist()) == list(range(n))  # nothing dropped or repeated
+
+
+def test_batch_indices_shuffle_depends_only_on_the_generator():
+    first = torch.cat(list(common.batch_indices(100, 7, "cpu", torch.Generator().manual_seed(3))))
+    again = torch.cat(list(common.batch_indices(100, 7, "cpu", torch.Generator().manual_seed(3))))
+    ordered = torch.cat(list(common.batch_indices(100, 7, "cpu")))
+    assert torch.equal(first, again) and not torch.equal(first, ordered)
+    assert torch.equal(ordered, torch.arange(100))
+
+
+# --- flags and device -------------------------------------------------------------------------
+@pytest.mark.parametrize("parse, text", [(common.positive_int, "0"), (common.positive_int, "-2"),
+                                         (common.positive_float, "-1"), (common.positive_float, "nan"),
+                                         (common.nonnegative_float, "-0.1"),
+                                         (common.positive_int, "abc")])
+def test_number_types_refuse_bad_values(parse, text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse(text)
+
+
+def test_auto_device_picks_what_is_there(capsys):
+    device = common.pick_device("auto")
+    expected = "cuda" if torch.cuda.is_available() else "mps" if common._mps_available() else "cpu"
+    assert device.type == expected
+    assert f"device: {expected}" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_asked_for_and_absent_is_a_one_line_error():
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        common.pick_device("cuda")
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+def test_checkpoint_round_trip(tmp_path):
+    path = tmp_path / "w.pt"
+    common.save_checkpoint(path, "cnn", model={"w": torch.ones(3)}, epoch=4, history=[{"a": 1.0}])
+    checkpoint = common.load_checkpoint(path, "cnn")
+    assert checkpoint["epoch"] == 4 and torch.equal(checkpoint["model"]["w"], torch.ones(3))
+
+
+def test_interrupted_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "w.pt"
+    common.save_checkpoint(path, "cnn", epoch=1)
+    real_save = torch.save
+
+    def killed_midway(obj, target):
+        real_save(obj, target)
+        with open(target, "r+b") as f:
+            f.truncate(10)  # half-written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        common.save_checkpoint(path, "cnn", epoch=2)
+    monkeypatch.undo()
+    assert common.load_checkpoint(path, "cnn")["epoch"] == 1
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("content, phrase", [
+    (None, "no weights file"),
+    (b"hello, not weights", "not a weights file"),
+    ({"model": {}}, "not a checkpoint written by this repository"),
+    ({"kind": "vae_conv", "model": {}}, "holds 'vae_conv' weights, expected 'cnn'"),
+])
+def test_load_checkpoint_refuses_what_is_not_ours(tmp_path, content, phrase):
+    path = tmp_path / "w.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        torch.save(content, path)
+    with pytest.raises(SystemExit, match=phrase):
+        common.load_checkpoint(path, "cnn")
+
+
+def test_load_state_of_another_architecture_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        common.load_state(torch.nn.Linear(3, 2), torch.nn.Linear(4, 2).state_dict(), "w.pt", "a net")
+    assert "do not fit a net" in str(stop.value) and "\n" not in str(stop.value)
+
+
+def test_metrics_json_holds_args_history_and_final(tmp_path):
+    args = argparse.Namespace(epochs=2, lr=0.1)
+    common.save_metrics(tmp_path / "m.json", args, torch.device("cpu"), 1.234,
+                        [{"epoch": 1}], {"test_acc": 0.5})
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert record == {"args": {"epochs": 2, "lr": 0.1}, "device": "cpu", "wall_seconds": 1.23,
+                      "history": [{"epoch": 1}], "final": {"test_acc": 0.5}}
+
+
+# --- training helpers --------------------------------------------------------------------------
+def test_cosine_lr_matches_torch_scheduler():
+    """Independent reference: torch's CosineAnnealingLR (closed form, eta_min = 0)."""
+    total = 50
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    for step in range(total + 1):
+        assert common.cosine_lr(0.3, step, total) == pytest.approx(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+
+
+def test_cosine_lr_warms_up_linearly_to_the_peak():
+    assert [common.cosine_lr(1.0, s, 100, warmup_steps=4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert common.cosine_lr(1.0, 4, 100, warmup_steps=4) == 1.0
+
+
+@pytest.mark.parametrize("losses, patience, stop", [
+    ([3, 2, 1], 1, False), ([3, 2, 2], 1, True), ([3, 2, 2.5, 2.1], 2, True),
+    ([3, 2, 2.5, 1.9], 2, False), ([3, 4, 5, 6], 0, False), ([3], 1, False)])
+def test_patience(losses, patience, stop):
+    assert common.patience_exhausted(losses, patience) is stop
+
+
+def test_check_finite_names_epoch_batch_and_term():
+    common.check_finite(1, recon=torch.tensor([1.0, 2.0]))  # finite: nothing happens
+    with pytest.raises(SystemExit) as stop:
+        common.check_finite(3, "figures/x.pt", recon=torch.tensor([1.0, 2.0]),
+                            kl=torch.tensor([1.0, float("inf"), float("nan")]))
+    message = str(stop.value)
+    assert "kl loss became inf at epoch 3, batch 2" in message and "figures/x.pt" in message
+
+
+def test_summary_line():
+    line = common.summary_line(3, 50, 4.21, recon=98.123, kl=12.3, test_acc=None)
+    assert line == "epoch 3/50 | recon 98.12 | kl 12.3 | 4.2 s"
+
+
+# --- figures -------------------------------------------------------------------------------------
+def test_plot_helpers_write_png_files(tmp_path):
+    common.plot_curves(tmp_path / "c.png", {"train": ([1, 2], [0.5, 0.6]), "test": ([1, 2], [0.4, 0.5])},
+                       "epoch", "accuracy", "t")
+    common.plot_image_grid(tmp_path / "g.png", torch.rand(8, 1, 28, 28), nrow=4, title="t")
+    common.plot_histograms(tmp_path / "h.png", {"a": torch.randn(100), "b": torch.randn(50)}, "x", "t")
+    for name in ("c.png", "g.png", "h.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
