@@ -58,6 +58,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def number_list(kind, check, requirement):
+    """A comma-separated list type, e.g. `--sweep-kl 1,0.5,0.25`; every entry is checked."""
+    one = _number(kind, check, requirement)
+
+    def parse(text):
+        values = [one(part.strip()) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return values
+
+    return parse
+
+
 def make_parser(description):
     """An argparse parser whose --help shows every default and whose errors are one line."""
     return _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -308,13 +321,14 @@ def load_state(module, state, path, what):
         fail(f"the weights in {path} do not fit {what}: {detail[:200]}")
 
 
-def save_run(path, kind, args, epoch, history, seconds, generator, models, optimizers):
+def save_run(path, kind, args, epoch, history, seconds, generator, models, optimizers, **extra):
     """The checkpoint of a training run after `epoch`: everything --load and --resume need.
-    models / optimizers: {name: module or optimizer}, e.g. {"generator": G, "discriminator": D}."""
+    models / optimizers: {name: module or optimizer}, e.g. {"generator": G, "discriminator": D};
+    extra: anything else a figure needs again after --load (e.g. samples saved during training)."""
     save_checkpoint(path, kind, args=vars(args), epoch=epoch, history=history, seconds=seconds,
                     rng=rng_state(generator),
                     models={name: m.state_dict() for name, m in models.items()},
-                    optimizers={name: o.state_dict() for name, o in optimizers.items()})
+                    optimizers={name: o.state_dict() for name, o in optimizers.items()}, **extra)
 
 
 def restore_run(checkpoint, path, models, optimizers=(), generator=None):
@@ -360,26 +374,65 @@ def _save(fig, path):
     print(f"wrote {path}")
 
 
+def plot_panels(path, panels, xlabel, title, markers=True):
+    """panels: {ylabel: {label: (xs, ys)}}, one axis per entry side by side (e.g. reconstruction
+    and KL, whose scales differ); a legend on every axis with two or more curves."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (ylabel, curves) in zip(axes[0], panels.items()):
+        for label, (xs, ys) in curves.items():
+            ax.plot(xs, ys, marker="o" if markers else None, markersize=3, label=label)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        if len(curves) > 1:
+            ax.legend()
+    fig.suptitle(title)
+    _save(fig, path)
+
+
 def plot_curves(path, curves, xlabel, ylabel, title, markers=True):
     """curves: {label: (xs, ys)} drawn on one axis, with a legend when there are two or more."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (xs, ys) in curves.items():
-        ax.plot(xs, ys, marker="o" if markers else None, markersize=3, label=label)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3)
-    if len(curves) > 1:
-        ax.legend()
-    _save(fig, path)
+    plot_panels(path, {ylabel: curves}, xlabel, title, markers)
 
 
 def plot_image_grid(path, images, nrow, title):
     """images: (N, C, H, W) in [0, 1], tiled nrow per row with torchvision.utils.make_grid."""
-    grid = torchvision.utils.make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow,
-                                       padding=2, pad_value=1.0)  # (3, H', W')
-    fig, ax = plt.subplots(figsize=(nrow * 0.8 + 0.4, grid.shape[1] / grid.shape[2] * nrow * 0.8 + 0.6))
-    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-    ax.set_title(title)
-    ax.axis("off")
+    plot_image_rows(path, {"": images}, title, nrow=nrow)
+
+
+def plot_image_rows(path, rows, title, nrow=None):
+    """rows: {label: (N, C, H, W) images in [0, 1]}; each entry is one block of rows (nrow images
+    per row, default all N in one), labelled on the left: samples per epoch, per KL weight, ..."""
+    grids = [torchvision.utils.make_grid(images.detach().float().cpu().clamp(0, 1),
+                                         nrow=nrow or len(images), padding=2, pad_value=1.0)
+             for images in rows.values()]  # each (3, H', W')
+    width = max(g.shape[2] for g in grids)
+    height = sum(g.shape[1] for g in grids)
+    label_room = 1.6 if any(rows) else 0.0
+    fig = plt.figure(figsize=(width / 36 + label_room, height / 36 + 0.5))
+    fig.suptitle(title)
+    spec = fig.add_gridspec(len(grids), 1, height_ratios=[g.shape[1] for g in grids])
+    for i, (label, grid) in enumerate(zip(rows, grids)):
+        ax = fig.add_subplot(spec[i])
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center")
+        for side in ax.spines.values():
+            side.set_visible(False)
+    _save(fig, path)
+
+
+def plot_scatter(path, points, labels, names, title, xlabel="z₁", ylabel="z₂"):
+    """points: (N, 2); labels: (N,) class indices coloured by `names` (a legend entry each)."""
+    points, labels = points.detach().float().cpu(), labels.detach().cpu()
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    colours = plt.get_cmap("tab10")
+    for c, name in enumerate(names):
+        chosen = labels == c
+        ax.scatter(points[chosen, 0], points[chosen, 1], s=3, alpha=0.5, color=colours(c % 10),
+                   label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(markerscale=4, fontsize="small", loc="best")
     _save(fig, path)
 
 
