@@ -154,11 +154,7 @@ def fit(model, train, test, args, device, generator, weights_path):
         history.append(record)
         common.save_run(weights_path, KIND, args, epoch, history, seconds, generator, models,
                         optimizers)
-        print(common.summary_line(epoch, args.epochs, record["seconds"],
-                                  **{k: v for k, v in record.items() if k not in ("epoch", "seconds")}))
-        test_losses = [r["test_loss"] for r in history if "test_loss" in r]
-        if "test_loss" in record and common.patience_exhausted(test_losses, args.patience):
-            print(f"stopping: test loss has not improved for {args.patience} evaluations")
+        if common.log_epoch(history, args.epochs, args.patience):
             break
     return history, seconds
 

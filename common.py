@@ -252,6 +252,20 @@ def set_lr(optimizer, lr):
         group["lr"] = lr
 
 
+def log_epoch(history, epochs, patience, loss_key="test_loss"):
+    """Print the summary line of the epoch just appended to `history`; return True when
+    --patience says stop (the test loss `loss_key` has not improved for `patience` evaluations)."""
+    record = history[-1]
+    print(summary_line(record["epoch"], epochs, record["seconds"],
+                       **{k: v for k, v in record.items() if k not in ("epoch", "seconds")}),
+          flush=True)  # progress reaches a log file as it happens
+    losses = [r[loss_key] for r in history if loss_key in r]
+    if loss_key in record and patience_exhausted(losses, patience):
+        print(f"stopping: the test loss has not improved for {patience} evaluations")
+        return True
+    return False
+
+
 def summary_line(epoch, epochs, seconds, **values):
     """`epoch 3/50 | train loss 0.312 | test acc 0.912 | 4.2 s` (None values are left out)."""
     parts = [f"epoch {epoch}/{epochs}"]
@@ -345,8 +359,11 @@ def restore_run(checkpoint, path, models, optimizers=(), generator=None):
 
 def save_metrics(path, args, device, seconds, history, final, **extra):
     """The run's JSON record: args, device, wall seconds, one record per evaluation, final block."""
-    record = {"args": vars(args), "device": str(device), "wall_seconds": round(seconds, 2),
-              "history": history, "final": final, **extra}
+    write_json(path, {"args": vars(args), "device": str(device), "wall_seconds": round(seconds, 2),
+                      "history": history, "final": final, **extra})
+
+
+def write_json(path, record):
     text = json.dumps(record, indent=2, default=str) + "\n"
     _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
@@ -447,4 +464,16 @@ def plot_histograms(path, samples, xlabel, title, bins=50):
     ax.set(xlabel=xlabel, ylabel="count", title=title)
     if len(samples) > 1:
         ax.legend()
+    _save(fig, path)
+
+
+def plot_bars(path, values, ylabel, title, ylim=None):
+    """values: {label: number}, one labelled bar each (e.g. test accuracy per model)."""
+    fig, ax = plt.subplots(figsize=(1.6 * len(values) + 2, 4))
+    bars = ax.bar(list(values), list(values.values()), color=plt.get_cmap("tab10").colors[:len(values)])
+    ax.bar_label(bars, fmt="%.4f")
+    ax.set(ylabel=ylabel, title=title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.tick_params(axis="x", labelsize="small")
     _save(fig, path)

@@ -1,0 +1,339 @@
+"""Assignment A, task 3: does a VAE objective help the CNN classify Fashion-MNIST?
+
+--mode joint      The conv VAE of vae.py with its encoding (the mean μ) passed to a softmax layer,
+                  trained on the combined loss  ce_weight·CE + recon_weight·recon + kl_weight·KL.
+--mode pretrain   A VAE trained first (vae.py's figures/vae_conv.pt when present, else trained
+                  here and saved), its decoder replaced by a softmax layer on μ, then trained with
+                  the labels two ways: the encoder frozen (a linear classifier on μ) and fine-tuned.
+
+Each mode measures train and test accuracy at epoch 1, every --eval-every epochs and at the last
+one, and ends with a comparison figure of every model measured so far: cnn.py's CNN (read from
+figures/cnn_metrics.json), the joint model, and the frozen and fine-tuned pretrained classifiers.
+
+Run:     python joint.py --mode joint --data-dir ../shared/data
+         python joint.py --mode pretrain --data-dir ../shared/data
+Reload:  python joint.py --mode joint --load figures/joint.pt     (pretrain: --load DIR)
+Writes:  figures/joint_*.png, figures/joint*.pt, figures/joint*_metrics.json
+"""
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+
+
+def parse_args(argv=None):
+    parser = common.make_parser(__doc__.splitlines()[0])
+    common.add_common_args(parser, epochs=30, batch_size=128, lr=1e-3)
+    parser.add_argument("--mode", choices=["joint", "pretrain"], default="joint",
+                        help="joint: one combined loss; pretrain: VAE first, classifier after")
+    parser.add_argument("--ce-weight", type=common.nonnegative_float, default=1.0,
+                        help="weight of the classification cross-entropy (joint mode)")
+    parser.add_argument("--recon-weight", type=common.nonnegative_float, default=1.0,
+                        help="weight of the reconstruction term (joint mode)")
+    parser.add_argument("--kl-weight", type=common.nonnegative_float, default=1.0,
+                        help="weight of the KL term (joint mode and a VAE pretrained here)")
+    parser.add_argument("--recon", choices=["bce", "mse"], default="bce",
+                        help="reconstruction loss, summed over pixels")
+    parser.add_argument("--latent-dim", type=common.positive_int, default=256, help="length of z")
+    parser.add_argument("--eval-every", type=common.positive_int, default=10,
+                        help="measure accuracies every N epochs (and at the first and last)")
+    parser.add_argument("--vae-weights", default=None, metavar="PATH",
+                        help="pretrain: vae.py's conv weights (default: vae_conv.pt in --out-dir); "
+                             "trained here first when absent")
+    args = parser.parse_args(argv)
+    common.check_common_args(parser, args)
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# MODELS (the conv VAE is vae.py's, copied so that this file reads alone; same parameter names,
+# so vae.py's weights load into it)
+# ----------------------------------------------------------------------------------------------
+def reparameterize(mu, logvar, generator):
+    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4); ε from the CPU generator."""
+    eps = torch.randn(mu.shape, generator=generator).to(mu.device)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+class ConvVAE(nn.Module):
+    """Encoder as cnn.py (28 → 14 → 7 → 4) → μ, log σ² of length z; the decoder mirrors it."""
+
+    def __init__(self, latent_dim=256):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, 32, 3, stride=2, padding=1), nn.ReLU(),    # (B, 32, 14, 14)
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),   # (B, 64, 7, 7)
+            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU(),  # (B, 128, 4, 4)
+            nn.Flatten(),                                           # (B, 2048)
+        )
+        self.to_mu = nn.Linear(2048, latent_dim)                    # (B, z)
+        self.to_logvar = nn.Linear(2048, latent_dim)                # (B, z)
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, 2048), nn.ReLU(),                 # (B, 2048)
+            nn.Unflatten(1, (128, 4, 4)),                           # (B, 128, 4, 4)
+            nn.ConvTranspose2d(128, 64, 3, stride=2, padding=1), nn.ReLU(),                    # (B, 64, 7, 7)
+            nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),   # (B, 32, 14, 14)
+            nn.ConvTranspose2d(32, 1, 3, stride=2, padding=1, output_padding=1),               # (B, 1, 28, 28) logits
+        )
+
+    def encode(self, x):  # (B, 1, 28, 28) -> μ, log σ²: (B, z) each
+        h = self.encoder(x)
+        return self.to_mu(h), self.to_logvar(h)
+
+    def forward(self, x, generator):
+        mu, logvar = self.encode(x)
+        return self.decoder(reparameterize(mu, logvar, generator)), mu, logvar
+
+
+class JointVAE(nn.Module):
+    """The VAE plus a softmax layer on the encoding μ: head(μ) → (B, 10) logits."""
+
+    def __init__(self, latent_dim=256):
+        super().__init__()
+        self.vae = ConvVAE(latent_dim)
+        self.head = nn.Linear(latent_dim, 10)
+
+    def classify(self, x):  # (B, 1, 28, 28) -> (B, 10) logits from the mean, no sampling
+        return self.head(self.vae.encode(x)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# LOSSES
+# ----------------------------------------------------------------------------------------------
+def reconstruction_loss(logits, x, kind):
+    """bce: -Σ_pixels [x log σ(l) + (1 - x) log(1 - σ(l))]; mse: Σ_pixels (σ(l) - x)².
+    Summed over the 784 pixels, averaged over the batch."""
+    if kind == "bce":
+        per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    else:
+        per_pixel = (torch.sigmoid(logits) - x) ** 2
+    return per_pixel.flatten(1).sum(1).mean()
+
+
+def kl_divergence(mu, logvar):
+    """KL(q(z|x) || N(0, I)) = -½ Σ_j (1 + log σ_j² - μ_j² - σ_j²)  (Kingma & Welling 2014,
+    Appendix B). Summed over the latent dimensions, averaged over the batch."""
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+
+
+def classification_loss(logits, labels):
+    """Cross-entropy of the softmax, -(1/B) Σ_b log softmax(logits_b)[y_b]; averaged over the batch."""
+    return F.cross_entropy(logits, labels)
+
+
+def joint_terms(model, x, y, generator, args):
+    """The combined objective of task 3, each term reported separately:
+    total = ce_weight·CE(head(μ), y) + recon_weight·recon + kl_weight·KL."""
+    logits, mu, logvar = model.vae(x, generator)
+    terms = {"ce": classification_loss(model.head(mu), y),
+             "recon": reconstruction_loss(logits, x, args.recon),
+             "kl": kl_divergence(mu, logvar)}
+    terms["total"] = (args.ce_weight * terms["ce"] + args.recon_weight * terms["recon"]
+                      + args.kl_weight * terms["kl"])
+    return terms
+
+
+def vae_terms(model, x, y, generator, args):
+    """A plain β-VAE (labels unused): total = recon + kl_weight·KL, the negative ELBO at β = 1."""
+    logits, mu, logvar = model.vae(x, generator)
+    terms = {"recon": reconstruction_loss(logits, x, args.recon), "kl": kl_divergence(mu, logvar)}
+    terms["total"] = terms["recon"] + args.kl_weight * terms["kl"]
+    return terms
+
+
+def classifier_terms(model, x, y, generator, args):
+    """Pretrained classifier, frozen or fine-tuned: total = CE(head(μ), y)."""
+    terms = {"ce": classification_loss(model.classify(x), y)}
+    terms["total"] = terms["ce"]
+    return terms
+
+
+# ----------------------------------------------------------------------------------------------
+# TRAINING
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, loss_terms, x, y, args, batch_size=1000):
+    """Mean loss terms and accuracy of head(μ) over a split, in eval mode; z is sampled with a
+    fixed-seed generator so --load reproduces the numbers exactly."""
+    model.eval()
+    generator = torch.Generator().manual_seed(args.seed)
+    sums = {}
+    for idx in common.batch_indices(len(x), batch_size, x.device):
+        batch = loss_terms(model, x[idx], y[idx], generator, args)
+        batch["acc"] = (model.classify(x[idx]).argmax(1) == y[idx]).float().mean()
+        for name, value in batch.items():
+            sums[name] = sums.get(name, 0.0) + value.item() * len(idx)
+    return {name: total / len(x) for name, total in sums.items()}
+
+
+def fit(model, loss_terms, data, args, run, generator, trainable):
+    """Minimise loss_terms(...)["total"] over `trainable` parameters for args.epochs,
+    checkpointing <out>/<run>.pt every epoch. Returns (history, wall seconds)."""
+    (train_x, train_y), (test_x, test_y) = data
+    path = Path(args.out_dir) / f"{run}.pt"
+    optimizer = torch.optim.Adam(trainable, lr=args.lr)
+    models, optimizers = {"model": model}, {"optimizer": optimizer}
+    history, seconds, done = [], 0.0, 0
+    if args.resume and path.is_file():
+        checkpoint = common.load_checkpoint(path, run)
+        history, seconds, done = common.restore_run(checkpoint, path, models, optimizers, generator)
+        print(f"resuming {path} after epoch {done} of {args.epochs}")
+    elif args.resume and args.mode == "joint":
+        common.load_resume_checkpoint(path, run)  # says that there is nothing to resume
+    n_batches = common.num_batches(len(train_x), args.batch_size)
+    for epoch in range(done + 1, args.epochs + 1):
+        timer = common.Timer(train_x.device)
+        model.train()
+        per_batch = {}
+        batches = common.batch_indices(len(train_x), args.batch_size, train_x.device, generator)
+        for i, idx in enumerate(common.progress(batches, n_batches, f"{run} epoch {epoch}")):
+            terms = loss_terms(model, train_x[idx], train_y[idx], generator, args)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+            for name, value in terms.items():
+                per_batch.setdefault(name, torch.empty(n_batches, device=train_x.device))[i] = value.detach()
+        common.check_finite(epoch, path, **per_batch)
+        record = {"epoch": epoch, **{f"train_{k}": v.mean().item() for k, v in per_batch.items()}}
+        if epoch == 1 or epoch % args.eval_every == 0 or epoch == args.epochs:
+            record["train_acc"] = evaluate(model, loss_terms, train_x, train_y, args)["acc"]
+            record.update({f"test_{k}": v for k, v in
+                           evaluate(model, loss_terms, test_x, test_y, args).items()})
+        record["seconds"] = round(timer.seconds(), 2)
+        seconds += record["seconds"]
+        history.append(record)
+        common.save_run(path, run, args, epoch, history, seconds, generator, models, optimizers)
+        if common.log_epoch(history, args.epochs, args.patience, loss_key="test_total"):
+            break
+    return history, seconds
+
+
+def train_or_load(model, loss_terms, data, args, run, generator, trainable, load_path):
+    """--load: the weights and the history of their run (and the args it ran with); else train."""
+    if load_path is None:
+        return (*fit(model, loss_terms, data, args, run, generator, trainable), vars(args))
+    checkpoint = common.load_checkpoint(load_path, run)
+    history, seconds, done = common.restore_run(checkpoint, load_path, {"model": model})
+    print(f"loaded {load_path} (trained {done} epochs); not training")
+    return history, seconds, checkpoint["args"]
+
+
+def finish(model, loss_terms, data, args, run, history, seconds, **extra):
+    """Final numbers, accuracy figure and metrics JSON of one trained model."""
+    (train_x, train_y), (test_x, test_y) = data
+    train = evaluate(model, loss_terms, train_x, train_y, args)
+    test = evaluate(model, loss_terms, test_x, test_y, args)
+    final = {"epochs_trained": history[-1]["epoch"], "train_acc": train["acc"],
+             **{f"test_{k}": v for k, v in test.items()}}
+    evals = [r for r in history if "test_acc" in r]
+    epochs = [r["epoch"] for r in evals]
+    common.plot_curves(Path(args.out_dir) / f"{run}_accuracy.png",
+                       {"train": (epochs, [r["train_acc"] for r in evals]),
+                        "test": (epochs, [r["test_acc"] for r in evals])},
+                       xlabel="epoch", ylabel="accuracy of the softmax on μ",
+                       title=f"{run} on Fashion-MNIST: accuracy")
+    common.save_metrics(Path(args.out_dir) / f"{run}_metrics.json", args, train_x.device, seconds,
+                        history, final, **extra)
+    print(f"{run}: train acc {train['acc']:.4f} | test acc {test['acc']:.4f}")
+    return final
+
+
+# ----------------------------------------------------------------------------------------------
+# EXPERIMENTS
+# ----------------------------------------------------------------------------------------------
+def run_joint(args, data, generator):
+    model = JointVAE(args.latent_dim).to(data[0][0].device)
+    history, seconds, trained_with = train_or_load(model, joint_terms, data, args, "joint",
+                                                   generator, model.parameters(), args.load)
+    finish(model, joint_terms, data, args, "joint", history, seconds, trained_with=trained_with)
+    evals = [r for r in history if "test_ce" in r]
+    panels = {name: {"train (epoch mean)": ([r["epoch"] for r in history], [r[f"train_{key}"] for r in history]),
+                     "test": ([r["epoch"] for r in evals], [r[f"test_{key}"] for r in evals])}
+              for key, name in (("ce", "cross-entropy"), ("recon", f"reconstruction ({args.recon})"),
+                                ("kl", "KL"))}
+    common.plot_panels(Path(args.out_dir) / "joint_loss.png", panels, xlabel="epoch",
+                       title="joint model: loss terms per example (unweighted)")
+
+
+def pretrained_vae(args, data, device):
+    """vae.py's conv VAE weights when present; else a VAE trained here first (and saved)."""
+    path = Path(args.vae_weights or Path(args.out_dir) / "vae_conv.pt")
+    model = JointVAE(args.latent_dim).to(device)
+    if path.is_file():
+        checkpoint = common.load_checkpoint(path, "vae_conv")
+        common.load_state(model.vae, checkpoint["models"]["model"], path, "joint.py's conv VAE")
+        print(f"pretrained VAE: {path} ({checkpoint['epoch']} epochs of vae.py)")
+        return model, str(path)
+    if args.vae_weights or args.load:
+        common.fail(f"no VAE weights at {path}")
+    print(f"no VAE weights at {path}: training the VAE here first ({args.epochs} epochs)")
+    fit(model, vae_terms, data, args, "joint_pretrain_vae", common.seed_everything(args.seed),
+        model.parameters())
+    return model, str(Path(args.out_dir) / "joint_pretrain_vae.pt")
+
+
+def run_pretrain(args, data):
+    device = data[0][0].device
+    if args.load:  # the classifiers' own weights hold everything; no VAE is needed
+        vae_state, extra = None, {}
+    else:
+        vae_model, vae_source = pretrained_vae(args, data, device)
+        vae_state, extra = vae_model.vae.state_dict(), {"vae_weights": vae_source}
+    for variant in ("frozen", "finetuned"):
+        run = f"joint_pretrain_{variant}"
+        generator = common.seed_everything(args.seed)
+        model = JointVAE(args.latent_dim).to(device)  # the decoder is kept but never used again
+        if vae_state is not None:
+            model.vae.load_state_dict(vae_state)
+        if variant == "frozen":
+            model.vae.requires_grad_(False)  # a linear classifier on fixed features
+            trainable = model.head.parameters()
+        else:
+            trainable = list(model.vae.encoder.parameters()) + list(model.vae.to_mu.parameters()) \
+                + list(model.head.parameters())
+        load_path = Path(args.load) / f"{run}.pt" if args.load else None
+        history, seconds, trained_with = train_or_load(model, classifier_terms, data, args, run,
+                                                       generator, trainable, load_path)
+        finish(model, classifier_terms, data, args, run, history, seconds,
+               trained_with=trained_with, **extra)
+
+
+def compare(args):
+    """Test accuracy of every model measured so far in --out-dir, as a figure and a JSON table."""
+    out, table = Path(args.out_dir), {}
+    for label, name in (("CNN (cnn.py)", "cnn"), ("joint", "joint"),
+                        ("pretrained, frozen", "joint_pretrain_frozen"),
+                        ("pretrained, fine-tuned", "joint_pretrain_finetuned")):
+        path = out / f"{name}_metrics.json"
+        if path.is_file():
+            table[label] = json.loads(path.read_text())["final"]["test_acc"]
+        else:
+            print(f"comparison: {path} not found, so {label} is left out (run it to include it)")
+    if table:
+        low = min(table.values())
+        common.plot_bars(out / "joint_comparison.png", table, ylabel="test accuracy",
+                         title="Fashion-MNIST test accuracy", ylim=(max(0.0, low - 0.05), 1.0))
+        common.write_json(out / "joint_comparison.json", table)
+    for label, accuracy in table.items():
+        print(f"{label:>24}: {accuracy:.4f}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = common.pick_device(args.device)
+    generator = common.seed_everything(args.seed)
+    common.out_dir(args)
+    data = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
+    if args.mode == "joint":
+        run_joint(args, data, generator)
+    else:
+        run_pretrain(args, data)
+    compare(args)
+
+
+if __name__ == "__main__":
+    main()

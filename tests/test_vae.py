@@ -1,0 +1,178 @@
+"""vae.py: architectures, losses against independent computations, every mode with --load, bad input."""
+import json
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+import common
+import vae
+from conftest import assert_one_line_error, run_script
+
+
+def quick_args(data_dir, out_dir, *extra):
+    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--device", "cpu",
+            "--epochs", "2", "--limit", "128", *map(str, extra)]
+
+
+def metrics(path):
+    return json.loads(path.read_text())
+
+
+# --- architecture --------------------------------------------------------------------------------
+def test_conv_decoder_inverts_every_encoder_shape():
+    model, x = vae.ConvVAE(), torch.zeros(3, 1, 28, 28)
+    encoder_inputs = []
+    for layer in model.encoder:
+        if isinstance(layer, torch.nn.Conv2d):
+            encoder_inputs.append(tuple(x.shape))
+        x = layer(x)
+    assert tuple(x.shape) == (3, 2048)
+    mu, logvar = model.encode(torch.zeros(3, 1, 28, 28))
+    assert mu.shape == logvar.shape == (3, 256)
+    h, decoder_outputs = mu, []
+    for layer in model.decoder:
+        h = layer(h)
+        if isinstance(layer, torch.nn.ConvTranspose2d):
+            decoder_outputs.append(tuple(h.shape))
+    # the k-th transpose conv from the top produces what the k-th conv from the bottom consumed
+    assert decoder_outputs == encoder_inputs[::-1] == [(3, 64, 7, 7), (3, 32, 14, 14), (3, 1, 28, 28)]
+
+
+def test_mlp_vae_is_784_500_z_500_784():
+    model = vae.MLPVAE(latent_dim=2)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    shapes = [(m.in_features, m.out_features) for m in linears]
+    assert shapes == [(784, 500), (500, 2), (500, 2), (2, 500), (500, 784)]
+    assert all(m.negative_slope == 0.01 for m in model.modules() if isinstance(m, torch.nn.LeakyReLU))
+    logits, mu, logvar = model(torch.rand(4, 1, 28, 28), torch.Generator())
+    assert logits.shape == (4, 1, 28, 28) and mu.shape == (4, 2)
+
+
+def test_classifier_encoder_loads_into_the_vae_encoder():
+    classifier, model = vae.MLPClassifier(), vae.MLPVAE(latent_dim=64)
+    assert classifier(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    model.encoder.load_state_dict(classifier.encoder.state_dict())  # strict: same layout
+    assert torch.equal(model.encoder[1].weight, classifier.encoder[1].weight)
+
+
+# --- losses --------------------------------------------------------------------------------------
+def test_closed_form_kl_matches_torch_distributions():
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(16, 8), torch.randn(16, 8)
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    p = Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    expected = kl_divergence(q, p).sum(1).mean()  # summed over z, averaged over the batch
+    assert vae.kl_divergence(mu, logvar).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_reconstruction_losses_sum_pixels_and_average_the_batch():
+    torch.manual_seed(0)
+    logits, x = torch.randn(5, 1, 28, 28), torch.rand(5, 1, 28, 28)
+    p = 1 / (1 + torch.exp(-logits.double()))
+    bce = -(x * torch.log(p) + (1 - x) * torch.log(1 - p)).sum((1, 2, 3)).mean()
+    mse = ((p - x) ** 2).sum((1, 2, 3)).mean()
+    assert vae.reconstruction_loss(logits, x, "bce").item() == pytest.approx(bce.item(), rel=1e-5)
+    assert vae.reconstruction_loss(logits, x, "mse").item() == pytest.approx(mse.item(), rel=1e-5)
+
+
+def test_reparameterization_has_the_right_moments():
+    mu, logvar = torch.full((200_000, 1), 3.0), torch.full((200_000, 1), 2 * torch.log(torch.tensor(0.5)))
+    z = vae.reparameterize(mu, logvar, torch.Generator().manual_seed(0))
+    assert z.mean().item() == pytest.approx(3.0, abs=0.01)
+    assert z.std().item() == pytest.approx(0.5, abs=0.01)
+
+
+# --- runs, each followed by --load ---------------------------------------------------------------
+@pytest.mark.parametrize("arch, figures", [
+    ("conv", ["loss", "reconstructions", "norms", "samples"]),
+    ("mlp", ["loss", "reconstructions", "norms", "samples", "latent"]),
+])
+def test_vae_run_then_load(synthetic_data, tmp_path, arch, figures):
+    run = f"vae_{arch}"
+    vae.main(quick_args(synthetic_data, tmp_path / "a", "--arch", arch))
+    for name in [f"{run}_{f}.png" for f in figures] + [f"{run}.pt", f"{run}_metrics.json"]:
+        assert (tmp_path / "a" / name).is_file(), name
+    vae.main(quick_args(synthetic_data, tmp_path / "b", "--arch", arch, "--load", tmp_path / "a" / f"{run}.pt"))
+    first, again = metrics(tmp_path / "a" / f"{run}_metrics.json"), metrics(tmp_path / "b" / f"{run}_metrics.json")
+    assert again["final"] == first["final"] and again["history"] == first["history"]
+    assert (tmp_path / "b" / f"{run}_samples.png").is_file()
+
+
+def test_kl_sweep_then_load(synthetic_data, tmp_path):
+    vae.main(quick_args(synthetic_data, tmp_path / "a", "--arch", "mlp", "--sweep-kl", "1,0.25"))
+    first = metrics(tmp_path / "a" / "vae_mlp_sweep_kl_metrics.json")
+    assert list(first["final"]) == ["β = 1", "β = 0.25"]
+    assert (tmp_path / "a" / "vae_mlp_sweep_kl.png").is_file()
+    assert (tmp_path / "a" / "vae_mlp_kl0.25.pt").is_file()
+    vae.main(quick_args(synthetic_data, tmp_path / "b", "--arch", "mlp", "--sweep-kl", "1,0.25",
+                        "--load", tmp_path / "a"))
+    assert metrics(tmp_path / "b" / "vae_mlp_sweep_kl_metrics.json")["final"] == first["final"]
+
+
+def test_latent_sweep(synthetic_data, tmp_path):
+    vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--sweep-latent", "2,8"))
+    final = metrics(tmp_path / "vae_mlp_sweep_z_metrics.json")["final"]
+    assert list(final) == ["z = 2", "z = 8"]
+    checkpoint = common.load_checkpoint(tmp_path / "vae_mlp_z8.pt", "vae_mlp_z8")
+    assert checkpoint["models"]["model"]["to_mu.weight"].shape == (8, 500)
+
+
+def test_classifier_then_load(synthetic_data, tmp_path):
+    vae.main(quick_args(synthetic_data, tmp_path / "a", "--arch", "mlp", "--experiment", "classifier"))
+    first = metrics(tmp_path / "a" / "vae_classifier_metrics.json")
+    assert first["final"]["test_acc"] > 0.3  # synthetic classes are easy; chance is 0.1
+    vae.main(quick_args(synthetic_data, tmp_path / "b", "--arch", "mlp", "--experiment", "classifier",
+                        "--load", tmp_path / "a" / "vae_classifier.pt"))
+    assert metrics(tmp_path / "b" / "vae_classifier_metrics.json")["final"] == first["final"]
+
+
+def test_init_from_classifier_trains_the_classifier_when_absent(synthetic_data, tmp_path, capsys):
+    vae.main(quick_args(synthetic_data, tmp_path / "a", "--arch", "mlp", "--experiment",
+                        "init-from-classifier"))
+    assert "training the classifier first" in capsys.readouterr().out
+    classifier = common.load_checkpoint(tmp_path / "a" / "vae_classifier.pt", "vae_classifier")
+    summary = metrics(tmp_path / "a" / "vae_mlp_init_metrics.json")["final"]
+    assert set(summary) == {"classifier", "random"}
+    assert (tmp_path / "a" / "vae_mlp_init.png").is_file()
+    # the classifier-initialised VAE really started from the classifier's encoder
+    assert classifier["models"]["model"]["encoder.1.weight"].shape == (500, 784)
+    vae.main(quick_args(synthetic_data, tmp_path / "b", "--arch", "mlp", "--experiment",
+                        "init-from-classifier", "--load", tmp_path / "a"))
+    assert metrics(tmp_path / "b" / "vae_mlp_init_metrics.json")["final"] == summary
+
+
+def test_encoder_copy_is_exact(synthetic_data, tmp_path, monkeypatch):
+    """The init experiment's VAE encoder equals the classifier's before its first step."""
+    seen = []
+    real_fit = vae.fit
+
+    def spy(model, *args, **kwargs):
+        seen.append({k: v.clone() for k, v in model.encoder.state_dict().items()})
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(vae, "fit", spy)
+    vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--experiment", "init-from-classifier"))
+    classifier = common.load_checkpoint(tmp_path / "vae_classifier.pt", "vae_classifier")["models"]["model"]
+    # seen[0] is the classifier itself, seen[1] the classifier-initialised VAE, seen[2] the random one
+    assert torch.equal(seen[1]["1.weight"], classifier["encoder.1.weight"])
+    assert not torch.equal(seen[2]["1.weight"], classifier["encoder.1.weight"])
+
+
+# --- bad input -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, phrase", [
+    (["--kl-weight", "-1"], "argument --kl-weight: must be >= 0, got -1"),
+    (["--sweep-kl", "1,abc"], "argument --sweep-kl: expected a number, got 'abc'"),
+    (["--latent-dim", "0"], "argument --latent-dim: must be > 0, got 0"),
+    (["--experiment", "classifier"], "--experiment classifier uses the MLP encoder"),
+    (["--sweep-kl", "1", "--sweep-latent", "2"], "not allowed with argument"),
+])
+def test_bad_flags_are_refused(flags, phrase, tmp_path):
+    assert_one_line_error(run_script("vae.py", "--out-dir", tmp_path, *flags), phrase)
+
+
+def test_load_of_cnn_weights_is_refused(synthetic_data, tmp_path):
+    weights = tmp_path / "cnn.pt"
+    common.save_checkpoint(weights, "cnn", models={})
+    result = run_script("vae.py", *quick_args(synthetic_data, tmp_path / "out"), "--load", weights)
+    assert_one_line_error(result, "holds 'cnn' weights, expected 'vae_conv'")
