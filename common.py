@@ -425,7 +425,7 @@ def plot_image_rows(path, rows, title, nrow=None):
     width = max(g.shape[2] for g in grids)
     height = sum(g.shape[1] for g in grids)
     label_room = 1.6 if any(rows) else 0.0
-    fig = plt.figure(figsize=(width / 36 + label_room, height / 36 + 0.5))
+    fig = plt.figure(figsize=(max(width / 36 + label_room, 6.0), height / 36 + 0.6))
     fig.suptitle(title)
     spec = fig.add_gridspec(len(grids), 1, height_ratios=[g.shape[1] for g in grids])
     for i, (label, grid) in enumerate(zip(rows, grids)):

@@ -18,7 +18,6 @@ Reload:  python vae.py --arch conv --load figures/vae_conv.pt          (sweeps: 
 Writes:  figures/vae_<variant>_*.png, figures/vae_<variant>.pt, figures/vae_<variant>_metrics.json
 """
 import argparse
-import math
 from pathlib import Path
 
 import torch
@@ -34,8 +33,9 @@ N_FIXED_NOISE = 12
 def parse_args(argv=None):
     parser = common.make_parser(__doc__.splitlines()[0])
     common.add_common_args(parser, epochs=30, batch_size=128, lr=1e-3)
-    parser.add_argument("--arch", choices=["conv", "mlp"], default="conv",
-                        help="conv: assignment A's VAE; mlp: assignment C's 784-500-z VAE")
+    parser.add_argument("--arch", choices=["conv", "mlp"],
+                        help="conv: assignment A's VAE; mlp: assignment C's 784-500-z VAE "
+                             "(default: conv, and mlp for the two classifier experiments)")
     parser.add_argument("--experiment", choices=["vae", "classifier", "init-from-classifier"],
                         default="vae", help="what to train (the last two use the MLP encoder)")
     parser.add_argument("--recon", choices=["bce", "mse"], default="bce",
@@ -51,11 +51,11 @@ def parse_args(argv=None):
                        metavar="D1,D2,...", help="train one model per latent size and compare them")
     args = parser.parse_args(argv)
     common.check_common_args(parser, args)
+    if args.experiment != "vae" and (args.arch == "conv" or args.sweep_kl or args.sweep_latent):
+        parser.error(f"--experiment {args.experiment} uses the MLP encoder: no --arch conv, no sweep")
+    args.arch = args.arch or ("conv" if args.experiment == "vae" else "mlp")
     if args.latent_dim is None:
         args.latent_dim = 256 if args.arch == "conv" else 2
-    if args.experiment != "vae" and (args.arch != "mlp" or args.sweep_kl or args.sweep_latent):
-        parser.error(f"--experiment {args.experiment} uses the MLP encoder: pass --arch mlp and "
-                     "no sweep")
     return args
 
 
@@ -294,7 +294,7 @@ def curves(history, key, prefixes=("train", "test")):
 
 
 @torch.no_grad()
-def vae_figures(model, test, args, run, result):
+def vae_figures(model, test, args, run, result, fixed_noise):
     out = Path(args.out_dir)
     x, y = test
     recon_label = f"reconstruction ({args.recon}, summed over pixels)"
@@ -305,9 +305,9 @@ def vae_figures(model, test, args, run, result):
     model.eval()
     originals = x[:4]
     mu, logvar = model.encode(originals)
-    common.plot_image_grid(out / f"{run}_reconstructions.png",
-                           torch.cat([originals.cpu(), decode_images(model, mu)]), nrow=4,
-                           title="test images (top) and their reconstructions from z = μ (bottom)")
+    common.plot_image_rows(out / f"{run}_reconstructions.png",
+                           {"test image": originals, "decoded\nfrom z = μ": decode_images(model, mu)},
+                           title=f"{run}: reconstructions")
     mu, logvar = map(torch.cat, zip(*(model.encode(x[idx])
                                       for idx in common.batch_indices(len(x), 1000, x.device))))
     z = reparameterize(mu, logvar, torch.Generator().manual_seed(args.seed))
@@ -317,10 +317,11 @@ def vae_figures(model, test, args, run, result):
                             "‖z‖, z ~ q(z|x)": z.norm(dim=1),
                             "‖z‖, z ~ N(0, I) prior": prior.norm(dim=1)},
                            xlabel="2-norm", title=f"{run}: norms over the {len(x)} test images")
-    if result["snapshots"]:
-        common.plot_image_rows(out / f"{run}_samples.png",
-                               {f"epoch {e}": images for e, images in sorted(result["snapshots"].items())},
-                               title=f"{run}: the same {N_FIXED_NOISE} z ~ N(0, I) decoded during training")
+    rows = {f"epoch {e}": images for e, images in sorted(result["snapshots"].items())}
+    last = result["history"][-1]["epoch"]
+    rows.setdefault(f"epoch {last}", decode_images(model, fixed_noise))  # the final model too
+    common.plot_image_rows(out / f"{run}_samples.png", rows,
+                           title=f"{run}: the same {N_FIXED_NOISE} z ~ N(0, I) decoded during training")
     if args.latent_dim == 2:
         common.plot_scatter(out / f"{run}_latent.png", mu, y, common.class_names("fashion-mnist"),
                             title=f"{run}: encoder means μ of the test set")
@@ -344,7 +345,7 @@ def run_vae(args, data, generator, run, load_path, resume_optional=False, figure
              **{f"test_{k}": v for k, v in evaluate(model, *data[1], args).items()}}
     final["test_loss"] = final["test_recon"] + args.kl_weight * final["test_kl"]
     if figures:
-        final.update(vae_figures(model, data[1], args, run, result))
+        final.update(vae_figures(model, data[1], args, run, result, fixed_noise))
     common.save_metrics(Path(args.out_dir) / f"{run}_metrics.json", args, device,
                         result["seconds"], result["history"], final,
                         trained_with=result["trained_with"])
@@ -426,6 +427,8 @@ def run_init_comparison(args, data):
         final = evaluate(model, *data[1], args)
         summary[start] = {"epochs_trained": result["history"][-1]["epoch"],
                           **{f"test_{k}": v for k, v in final.items()}}
+        common.save_metrics(out / f"{run}_metrics.json", args, device, result["seconds"],
+                            result["history"], summary[start], trained_with=result["trained_with"])
         seconds += result["seconds"]
         for key, panel in (("recon", "test reconstruction"), ("kl", "test KL")):
             panels[panel][f"encoder from the {start}" if start == "classifier" else "random init"] = \

@@ -10,7 +10,6 @@ It prints seconds per epoch for each and their ratio, on the CPU and, when prese
 Run: python benchmarks/data_path.py --data-dir ../shared/data
 """
 import sys
-import time
 from pathlib import Path
 
 import torch

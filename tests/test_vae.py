@@ -164,7 +164,7 @@ def test_encoder_copy_is_exact(synthetic_data, tmp_path, monkeypatch):
     (["--kl-weight", "-1"], "argument --kl-weight: must be >= 0, got -1"),
     (["--sweep-kl", "1,abc"], "argument --sweep-kl: expected a number, got 'abc'"),
     (["--latent-dim", "0"], "argument --latent-dim: must be > 0, got 0"),
-    (["--experiment", "classifier"], "--experiment classifier uses the MLP encoder"),
+    (["--arch", "conv", "--experiment", "classifier"], "--experiment classifier uses the MLP encoder"),
     (["--sweep-kl", "1", "--sweep-latent", "2"], "not allowed with argument"),
 ])
 def test_bad_flags_are_refused(flags, phrase, tmp_path):
@@ -176,3 +176,24 @@ def test_load_of_cnn_weights_is_refused(synthetic_data, tmp_path):
     common.save_checkpoint(weights, "cnn", models={})
     result = run_script("vae.py", *quick_args(synthetic_data, tmp_path / "out"), "--load", weights)
     assert_one_line_error(result, "holds 'cnn' weights, expected 'vae_conv'")
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_path, monkeypatch):
+    vae.main(quick_args(synthetic_data, tmp_path / "whole", "--arch", "mlp", "--epochs", "3"))
+    real_train_epoch, calls = vae.train_epoch, []
+
+    def killed_in_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(vae, "train_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        vae.main(quick_args(synthetic_data, tmp_path / "split", "--arch", "mlp", "--epochs", "3"))
+    monkeypatch.undo()
+    vae.main(quick_args(synthetic_data, tmp_path / "split", "--arch", "mlp", "--epochs", "3", "--resume"))
+    whole = metrics(tmp_path / "whole" / "vae_mlp_metrics.json")
+    split = metrics(tmp_path / "split" / "vae_mlp_metrics.json")
+    strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
+    assert strip(split["history"]) == strip(whole["history"]) and split["final"] == whole["final"]
