@@ -411,11 +411,6 @@ def plot_curves(path, curves, xlabel, ylabel, title, markers=True):
     plot_panels(path, {ylabel: curves}, xlabel, title, markers)
 
 
-def plot_image_grid(path, images, nrow, title):
-    """images: (N, C, H, W) in [0, 1], tiled nrow per row with torchvision.utils.make_grid."""
-    plot_image_rows(path, {"": images}, title, nrow=nrow)
-
-
 def plot_image_rows(path, rows, title, nrow=None):
     """rows: {label: (N, C, H, W) images in [0, 1]}; each entry is one block of rows (nrow images
     per row, default all N in one), labelled on the left: samples per epoch, per KL weight, ..."""

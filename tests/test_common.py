@@ -181,7 +181,8 @@ def test_summary_line():
 def test_plot_helpers_write_png_files(tmp_path):
     common.plot_curves(tmp_path / "c.png", {"train": ([1, 2], [0.5, 0.6]), "test": ([1, 2], [0.4, 0.5])},
                        "epoch", "accuracy", "t")
-    common.plot_image_grid(tmp_path / "g.png", torch.rand(8, 1, 28, 28), nrow=4, title="t")
+    common.plot_image_rows(tmp_path / "g.png", {"a": torch.rand(8, 1, 28, 28), "b": torch.rand(4, 1, 28, 28)},
+                           title="t", nrow=4)
     common.plot_histograms(tmp_path / "h.png", {"a": torch.randn(100), "b": torch.randn(50)}, "x", "t")
     for name in ("c.png", "g.png", "h.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
