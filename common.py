@@ -12,6 +12,7 @@ import math
 import os
 import random
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -79,9 +80,11 @@ def make_parser(description):
 def add_common_args(parser, *, epochs, batch_size, lr, patience=0):
     """The flags every script shares (../shared/CONVENTIONS.md), with per-script defaults."""
     g = parser.add_argument_group("common options")
-    g.add_argument("--epochs", type=positive_int, default=epochs, help="training epochs")
+    g.add_argument("--epochs", type=positive_int, default=epochs,
+                   help="training epochs" if epochs else "training epochs (default: per experiment)")
     g.add_argument("--batch-size", type=positive_int, default=batch_size, help="minibatch size")
-    g.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate")
+    g.add_argument("--lr", type=positive_float, default=lr,
+                   help="peak learning rate" if lr else "learning rate (default: per model)")
     g.add_argument("--seed", type=int, default=0, help="seed for python and torch")
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                    help="auto picks cuda, then mps, then cpu")
@@ -357,6 +360,25 @@ def restore_run(checkpoint, path, models, optimizers=(), generator=None):
     return checkpoint["history"], checkpoint["seconds"], checkpoint["epoch"]
 
 
+def frechet_distance(features_a, features_b):
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D) and (M, D):
+
+        d² = ‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½)      (Dowson & Landau 1982; FID, Heusel et al. 2017)
+
+    Tr((Σa Σb)^½) is the sum of the square roots of the eigenvalues of Σa^½ Σb Σa^½, a symmetric
+    positive semi-definite matrix with the same eigenvalues, so two symmetric eigendecompositions
+    replace a general matrix square root. Float64 throughout; tiny negative eigenvalues from
+    rounding are clipped to 0.
+    """
+    a, b = features_a.double(), features_b.double()
+    cov_a, cov_b = torch.atleast_2d(torch.cov(a.T)), torch.atleast_2d(torch.cov(b.T))  # (D, D)
+    values, vectors = torch.linalg.eigh(cov_a)
+    root_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    mean_term = (a.mean(0) - b.mean(0)).pow(2).sum()
+    return (mean_term + cov_a.trace() + cov_b.trace() - 2 * cross).item()
+
+
 def save_metrics(path, args, device, seconds, history, final, **extra):
     """The run's JSON record: args, device, wall seconds, one record per evaluation, final block."""
     write_json(path, {"args": vars(args), "device": str(device), "wall_seconds": round(seconds, 2),
@@ -402,7 +424,7 @@ def plot_panels(path, panels, xlabel, title, markers=True):
         ax.grid(alpha=0.3)
         if len(curves) > 1:
             ax.legend()
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 55 * len(panels)))  # ~55 characters fit above one panel
     _save(fig, path)
 
 
@@ -434,17 +456,37 @@ def plot_image_rows(path, rows, title, nrow=None):
     _save(fig, path)
 
 
-def plot_scatter(path, points, labels, names, title, xlabel="z₁", ylabel="z₂"):
-    """points: (N, 2); labels: (N,) class indices coloured by `names` (a legend entry each)."""
-    points, labels = points.detach().float().cpu(), labels.detach().cpu()
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+def plot_scatter(path, points, labels, names, title, xlabel="z₁", ylabel="z₂", overlays=None):
+    """points: (N, 2); labels: (N,) class indices coloured by `names` (a legend entry each);
+    overlays: at most two {label: (M, 2) points}, e.g. where random inputs come from (drawn
+    under the classes as faint dots) and the inputs actually used (black crosses on top)."""
+    plot_scatter_panels(path, {"": points}, labels, names, title, xlabel, ylabel, overlays)
+
+
+def plot_scatter_panels(path, panels, labels, names, title, xlabel="z₁", ylabel="z₂",
+                        overlays=None):
+    """panels: {panel title: (N, 2) points}, side by side, all coloured by the same `labels`."""
+    labels = labels.detach().cpu()
     colours = plt.get_cmap("tab10")
-    for c, name in enumerate(names):
-        chosen = labels == c
-        ax.scatter(points[chosen, 0], points[chosen, 1], s=3, alpha=0.5, color=colours(c % 10),
-                   label=name)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.legend(markerscale=4, fontsize="small", loc="best")
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), squeeze=False)
+    for ax, (panel, points) in zip(axes[0], panels.items()):
+        points = points.detach().float().cpu()
+        for c, name in enumerate(names):
+            chosen = labels == c
+            ax.scatter(points[chosen, 0], points[chosen, 1], s=3, alpha=0.5,
+                       color=colours(c % 10), label=name)
+        # the first overlay lies under the classes (a region), the second on top (chosen points)
+        for (label, extra), style in zip((overlays or {}).items(),
+                                         ({"s": 1, "color": "black", "alpha": 0.25, "zorder": 0},
+                                          {"s": 60, "color": "black", "marker": "x", "zorder": 3})):
+            extra = extra.detach().float().cpu()
+            ax.scatter(extra[:, 0], extra[:, 1], label=label, **style)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=panel)
+        legend = ax.legend(fontsize="x-small", loc="best")
+        for handle in legend.legend_handles:  # every entry the same readable size
+            handle.set_sizes([20])
+            handle.set_alpha(1)
+    fig.suptitle(title)
     _save(fig, path)
 
 

@@ -184,5 +184,10 @@ def test_plot_helpers_write_png_files(tmp_path):
     common.plot_image_rows(tmp_path / "g.png", {"a": torch.rand(8, 1, 28, 28), "b": torch.rand(4, 1, 28, 28)},
                            title="t", nrow=4)
     common.plot_histograms(tmp_path / "h.png", {"a": torch.randn(100), "b": torch.randn(50)}, "x", "t")
-    for name in ("c.png", "g.png", "h.png"):
+    labels = torch.arange(60) % 3
+    common.plot_scatter(tmp_path / "s.png", torch.randn(60, 2), labels, ["a", "b", "c"], "t")
+    common.plot_scatter_panels(tmp_path / "p.png", {"one": torch.randn(60, 2), "two": torch.randn(60, 2)},
+                               labels, ["a", "b", "c"], "t",
+                               overlays={"region": torch.randn(200, 2), "chosen": torch.randn(5, 2)})
+    for name in ("c.png", "g.png", "h.png", "s.png", "p.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

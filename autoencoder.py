@@ -1,0 +1,625 @@
+"""Autoencoders: assignment B parts 1-2 (Fashion-MNIST) and assignment E tasks 1-5 (MNIST).
+
+Assignment B, Fashion-MNIST, a two-neuron bottleneck:
+  fc                  784-512-128-2-128-512-784 MLP autoencoder (ReLU, sigmoid output), MSE loss.
+  naive               fc's decoder fed 10 random inputs z ~ N(0, I) (--naive-distribution).
+  normalized          fc again with a non-affine BatchNorm on the bottleneck, so each of the two
+                      neurons has mean 0 and variance 1; its decoder fed the same N(0, I) draws.
+                      Also draws both autoencoders' test codes with the region the draws come from.
+Assignment E, MNIST, a d-dimensional latent (--latent-dim, default 12):
+  conv                convolutional autoencoder, mean L1 loss (architecture below; --no-fc
+                      reaches d with strided convolutions instead of the FC layer, to compare).
+  classifier          conv's encoder + a two-layer MLP head, cross-entropy.
+  classifier-decoder  classifier's encoder frozen, a fresh conv decoder trained on L1; compared
+                      with conv: reconstructions, latent spread numbers, PCA of both latents.
+  few-labels          the classifier trained on the first 100 training images only.
+  transfer            the same, with the encoder initialised from conv (--freeze-epochs,
+                      --encoder-lr-factor); one figure against few-labels.
+An experiment that needs another's weights loads them from --out-dir (or next to --load), and
+trains them first when they are absent, saying so.
+
+The conv architecture (assignment E asks to explain it). MNIST digits are thin strokes on a
+28x28 canvas; two stride-2 3x3 convolutions (32 then 64 filters, ReLU) halve the map twice to
+64x7x7, where every unit sees a 7x7 patch: a stroke segment. Striding rather than pooling lets the
+decoder mirror each step with a stride-2 ConvTranspose2d. The coarsest map (3,136 numbers) is far
+from d = 12, so one linear FC layer maps it to the code; a linear code keeps the latent
+unconstrained. The decoder mirrors this: FC + ReLU to 64x7x7, two transposed convolutions (with
+a BatchNorm between them: see ConvDecoder for the stall it prevents), and a sigmoid because
+pixels lie in [0, 1]. Without the FC layer (--no-fc), two more stride-2
+convolutions reach (d/4)x2x2, so the code is forced to stay spatial.
+
+Run:     python autoencoder.py --experiment fc --data-dir ../shared/data     (any experiment)
+Reload:  python autoencoder.py --experiment conv --load figures/autoencoder_conv.pt
+Writes:  figures/autoencoder_<experiment>*.png, figures/autoencoder_<experiment>.pt, *_metrics.json
+"""
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+
+# experiment: (dataset, default epochs, default --eval-every, the model it trains, the loss)
+EXPERIMENTS = {
+    "fc": ("fashion-mnist", 30, 1, "autoencoder_fc", "mse"),
+    "naive": ("fashion-mnist", 30, 1, "autoencoder_fc", "mse"),  # trains nothing itself
+    "normalized": ("fashion-mnist", 30, 1, "autoencoder_normalized", "mse"),
+    "conv": ("mnist", 20, 1, "autoencoder_conv", "l1"),
+    "classifier": ("mnist", 10, 1, "autoencoder_classifier", "ce"),
+    "classifier-decoder": ("mnist", 20, 1, "autoencoder_classifier_decoder", "l1"),
+    "few-labels": ("mnist", 300, 5, "autoencoder_few_labels", "ce"),
+    "transfer": ("mnist", 300, 5, "autoencoder_transfer", "ce"),
+}
+FC_FAMILY = ("fc", "naive", "normalized")
+N_LABELLED = 100  # assignment E task 4: torch.arange(100) of the training set
+N_GENERATED = 10
+
+
+def parse_args(argv=None):
+    parser = common.make_parser(__doc__.splitlines()[0])
+    common.add_common_args(parser, epochs=None, batch_size=128, lr=1e-3)
+    parser.add_argument("--experiment", choices=list(EXPERIMENTS), default="fc",
+                        help="which assignment task to run (see the description above)")
+    parser.add_argument("--latent-dim", type=common.positive_int,
+                        help="d, the code length of the MNIST conv experiments (default 12); "
+                             "the fc autoencoders keep assignment B's two neurons")
+    parser.add_argument("--no-fc", action="store_true",
+                        help="conv: reach d with strided convolutions instead of an FC layer")
+    parser.add_argument("--eval-every", type=common.positive_int,
+                        help="evaluate every N epochs, and at the first and last "
+                             "(default 1; 5 for few-labels and transfer)")
+    parser.add_argument("--naive-distribution", choices=["normal", "uniform-box"], default="normal",
+                        help="naive: draw the decoder inputs from N(0, I), or uniformly from the "
+                             "box spanned by the training codes")
+    parser.add_argument("--freeze-epochs", type=common.nonnegative_int, default=0,
+                        help="transfer: train only the MLP head for the first N epochs")
+    parser.add_argument("--encoder-lr-factor", type=common.nonnegative_float, default=1.0,
+                        help="transfer: the pretrained encoder's learning rate is --lr times this")
+    args = parser.parse_args(argv)
+    common.check_common_args(parser, args)
+    if args.experiment in FC_FAMILY and args.latent_dim is not None:
+        parser.error("the fc autoencoders have assignment B's two-neuron bottleneck; "
+                     "--latent-dim is for the MNIST experiments")
+    if args.no_fc and args.experiment != "conv":
+        parser.error("--no-fc is an architecture study of --experiment conv only")
+    args.latent_dim = args.latent_dim or 12
+    if args.no_fc and args.latent_dim % 4:
+        parser.error(f"--no-fc needs --latent-dim divisible by 4 (a (d/4)x2x2 map), got {args.latent_dim}")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# MODELS
+# ----------------------------------------------------------------------------------------------
+class FCAutoencoder(nn.Module):
+    """784 → 512 → 128 → 2 → 128 → 512 → 784, ReLU between layers, a linear code, sigmoid output.
+
+    normalize=True ends the encoder with BatchNorm1d(2, affine=False): in training each neuron is
+    standardised with the batch's mean and variance (so it has mean 0 and variance 1 exactly, on
+    every batch); at test time with their running averages. Non-affine, so nothing can learn to
+    scale the code back up: the decoder only ever sees standardised codes, and N(0, I) draws
+    land where the codes are.
+    """
+
+    def __init__(self, normalize=False):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Flatten(),                                   # (B, 1, 28, 28) -> (B, 784)
+            nn.Linear(784, 512), nn.ReLU(),                 # (B, 512)
+            nn.Linear(512, 128), nn.ReLU(),                 # (B, 128)
+            nn.Linear(128, 2),                              # (B, 2) the bottleneck
+            *([nn.BatchNorm1d(2, affine=False)] if normalize else []),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(2, 128), nn.ReLU(),                   # (B, 128)
+            nn.Linear(128, 512), nn.ReLU(),                 # (B, 512)
+            nn.Linear(512, 784), nn.Sigmoid(),              # (B, 784) pixels in [0, 1]
+            nn.Unflatten(1, (1, 28, 28)),                   # (B, 1, 28, 28)
+        )
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+class ConvEncoder(nn.Module):
+    """(B, 1, 28, 28) → (B, d); see the module docstring for why this shape."""
+
+    def __init__(self, latent_dim=12, fc=True):
+        super().__init__()
+        layers = [
+            nn.Conv2d(1, 32, 3, stride=2, padding=1), nn.ReLU(),    # (B, 32, 14, 14)
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),   # (B, 64, 7, 7)
+        ]
+        if fc:
+            layers += [nn.Flatten(), nn.Linear(64 * 7 * 7, latent_dim)]  # (B, 3136) -> (B, d)
+        else:
+            layers += [nn.Conv2d(64, 32, 3, stride=2, padding=1), nn.ReLU(),           # (B, 32, 4, 4)
+                       nn.Conv2d(32, latent_dim // 4, 3, stride=2, padding=1),         # (B, d/4, 2, 2)
+                       nn.Flatten()]                                                   # (B, d)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """(B, d) → (B, 1, 28, 28) in [0, 1]: the encoder's steps in reverse, with a BatchNorm after
+    every hidden transposed convolution. Why the BatchNorm: while the code still carries no
+    information, the L1 optimum is the per-pixel median, a black image (mean L1 0.13); a plain
+    decoder reaches it within an epoch, its sigmoid saturates and training stalls there (measured:
+    test L1 0.1325 at epochs 1 and 2 on full MNIST). Normalising the hidden maps keeps the output
+    units off that plateau. Only the decoder has it, so the encoder (shared with the classifier,
+    frozen in classifier-decoder) has no running statistics."""
+
+    def __init__(self, latent_dim=12, fc=True):
+        super().__init__()
+        if fc:
+            layers = [nn.Linear(latent_dim, 64 * 7 * 7), nn.ReLU(),                  # (B, 3136)
+                      nn.Unflatten(1, (64, 7, 7))]                                   # (B, 64, 7, 7)
+        else:
+            layers = [nn.Unflatten(1, (latent_dim // 4, 2, 2)),                       # (B, d/4, 2, 2)
+                      nn.ConvTranspose2d(latent_dim // 4, 32, 3, stride=2, padding=1,
+                                         output_padding=1),                          # (B, 32, 4, 4)
+                      nn.BatchNorm2d(32), nn.ReLU(),
+                      nn.ConvTranspose2d(32, 64, 3, stride=2, padding=1),            # (B, 64, 7, 7)
+                      nn.BatchNorm2d(64), nn.ReLU()]
+        # output_padding=1 picks 14 (and 28) where a stride-2 transpose could also give 13 (27)
+        layers += [nn.ConvTranspose2d(64, 32, 3, stride=2, padding=1, output_padding=1),  # (B, 32, 14, 14)
+                   nn.BatchNorm2d(32), nn.ReLU(),
+                   nn.ConvTranspose2d(32, 1, 3, stride=2, padding=1, output_padding=1),   # (B, 1, 28, 28)
+                   nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(z)
+
+
+class ConvAutoencoder(nn.Module):
+    def __init__(self, latent_dim=12, fc=True):
+        super().__init__()
+        self.encoder = ConvEncoder(latent_dim, fc)
+        self.decoder = ConvDecoder(latent_dim, fc)
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+class Classifier(nn.Module):
+    """conv's encoder as the feature extractor, then a two-layer MLP: d → 64 (ReLU) → 10 logits."""
+
+    def __init__(self, latent_dim=12):
+        super().__init__()
+        self.encoder = ConvEncoder(latent_dim)
+        self.head = nn.Sequential(nn.Linear(latent_dim, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x):  # (B, 1, 28, 28) -> (B, 10)
+        return self.head(self.encoder(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# LOSSES
+# ----------------------------------------------------------------------------------------------
+def reconstruction_loss(reconstruction, x, kind):
+    """mse: (1/(B·784)) Σ (x̂ - x)² (assignment B);  l1: (1/(B·784)) Σ |x̂ - x| (assignment E,
+    "mean L1 error"). Both averaged over the pixels and over the batch."""
+    difference = reconstruction - x
+    return difference.pow(2).mean() if kind == "mse" else difference.abs().mean()
+
+
+def classification_loss(logits, labels):
+    """Cross-entropy of the softmax, -(1/B) Σ_b log softmax(logits_b)[y_b]; averaged over the batch."""
+    return F.cross_entropy(logits, labels)
+
+
+def loss_terms(model, x, y, loss):
+    """The optimised term first ("mse", "l1" or "ce"), then accuracy for a classifier."""
+    if loss == "ce":
+        logits = model(x)
+        return {"ce": classification_loss(logits, y), "acc": (logits.argmax(1) == y).float().mean()}
+    return {loss: reconstruction_loss(model(x), x, loss)}
+
+
+def latent_spread(codes, labels):
+    """How a latent space arranges the classes, in units of its own size (so two encoders whose
+    codes differ in scale compare fairly). codes: (N, d); labels: (N,).
+
+    scale   = sqrt(mean_i ‖z_i - z̄‖²), the RMS distance of a code from the mean code
+    within  = mean_i ‖z_i - c_{y_i}‖ / scale, the mean distance of a code to its class centroid
+    between = mean_{a<b} ‖c_a - c_b‖ / scale, the mean distance between two class centroids
+    """
+    codes = codes.double()
+    scale = (codes - codes.mean(0)).pow(2).sum(1).mean().sqrt()
+    classes = labels.unique()
+    centroids = torch.stack([codes[labels == c].mean(0) for c in classes])     # (C, d)
+    within = (codes - centroids[torch.searchsorted(classes, labels)]).norm(dim=1).mean() / scale
+    pairs = torch.triu_indices(len(classes), len(classes), offset=1)
+    between = (centroids[pairs[0]] - centroids[pairs[1]]).norm(dim=1).mean() / scale
+    return {"within_class": within.item(), "between_centroids": between.item(),
+            "separation_ratio": (between / within).item()}
+
+
+# ----------------------------------------------------------------------------------------------
+# TRAINING
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, x, y, loss, batch_size=1000):
+    """Mean loss (and accuracy) over a split, in eval mode."""
+    model.eval()
+    sums = {}
+    for idx in common.batch_indices(len(x), batch_size, x.device):
+        for name, value in loss_terms(model, x[idx], y[idx], loss).items():
+            sums[name] = sums.get(name, 0.0) + value.item() * len(idx)
+    return {name: total / len(x) for name, total in sums.items()}
+
+
+def make_optimizer(model, args, pretrained_encoder=False):
+    """Adam over the parameters that train. A pretrained encoder (transfer) gets its own group,
+    so its learning rate can be scaled (--encoder-lr-factor) or held at 0 (--freeze-epochs)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not pretrained_encoder:
+        return torch.optim.Adam(trainable, lr=args.lr)
+    encoder = list(model.encoder.parameters())
+    head = [p for p in trainable if all(p is not q for q in encoder)]
+    return torch.optim.Adam([{"params": encoder, "lr": args.lr * args.encoder_lr_factor},
+                             {"params": head, "lr": args.lr}])
+
+
+def fit(model, data, args, run, loss, generator, pretrained_encoder=False):
+    """Train for args.epochs; evaluate (and checkpoint to <out>/<run>.pt) at epoch 1, every
+    args.eval_every epochs and at the last. Returns {history, seconds, trained_with}."""
+    (train_x, train_y), (test_x, test_y) = data
+    path = Path(args.out_dir) / f"{run}.pt"
+    optimizer = make_optimizer(model, args, pretrained_encoder)
+    models, optimizers = {"model": model}, {"optimizer": optimizer}
+    history, seconds, done = [], 0.0, 0
+    if args.resume:
+        checkpoint = common.load_resume_checkpoint(path, run)
+        history, seconds, done = common.restore_run(checkpoint, path, models, optimizers, generator)
+        print(f"resuming {path} after epoch {done} of {args.epochs}")
+    n_batches = common.num_batches(len(train_x), args.batch_size)
+    timer = common.Timer(train_x.device)
+    for epoch in range(done + 1, args.epochs + 1):
+        if pretrained_encoder:  # freezing = a zero learning rate, so Adam's state stays aligned
+            optimizer.param_groups[0]["lr"] = (0.0 if epoch <= args.freeze_epochs
+                                               else args.lr * args.encoder_lr_factor)
+        model.train()
+        terms = {}
+        batches = common.batch_indices(len(train_x), args.batch_size, train_x.device, generator)
+        for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
+            losses = loss_terms(model, train_x[idx], train_y[idx], loss)
+            optimizer.zero_grad(set_to_none=True)
+            losses[loss].backward()
+            optimizer.step()
+            for name, value in losses.items():
+                terms.setdefault(name, torch.empty(n_batches, device=train_x.device))[i] = value.detach()
+        common.check_finite(epoch, path, **{loss: terms[loss]})
+        if epoch not in (1, args.epochs) and epoch % args.eval_every:
+            continue
+        record = {"epoch": epoch, **{f"train_{k}": v.mean().item() for k, v in terms.items()},
+                  **{f"test_{k}": v for k, v in evaluate(model, test_x, test_y, loss).items()}}
+        record["test_loss"] = record[f"test_{loss}"]
+        record["seconds"] = round(timer.seconds(), 2)
+        seconds += record["seconds"]
+        history.append(record)
+        common.save_run(path, run, args, epoch, history, seconds, generator, models, optimizers)
+        if common.log_epoch(history, args.epochs, args.patience):
+            break
+        timer = common.Timer(train_x.device)
+    return {"history": history, "seconds": seconds, "trained_with": vars(args)}
+
+
+def run_args(args, experiment):
+    """args with this experiment's default epochs and evaluation interval filled in (an explicit
+    --epochs / --eval-every applies to every model trained in this call)."""
+    _, epochs, eval_every, _, _ = EXPERIMENTS[experiment]
+    return argparse.Namespace(**{**vars(args), "epochs": args.epochs or epochs,
+                                 "eval_every": args.eval_every or eval_every})
+
+
+def run_name(args, experiment):
+    """The weights' file stem (and checkpoint kind): conv --no-fc keeps a file of its own, so the
+    FC model stays the one the other experiments build on."""
+    run = EXPERIMENTS[experiment][3]
+    return f"{run}_nofc" if experiment == "conv" and args.no_fc else run
+
+
+def weights_path(args, run):
+    """--load names this experiment's file (or a folder); the models it builds on lie next to it.
+    Without --load everything is in --out-dir."""
+    if not args.load:
+        return Path(args.out_dir) / f"{run}.pt"
+    load = Path(args.load)
+    if load.is_dir():
+        return load / f"{run}.pt"
+    own = run_name(args, args.experiment)
+    return load if run == own or load.stem == run else load.parent / f"{run}.pt"
+
+
+def build(model_class, args, data, **kwargs):
+    """A model initialised from --seed, whatever ran before it in this call (each model's initial
+    weights depend only on the seed, not on which dependencies were trained or loaded first)."""
+    torch.manual_seed(args.seed)
+    return model_class(**kwargs).to(data[0][0].device)
+
+
+def obtain(model, data, args, experiment, pretrained_encoder=False):
+    """The trained `model` of `experiment`: loaded when --load is given (or, for a model another
+    experiment builds on, when its weights exist), else trained here. Returns {history, ...}."""
+    run, loss = run_name(args, experiment), EXPERIMENTS[experiment][4]
+    path = weights_path(args, run)
+    dependency = experiment != args.experiment
+    if args.load or (dependency and path.is_file()):
+        checkpoint = common.load_checkpoint(path, run)
+        history, seconds, done = common.restore_run(checkpoint, path, {"model": model})
+        print(f"loaded {path} (trained {done} epochs); not training")
+        return {"history": history, "seconds": seconds, "trained_with": checkpoint["args"]}
+    member = run_args(args, experiment)
+    if dependency:
+        print(f"no {experiment} weights at {path}: training {experiment} first ({member.epochs} epochs)")
+        member.resume = False
+    generator = common.seed_everything(args.seed)  # each model from the same seed, in any order
+    return fit(model, data, member, run, loss, generator, pretrained_encoder)
+
+
+def finish(model, data, args, experiment, result, **final):
+    """Test (and train) numbers of the final model into <run>_metrics.json; returns the block."""
+    run, loss = run_name(args, experiment), EXPERIMENTS[experiment][4]
+    (train_x, train_y), (test_x, test_y) = data
+    final = {"epochs_trained": result["history"][-1]["epoch"],
+             **{f"train_{k}": v for k, v in evaluate(model, train_x, train_y, loss).items()},
+             **{f"test_{k}": v for k, v in evaluate(model, test_x, test_y, loss).items()}, **final}
+    common.save_metrics(Path(args.out_dir) / f"{run}_metrics.json", args, train_x.device,
+                        result["seconds"], result["history"], final,
+                        trained_with=result["trained_with"])
+    print(f"{run}: " + " | ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)))
+    return final
+
+
+# ----------------------------------------------------------------------------------------------
+# FIGURES AND ANALYSIS
+# ----------------------------------------------------------------------------------------------
+def curves(history, key, prefixes=("train", "test"), suffix=""):
+    epochs = [r["epoch"] for r in history]
+    return {f"{p}{suffix}": (epochs, [r[f"{p}_{key}"] for r in history]) for p in prefixes}
+
+
+@torch.no_grad()
+def encode_all(encoder, x, batch_size=1000):
+    encoder.eval()
+    return torch.cat([encoder(x[idx]) for idx in common.batch_indices(len(x), batch_size, x.device)])
+
+
+def pca_2d(codes):
+    """The codes projected on their first two principal axes: (N, d) → (N, 2)."""
+    centred = codes - codes.mean(0)
+    _, _, directions = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ directions[:2].T
+
+
+def loss_figure(args, experiment, result, title):
+    run, loss = run_name(args, experiment), EXPERIMENTS[experiment][4]
+    ylabel = {"mse": "mean squared error per pixel", "l1": "mean absolute error per pixel"}[loss]
+    common.plot_curves(Path(args.out_dir) / f"{run}_loss.png", curves(result["history"], loss),
+                       xlabel="epoch", ylabel=ylabel, title=title)
+
+
+@torch.no_grad()
+def reconstruction_figure(model, x, args, experiment, title):
+    """10 random test images (seeded) above their decodings."""
+    model.eval()
+    chosen = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[:N_GENERATED]
+    images = x[chosen.to(x.device)]
+    common.plot_image_rows(Path(args.out_dir) / f"{run_name(args, experiment)}_reconstructions.png",
+                           {"test image": images, "decoded": model(images)}, title=title)
+
+
+# ----------------------------------------------------------------------------------------------
+# EXPERIMENTS, assignment B
+# ----------------------------------------------------------------------------------------------
+def fc_autoencoder(args, data, experiment):
+    """Train (or load) the fc or normalized autoencoder, with its loss and reconstruction figures."""
+    model = build(FCAutoencoder, args, data, normalize=experiment == "normalized")
+    result = obtain(model, data, args, experiment)
+    if experiment == args.experiment:
+        name = "normalized-bottleneck" if experiment == "normalized" else "fully connected"
+        loss_figure(args, experiment, result, f"{name} autoencoder (2-neuron bottleneck), Fashion-MNIST")
+        reconstruction_figure(model, data[1][0], args, experiment,
+                              f"{name} autoencoder: 10 random test images and their decodings")
+        codes = encode_all(model.encoder, data[1][0])
+        finish(model, data, args, experiment, result, code_mean=codes.mean(0).tolist(),
+               code_std=codes.std(0).tolist())
+    return model
+
+
+def random_inputs(n, seed, codes=None, distribution="normal"):
+    """The decoder inputs of the naive generators, from their own seeded stream: N(0, I), or
+    uniform over the box [min, max] of `codes` per neuron."""
+    generator = torch.Generator().manual_seed(seed)
+    if distribution == "normal":
+        return torch.randn(n, 2, generator=generator)
+    low, high = codes.min(0).values.cpu(), codes.max(0).values.cpu()
+    return low + (high - low) * torch.rand(n, 2, generator=generator)
+
+
+def code_statistics(codes):
+    """Where the test codes lie, against the disc of radius 2 that holds 86% of N(0, I) draws
+    (P(‖z‖ ≤ 2) = 1 − e⁻² for a 2-D standard normal)."""
+    inside = (codes.norm(dim=1) <= 2.0).float().mean().item()
+    return {"code_mean": codes.mean(0).tolist(), "code_std": codes.std(0).tolist(),
+            "share_of_test_codes_within_radius_2": inside}
+
+
+def run_naive(args, data):
+    """Assignment B 2.1: the fc decoder fed random numbers."""
+    model = fc_autoencoder(args, data, "fc")
+    with torch.no_grad():
+        naive_figures(model, data, args)
+
+
+def naive_figures(model, data, args):
+    model.eval()
+    (train_x, _), (test_x, test_y) = data
+    codes = encode_all(model.encoder, test_x)
+    box = encode_all(model.encoder, train_x)
+    draws = random_inputs(N_GENERATED, args.seed + 1, box, args.naive_distribution)
+    region = random_inputs(2000, args.seed + 2, box, args.naive_distribution)
+    out = Path(args.out_dir)
+    where = "z ~ N(0, I)" if args.naive_distribution == "normal" else "z ~ U(box of training codes)"
+    run = "autoencoder_naive" if args.naive_distribution == "normal" else "autoencoder_naive_box"
+    common.plot_image_rows(out / f"{run}_samples.png",
+                           {where: model.decoder(draws.to(test_x.device))},
+                           title=f"fc decoder fed 10 random inputs ({where})")
+    common.plot_scatter(out / f"{run}_codes.png", codes, test_y,
+                        common.class_names("fashion-mnist"),
+                        title="fc autoencoder: test codes and the random inputs",
+                        overlays={f"2000 draws {where}": region, "the 10 decoded draws": draws})
+    final = {"distribution": args.naive_distribution, "draws": draws.tolist(),
+             **code_statistics(codes)}
+    common.save_metrics(out / f"{run}_metrics.json", args, test_x.device, 0.0, [], final)
+    return final
+
+
+def run_normalized(args, data):
+    """Assignment B 2.2-2.3: the normalised bottleneck, and the answer to "are they different"."""
+    naive = fc_autoencoder(args, data, "fc")
+    model = fc_autoencoder(args, data, "normalized")
+    with torch.no_grad():
+        comparison_figures(naive, model, data, args)
+
+
+def comparison_figures(naive, model, data, args):
+    naive.eval()
+    model.eval()
+    test_x, test_y = data[1]
+    draws = random_inputs(N_GENERATED, args.seed + 1).to(test_x.device)  # the same as naive's
+    region = random_inputs(2000, args.seed + 2)
+    out = Path(args.out_dir)
+    common.plot_image_rows(out / "autoencoder_normalized_samples.png",
+                           {"fc decoder": naive.decoder(draws),
+                            "normalized\ndecoder": model.decoder(draws)},
+                           title="the same 10 draws z ~ N(0, I) through both decoders")
+    panels, stats = {}, {}
+    for name, autoencoder in (("fc (unconstrained codes)", naive),
+                              ("normalized (BatchNorm, affine=False)", model)):
+        codes = encode_all(autoencoder.encoder, test_x)
+        panels[name] = codes
+        stats[name.split()[0]] = code_statistics(codes)
+    common.plot_scatter_panels(out / "autoencoder_codes.png", panels, test_y,
+                               common.class_names("fashion-mnist"),
+                               title="test codes of both autoencoders, and where N(0, I) draws land",
+                               overlays={"2000 draws z ~ N(0, I)": region,
+                                         "the 10 decoded draws": draws})
+    common.write_json(out / "autoencoder_codes.json", stats)
+
+
+# ----------------------------------------------------------------------------------------------
+# EXPERIMENTS, assignment E
+# ----------------------------------------------------------------------------------------------
+def conv_autoencoder(args, data):
+    """Task 1 (or the dependency of classifier-decoder and transfer)."""
+    fc = not args.no_fc  # --no-fc comes only with --experiment conv
+    model = build(ConvAutoencoder, args, data, latent_dim=args.latent_dim, fc=fc)
+    result = obtain(model, data, args, "conv")
+    if args.experiment == "conv":
+        how = "FC layer" if fc else "strided convs, no FC"
+        loss_figure(args, "conv", result, f"conv autoencoder, d = {args.latent_dim} ({how}), MNIST")
+        reconstruction_figure(model, data[1][0], args, "conv",
+                              f"conv autoencoder (d = {args.latent_dim}, {how}): test digits and decodings")
+        finish(model, data, args, "conv", result)
+    return model
+
+
+def classifier_run(args, data, experiment, initial_encoder=None):
+    """Tasks 2, 4, 5: the encoder + MLP classifier on all labels, or on the first 100 only."""
+    (train_x, train_y), test = data
+    if experiment in ("few-labels", "transfer"):
+        data = ((train_x[:N_LABELLED], train_y[:N_LABELLED]), test)
+    model = build(Classifier, args, data, latent_dim=args.latent_dim)
+    if initial_encoder is not None:
+        model.encoder.load_state_dict(initial_encoder.state_dict())
+    result = obtain(model, data, args, experiment, pretrained_encoder=initial_encoder is not None)
+    if experiment == args.experiment:
+        common.plot_panels(Path(args.out_dir) / f"{run_name(args, experiment)}_curves.png",
+                           {"cross-entropy": curves(result["history"], "ce"),
+                            "accuracy": curves(result["history"], "acc")},
+                           xlabel="epoch", title=f"{experiment}: encoder + MLP classifier on "
+                                                 f"{len(data[0][0])} labelled MNIST digits")
+        finish(model, data, args, experiment, result, labelled_examples=len(data[0][0]))
+    return model, result
+
+
+def run_classifier_decoder(args, data):
+    """Task 3: decode the frozen classifier encoder's codes; compare with the autoencoder's."""
+    autoencoder = conv_autoencoder(args, data)
+    classifier, _ = classifier_run(args, data, "classifier")
+    model = build(ConvAutoencoder, args, data, latent_dim=args.latent_dim)
+    model.encoder.load_state_dict(classifier.encoder.state_dict())
+    model.encoder.requires_grad_(False)  # fixed: only the decoder trains
+    result = obtain(model, data, args, "classifier-decoder")
+    loss_figure(args, "classifier-decoder", result,
+                f"decoder trained on the frozen classifier encoder (d = {args.latent_dim})")
+    test_x, test_y = data[1]
+    out = Path(args.out_dir)
+    with torch.no_grad():
+        autoencoder.eval()
+        model.eval()
+        digits = test_x[:60]
+        common.plot_image_rows(out / "autoencoder_classifier_decoder_digits.png",
+                               {"test digits": digits, "conv\nautoencoder": autoencoder(digits),
+                                "classifier\nencoder +\ndecoder": model(digits)},
+                               title="60 test digits: originals, autoencoder, classifier encoding",
+                               nrow=20)
+        latents = {"conv autoencoder": encode_all(autoencoder.encoder, test_x),
+                   "classifier encoder": encode_all(model.encoder, test_x)}
+    spread = {name: latent_spread(codes, test_y) for name, codes in latents.items()}
+    common.plot_scatter_panels(out / "autoencoder_latent_pca.png",
+                               {f"{name}: within {s['within_class']:.2f}, between "
+                                f"{s['between_centroids']:.2f}": pca_2d(latents[name])
+                                for name, s in spread.items()},
+                               test_y, common.class_names("mnist"),
+                               title=f"test codes (d = {args.latent_dim}) on their first two "
+                                     "principal axes", xlabel="PC 1", ylabel="PC 2")
+    autoencoder_l1 = evaluate(autoencoder, test_x, test_y, "l1")["l1"]
+    finish(model, data, args, "classifier-decoder", result, autoencoder_test_l1=autoencoder_l1,
+           latent_spread=spread)
+
+
+def run_transfer(args, data):
+    """Task 5 against task 4: the conv autoencoder's encoder as the starting point."""
+    autoencoder = conv_autoencoder(args, data)
+    _, scratch = classifier_run(args, data, "few-labels")
+    _, transfer = classifier_run(args, data, "transfer", initial_encoder=autoencoder.encoder)
+    panels = {"cross-entropy": {}, "accuracy": {}}
+    for name, result in (("from scratch", scratch), ("transfer", transfer)):
+        panels["cross-entropy"].update(curves(result["history"], "ce", suffix=f", {name}"))
+        panels["accuracy"].update(curves(result["history"], "acc", suffix=f", {name}"))
+    common.plot_panels(Path(args.out_dir) / "autoencoder_transfer_vs_few_labels.png", panels,
+                       xlabel="epoch (one pass over the 100 labelled digits)", markers=False,
+                       title="100 labelled MNIST digits: encoder from the autoencoder vs from scratch")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = common.pick_device(args.device)
+    common.out_dir(args)
+    data = common.load_mnist_like(EXPERIMENTS[args.experiment][0], args.data_dir, device, args.limit)
+    if args.experiment == "fc":
+        fc_autoencoder(args, data, "fc")
+    elif args.experiment == "naive":
+        run_naive(args, data)
+    elif args.experiment == "normalized":
+        run_normalized(args, data)
+    elif args.experiment == "conv":
+        conv_autoencoder(args, data)
+    elif args.experiment in ("classifier", "few-labels"):
+        classifier_run(args, data, args.experiment)
+    elif args.experiment == "classifier-decoder":
+        run_classifier_decoder(args, data)
+    else:
+        run_transfer(args, data)
+
+
+if __name__ == "__main__":
+    main()
