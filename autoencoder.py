@@ -16,7 +16,8 @@ Assignment E, MNIST, a d-dimensional latent (--latent-dim, default 12):
   transfer            the same, with the encoder initialised from conv (--freeze-epochs,
                       --encoder-lr-factor); one figure against few-labels.
 An experiment that needs another's weights loads them from --out-dir (or next to --load), and
-trains them first when they are absent, saying so.
+trains them first when they are absent, saying so. naive and normalized also write the
+sample-quality numbers of cnn.py's classifier (Fréchet distance, class entropy) to their metrics.
 
 The conv architecture (assignment E asks to explain it). MNIST digits are thin strokes on a
 28x28 canvas; two stride-2 3x3 convolutions (32 then 64 filters, ReLU) halve the map twice to
@@ -39,6 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import cnn
 import common
 
 # experiment: (dataset, default epochs, default --eval-every, the model it trains, the loss)
@@ -77,6 +79,7 @@ def parse_args(argv=None):
                         help="transfer: train only the MLP head for the first N epochs")
     parser.add_argument("--encoder-lr-factor", type=common.nonnegative_float, default=1.0,
                         help="transfer: the pretrained encoder's learning rate is --lr times this")
+    cnn.add_sample_quality_args(parser)
     args = parser.parse_args(argv)
     common.check_common_args(parser, args)
     if args.experiment in FC_FAMILY and args.latent_dim is not None:
@@ -428,8 +431,9 @@ def fc_autoencoder(args, data, experiment):
         reconstruction_figure(model, data[1][0], args, experiment,
                               f"{name} autoencoder: 10 random test images and their decodings")
         codes = encode_all(model.encoder, data[1][0])
+        quality = generation_quality(model.decoder, data, args) if experiment == "normalized" else {}
         finish(model, data, args, experiment, result, code_mean=codes.mean(0).tolist(),
-               code_std=codes.std(0).tolist())
+               code_std=codes.std(0).tolist(), **quality)
     return model
 
 
@@ -441,6 +445,15 @@ def random_inputs(n, seed, codes=None, distribution="normal"):
         return torch.randn(n, 2, generator=generator)
     low, high = codes.min(0).values.cpu(), codes.max(0).values.cpu()
     return low + (high - low) * torch.rand(n, 2, generator=generator)
+
+
+@torch.no_grad()
+def generation_quality(decoder, data, args, codes=None, distribution="normal"):
+    """cnn.py's sample-quality numbers for as many random inputs as the test set has images."""
+    (train_x, _), (test_x, _) = data
+    decoder.eval()
+    z = random_inputs(len(test_x), args.seed + 3, codes, distribution).to(test_x.device)
+    return cnn.sample_quality(decoder(z), test_x, train_x, args)
 
 
 def code_statistics(codes):
@@ -476,7 +489,8 @@ def naive_figures(model, data, args):
                         title="fc autoencoder: test codes and the random inputs",
                         overlays={f"2000 draws {where}": region, "the 10 decoded draws": draws})
     final = {"distribution": args.naive_distribution, "draws": draws.tolist(),
-             **code_statistics(codes)}
+             **code_statistics(codes),
+             **generation_quality(model.decoder, data, args, box, args.naive_distribution)}
     common.save_metrics(out / f"{run}_metrics.json", args, test_x.device, 0.0, [], final)
     return final
 

@@ -20,6 +20,7 @@ Reload:  python cnn.py --data-dir ../shared/data --load figures/cnn.pt
 Writes:  figures/cnn_accuracy.png, figures/cnn_loss.png, figures/cnn.pt, figures/cnn_metrics.json
 """
 import argparse
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -157,6 +158,55 @@ def fit(model, train, test, args, device, generator, weights_path):
         if common.log_epoch(history, args.epochs, args.patience):
             break
     return history, seconds
+
+
+# ----------------------------------------------------------------------------------------------
+# SAMPLE QUALITY: the trained CNN as the feature extractor of a Fréchet distance for generators
+# ----------------------------------------------------------------------------------------------
+def add_sample_quality_args(parser):
+    """The flag every generator script (dcgan, vaegan, vae, autoencoder) takes for the metric."""
+    parser.add_argument("--classifier-weights", metavar="PATH",
+                        help="cnn.py's weights, whose 256-d features measure sample quality "
+                             "(default: cnn.pt in --out-dir; absent: the metric is skipped)")
+
+
+@torch.no_grad()
+def features_and_predictions(model, x, batch_size=1000):
+    """The 256-d penultimate features and the predicted class of each image: (N, 256), (N,)."""
+    model.eval()
+    features = torch.cat([model.features(x[idx])
+                          for idx in common.batch_indices(len(x), batch_size, x.device)])
+    return features, model.classifier(features).argmax(1)
+
+
+def sample_quality(samples, real_test, real_train, args):
+    """How close generated images are to Fashion-MNIST, by the trained CNN of this script.
+
+    frechet_distance: between the CNN features of `samples` and of the real test images (FID,
+    Heusel et al. 2017, with this CNN in place of Inception: nothing can be downloaded, and its
+    features are Fashion-MNIST's own). Lower is better; the floor is the distance between as many
+    real training images and the test images. Also the classifier's class histogram of the samples
+    and its entropy in nats (ln 10 = 2.303 for ten equally likely classes; a generator that
+    collapsed onto a few classes scores lower). Compare numbers only at the same sample count.
+    Returns {} (and says so) when the weights are absent.
+    """
+    path = Path(args.classifier_weights or Path(args.out_dir) / f"{KIND}.pt")
+    if not path.is_file():
+        print(f"sample quality skipped: no cnn.py weights at {path} (run python cnn.py first)")
+        return {}
+    model = CNN().to(real_test.device)
+    common.restore_run(common.load_checkpoint(path, KIND), path, {"model": model})
+    test_features, _ = features_and_predictions(model, real_test)
+    chosen = torch.randperm(len(real_train), generator=torch.Generator().manual_seed(args.seed))
+    train_features, _ = features_and_predictions(model, real_train[chosen[:len(samples)].to(real_train.device)])
+    features, predicted = features_and_predictions(model, samples.to(real_test.device))
+    shares = torch.bincount(predicted, minlength=10).double() / len(predicted)
+    entropy = -(shares[shares > 0] * shares[shares > 0].log()).sum().item()
+    return {"frechet_distance": common.frechet_distance(features, test_features),
+            "frechet_floor_train_vs_test": common.frechet_distance(train_features, test_features),
+            "n_generated": len(samples), "class_shares": dict(zip(common.class_names("fashion-mnist"),
+                                                                   shares.tolist())),
+            "class_entropy_nats": entropy, "classifier_weights": str(path)}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,6 +10,8 @@
 --experiment classifier             the encoder's architecture (784 → 500 → 10) as a classifier.
 --experiment init-from-classifier   an MLP VAE whose encoder starts from that classifier, against
                                     the same VAE from random initialisation.
+Every VAE's metrics also hold the sample quality of as many z ~ N(0, I) images as the test set
+has: the Fréchet distance in cnn.py's feature space and the class entropy (cnn.sample_quality).
 
 Run:     python vae.py --arch conv --data-dir ../shared/data
          python vae.py --arch mlp --epochs 100 --data-dir ../shared/data
@@ -24,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import cnn
 import common
 
 SNAPSHOT_EPOCHS = (1, 5, 10, 50, 100)  # when the fixed noise is decoded (those <= --epochs)
@@ -49,6 +52,7 @@ def parse_args(argv=None):
                        metavar="W1,W2,...", help="train one model per KL weight and compare them")
     sweep.add_argument("--sweep-latent", type=common.number_list(int, lambda v: v > 0, "> 0"),
                        metavar="D1,D2,...", help="train one model per latent size and compare them")
+    cnn.add_sample_quality_args(parser)
     args = parser.parse_args(argv)
     common.check_common_args(parser, args)
     if args.experiment != "vae" and (args.arch == "conv" or args.sweep_kl or args.sweep_latent):
@@ -282,6 +286,12 @@ def decode_images(model, z):
     return torch.sigmoid(model.decode(z)).cpu()  # (N, 1, 28, 28) in [0, 1]
 
 
+def prior_samples(model, n, args, device):
+    """n images decoded from z ~ N(0, I) (their own seeded stream), for the sample-quality metric."""
+    z = torch.randn(n, args.latent_dim, generator=torch.Generator().manual_seed(args.seed + 3))
+    return torch.cat([decode_images(model, chunk.to(device)) for chunk in z.split(1000)])
+
+
 def fixed_noise_for(latent_dim, args, device):
     """The 12 noise vectors decoded at every snapshot, from their own seeded stream."""
     generator = torch.Generator().manual_seed(args.seed + 1)
@@ -346,6 +356,8 @@ def run_vae(args, data, generator, run, load_path, resume_optional=False, figure
     final["test_loss"] = final["test_recon"] + args.kl_weight * final["test_kl"]
     if figures:
         final.update(vae_figures(model, data[1], args, run, result, fixed_noise))
+    final.update(cnn.sample_quality(prior_samples(model, len(data[1][0]), args, device),
+                                    data[1][0], data[0][0], args))
     common.save_metrics(Path(args.out_dir) / f"{run}_metrics.json", args, device,
                         result["seconds"], result["history"], final,
                         trained_with=result["trained_with"])

@@ -80,3 +80,13 @@ def assert_one_line_error(result, *phrases):
     assert len(message.splitlines()) == 1, message
     for phrase in phrases:
         assert phrase in message, message
+
+
+@pytest.fixture(scope="session")
+def cnn_weights(synthetic_data, tmp_path_factory):
+    """cnn.py's weights after a short run on the synthetic data: the sample-quality classifier."""
+    import cnn
+    out = tmp_path_factory.mktemp("cnn")
+    cnn.main(["--data-dir", str(synthetic_data), "--out-dir", str(out), "--device", "cpu",
+              "--epochs", "2", "--limit", "256"])
+    return out / "cnn.pt"

@@ -220,3 +220,12 @@ def test_load_of_another_experiments_weights_is_refused(trained, synthetic_data,
     result = run_script("autoencoder.py", *quick_args(synthetic_data, tmp_path, "--experiment", "conv",
                                                       "--load", trained / "autoencoder_fc.pt"))
     assert_one_line_error(result, "'autoencoder_fc'", "expected 'autoencoder_conv'")
+
+
+def test_naive_and_normalized_generation_write_sample_quality(synthetic_data, cnn_weights, tmp_path):
+    for experiment in ("naive", "normalized"):
+        autoencoder.main(quick_args(synthetic_data, tmp_path, "--experiment", experiment,
+                                    "--classifier-weights", cnn_weights))
+    for run in ("autoencoder_naive", "autoencoder_normalized"):
+        final = metrics(tmp_path / f"{run}_metrics.json")["final"]
+        assert final["frechet_distance"] > 0 and final["n_generated"] == 128, run

@@ -197,3 +197,10 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_pa
     split = metrics(tmp_path / "split" / "vae_mlp_metrics.json")
     strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
     assert strip(split["history"]) == strip(whole["history"]) and split["final"] == whole["final"]
+
+
+def test_vae_metrics_hold_the_sample_quality_of_prior_samples(synthetic_data, cnn_weights, tmp_path):
+    vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--classifier-weights", cnn_weights))
+    final = metrics(tmp_path / "vae_mlp_metrics.json")["final"]
+    assert final["frechet_distance"] > 0 and final["n_generated"] == 128
+    assert 0 <= final["class_entropy_nats"] <= 2.31

@@ -1,0 +1,232 @@
+"""DCGAN on Fashion-MNIST: assignment C, task 1, with the report's exact architecture.
+
+Generator, z (100) → image, no biases in the convolutions (BatchNorm's shift replaces them):
+  ConvT 7x7 → (128, 7, 7) · BN · LeakyReLU · ConvT 4x4/2 → (64, 14, 14) · BN · LeakyReLU ·
+  ConvT 4x4/2 → (32, 28, 28) · BN · LeakyReLU · Conv 3x3 → (1, 28, 28) · Tanh      791,776 params
+Discriminator, image → one logit:
+  Conv 3x3 → (32, 28, 28) · BN · LeakyReLU · Conv 4x4/2 → (64, 14, 14) · BN · LeakyReLU ·
+  Conv 4x4/2 → (128, 7, 7) · BN · LeakyReLU · Conv 4x4/2 → (256, 3, 3) · BN · LeakyReLU ·
+  Conv 3x3 → (1, 1, 1)                                                                691,680 params
+
+Stabilising choices, and why:
+- Adam with lr 2e-4 and β1 = 0.5 for both nets (Radford et al. 2016, Sec. 4: the default β1 = 0.9
+  made their training oscillate); weights drawn from N(0, 0.02), BatchNorm scales from N(1, 0.02)
+  (same section).
+- Images scaled to [-1, 1] to match the generator's Tanh.
+- The non-saturating generator loss -log D(G(z)) (Goodfellow et al. 2014, Sec. 3): early on D
+  rejects every fake and log(1 - D(G(z))) has almost no gradient.
+- LeakyReLU (slope 0.2) in both nets, as in the report.
+- No label smoothing by default; --real-label 0.9 gives one-sided smoothing (Salimans et al.
+  2016, Sec. 3.4) for anyone who sees D win too early.
+
+Run:     python dcgan.py --data-dir ../shared/data            (100 epochs, as the report)
+Reload:  python dcgan.py --load figures/dcgan.pt
+Writes:  figures/dcgan_loss.png, dcgan_samples.png, dcgan_epoch<E>.png, dcgan.pt, dcgan_metrics.json
+"""
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import cnn
+import common
+
+KIND = "dcgan"
+NZ = 100
+SNAPSHOT_EPOCHS = (1, 5, 10, 50, 100)  # the fixed noise is decoded after these (those <= --epochs)
+N_FIXED_NOISE = 12
+
+
+def parse_args(argv=None):
+    parser = common.make_parser(__doc__.splitlines()[0])
+    common.add_common_args(parser, epochs=100, batch_size=128, lr=2e-4)
+    parser.add_argument("--beta1", type=common.nonnegative_float, default=0.5,
+                        help="Adam's β1 for both nets (Radford et al. 2016)")
+    parser.add_argument("--real-label", type=common.positive_float, default=1.0,
+                        help="target of D on real images; 0.9 = one-sided label smoothing")
+    cnn.add_sample_quality_args(parser)
+    args = parser.parse_args(argv)
+    common.check_common_args(parser, args)
+    if args.patience:
+        parser.error("--patience watches a test loss, and a GAN has none; train for --epochs")
+    if args.beta1 >= 1 or args.real_label > 1:
+        parser.error("--beta1 must be < 1 and --real-label <= 1")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# MODELS
+# ----------------------------------------------------------------------------------------------
+class Generator(nn.Module):
+    def __init__(self, nz=NZ):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(nz, 128, 7, bias=False), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),    # (B, 128, 7, 7)
+            nn.ConvTranspose2d(128, 64, 4, 2, 1, bias=False), nn.BatchNorm2d(64), nn.LeakyReLU(0.2),  # (B, 64, 14, 14)
+            nn.ConvTranspose2d(64, 32, 4, 2, 1, bias=False), nn.BatchNorm2d(32), nn.LeakyReLU(0.2),   # (B, 32, 28, 28)
+            nn.Conv2d(32, 1, 3, 1, 1, bias=False), nn.Tanh(),                                       # (B, 1, 28, 28)
+        )
+
+    def forward(self, z):  # (B, nz) -> (B, 1, 28, 28) in [-1, 1]
+        return self.net(z[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.LeakyReLU(0.2),     # (B, 32, 28, 28)
+            nn.Conv2d(32, 64, 4, 2, 1, bias=False), nn.BatchNorm2d(64), nn.LeakyReLU(0.2),    # (B, 64, 14, 14)
+            nn.Conv2d(64, 128, 4, 2, 1, bias=False), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),  # (B, 128, 7, 7)
+            nn.Conv2d(128, 256, 4, 2, 1, bias=False), nn.BatchNorm2d(256), nn.LeakyReLU(0.2),  # (B, 256, 3, 3)
+            nn.Conv2d(256, 1, 3, bias=False),                                                  # (B, 1, 1, 1)
+        )
+
+    def forward(self, x):  # (B, 1, 28, 28) in [-1, 1] -> (B,) logits of "real"
+        return self.net(x).flatten()
+
+
+def init_weights(module):
+    """N(0, 0.02) for convolutions, N(1, 0.02) for BatchNorm scales (Radford et al. 2016, Sec. 4)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+# ----------------------------------------------------------------------------------------------
+# LOSSES (Goodfellow et al. 2014, Eq. 1; averaged over the batch)
+# ----------------------------------------------------------------------------------------------
+def discriminator_loss(real_logits, fake_logits, real_label=1.0):
+    """-[log D(x) + log(1 - D(G(z)))]: D maximises Eq. 1 by minimising this binary cross-entropy,
+    with target `real_label` (1, or 0.9 for one-sided smoothing) on real images and 0 on fakes."""
+    return (F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, real_label))
+            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+
+
+def generator_loss(fake_logits):
+    """-log D(G(z)), the non-saturating form of G's objective (Goodfellow et al. 2014, Sec. 3)."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+# ----------------------------------------------------------------------------------------------
+# TRAINING
+# ----------------------------------------------------------------------------------------------
+def train_epoch(G, D, opt_g, opt_d, x, args, epoch, generator):
+    """One pass over x; per-batch device tensors of both losses, D(x) and D(G(z))."""
+    G.train()
+    D.train()
+    n_batches = common.num_batches(len(x), args.batch_size)
+    terms = {k: torch.empty(n_batches, device=x.device) for k in ("loss_d", "loss_g", "d_x", "d_g_z")}
+    batches = common.batch_indices(len(x), args.batch_size, x.device, generator)
+    for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
+        real = x[idx] * 2 - 1                                      # [0, 1] -> [-1, 1]
+        z = torch.randn(len(idx), NZ, generator=generator).to(x.device)
+        fake = G(z)
+        # D step: maximise log D(x) + log(1 - D(G(z))); fakes detached so G is not updated here
+        real_logits, fake_logits = D(real), D(fake.detach())
+        loss_d = discriminator_loss(real_logits, fake_logits, args.real_label)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        # G step: maximise log D(G(z)), through the just-updated D
+        loss_g = generator_loss(D(fake))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        terms["loss_d"][i], terms["loss_g"][i] = loss_d.detach(), loss_g.detach()
+        terms["d_x"][i] = torch.sigmoid(real_logits).mean().detach()
+        terms["d_g_z"][i] = torch.sigmoid(fake_logits).mean().detach()
+    return terms
+
+
+@torch.no_grad()
+def generate(G, z):
+    """Images in [0, 1] from noise, with BatchNorm's running statistics."""
+    G.eval()
+    return (G(z) + 1).div(2).clamp(0, 1).cpu()
+
+
+def fit(G, D, x, args, generator, fixed_noise):
+    path = Path(args.out_dir) / f"{KIND}.pt"
+    betas = (args.beta1, 0.999)
+    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=betas)
+    models, optimizers = {"generator": G, "discriminator": D}, {"generator": opt_g, "discriminator": opt_d}
+    history, seconds, done, snapshots = [], 0.0, 0, {}
+    if args.resume:
+        checkpoint = common.load_resume_checkpoint(path, KIND)
+        history, seconds, done = common.restore_run(checkpoint, path, models, optimizers, generator)
+        snapshots = checkpoint["snapshots"]
+        print(f"resuming {path} after epoch {done} of {args.epochs}")
+    for epoch in range(done + 1, args.epochs + 1):
+        timer = common.Timer(x.device)
+        terms = train_epoch(G, D, opt_g, opt_d, x, args, epoch, generator)
+        common.check_finite(epoch, path, discriminator=terms["loss_d"], generator=terms["loss_g"])
+        if epoch in SNAPSHOT_EPOCHS:
+            snapshots[epoch] = generate(G, fixed_noise)
+        record = {"epoch": epoch, **{k: v.mean().item() for k, v in terms.items()},
+                  "seconds": round(timer.seconds(), 2)}
+        seconds += record["seconds"]
+        history.append(record)
+        common.save_run(path, KIND, args, epoch, history, seconds, generator, models, optimizers,
+                        snapshots=snapshots)
+        common.log_epoch(history, args.epochs, patience=0)
+    return history, seconds, snapshots
+
+
+# ----------------------------------------------------------------------------------------------
+# FIGURES
+# ----------------------------------------------------------------------------------------------
+def figures(G, history, snapshots, fixed_noise, args):
+    out = Path(args.out_dir)
+    epochs = [r["epoch"] for r in history]
+    common.plot_panels(out / "dcgan_loss.png",
+                       {"binary cross-entropy (mean over the epoch)":
+                            {"discriminator": (epochs, [r["loss_d"] for r in history]),
+                             "generator": (epochs, [r["loss_g"] for r in history])},
+                        "mean discriminator output":
+                            {"D(x), real images": (epochs, [r["d_x"] for r in history]),
+                             "D(G(z)), fakes": (epochs, [r["d_g_z"] for r in history])}},
+                       xlabel="epoch", title="DCGAN on Fashion-MNIST: losses and D's outputs")
+    rows = {f"epoch {e}": images for e, images in sorted(snapshots.items())}
+    rows.setdefault(f"epoch {epochs[-1]}", generate(G, fixed_noise))  # the final generator too
+    for label, images in rows.items():
+        common.plot_image_rows(out / f"dcgan_{label.replace(' ', '')}.png", {label: images},
+                               title=f"DCGAN: the {N_FIXED_NOISE} fixed noise vectors after {label}")
+    common.plot_image_rows(out / "dcgan_samples.png", rows,
+                           title=f"DCGAN: the same {N_FIXED_NOISE} noise vectors during training")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = common.pick_device(args.device)
+    generator = common.seed_everything(args.seed)
+    common.out_dir(args)
+    (train_x, _), (test_x, _) = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
+    G, D = Generator().to(device), Discriminator().to(device)
+    G.apply(init_weights)
+    D.apply(init_weights)
+    fixed_noise = torch.randn(N_FIXED_NOISE, NZ, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
+    if args.load:
+        checkpoint = common.load_checkpoint(args.load, KIND)
+        history, seconds, done = common.restore_run(checkpoint, args.load,
+                                                    {"generator": G, "discriminator": D})
+        snapshots, trained_with = checkpoint["snapshots"], checkpoint["args"]
+        print(f"loaded {args.load} (trained {done} epochs); not training")
+    else:
+        history, seconds, snapshots = fit(G, D, train_x, args, generator, fixed_noise)
+        trained_with = vars(args)
+    figures(G, history, snapshots, fixed_noise, args)
+    noise = torch.randn(len(test_x), NZ, generator=torch.Generator().manual_seed(args.seed + 2))
+    samples = torch.cat([generate(G, z.to(device)) for z in noise.split(1000)])
+    final = {"epochs_trained": history[-1]["epoch"], **{k: history[-1][k] for k in ("loss_d", "loss_g", "d_x", "d_g_z")},
+             **cnn.sample_quality(samples, test_x, train_x, args)}
+    common.save_metrics(Path(args.out_dir) / f"{KIND}_metrics.json", args, device, seconds, history,
+                        final, trained_with=trained_with)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""dcgan.py: the report's architecture exactly, the losses' directions, smoke with --load, bad input."""
+import json
+
+import pytest
+import torch
+
+import dcgan
+from conftest import assert_one_line_error, run_script
+
+
+def quick_args(data_dir, out_dir, *extra):
+    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--device", "cpu",
+            "--epochs", "2", "--limit", "128", *map(str, extra)]
+
+
+def layer_outputs(net, x, kinds):
+    shapes = []
+    for layer in net:
+        x = layer(x)
+        if isinstance(layer, kinds):
+            shapes.append((tuple(x.shape[1:]), sum(p.numel() for p in layer.parameters())))
+    return shapes
+
+
+def test_generator_matches_the_report():
+    G = dcgan.Generator()
+    assert sum(p.numel() for p in G.parameters()) == 791_776
+    convs = layer_outputs(G.net, torch.randn(2, 100, 1, 1), (torch.nn.ConvTranspose2d, torch.nn.Conv2d))
+    assert convs == [((128, 7, 7), 627_200), ((64, 14, 14), 131_072), ((32, 28, 28), 32_768), ((1, 28, 28), 288)]
+    out = G(torch.randn(3, 100))
+    assert out.shape == (3, 1, 28, 28) and out.abs().max() <= 1  # Tanh
+
+
+def test_discriminator_matches_the_report():
+    D = dcgan.Discriminator()
+    assert sum(p.numel() for p in D.parameters()) == 691_680
+    convs = layer_outputs(D.net, torch.randn(2, 1, 28, 28), torch.nn.Conv2d)
+    assert convs == [((32, 28, 28), 288), ((64, 14, 14), 32_768), ((128, 7, 7), 131_072),
+                     ((256, 3, 3), 524_288), ((1, 1, 1), 2_304)]
+    assert D(torch.randn(5, 1, 28, 28)).shape == (5,)
+
+
+def test_losses_point_the_right_way():
+    confident, unsure = torch.full((8,), 6.0), torch.zeros(8)
+    # D's loss falls when it separates real (high logits) from fake (low logits)
+    assert dcgan.discriminator_loss(confident, -confident) < dcgan.discriminator_loss(unsure, unsure)
+    assert dcgan.discriminator_loss(unsure, unsure).item() == pytest.approx(2 * torch.log(torch.tensor(2.0)).item())
+    # G's loss falls when D calls its fakes real
+    assert dcgan.generator_loss(confident) < dcgan.generator_loss(unsure) < dcgan.generator_loss(-confident)
+    # one-sided smoothing: D's best logit on real images is no longer +inf
+    assert dcgan.discriminator_loss(confident, -confident, 0.9) > dcgan.discriminator_loss(unsure + 2.2, -confident, 0.9)
+
+
+def test_run_then_load_repeats_figures_and_numbers(synthetic_data, cnn_weights, tmp_path):
+    dcgan.main(quick_args(synthetic_data, tmp_path / "a", "--classifier-weights", cnn_weights))
+    for name in ("dcgan.pt", "dcgan_metrics.json", "dcgan_loss.png", "dcgan_samples.png", "dcgan_epoch1.png",
+                 "dcgan_epoch2.png"):
+        assert (tmp_path / "a" / name).is_file(), name
+    dcgan.main(quick_args(synthetic_data, tmp_path / "b", "--classifier-weights", cnn_weights,
+                          "--load", tmp_path / "a" / "dcgan.pt"))
+    a, b = (json.loads((tmp_path / d / "dcgan_metrics.json").read_text())["final"] for d in "ab")
+    assert a == b and "frechet_distance" in a and a["epochs_trained"] == 2
+
+
+@pytest.mark.parametrize("flags,phrases", [
+    (["--epochs", "0"], ["--epochs", "> 0"]),
+    (["--patience", "3"], ["--patience"]),
+    (["--real-label", "1.5"], ["--real-label"]),
+])
+def test_bad_flags(flags, phrases):
+    assert_one_line_error(run_script("dcgan.py", *flags), *phrases)

@@ -1,0 +1,98 @@
+"""vaegan.py: the losses on hand-made batches, all four VAE-GAN combinations and the VAE with
+--load, and bad input."""
+import json
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+import vaegan
+from conftest import assert_one_line_error, run_script
+
+
+def quick_args(data_dir, out_dir, *extra):
+    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--device", "cpu",
+            "--epochs", "2", "--limit", "128", *map(str, extra)]
+
+
+def test_prior_term_is_the_closed_form_kl():
+    mu, logvar = torch.randn(6, 4), torch.randn(6, 4)
+    expected = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0, 1)).sum(1).mean()
+    assert vaegan.kl_divergence(mu, logvar).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_gan_terms_point_the_right_way():
+    sure, unsure = torch.full((8,), 6.0), torch.zeros(8)
+    separated = vaegan.discriminator_loss(sure, -sure, -sure)     # real high, both fakes low
+    confused = vaegan.discriminator_loss(unsure, unsure, unsure)
+    assert separated < confused
+    assert confused.item() == pytest.approx(3 * torch.log(torch.tensor(2.0)).item())
+    # the encoder/decoder side falls as Dis calls reconstructions and prior samples real
+    assert vaegan.fooling_loss(sure, sure) < vaegan.fooling_loss(unsure, unsure) < vaegan.fooling_loss(-sure, -sure)
+
+
+def test_dis_l_term_is_half_the_squared_feature_error():
+    a, b = torch.randn(5, 7), torch.randn(5, 7)
+    assert vaegan.dis_l_loss(a, a).item() == 0
+    expected = sum(0.5 * ((a[i] - b[i]) ** 2).sum().item() for i in range(5)) / 5
+    assert vaegan.dis_l_loss(a, b).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["fc", "conv"])
+def test_shapes(arch):
+    encoder, decoder, discriminator = vaegan.Encoder(8, arch), vaegan.Decoder(8, arch), vaegan.Discriminator(arch)
+    mu, logvar = encoder(torch.rand(4, 1, 28, 28))
+    assert mu.shape == logvar.shape == (4, 8)
+    image = decoder(mu)
+    assert image.shape == (4, 1, 28, 28) and 0 <= image.min() and image.max() <= 1
+    logits, features = discriminator(image)
+    assert logits.shape == (4,) and features.shape == ((4, 128) if arch == "fc" else (4, 128 * 7 * 7))
+
+
+def test_each_network_follows_its_own_loss():
+    """Algorithm 1 with --dis-l: Dec descends γ·L_llike + fooling, Enc descends L_prior + L_llike
+    (no GAN term reaches the encoder)."""
+    torch.manual_seed(0)
+    args = vaegan.parse_args(["--dis-l", "--gamma", "1"])
+    nets = {"encoder": vaegan.Encoder(2, "fc"), "decoder": vaegan.Decoder(2, "fc"),
+            "discriminator": vaegan.Discriminator("fc")}
+    terms = vaegan.vaegan_losses(nets, torch.rand(16, 1, 28, 28), args, torch.Generator().manual_seed(0))
+    params = list(nets["decoder"].parameters())
+    from_decoder_loss = torch.autograd.grad(terms["decoder"], params, retain_graph=True)
+    by_hand = torch.autograd.grad(terms["llike"] + terms["fool"], params, retain_graph=True)
+    assert all(torch.allclose(a, b) for a, b in zip(from_decoder_loss, by_hand))
+    encoder_grad = torch.autograd.grad(terms["encoder"], list(nets["encoder"].parameters()), retain_graph=True)
+    prior_llike = torch.autograd.grad(terms["prior"] + terms["llike"], list(nets["encoder"].parameters()))
+    assert all(torch.allclose(a, b) for a, b in zip(encoder_grad, prior_llike))
+
+
+VARIANTS = [(["--model", "vae"], "vaegan_vae_fc"),
+            ([], "vaegan_fc"), (["--dis-l"], "vaegan_fc_disl"),
+            (["--arch", "conv"], "vaegan_conv"), (["--arch", "conv", "--dis-l"], "vaegan_conv_disl")]
+
+
+@pytest.mark.parametrize("flags,run", VARIANTS)
+def test_every_combination_runs_and_reloads(flags, run, synthetic_data, cnn_weights, tmp_path):
+    extra = [*flags, "--classifier-weights", cnn_weights]
+    vaegan.main(quick_args(synthetic_data, tmp_path / "a", *extra))
+    for suffix in (".pt", "_metrics.json", "_samples.png", "_reconstructions.png", "_loss.png"):
+        assert (tmp_path / "a" / f"{run}{suffix}").is_file(), suffix
+    vaegan.main(quick_args(synthetic_data, tmp_path / "b", *extra, "--load", tmp_path / "a" / f"{run}.pt"))
+    a, b = (json.loads((tmp_path / d / f"{run}_metrics.json").read_text())["final"] for d in "ab")
+    assert a == b and "frechet_distance" in a
+
+
+@pytest.mark.parametrize("flags,phrases", [
+    (["--model", "gan"], ["invalid choice", "gan"]),
+    (["--epochs", "0"], ["--epochs", "> 0"]),
+    (["--model", "vae", "--dis-l"], ["--dis-l"]),
+])
+def test_bad_flags(flags, phrases):
+    assert_one_line_error(run_script("vaegan.py", *flags), *phrases)
+
+
+def test_dcgan_weights_are_refused(synthetic_data, tmp_path):
+    import dcgan
+    dcgan.main(quick_args(synthetic_data, tmp_path, "--epochs", "1"))
+    result = run_script("vaegan.py", *quick_args(synthetic_data, tmp_path, "--load", tmp_path / "dcgan.pt"))
+    assert_one_line_error(result, "'dcgan'", "expected 'vaegan_fc'")

@@ -1,0 +1,379 @@
+"""VAE and VAE-GAN on Fashion-MNIST: assignment B, part 3.
+
+--model vae      A VAE on autoencoder.py's fc design (copied here so the file reads alone):
+                 784-512-128 → μ, log σ² of z → 128-512-784 (sigmoid); loss BCE + KL.
+--model vaegan   The same encoder and decoder with a discriminator (Larsen et al. 2016,
+                 "Autoencoding beyond pixels using a learned similarity metric"), trained as
+                 their Algorithm 1 with the assignment's basic loss L = L_prior + L_GAN (Eq. 5,
+                 the GAN term over real images, reconstructions and prior samples).
+--dis-l          Bonus 1: add L_llike^{Dis_l} (Eq. 7-8), the squared error between the
+                 discriminator's hidden features of x and of its reconstruction; the decoder
+                 minimises γ·L_llike − L_GAN (Eq. 9, --gamma). Dis_l is the discriminator's last
+                 hidden layer before its output block (fc: the 128-unit layer; conv: the third
+                 convolution, as the paper's Sec. 4.1): deep enough to describe shape and texture
+                 rather than pixels, while still a spatial (conv) or broad (fc) description.
+                 L_llike is a sum over Dis_l's features (128 for fc, 6,272 for conv), so γ
+                 depends on the architecture: the defaults (0.5 fc, 0.002 conv) make γ·L_llike
+                 about as large as the fooling term at the start of training (measured on the
+                 first epoch: L_llike ≈ 7 fc, ≈ 970 conv; fooling ≈ 3.3 fc, ≈ 2.1 conv), so
+                 neither pixels-through-features nor the GAN drowns the other.
+--arch conv      Bonus 2: the paper's Sec. 4.1 encoder, decoder and discriminator shrunk to 28x28
+                 (5x5 convolutions with stride 2, BatchNorm, ReLU; see the classes below).
+
+Every model writes 10 images from p(z), 10 random test images with their reconstructions, its
+loss curves, and the sample-quality numbers of cnn.py's classifier (Fréchet distance, class
+entropy) into its metrics JSON.
+
+Run:     python vaegan.py --model vae --data-dir ../shared/data
+         python vaegan.py --model vaegan [--dis-l] [--arch conv] --data-dir ../shared/data
+Reload:  python vaegan.py --model vaegan --load figures/vaegan_fc.pt
+Writes:  figures/vaegan_<variant>_{samples,reconstructions,loss}.png, .pt, _metrics.json
+         variants: vae_fc, vae_conv, fc, fc_disl, conv, conv_disl
+"""
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import cnn
+import common
+
+N_SHOWN = 10
+
+
+def parse_args(argv=None):
+    parser = common.make_parser(__doc__.splitlines()[0])
+    common.add_common_args(parser, epochs=30, batch_size=128, lr=None)
+    parser.add_argument("--model", choices=["vae", "vaegan"], default="vaegan",
+                        help="a VAE alone, or the VAE-GAN")
+    parser.add_argument("--arch", choices=["fc", "conv"], default="fc",
+                        help="fc: autoencoder.py's fully connected design; conv: the paper's "
+                             "Sec. 4.1 networks for 28x28")
+    parser.add_argument("--latent-dim", type=common.positive_int,
+                        help="length of z (default 2 for fc, as the autoencoder's bottleneck; "
+                             "32 for conv)")
+    parser.add_argument("--dis-l", action="store_true",
+                        help="vaegan: add the learned similarity L_llike^{Dis_l} (bonus 1)")
+    parser.add_argument("--gamma", type=common.nonnegative_float,
+                        help="weight of L_llike^{Dis_l} against L_GAN in the decoder update (Eq. 9); "
+                             "default 0.5 for fc, 0.002 for conv (see the module docstring)")
+    cnn.add_sample_quality_args(parser)
+    args = parser.parse_args(argv)
+    common.check_common_args(parser, args)
+    if args.model == "vae" and args.dis_l:
+        parser.error("--dis-l needs the discriminator of --model vaegan")
+    if args.model == "vaegan" and args.patience:
+        parser.error("--patience watches a test loss, and the VAE-GAN's objective has none")
+    args.latent_dim = args.latent_dim or (2 if args.arch == "fc" else 32)
+    args.lr = args.lr or (1e-3 if args.model == "vae" else 2e-4)
+    if args.gamma is None:
+        args.gamma = 0.5 if args.arch == "fc" else 2e-3
+    return args
+
+
+def variant(args):
+    if args.model == "vae":
+        return f"vaegan_vae_{args.arch}"
+    return f"vaegan_{args.arch}" + ("_disl" if args.dis_l else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# MODELS
+# ----------------------------------------------------------------------------------------------
+class Encoder(nn.Module):
+    """x (B, 1, 28, 28) → μ, log σ² (B, z)."""
+
+    def __init__(self, latent_dim, arch):
+        super().__init__()
+        if arch == "fc":  # autoencoder.py's encoder up to its bottleneck
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(),
+                                      nn.Linear(512, 128), nn.ReLU())                        # (B, 128)
+            width = 128
+        else:  # the paper's 5x5 conv 64/128/256 with stride 2, then FC 2048, narrowed for 28x28
+            self.body = nn.Sequential(
+                nn.Conv2d(1, 32, 5, 2, 2), nn.BatchNorm2d(32), nn.ReLU(),                    # (B, 32, 14, 14)
+                nn.Conv2d(32, 64, 5, 2, 2), nn.BatchNorm2d(64), nn.ReLU(),                   # (B, 64, 7, 7)
+                nn.Conv2d(64, 128, 5, 2, 2), nn.BatchNorm2d(128), nn.ReLU(),                 # (B, 128, 4, 4)
+                nn.Flatten(), nn.Linear(2048, 512), nn.BatchNorm1d(512), nn.ReLU())          # (B, 512)
+            width = 512
+        self.to_mu = nn.Linear(width, latent_dim)
+        self.to_logvar = nn.Linear(width, latent_dim)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.to_mu(h), self.to_logvar(h)
+
+
+class Decoder(nn.Module):
+    """z (B, z) → image (B, 1, 28, 28) in [0, 1]."""
+
+    def __init__(self, latent_dim, arch):
+        super().__init__()
+        if arch == "fc":  # autoencoder.py's decoder
+            self.net = nn.Sequential(nn.Linear(latent_dim, 128), nn.ReLU(),
+                                     nn.Linear(128, 512), nn.ReLU(),
+                                     nn.Linear(512, 784), nn.Sigmoid(),
+                                     nn.Unflatten(1, (1, 28, 28)))
+        else:  # the paper's FC 8x8x256 then 5x5 transposed convs, for a 7x7 start
+            self.net = nn.Sequential(
+                nn.Linear(latent_dim, 128 * 7 * 7), nn.BatchNorm1d(128 * 7 * 7), nn.ReLU(),
+                nn.Unflatten(1, (128, 7, 7)),                                                # (B, 128, 7, 7)
+                nn.ConvTranspose2d(128, 64, 5, 2, 2, output_padding=1), nn.BatchNorm2d(64), nn.ReLU(),  # (B, 64, 14, 14)
+                nn.ConvTranspose2d(64, 32, 5, 2, 2, output_padding=1), nn.BatchNorm2d(32), nn.ReLU(),   # (B, 32, 28, 28)
+                nn.Conv2d(32, 1, 5, 1, 2), nn.Sigmoid())                                     # (B, 1, 28, 28)
+
+    def forward(self, z):
+        return self.net(z)
+
+
+class Discriminator(nn.Module):
+    """x → (logit of "real" (B,), Dis_l features (B, F)); `hidden` ends at Dis_l."""
+
+    def __init__(self, arch):
+        super().__init__()
+        if arch == "fc":
+            self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.LeakyReLU(0.2),
+                                        nn.Linear(512, 128), nn.LeakyReLU(0.2))              # (B, 128) = Dis_l
+            self.head = nn.Linear(128, 1)
+        else:
+            self.hidden = nn.Sequential(
+                nn.Conv2d(1, 32, 5, 1, 2), nn.ReLU(),                                        # (B, 32, 28, 28)
+                nn.Conv2d(32, 64, 5, 2, 2), nn.BatchNorm2d(64), nn.ReLU(),                   # (B, 64, 14, 14)
+                nn.Conv2d(64, 128, 5, 2, 2), nn.BatchNorm2d(128), nn.ReLU())                 # (B, 128, 7, 7) = Dis_l
+            self.head = nn.Sequential(
+                nn.Conv2d(128, 128, 5, 2, 2), nn.BatchNorm2d(128), nn.ReLU(),                # (B, 128, 4, 4)
+                nn.Flatten(), nn.Linear(2048, 256), nn.BatchNorm1d(256), nn.ReLU(),
+                nn.Linear(256, 1))
+
+    def forward(self, x):
+        features = self.hidden(x)
+        return self.head(features).flatten(), features.flatten(1)
+
+
+def reparameterize(mu, logvar, generator):
+    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4); ε from the CPU generator."""
+    return mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator).to(mu.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# LOSSES (each averaged over the batch)
+# ----------------------------------------------------------------------------------------------
+def kl_divergence(mu, logvar):
+    """L_prior = KL(q(z|x) || N(0, I)) = -½ Σ_j (1 + log σ_j² - μ_j² - σ_j²) (Kingma & Welling
+    2014, Appendix B; Larsen et al. Eq. 4). Summed over z."""
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
+
+
+def pixel_bce(reconstruction, x):
+    """The VAE's -log p(x|z) for a Bernoulli decoder, summed over the 784 pixels."""
+    return F.binary_cross_entropy(reconstruction, x, reduction="none").flatten(1).sum(1).mean()
+
+
+def dis_l_loss(features_reconstruction, features_real):
+    """L_llike^{Dis_l} = -log N(Dis_l(x) | Dis_l(x̃), I) up to a constant = ½ Σ_f (Dis_l(x̃) -
+    Dis_l(x))² (Larsen et al. Eq. 7-8), summed over the features."""
+    return 0.5 * (features_reconstruction - features_real).pow(2).sum(1).mean()
+
+
+def discriminator_loss(real_logits, reconstruction_logits, prior_logits):
+    """-L_GAN = -[log Dis(x) + log(1 - Dis(x̃)) + log(1 - Dis(Dec(z_p)))] (Larsen et al. Eq. 5 with
+    the reconstructions added, Sec. 2.2): Dis maximises L_GAN by minimising this cross-entropy."""
+    bce = F.binary_cross_entropy_with_logits
+    return (bce(real_logits, torch.ones_like(real_logits))
+            + bce(reconstruction_logits, torch.zeros_like(reconstruction_logits))
+            + bce(prior_logits, torch.zeros_like(prior_logits)))
+
+
+def fooling_loss(reconstruction_logits, prior_logits):
+    """The encoder's and decoder's side of L_GAN, non-saturating: -log Dis(x̃) - log Dis(x_p)
+    (Goodfellow et al. 2014, Sec. 3: same fixed point as minimising log(1 - Dis), stronger gradients
+    while Dis still wins)."""
+    bce = F.binary_cross_entropy_with_logits
+    return (bce(reconstruction_logits, torch.ones_like(reconstruction_logits))
+            + bce(prior_logits, torch.ones_like(prior_logits)))
+
+
+def vaegan_losses(nets, x, args, generator):
+    """One forward pass of Algorithm 1; returns each network's loss and what is logged.
+
+    Enc minimises L_prior + L_llike (basic loss: L_prior + the fooling term, the part of L_GAN
+    that depends on it); Dec minimises γ·L_llike + fooling (basic: fooling); Dis minimises -L_GAN.
+    """
+    encoder, decoder, discriminator = nets["encoder"], nets["decoder"], nets["discriminator"]
+    mu, logvar = encoder(x)
+    reconstruction = decoder(reparameterize(mu, logvar, generator))                 # x̃
+    z_prior = torch.randn(len(x), mu.shape[1], generator=generator).to(x.device)
+    prior_images = decoder(z_prior)                                                  # x_p
+    real_logits, real_features = discriminator(x)
+    reconstruction_logits, reconstruction_features = discriminator(reconstruction)
+    prior_logits, _ = discriminator(prior_images)
+    terms = {"prior": kl_divergence(mu, logvar),
+             "fool": fooling_loss(reconstruction_logits, prior_logits),
+             "dis": discriminator_loss(real_logits, reconstruction_logits, prior_logits),
+             "d_x": torch.sigmoid(real_logits).mean(),
+             "d_recon": torch.sigmoid(reconstruction_logits).mean(),
+             "d_prior": torch.sigmoid(prior_logits).mean()}
+    if args.dis_l:
+        terms["llike"] = dis_l_loss(reconstruction_features, real_features.detach())
+        terms["encoder"] = terms["prior"] + terms["llike"]
+        terms["decoder"] = args.gamma * terms["llike"] + terms["fool"]
+    else:
+        terms["encoder"] = terms["prior"] + terms["fool"]
+        terms["decoder"] = terms["fool"]
+    return terms
+
+
+def vae_losses(nets, x, args, generator):
+    mu, logvar = nets["encoder"](x)
+    terms = {"recon": pixel_bce(nets["decoder"](reparameterize(mu, logvar, generator)), x),
+             "prior": kl_divergence(mu, logvar)}
+    terms["encoder"] = terms["decoder"] = terms["recon"] + terms["prior"]
+    return terms
+
+
+# ----------------------------------------------------------------------------------------------
+# TRAINING
+# ----------------------------------------------------------------------------------------------
+def step(nets, optimizers, terms):
+    """Each network follows the gradient of its own loss only (Algorithm 1): gradients are taken
+    per network with autograd.grad, then every optimizer steps."""
+    for name, net in nets.items():
+        loss = terms[name if name != "discriminator" else "dis"]
+        params = [p for p in net.parameters()]
+        for p, g in zip(params, torch.autograd.grad(loss, params, retain_graph=True)):
+            p.grad = g
+    for optimizer in optimizers.values():
+        optimizer.step()
+
+
+def train_epoch(nets, optimizers, x, args, epoch, generator):
+    losses = vae_losses if args.model == "vae" else vaegan_losses
+    for net in nets.values():
+        net.train()
+    n_batches = common.num_batches(len(x), args.batch_size)
+    logged = {}
+    batches = common.batch_indices(len(x), args.batch_size, x.device, generator)
+    for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
+        terms = losses(nets, x[idx], args, generator)
+        step(nets, optimizers, terms)
+        for name, value in terms.items():
+            if name not in ("encoder", "decoder"):
+                logged.setdefault(name, torch.empty(n_batches, device=x.device))[i] = value.detach()
+    return logged
+
+
+@torch.no_grad()
+def evaluate(nets, x, args):
+    """Test KL and reconstruction error (BCE summed over pixels, from z = μ), in eval mode."""
+    for net in nets.values():
+        net.eval()
+    sums = {"recon": 0.0, "prior": 0.0}
+    for idx in common.batch_indices(len(x), 1000, x.device):
+        mu, logvar = nets["encoder"](x[idx])
+        sums["recon"] += pixel_bce(nets["decoder"](mu), x[idx]).item() * len(idx)
+        sums["prior"] += kl_divergence(mu, logvar).item() * len(idx)
+    return {f"test_{k}": v / len(x) for k, v in sums.items()}
+
+
+def fit(nets, data, args, run, generator):
+    (train_x, _), (test_x, _) = data
+    path = Path(args.out_dir) / f"{run}.pt"
+    betas = (0.9, 0.999) if args.model == "vae" else (0.5, 0.999)  # β1 = 0.5 as dcgan.py (Radford et al.)
+    optimizers = {name: torch.optim.Adam(net.parameters(), lr=args.lr, betas=betas)
+                  for name, net in nets.items()}
+    history, seconds, done = [], 0.0, 0
+    if args.resume:
+        checkpoint = common.load_resume_checkpoint(path, run)
+        history, seconds, done = common.restore_run(checkpoint, path, nets, optimizers, generator)
+        print(f"resuming {path} after epoch {done} of {args.epochs}")
+    for epoch in range(done + 1, args.epochs + 1):
+        timer = common.Timer(train_x.device)
+        logged = train_epoch(nets, optimizers, train_x, args, epoch, generator)
+        common.check_finite(epoch, path, **{k: v for k, v in logged.items() if not k.startswith("d_")})
+        record = {"epoch": epoch, **{f"train_{k}": v.mean().item() for k, v in logged.items()},
+                  **evaluate(nets, test_x, args)}
+        if args.model == "vae":
+            record["test_loss"] = record["test_recon"] + record["test_prior"]
+        record["seconds"] = round(timer.seconds(), 2)
+        seconds += record["seconds"]
+        history.append(record)
+        common.save_run(path, run, args, epoch, history, seconds, generator, nets, optimizers)
+        if common.log_epoch(history, args.epochs, args.patience):
+            break
+    return history, seconds
+
+
+# ----------------------------------------------------------------------------------------------
+# FIGURES
+# ----------------------------------------------------------------------------------------------
+def curves(history, keys):
+    epochs = [r["epoch"] for r in history]
+    return {label: (epochs, [r[key] for r in history]) for label, key in keys.items() if key in history[0]}
+
+
+@torch.no_grad()
+def figures(nets, data, args, run, history):
+    out = Path(args.out_dir)
+    test_x = data[1][0]
+    encoder, decoder = nets["encoder"].eval(), nets["decoder"].eval()
+    z = torch.randn(N_SHOWN, args.latent_dim, generator=torch.Generator().manual_seed(args.seed + 1))
+    common.plot_image_rows(out / f"{run}_samples.png", {"x = Dec(z),\nz ~ N(0, I)": decoder(z.to(test_x.device))},
+                           title=f"{run}: 10 images from p(z)")
+    chosen = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(args.seed))[:N_SHOWN]
+    images = test_x[chosen.to(test_x.device)]
+    common.plot_image_rows(out / f"{run}_reconstructions.png",
+                           {"test image": images, "Dec(μ(x))": decoder(encoder(images)[0])},
+                           title=f"{run}: 10 random test images and their reconstructions")
+    if args.model == "vae":
+        panels = {"reconstruction (BCE, summed over pixels)": curves(history, {"train": "train_recon", "test": "test_recon"}),
+                  "KL(q(z|x) || N(0, I))": curves(history, {"train": "train_prior", "test": "test_prior"})}
+    else:
+        panels = {"encoder": curves(history, {"L_prior (KL)": "train_prior", "L_llike^Dis_l": "train_llike"}),
+                  "decoder": curves(history, {"fooling, -log Dis(x̃) - log Dis(x_p)": "train_fool",
+                                              "L_llike^Dis_l (weighted by γ in the update)": "train_llike"}),
+                  "discriminator": curves(history, {"-L_GAN": "train_dis"}),
+                  "mean Dis output": curves(history, {"real x": "train_d_x", "reconstruction x̃": "train_d_recon",
+                                                      "prior sample x_p": "train_d_prior"})}
+    common.plot_panels(out / f"{run}_loss.png", panels, xlabel="epoch",
+                       title=f"{run}: losses per network (means over each epoch)")
+
+
+@torch.no_grad()
+def prior_samples(decoder, n, args, device):
+    decoder.eval()
+    z = torch.randn(n, args.latent_dim, generator=torch.Generator().manual_seed(args.seed + 2))
+    return torch.cat([decoder(chunk.to(device)) for chunk in z.split(1000)]).cpu()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = common.pick_device(args.device)
+    generator = common.seed_everything(args.seed)
+    common.out_dir(args)
+    run = variant(args)
+    data = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
+    nets = {"encoder": Encoder(args.latent_dim, args.arch), "decoder": Decoder(args.latent_dim, args.arch)}
+    if args.model == "vaegan":
+        nets["discriminator"] = Discriminator(args.arch)
+    nets = {name: net.to(device) for name, net in nets.items()}
+    if args.load:
+        checkpoint = common.load_checkpoint(args.load, run)
+        history, seconds, done = common.restore_run(checkpoint, args.load, nets)
+        trained_with = checkpoint["args"]
+        print(f"loaded {args.load} (trained {done} epochs); not training")
+    else:
+        history, seconds = fit(nets, data, args, run, generator)
+        trained_with = vars(args)
+    figures(nets, data, args, run, history)
+    (train_x, _), (test_x, _) = data
+    samples = prior_samples(nets["decoder"], len(test_x), args, device)
+    final = {"epochs_trained": history[-1]["epoch"], **evaluate(nets, test_x, args),
+             **cnn.sample_quality(samples, test_x, train_x, args)}
+    common.save_metrics(Path(args.out_dir) / f"{run}_metrics.json", args, device, seconds, history,
+                        final, trained_with=trained_with)
+    print(f"{run}: " + " | ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)))
+
+
+if __name__ == "__main__":
+    main()
