@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # figures go to files; no display is needed (or present on servers)
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -421,6 +422,7 @@ def plot_panels(path, panels, xlabel, title, markers=True):
         for label, (xs, ys) in curves.items():
             ax.plot(xs, ys, marker="o" if markers else None, markersize=3, label=label)
         ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole numbers
         ax.grid(alpha=0.3)
         if len(curves) > 1:
             ax.legend()
