@@ -73,9 +73,19 @@ def number_list(kind, check, requirement):
     return parse
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" only where there is one: a None default means the help text itself
+    says what is used (e.g. "default 2 for fc, 32 for conv"), and a switch is off unless given."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def make_parser(description):
     """An argparse parser whose --help shows every default and whose errors are one line."""
-    return _Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return _Parser(description=description, formatter_class=_HelpFormatter)
 
 
 def add_common_args(parser, *, epochs, batch_size, lr, patience=0):
