@@ -337,7 +337,7 @@ def weights_path(args, run):
     if load.is_dir():
         return load / f"{run}.pt"
     own = run_name(args, args.experiment)
-    return load if run == own or load.stem == run else load.parent / f"{run}.pt"
+    return load if run == own else load.parent / f"{run}.pt"
 
 
 def build(model_class, args, data, **kwargs):
@@ -383,11 +383,6 @@ def finish(model, data, args, experiment, result, **final):
 # ----------------------------------------------------------------------------------------------
 # FIGURES AND ANALYSIS
 # ----------------------------------------------------------------------------------------------
-def curves(history, key, prefixes=("train", "test"), suffix=""):
-    epochs = [r["epoch"] for r in history]
-    return {f"{p}{suffix}": (epochs, [r[f"{p}_{key}"] for r in history]) for p in prefixes}
-
-
 @torch.no_grad()
 def encode_all(encoder, x, batch_size=1000):
     encoder.eval()
@@ -404,7 +399,8 @@ def pca_2d(codes):
 def loss_figure(args, experiment, result, title):
     run, loss = run_name(args, experiment), EXPERIMENTS[experiment][4]
     ylabel = {"mse": "mean squared error per pixel", "l1": "mean absolute error per pixel"}[loss]
-    common.plot_curves(Path(args.out_dir) / f"{run}_loss.png", curves(result["history"], loss),
+    common.plot_curves(Path(args.out_dir) / f"{run}_loss.png",
+                       common.epoch_series(result["history"], loss),
                        xlabel="epoch", ylabel=ylabel, title=title)
 
 
@@ -475,7 +471,7 @@ def naive_figures(model, data, args):
     model.eval()
     (train_x, _), (test_x, test_y) = data
     codes = encode_all(model.encoder, test_x)
-    box = encode_all(model.encoder, train_x)
+    box = encode_all(model.encoder, train_x) if args.naive_distribution == "uniform-box" else None
     draws = random_inputs(N_GENERATED, args.seed + 1, box, args.naive_distribution)
     region = random_inputs(2000, args.seed + 2, box, args.naive_distribution)
     out = Path(args.out_dir)
@@ -556,8 +552,8 @@ def classifier_run(args, data, experiment, initial_encoder=None):
     result = obtain(model, data, args, experiment, pretrained_encoder=initial_encoder is not None)
     if experiment == args.experiment:
         common.plot_panels(Path(args.out_dir) / f"{run_name(args, experiment)}_curves.png",
-                           {"cross-entropy": curves(result["history"], "ce"),
-                            "accuracy": curves(result["history"], "acc")},
+                           {"cross-entropy": common.epoch_series(result["history"], "ce"),
+                            "accuracy": common.epoch_series(result["history"], "acc")},
                            xlabel="epoch", title=f"{experiment}: encoder + MLP classifier on "
                                                  f"{len(data[0][0])} labelled MNIST digits")
         finish(model, data, args, experiment, result, labelled_examples=len(data[0][0]))
@@ -607,8 +603,8 @@ def run_transfer(args, data):
     _, transfer = classifier_run(args, data, "transfer", initial_encoder=autoencoder.encoder)
     panels = {"cross-entropy": {}, "accuracy": {}}
     for name, result in (("from scratch", scratch), ("transfer", transfer)):
-        panels["cross-entropy"].update(curves(result["history"], "ce", suffix=f", {name}"))
-        panels["accuracy"].update(curves(result["history"], "acc", suffix=f", {name}"))
+        panels["cross-entropy"].update(common.epoch_series(result["history"], "ce", suffix=f", {name}"))
+        panels["accuracy"].update(common.epoch_series(result["history"], "acc", suffix=f", {name}"))
     common.plot_panels(Path(args.out_dir) / "autoencoder_transfer_vs_few_labels.png", panels,
                        xlabel="epoch (one pass over the 100 labelled digits)", markers=False,
                        title="100 labelled MNIST digits: encoder from the autoencoder vs from scratch")

@@ -440,6 +440,14 @@ def plot_panels(path, panels, xlabel, title, markers=True):
     _save(fig, path)
 
 
+def epoch_series(history, key, prefixes=("train", "test"), suffix=""):
+    """{"train": (epochs, values), "test": (...)} of `key` from a run's history records (which hold
+    e.g. train_recon and test_recon), ready for plot_curves / plot_panels; `suffix` is appended
+    to each label when two runs share one axis."""
+    epochs = [r["epoch"] for r in history]
+    return {f"{p}{suffix}": (epochs, [r[f"{p}_{key}"] for r in history]) for p in prefixes}
+
+
 def plot_curves(path, curves, xlabel, ylabel, title, markers=True):
     """curves: {label: (xs, ys)} drawn on one axis, with a legend when there are two or more."""
     plot_panels(path, {ylabel: curves}, xlabel, title, markers)

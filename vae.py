@@ -298,19 +298,14 @@ def fixed_noise_for(latent_dim, args, device):
     return torch.randn(N_FIXED_NOISE, latent_dim, generator=generator).to(device)
 
 
-def curves(history, key, prefixes=("train", "test")):
-    epochs = [r["epoch"] for r in history]
-    return {prefix: (epochs, [r[f"{prefix}_{key}"] for r in history]) for prefix in prefixes}
-
-
 @torch.no_grad()
 def vae_figures(model, test, args, run, result, fixed_noise):
     out = Path(args.out_dir)
     x, y = test
     recon_label = f"reconstruction ({args.recon}, summed over pixels)"
     common.plot_panels(out / f"{run}_loss.png",
-                       {recon_label: curves(result["history"], "recon"),
-                        "KL(q(z|x) || N(0, I))": curves(result["history"], "kl")},
+                       {recon_label: common.epoch_series(result["history"], "recon"),
+                        "KL(q(z|x) || N(0, I))": common.epoch_series(result["history"], "kl")},
                        xlabel="epoch", title=f"{run}: loss terms per example (β = {args.kl_weight:g})")
     model.eval()
     originals = x[:4]
@@ -384,7 +379,7 @@ def run_sweep(args, data):
         summary[label] = final
         seconds += result["seconds"]
         for key, panel in (("recon", "test reconstruction"), ("kl", "test KL")):
-            test_curves[panel][label] = curves(result["history"], key, ("test",))["test"]
+            test_curves[panel][label] = common.epoch_series(result["history"], key, ("test",))["test"]
     out = Path(args.out_dir)
     common.plot_image_rows(out / f"{name}.png", rows, title=f"{name}: the same {N_FIXED_NOISE} "
                            "z ~ N(0, I) decoded by each final model")
@@ -403,8 +398,8 @@ def run_classifier(args, data, generator, load_path):
     final = {"epochs_trained": result["history"][-1]["epoch"], "train_ce": train["ce"],
              "train_acc": train["acc"], "test_ce": test["ce"], "test_acc": test["acc"]}
     common.plot_panels(Path(args.out_dir) / f"{run}_curves.png",
-                       {"cross-entropy": curves(result["history"], "ce"),
-                        "accuracy": curves(result["history"], "acc")},
+                       {"cross-entropy": common.epoch_series(result["history"], "ce"),
+                        "accuracy": common.epoch_series(result["history"], "acc")},
                        xlabel="epoch", title="MLP classifier 784-500-10 on Fashion-MNIST")
     common.save_metrics(Path(args.out_dir) / f"{run}_metrics.json", args, device,
                         result["seconds"], result["history"], final,
@@ -444,7 +439,7 @@ def run_init_comparison(args, data):
         seconds += result["seconds"]
         for key, panel in (("recon", "test reconstruction"), ("kl", "test KL")):
             panels[panel][f"encoder from the {start}" if start == "classifier" else "random init"] = \
-                curves(result["history"], key, ("test",))["test"]
+                common.epoch_series(result["history"], key, ("test",))["test"]
     common.plot_panels(out / "vae_mlp_init.png", panels, xlabel="epoch", markers=False,
                        title=f"MLP VAE (z = {args.latent_dim}): encoder initialised from the "
                              "classifier vs at random")
