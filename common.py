@@ -88,19 +88,22 @@ def make_parser(description):
     return _Parser(description=description, formatter_class=_HelpFormatter)
 
 
-def add_common_args(parser, *, epochs, batch_size, lr, patience=0):
-    """The flags every script shares (../shared/CONVENTIONS.md), with per-script defaults."""
+def add_common_args(parser, *, epochs, batch_size, lr, patience=0, epochs_flag=True,
+                    data_help="dataset root; downloaded there by torchvision when absent"):
+    """The flags every script shares (../shared/CONVENTIONS.md), with per-script defaults.
+    epochs_flag=False leaves out --epochs, for a script that counts iterations instead."""
     g = parser.add_argument_group("common options")
-    g.add_argument("--epochs", type=positive_int, default=epochs,
-                   help="training epochs" if epochs else "training epochs (default: per experiment)")
+    if epochs_flag:
+        g.add_argument("--epochs", type=positive_int, default=epochs,
+                       help="training epochs" if epochs else "training epochs (default: per experiment)")
     g.add_argument("--batch-size", type=positive_int, default=batch_size, help="minibatch size")
     g.add_argument("--lr", type=positive_float, default=lr,
-                   help="peak learning rate" if lr else "learning rate (default: per model)")
+                   help="learning rate (the peak, where a schedule is used)" if lr
+                   else "learning rate (default: per model)")
     g.add_argument("--seed", type=int, default=0, help="seed for python and torch")
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
                    help="auto picks cuda, then mps, then cpu")
-    g.add_argument("--data-dir", default="data",
-                   help="dataset root; downloaded there by torchvision when absent")
+    g.add_argument("--data-dir", default="data", help=data_help)
     g.add_argument("--out-dir", default="figures", help="where figures, weights and metrics go")
     g.add_argument("--load", metavar="PATH",
                    help="skip training: load these weights and redo the figures and metrics")
@@ -112,6 +115,16 @@ def add_common_args(parser, *, epochs, batch_size, lr, patience=0):
     g.add_argument("--limit", type=positive_int,
                    help="use only the first N training and N test examples")
     return g
+
+
+def use_run_args(args, checkpoint, names, path):
+    """For --load: take the flags in `names` (architecture, data selection) from the run that
+    wrote `checkpoint`, saying which ones differ from the command line, so the figures and
+    numbers are that run's whatever the flags say now."""
+    for name in names:
+        if getattr(args, name) != checkpoint["args"][name]:
+            print(f"--{name.replace('_', '-')} {checkpoint['args'][name]} as in {path}")
+            setattr(args, name, checkpoint["args"][name])
 
 
 def check_common_args(parser, args):
@@ -266,12 +279,13 @@ def set_lr(optimizer, lr):
         group["lr"] = lr
 
 
-def log_epoch(history, epochs, patience, loss_key="test_loss"):
-    """Print the summary line of the epoch just appended to `history`; return True when
-    --patience says stop (the test loss `loss_key` has not improved for `patience` evaluations)."""
+def log_epoch(history, epochs, patience, loss_key="test_loss", unit="epoch"):
+    """Print the summary line of the record just appended to `history` (counted in `unit`s:
+    epochs, or iterations for the LSTM); return True when --patience says stop (the test loss
+    `loss_key` has not improved for `patience` evaluations)."""
     record = history[-1]
-    print(summary_line(record["epoch"], epochs, record["seconds"],
-                       **{k: v for k, v in record.items() if k not in ("epoch", "seconds")}),
+    print(summary_line(record[unit], epochs, record["seconds"], unit=unit,
+                       **{k: v for k, v in record.items() if k not in (unit, "seconds")}),
           flush=True)  # progress reaches a log file as it happens
     losses = [r[loss_key] for r in history if loss_key in r]
     if loss_key in record and patience_exhausted(losses, patience):
@@ -280,9 +294,9 @@ def log_epoch(history, epochs, patience, loss_key="test_loss"):
     return False
 
 
-def summary_line(epoch, epochs, seconds, **values):
+def summary_line(epoch, epochs, seconds, unit="epoch", **values):
     """`epoch 3/50 | train loss 0.312 | test acc 0.912 | 4.2 s` (None values are left out)."""
-    parts = [f"epoch {epoch}/{epochs}"]
+    parts = [f"{unit} {epoch}/{epochs}"]
     for key, value in values.items():
         if value is not None:
             parts.append(f"{key.replace('_', ' ')} {value:.4g}")
@@ -424,11 +438,16 @@ def _save(fig, path):
     print(f"wrote {path}")
 
 
-def plot_panels(path, panels, xlabel, title, markers=True):
+def plot_panels(path, panels, xlabel, title, markers=True, ncols=None):
     """panels: {ylabel: {label: (xs, ys)}}, one axis per entry side by side (e.g. reconstruction
-    and KL, whose scales differ); a legend on every axis with two or more curves."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (ylabel, curves) in zip(axes[0], panels.items()):
+    and KL, whose scales differ), or `ncols` to a row; a legend on every axis with two or more
+    curves."""
+    ncols = ncols or len(panels)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_axis_off()
+    for ax, (ylabel, curves) in zip(axes.flat, panels.items()):
         for label, (xs, ys) in curves.items():
             ax.plot(xs, ys, marker="o" if markers else None, markersize=3, label=label)
         ax.set(xlabel=xlabel, ylabel=ylabel)
@@ -436,7 +455,7 @@ def plot_panels(path, panels, xlabel, title, markers=True):
         ax.grid(alpha=0.3)
         if len(curves) > 1:
             ax.legend()
-    fig.suptitle(textwrap.fill(title, 55 * len(panels)))  # ~55 characters fit above one panel
+    fig.suptitle(textwrap.fill(title, 55 * ncols))  # ~55 characters fit above one panel
     _save(fig, path)
 
 

@@ -175,6 +175,16 @@ def test_check_finite_names_epoch_batch_and_term():
 def test_summary_line():
     line = common.summary_line(3, 50, 4.21, recon=98.123, kl=12.3, test_acc=None)
     assert line == "epoch 3/50 | recon 98.12 | kl 12.3 | 4.2 s"
+    line = common.summary_line(2000, 100000, 9.0, unit="iteration", test_acc=0.75)
+    assert line == "iteration 2000/100000 | test acc 0.75 | 9.0 s"
+
+
+def test_use_run_args_takes_the_runs_values_and_says_so(capsys):
+    args = argparse.Namespace(fc_width=32, subset=1.0, seed=0)
+    checkpoint = {"args": {"fc_width": 4096, "subset": 1.0, "seed": 3}}
+    common.use_run_args(args, checkpoint, ("fc_width", "subset", "seed"), "w.pt")
+    assert (args.fc_width, args.subset, args.seed) == (4096, 1.0, 3)
+    assert capsys.readouterr().out.splitlines() == ["--fc-width 4096 as in w.pt", "--seed 3 as in w.pt"]
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -189,5 +199,7 @@ def test_plot_helpers_write_png_files(tmp_path):
     common.plot_scatter_panels(tmp_path / "p.png", {"one": torch.randn(60, 2), "two": torch.randn(60, 2)},
                                labels, ["a", "b", "c"], "t",
                                overlays={"region": torch.randn(200, 2), "chosen": torch.randn(5, 2)})
-    for name in ("c.png", "g.png", "h.png", "s.png", "p.png"):
+    grid = {f"panel {i}": {"a": ([1, 2], [i, i + 1])} for i in range(3)}
+    common.plot_panels(tmp_path / "q.png", grid, "step", "t", ncols=2)  # 2x2, one left empty
+    for name in ("c.png", "g.png", "h.png", "s.png", "p.png", "q.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

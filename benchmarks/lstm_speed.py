@@ -1,0 +1,100 @@
+"""How long do lstm_tweets.py's 100,000 iterations take here, and what does packing cost?
+
+No tweets ship with the repository, so this measures speed only, on synthetic tweets of random
+printable ASCII whose lengths are uniform in 10..140 characters (Sentiment140's tweets average
+about 74). It writes them to a temporary folder and:
+1. runs lstm_tweets.py itself for --iterations minibatches (one evaluation at the end), and
+   prints the seconds per 1000 iterations and the projection to 100,000;
+2. times one training step of the same LSTM on the same batches twice, with packed sequences (as
+   lstm_tweets.py does, so padding never changes a prediction) and on the plain zero-padded
+   batch (faster, but the state it ends in has read the padding), and prints their ratio.
+Accuracy numbers from this run mean nothing (the labels are random) and are not reported.
+
+Run: python benchmarks/lstm_speed.py
+"""
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the scripts live one level up
+import common  # noqa: E402
+import lstm_tweets  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = common.make_parser(__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=common.positive_int, default=2000,
+                        help="training iterations to time through lstm_tweets.py")
+    parser.add_argument("--steps", type=common.positive_int, default=200,
+                        help="training steps timed for each of packed and padded")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto",
+                        help="auto picks cuda, then mps, then cpu")
+    return parser.parse_args(argv)
+
+
+def synthetic_file(path, n, generator):
+    """n tweets of random printable ASCII (no quotes or commas), random 0/1 labels."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz     ABCDEFGHIJ0123456789!?.:)(@#"
+    lengths = torch.randint(10, 141, (n,), generator=generator)
+    letters = torch.randint(0, len(alphabet), (int(lengths.sum()),), generator=generator).tolist()
+    labels = torch.randint(0, 2, (n,), generator=generator).tolist()
+    rows, start = ["text,label"], 0
+    for length, label in zip(lengths.tolist(), labels):
+        rows.append("".join(alphabet[i] for i in letters[start:start + length]).strip() + f",{label}")
+        start += length
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def time_steps(model, batches, packed, device):
+    """Seconds per training step (forward, NLL, backward) over `batches`."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    timer = common.Timer(device)
+    for codes, lengths, labels in batches:
+        if packed:
+            log_probs = model(codes, lengths)
+        else:  # the state after the last column of the padded batch, padding included
+            output, _ = model.lstm(F.one_hot(codes.long(), lstm_tweets.VOCAB).float())
+            log_probs = F.log_softmax(model.out(output[:, -1]), dim=1)
+        loss = lstm_tweets.nll_loss(log_probs, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return timer.seconds() / len(batches)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = common.pick_device(args.device)
+    generator = common.seed_everything(0)
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        train = synthetic_file(folder / "train.csv", 20000, generator)
+        test = synthetic_file(folder / "test.csv", 500, generator)
+        lstm_tweets.main(["--train-csv", str(train), "--test-csv", str(test), "--out-dir",
+                          str(folder / "out"), "--device", device.type, "--iterations",
+                          str(args.iterations), "--eval-every", str(args.iterations)])
+        metrics = json.loads((folder / "out" / "lstm_tweets_metrics.json").read_text())
+        seconds = metrics["wall_seconds"]
+        split, _ = lstm_tweets.load_split(train, lstm_tweets.parse_args(["--train-csv", str(train)]),
+                                          device)
+    per_1000 = 1000 * seconds / args.iterations
+    print(f"lstm_tweets.py: {per_1000:.1f} s per 1000 iterations on {device} "
+          f"(one evaluation included) → 100,000 iterations ≈ {100 * per_1000 / 60:.0f} min")
+
+    batches = [lstm_tweets.batch(split, torch.randint(0, len(split[2]), (32,),
+                                                      generator=generator).to(device))
+               for _ in range(args.steps)]
+    model = lstm_tweets.CharLSTM().to(device)
+    time_steps(model, batches[:10], True, device)  # warm-up
+    packed, padded = time_steps(model, batches, True, device), time_steps(model, batches, False, device)
+    print(f"one step: packed {1000 * packed:.1f} ms, padded {1000 * padded:.1f} ms; "
+          f"packed / padded = {packed / padded:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,467 @@
+"""Assignment D, part 3: a character-level LSTM that reads a tweet and says positive or negative.
+
+Each tweet is a sequence of ASCII codes; the input at every step is the one-hot vector of the
+character (size 128). One LSTM layer with 128 hidden units reads the tweet; a linear layer maps
+the hidden state after the tweet's last character to 2 outputs; log-softmax gives the class
+log-probabilities and the loss is their negative log-likelihood. Batch size 32, learning rate
+1e-4, 100,000 iterations; test accuracy and training accuracy every 1000 iterations.
+
+Choices the assignment leaves open:
+- Adam (Kingma & Ba, 2015), a "related optimizer": at the prescribed learning rate of 1e-4,
+  plain SGD hardly moves an LSTM in 100,000 steps (--optimizer sgd to see it).
+- Packed sequences: tweets of different lengths share a batch, padded to the longest; packing
+  makes the LSTM stop at each tweet's own last character, so the padding never changes a
+  prediction (a test checks this).
+- Training accuracy is measured on a fixed random sample of --train-sample training tweets
+  (default 2000), so an evaluation costs little next to 1000 iterations; test accuracy on the
+  whole test file.
+- Characters outside ASCII (emoji, accents, undecodable bytes) all become code 26, ASCII's SUB
+  ("substitute"), so the one-hot size stays 128; tweets longer than --max-len are cut.
+
+Reading real tweet files (read_tweet_csv): every line is read on its own, so an unbalanced quote
+inside a tweet can never swallow the lines after it; every line becomes one tweet or a counted,
+reported problem. Layouts recognised, and said when read:
+  text and label with a header (either order: the names tell which is which); two columns without
+  a header (the label column is the one holding labels); Sentiment140's six columns
+  target,id,date,flag,user,text (labels 0/4; its test file's neutral 2s are reported and
+  skipped); ItemID,Sentiment,SentimentSource,SentimentText. Labels 0/1, 0/4 or
+  negative/positive. UTF-8 with or without a byte-order mark, LF or CRLF line ends.
+  --text-column / --label-column override the detection (a header name or a 0-based position).
+
+No tweets ship with this repository: get Sentiment140 (Go, Bhayani & Huang, 2009;
+http://help.sentiment140.com/for-students), or use the course's tweets_train.csv / tweets_test.csv.
+
+Run:     python lstm_tweets.py --data-dir DIR      (reads DIR/tweets_train.csv, DIR/tweets_test.csv)
+         python lstm_tweets.py --train-csv a.csv --test-csv b.csv --iterations 100000 --eval-every 1000
+Reload:  python lstm_tweets.py --train-csv a.csv --test-csv b.csv --load figures/lstm_tweets.pt
+Writes:  figures/lstm_tweets_curves.png, figures/lstm_tweets.pt, figures/lstm_tweets_metrics.json
+"""
+import csv
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import common
+
+KIND = "lstm_tweets"  # written into the checkpoint; --load refuses weights of any other kind
+VOCAB = 128           # ASCII: the one-hot size
+PLACEHOLDER = 26      # ASCII SUB, "substitute": every character outside ASCII becomes this code
+TEXT_NAMES = ("text", "tweet", "sentimenttext", "content", "message")  # header names, by priority
+LABEL_NAMES = ("label", "sentiment", "target", "polarity", "class")
+LABEL_SCHEMES = {"0/1": {"0": 0, "1": 1}, "0/4": {"0": 0, "4": 1},
+                 "negative/positive": {"negative": 0, "positive": 1}}
+SHOWN_LINES = 5       # how many line numbers a report names for each kind of problem
+
+
+def parse_args(argv=None):
+    parser = common.make_parser(__doc__.splitlines()[0])
+    common.add_common_args(parser, epochs=None, batch_size=32, lr=1e-4, epochs_flag=False,
+                           data_help="folder holding tweets_train.csv and tweets_test.csv")
+    parser.add_argument("--iterations", type=common.positive_int, default=100_000,
+                        help="minibatches to train on (the LSTM counts these, not epochs)")
+    parser.add_argument("--eval-every", type=common.positive_int, default=1000,
+                        help="measure train and test accuracy every N iterations (and at the last)")
+    parser.add_argument("--train-csv", help="training tweets (default: tweets_train.csv in --data-dir)")
+    parser.add_argument("--test-csv", help="test tweets (default: tweets_test.csv in --data-dir)")
+    parser.add_argument("--text-column", help="the tweet's column: a header name or a 0-based "
+                                              "position (default: detected)")
+    parser.add_argument("--label-column", help="the label's column: a header name or a 0-based "
+                                               "position (default: detected)")
+    parser.add_argument("--max-len", type=common.positive_int, default=280,
+                        help="cut tweets after this many characters (and say how many were cut)")
+    parser.add_argument("--train-sample", type=common.positive_int, default=2000,
+                        help="training accuracy is measured on this many training tweets, drawn "
+                             "once with --seed")
+    parser.add_argument("--hidden", type=common.positive_int, default=128, help="LSTM hidden size")
+    parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
+                        help="Adam, or plain SGD (the assignment allows either)")
+    args = parser.parse_args(argv)
+    common.check_common_args(parser, args)
+    data_dir = Path(args.data_dir)
+    args.train_csv = args.train_csv or str(data_dir / "tweets_train.csv")
+    args.test_csv = args.test_csv or str(data_dir / "tweets_test.csv")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# READING TWEET FILES
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class TweetFile:
+    """What read_tweet_csv found: the tweets, and an account of every line that is not one."""
+    texts: list
+    labels: list
+    layout: str                                   # which layout was detected, in words
+    problems: dict = field(default_factory=dict)  # reason -> line numbers of skipped lines
+    split_at_commas: list = field(default_factory=list)  # lines csv could not split (parse_line)
+    lines: int = 0                                # lines in the file
+
+
+def normalise(value):
+    return value.strip().strip('"').strip().lower()
+
+
+def parse_line(line, n_columns, text_column):
+    """The fields of one line, and whether they had to be cut at the outer commas.
+
+    csv reads the line on its own, so a quote can never reach into the next line. When that gives
+    the wrong number of fields (a quote left open inside a tweet, or a comma in an unquoted
+    tweet), every column but the text is short and comma-free: the commas before and after the
+    text column separate them, and the text is everything in between. Returns None when the
+    line has too few commas to hold all columns."""
+    fields = next(csv.reader([line]), [])
+    if len(fields) == n_columns:
+        return fields, False
+    parts = line.split(",")
+    if len(parts) < n_columns:
+        return None
+    after = n_columns - text_column - 1
+    end = len(parts) - after
+    text = ",".join(parts[text_column:end])
+    if len(text) >= 2 and text.startswith('"') and text.endswith('"'):
+        text = text[1:-1].replace('""', '"')  # a properly quoted field; a lone quote is the tweet's
+    return [p.strip('"') for p in parts[:text_column]] + [text] + [p.strip('"') for p in parts[end:]], True
+
+
+def column_index(choice, header, n_columns, flag):
+    """--text-column / --label-column as a position: a 0-based number or a header name."""
+    if choice.isdigit():
+        if int(choice) >= n_columns:
+            common.fail(f"{flag} {choice}: the file has {n_columns} columns (0 to {n_columns - 1})")
+        return int(choice)
+    names = [normalise(name) for name in header or []]
+    if normalise(choice) not in names:
+        common.fail(f"{flag} {choice!r}: no such column in the header "
+                    f"({', '.join(header) if header else 'the file has no header'})")
+    return names.index(normalise(choice))
+
+
+def label_scheme(values):
+    """Which label scheme these (normalised) label values follow: 0/1, 0/4 or negative/positive;
+    decided by the majority, so a few odd labels are reported instead of changing the scheme."""
+    counts = Counter(values)
+    words = counts["negative"] + counts["positive"]
+    digits = counts["0"] + counts["1"] + counts["4"]
+    if words > digits:
+        return "negative/positive"
+    return "0/4" if counts["4"] > counts["1"] else "0/1"
+
+
+def detect_layout(rows, text_column=None, label_column=None, path=""):
+    """(header or None, n_columns, text column, label column, description) from the first rows
+    (each a list of fields as csv parsed its line)."""
+    n_columns = Counter(len(r) for r in rows).most_common(1)[0][0]
+    names = [normalise(v) for v in rows[0]]
+    named = [normalise(c) for c in (text_column, label_column) if c and not c.isdigit()]
+    known = any(n in TEXT_NAMES + LABEL_NAMES for n in names)
+    header = rows[0] if known or (named and all(n in names for n in named)) else None
+    data = rows[1:] if header else rows
+    if header:
+        n_columns = len(header)
+        guess_text = next((names.index(n) for n in TEXT_NAMES if n in names), None)
+        guess_label = next((names.index(n) for n in LABEL_NAMES if n in names), None)
+        shape = f"header {','.join(header)}"
+    elif n_columns == 6:
+        guess_text, guess_label, shape = 5, 0, "Sentiment140 layout (target,id,date,flag,user,text; no header)"
+    elif n_columns == 4:
+        guess_text, guess_label, shape = 3, 1, "ItemID,Sentiment,SentimentSource,SentimentText (no header)"
+    else:
+        valid = set().union(*LABEL_SCHEMES.values())
+        looks_like_label = [sum(len(r) == n_columns and normalise(r[c]) in valid for r in data)
+                            for c in range(n_columns)]
+        guess_label = max(reversed(range(n_columns)), key=lambda c: looks_like_label[c])
+        lengths = [sum(len(r[c]) for r in data if len(r) == n_columns) for c in range(n_columns)]
+        guess_text = max((c for c in range(n_columns) if c != guess_label), key=lengths.__getitem__,
+                         default=None)
+        shape = f"{n_columns} columns, no header"
+    text = guess_text if text_column is None else column_index(text_column, header, n_columns, "--text-column")
+    label = guess_label if label_column is None else column_index(label_column, header, n_columns, "--label-column")
+    if text is None or label is None or text == label:
+        common.fail(f"{path}: cannot tell which column holds the tweet and which the label "
+                    f"({shape}); name them with --text-column and --label-column")
+    return header, n_columns, text, label, f"{shape}: text in column {text}, label in column {label}"
+
+
+def read_tweet_csv(path, text_column=None, label_column=None):
+    """Read one tweet file, whatever its layout (module docstring), line by line: every line
+    becomes one tweet or one counted problem (blank line, missing label, label outside the
+    scheme, empty tweet). A file with no tweet at all is an error."""
+    path = Path(path)
+    if not path.is_file():
+        common.fail(f"no tweet file at {path}: get Sentiment140 (http://help.sentiment140.com/"
+                    "for-students) or the course's tweets_train.csv / tweets_test.csv and pass "
+                    "--train-csv and --test-csv (or --data-dir)")
+    text = path.read_bytes().decode("utf-8-sig", errors="replace")  # drops a byte-order mark
+    lines = [line.removesuffix("\r") for line in text.split("\n")]  # LF or CRLF
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line starts no new one
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    if not numbered:
+        common.fail(f"{path} holds no tweets (it is empty)")
+    first_rows = [next(csv.reader([line]), []) for _, line in numbered[:1000]]
+    header, n_columns, text_at, label_at, layout = detect_layout(first_rows, text_column,
+                                                                 label_column, path)
+    if header:
+        numbered = numbered[1:]
+    problems = {}
+    blank = [n for n, line in enumerate(lines, start=1) if not line.strip()]
+    if blank:
+        problems["blank line"] = blank
+    parsed, split_at_commas = [], []
+    for n, line in numbered:
+        result = parse_line(line, n_columns, text_at)
+        if result is None:
+            problems.setdefault("missing label (too few columns)", []).append(n)
+            continue
+        fields, was_split = result
+        if was_split:
+            split_at_commas.append(n)
+        parsed.append((n, fields[text_at], normalise(fields[label_at])))
+    scheme = label_scheme([label for _, _, label in parsed])
+    mapping = LABEL_SCHEMES[scheme]
+    texts, labels, bad_lines, bad_values = [], [], [], Counter()
+    for n, tweet, label in parsed:
+        if label not in mapping:
+            bad_lines.append(n)
+            bad_values[label] += 1
+        elif not tweet:
+            problems.setdefault("empty tweet", []).append(n)
+        else:
+            texts.append(tweet)
+            labels.append(mapping[label])
+    if bad_lines:
+        seen = ", ".join(f"{value!r} x{count}" for value, count in bad_values.most_common(3))
+        problems[f"label not {scheme} ({seen})"] = bad_lines
+    if not texts:
+        common.fail(f"{path}: no line holds a tweet with a {scheme} label ({layout})")
+    return TweetFile(texts, labels, f"{layout}; labels {scheme}", problems, split_at_commas,
+                     len(lines))
+
+
+def count(n, noun):
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def line_numbers(numbers):
+    more = " ..." if len(numbers) > SHOWN_LINES else ""
+    return f"line{'s' if len(numbers) > 1 else ''} " + ", ".join(map(str, numbers[:SHOWN_LINES])) + more
+
+
+def report(path, tweets):
+    """What was read and what was not, in a few lines for the log."""
+    lines = [f"{path}: {count(len(tweets.texts), 'tweet')} from {count(tweets.lines, 'line')}; "
+             f"{tweets.layout}"]
+    for reason, numbers in tweets.problems.items():
+        lines.append(f"  skipped {count(len(numbers), 'line')}: {reason} ({line_numbers(numbers)})")
+    if tweets.split_at_commas:
+        lines.append(f"  {count(len(tweets.split_at_commas), 'line')} with an unbalanced quote or "
+                     f"an unquoted comma, read by cutting at the outer commas "
+                     f"({line_numbers(tweets.split_at_commas)})")
+    return "\n".join(lines)
+
+
+NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def encode(texts, max_len):
+    """Tweets → (codes (N, T) uint8 padded with 0, lengths (N,) int64, counts). Characters
+    outside ASCII become PLACEHOLDER; tweets longer than max_len are cut. Counts: how many tweets
+    had a character outside ASCII, how many were cut."""
+    lengths = [min(len(t), max_len) for t in texts]
+    width = max(lengths)
+    buffer = bytearray(len(texts) * width)  # one row of `width` bytes per tweet, zero = padding
+    non_ascii = truncated = 0
+    for i, tweet in enumerate(texts):
+        truncated += len(tweet) > max_len
+        non_ascii += NON_ASCII.search(tweet) is not None
+        row = NON_ASCII.sub(chr(PLACEHOLDER), tweet[:max_len]).encode("ascii")
+        buffer[i * width:i * width + len(row)] = row
+    codes = torch.frombuffer(buffer, dtype=torch.uint8).view(len(texts), width)
+    return codes, torch.tensor(lengths), {"non_ascii_tweets": non_ascii,
+                                          "truncated_tweets": truncated}
+
+
+def load_split(path, args, device):
+    """One file → (codes on device, lengths on the CPU, labels on device), reported as it goes."""
+    tweets = read_tweet_csv(path, args.text_column, args.label_column)
+    print(report(path, tweets))
+    texts, labels = tweets.texts[:args.limit], tweets.labels[:args.limit]
+    codes, lengths, counts = encode(texts, args.max_len)
+    if counts["non_ascii_tweets"]:
+        print(f"  {count(counts['non_ascii_tweets'], 'tweet')} with characters outside ASCII, "
+              f"each such character read as code {PLACEHOLDER} (SUB)")
+    if counts["truncated_tweets"]:
+        print(f"  {count(counts['truncated_tweets'], 'tweet')} longer than {args.max_len} "
+              f"characters cut to {args.max_len} (--max-len)")
+    return (codes.to(device), lengths, torch.tensor(labels, device=device)), counts
+
+
+# ----------------------------------------------------------------------------------------------
+# MODEL
+# ----------------------------------------------------------------------------------------------
+class CharLSTM(nn.Module):
+    """one-hot(128) per character → LSTM(128 hidden) → state after the last real character →
+    Linear(hidden, 2) → log-softmax."""
+
+    def __init__(self, hidden=128):
+        super().__init__()
+        self.lstm = nn.LSTM(VOCAB, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, 2)
+
+    def forward(self, codes, lengths):
+        """codes: (B, T) character codes, zero-padded; lengths: (B,) on the CPU → (B, 2) log-probs."""
+        x = F.one_hot(codes.long(), VOCAB).float()                          # (B, T, 128)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        _, (h_n, _) = self.lstm(packed)      # h_n: (1, B, hidden), each tweet's own last step
+        return F.log_softmax(self.out(h_n[0]), dim=1)                       # (B, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# LOSS
+# ----------------------------------------------------------------------------------------------
+def nll_loss(log_probs, labels):
+    """The assignment's softmax + negative log-likelihood: L = -(1/B) Σ_b log p(y_b | tweet_b),
+    with log p the log-softmax of the two outputs. Averaged over the batch."""
+    return F.nll_loss(log_probs, labels, reduction="mean")
+
+
+# ----------------------------------------------------------------------------------------------
+# TRAINING
+# ----------------------------------------------------------------------------------------------
+def batch(split, idx):
+    """The tweets at `idx` (on the codes' device), cut to the longest of them."""
+    codes, lengths, labels = split
+    batch_lengths = lengths[idx.cpu()]
+    return codes[idx, :int(batch_lengths.max())], batch_lengths, labels[idx]
+
+
+@torch.no_grad()
+def evaluate(model, split, batch_size=500):
+    """Mean negative log-likelihood and accuracy over every tweet of `split`."""
+    codes, _, labels = split
+    model.eval()
+    loss_sum, correct = torch.zeros((), device=codes.device), torch.zeros((), device=codes.device)
+    for idx in common.batch_indices(len(labels), batch_size, codes.device):
+        x, lengths, y = batch(split, idx)
+        log_probs = model(x, lengths)
+        loss_sum += F.nll_loss(log_probs, y, reduction="sum")
+        correct += (log_probs.argmax(1) == y).sum()
+    model.train()
+    return loss_sum.item() / len(labels), correct.item() / len(labels)
+
+
+def sample(split, n, seed):
+    """A fixed random subset of n tweets of `split` (all of it when n is larger)."""
+    chosen = torch.randperm(len(split[2]), generator=torch.Generator().manual_seed(seed))[:n]
+    return batch(split, chosen.to(split[0].device))
+
+
+def fit(model, train, train_sample, test, args, device, generator, weights_path):
+    """args.iterations minibatches, drawn in shuffled passes over the training tweets; every
+    --eval-every iterations the accuracies and losses are recorded and a checkpoint is written
+    (with the current pass's order, so --resume continues the same stream). Returns (history,
+    wall seconds)."""
+    make = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[args.optimizer]
+    optimizer = make(model.parameters(), lr=args.lr)
+    n = len(train[2])
+    history, seconds, done = [], 0.0, 0
+    order, position = torch.randperm(n, generator=generator), 0
+    models, optimizers = {"model": model}, {"optimizer": optimizer}
+    if args.resume:
+        checkpoint = common.load_resume_checkpoint(weights_path, KIND)
+        history, seconds, done = common.restore_run(checkpoint, weights_path, models, optimizers,
+                                                    generator)
+        order, position = checkpoint["order"].long(), checkpoint["position"]
+        print(f"resuming {weights_path} after iteration {done} of {args.iterations}")
+    model.train()
+    losses = torch.empty(args.eval_every, device=device)
+    timer, start = common.Timer(device), done
+    steps = range(done + 1, args.iterations + 1)
+    for iteration in common.progress(steps, len(steps), "iterations"):
+        if position + args.batch_size > n:  # a new pass; the tail of the last one is dropped
+            order, position = torch.randperm(n, generator=generator), 0
+        idx = order[position:position + args.batch_size].to(device)
+        position += args.batch_size
+        codes, lengths, labels = batch(train, idx)
+        loss = nll_loss(model(codes, lengths), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses[iteration - start - 1] = loss.detach()
+        if iteration % args.eval_every == 0 or iteration == args.iterations:
+            since = losses[:iteration - start]
+            common.check_finite(iteration, weights_path, nll=since)
+            record = {"iteration": iteration, "batch_loss": since.mean().item()}
+            record["train_loss"], record["train_acc"] = evaluate(model, train_sample)
+            record["test_loss"], record["test_acc"] = evaluate(model, test)
+            record["seconds"] = round(timer.seconds(), 2)
+            seconds += record["seconds"]
+            history.append(record)
+            common.save_run(weights_path, KIND, args, iteration, history, seconds, generator,
+                            models, optimizers, order=order.int(), position=position)
+            timer, start = common.Timer(device), iteration
+            if common.log_epoch(history, args.iterations, args.patience, unit="iteration"):
+                break
+    return history, seconds
+
+
+# ----------------------------------------------------------------------------------------------
+# FIGURES
+# ----------------------------------------------------------------------------------------------
+def plot_history(history, args, path):
+    its = [r["iteration"] for r in history]
+    common.plot_panels(path, {
+        "accuracy": {"test (whole test file)": (its, [r["test_acc"] for r in history]),
+                     f"training ({args.train_sample} fixed tweets)":
+                         (its, [r["train_acc"] for r in history])},
+        "negative log-likelihood": {
+            "test": (its, [r["test_loss"] for r in history]),
+            f"training ({args.train_sample} fixed tweets)": (its, [r["train_loss"] for r in history]),
+            f"minibatches (mean over {args.eval_every})": (its, [r["batch_loss"] for r in history])},
+    }, xlabel="iteration", title=f"Character LSTM on tweets ({Path(args.train_csv).name})",
+        markers=len(history) <= 30)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = common.pick_device(args.device)
+    generator = common.seed_everything(args.seed)
+    out = common.out_dir(args)
+    checkpoint = common.load_checkpoint(args.load, KIND) if args.load else None  # fail early
+    if checkpoint:
+        common.use_run_args(args, checkpoint, ("hidden", "seed", "limit", "max_len", "train_sample",
+                                               "text_column", "label_column"), args.load)
+    train, train_counts = load_split(args.train_csv, args, device)
+    test, test_counts = load_split(args.test_csv, args, device)
+    train_sample = sample(train, args.train_sample, args.seed)
+    model = CharLSTM(args.hidden).to(device)
+    weights_path = out / f"{KIND}.pt"
+    if checkpoint:
+        history, seconds, done = common.restore_run(checkpoint, args.load, {"model": model})
+        print(f"loaded {args.load} (trained {done} iterations); not training")
+    else:
+        history, seconds = fit(model, train, train_sample, test, args, device, generator,
+                               weights_path)
+    train_loss, train_acc = evaluate(model, train_sample)
+    test_loss, test_acc = evaluate(model, test)
+    final = {"iterations": history[-1]["iteration"], "train_tweets": len(train[2]),
+             "test_tweets": len(test[2]), "train_sample": len(train_sample[2]),
+             "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
+             "test_acc": test_acc}
+    plot_history(history, args, out / f"{KIND}_curves.png")
+    common.save_metrics(out / f"{KIND}_metrics.json", args, device, seconds, history, final,
+                        weights=str(args.load or weights_path),
+                        trained_with=checkpoint["args"] if checkpoint else vars(args),
+                        reading={"train": train_counts, "test": test_counts})
+    print(f"final: train acc {train_acc:.4f} ({len(train_sample[2])} tweets) | test acc "
+          f"{test_acc:.4f} | test loss {test_loss:.4f} | {seconds:.0f} s of training")
+
+
+if __name__ == "__main__":
+    main()

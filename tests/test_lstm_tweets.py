@@ -1,0 +1,292 @@
+"""lstm_tweets.py: every tweet-file layout, what real files do wrong, the model, runs, --load."""
+import csv
+import io
+import json
+
+import pytest
+import torch
+
+import common
+import lstm_tweets
+from conftest import assert_one_line_error, run_script
+
+TWEETS = ["I love this phone", "worst day ever", "so happy today :)", "I hate waiting",
+          "what a great game", "this is awful", "best coffee, ever", "my cat is sick"]
+LABELS = [1, 0, 1, 0, 1, 0, 1, 0]
+
+
+def write(path, rows, bom=False, newline="\n"):
+    """A CSV file as a real one would be written (csv quoting), optionally with BOM and CRLF."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator=newline).writerows(rows)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + buffer.getvalue().encode("utf-8"))
+    return path
+
+
+def read(path, **columns):
+    return lstm_tweets.read_tweet_csv(path, columns.get("text"), columns.get("label"))
+
+
+# --- every layout, with the expected row count -------------------------------------------------
+def sentiment140_rows():
+    return [[4 * y, 1467810369 + i, "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", f"user{i}", t]
+            for i, (t, y) in enumerate(zip(TWEETS, LABELS))]
+
+
+LAYOUTS = {
+    "text,label with header": lambda: [["text", "label"]] + [[t, y] for t, y in zip(TWEETS, LABELS)],
+    "label,text with header": lambda: [["Sentiment", "Tweet"]] + [[y, t] for t, y in zip(TWEETS, LABELS)],
+    "text,label without header": lambda: [[t, y] for t, y in zip(TWEETS, LABELS)],
+    "label,text without header": lambda: [[y, t] for t, y in zip(TWEETS, LABELS)],
+    "Sentiment140": sentiment140_rows,
+    "Sentiment140 with header": lambda: [["target", "id", "date", "flag", "user", "text"]]
+                                         + sentiment140_rows(),
+    "ItemID four columns": lambda: [["ItemID", "Sentiment", "SentimentSource", "SentimentText"]]
+                                    + [[i + 1, y, "Sentiment140", t]
+                                       for i, (t, y) in enumerate(zip(TWEETS, LABELS))],
+    "four columns without header": lambda: [[i + 1, y, "Sentiment140", t]
+                                            for i, (t, y) in enumerate(zip(TWEETS, LABELS))],
+    "negative/positive labels": lambda: [["text", "sentiment"]] + [
+        [t, "positive" if y else "negative"] for t, y in zip(TWEETS, LABELS)],
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_layout_gives_every_tweet_with_its_label(layout, tmp_path):
+    tweets = read(write(tmp_path / "t.csv", LAYOUTS[layout]()))
+    assert len(tweets.texts) == len(TWEETS) == 8
+    assert tweets.texts == TWEETS and tweets.labels == LABELS
+    assert tweets.problems == {} and tweets.split_at_commas == []
+    assert SAID[layout] in tweets.layout, tweets.layout
+
+
+SAID = {  # what the report says it found
+    "text,label with header": "header text,label: text in column 0, label in column 1; labels 0/1",
+    "label,text with header": "header Sentiment,Tweet: text in column 1, label in column 0",
+    "text,label without header": "2 columns, no header: text in column 0, label in column 1",
+    "label,text without header": "2 columns, no header: text in column 1, label in column 0",
+    "Sentiment140": "Sentiment140 layout (target,id,date,flag,user,text; no header): text in "
+                    "column 5, label in column 0; labels 0/4",
+    "Sentiment140 with header": "header target,id,date,flag,user,text: text in column 5",
+    "ItemID four columns": "header ItemID,Sentiment,SentimentSource,SentimentText: text in column 3",
+    "four columns without header": "ItemID,Sentiment,SentimentSource,SentimentText (no header)",
+    "negative/positive labels": "labels negative/positive",
+}
+
+
+def test_sentiment140_neutral_labels_are_reported_and_skipped(tmp_path):
+    rows = sentiment140_rows()
+    rows.insert(3, [2, 1, "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", "u", "just a tweet"])
+    tweets = read(write(tmp_path / "t.csv", rows))
+    assert "Sentiment140" in tweets.layout and "labels 0/4" in tweets.layout
+    assert tweets.texts == TWEETS and tweets.labels == LABELS
+    assert tweets.problems == {"label not 0/4 ('2' x1)": [4]}
+
+
+def test_bom_and_crlf(tmp_path):
+    rows = [["text", "label"]] + [[t, y] for t, y in zip(TWEETS, LABELS)]
+    tweets = read(write(tmp_path / "t.csv", rows, bom=True, newline="\r\n"))
+    assert tweets.texts == TWEETS and tweets.labels == LABELS  # no "\r" left, header found
+    assert tweets.lines == 9
+
+
+# --- what real files do wrong --------------------------------------------------------------------
+def test_an_unbalanced_quote_loses_no_following_line(tmp_path):
+    lines = [f"{t},{y}" for t, y in zip(TWEETS, LABELS)]
+    lines.insert(3, '"omg i cant believe it,1')  # a quote opened by the tweet and never closed
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(lines) + "\n")
+    assert len(list(csv.reader(io.StringIO(path.read_text())))) < 9  # a strict reader loses rows
+    tweets = read(path)
+    assert len(tweets.texts) == 9
+    assert tweets.texts[3] == '"omg i cant believe it' and tweets.labels[3] == 1
+    assert tweets.texts[4:] == TWEETS[3:] and tweets.labels[4:] == LABELS[3:]
+    assert tweets.split_at_commas == [4, 8]  # 8: "best coffee, ever,1", a comma left unquoted
+    assert "unbalanced quote" in lstm_tweets.report(path, tweets)
+
+
+def test_commas_inside_an_unquoted_tweet(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\nhello, world, again,1\nbye,0\n")
+    tweets = read(path)
+    assert tweets.texts == ["hello, world, again", "bye"] and tweets.labels == [1, 0]
+
+
+def test_bad_label_rows_are_counted_reported_and_skipped(tmp_path):
+    path = tmp_path / "t.csv"
+    lines = ["text,label"] + [f"{t},{y}" for t, y in zip(TWEETS, LABELS)]
+    lines[2:2] = ["no label here", "what,maybe", "", ",1"]  # lines 3, 4, 5 (blank), 6 (empty)
+    path.write_text("\n".join(lines) + "\n")
+    tweets = read(path)
+    assert tweets.texts == TWEETS and tweets.labels == LABELS
+    assert tweets.problems == {"blank line": [5], "missing label (too few columns)": [3],
+                               "label not 0/1 ('maybe' x1)": [4], "empty tweet": [6]}
+    text = lstm_tweets.report(path, tweets)
+    assert "8 tweets from 13 lines" in text
+    assert "skipped 1 line: label not 0/1 ('maybe' x1) (line 4)" in text
+
+
+def test_a_file_without_a_valid_row_is_an_error(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("text,label\nhello,maybe\nbye,perhaps\n")
+    with pytest.raises(SystemExit, match="no line holds a tweet with a 0/1 label"):
+        read(path)
+    (tmp_path / "empty.csv").write_text("\n\n")
+    with pytest.raises(SystemExit, match="holds no tweets"):
+        read(tmp_path / "empty.csv")
+
+
+def test_columns_by_name_or_position(tmp_path):
+    rows = [[i, t, y] for i, (t, y) in enumerate(zip(TWEETS, LABELS))]
+    named = read(write(tmp_path / "a.csv", [["id", "body", "score"]] + rows),
+                 text="body", label="score")
+    by_position = read(write(tmp_path / "b.csv", rows), text="1", label="2")
+    for tweets in (named, by_position):
+        assert tweets.texts == TWEETS and tweets.labels == LABELS
+    with pytest.raises(SystemExit, match="--text-column 'words': no such column"):
+        read(tmp_path / "a.csv", text="words", label="score")
+    with pytest.raises(SystemExit, match="--label-column 5: the file has 3 columns"):
+        read(tmp_path / "b.csv", text="1", label="5")
+
+
+def test_non_ascii_becomes_one_placeholder_and_long_tweets_are_cut():
+    codes, lengths, counts = lstm_tweets.encode(["Hi!", "café ☕", "x" * 300], max_len=280)
+    assert codes[0, :3].tolist() == [72, 105, 33] and codes[0, 3:].eq(0).all()
+    assert codes[1, :6].tolist() == [99, 97, 102, 26, 32, 26]  # é and ☕ → SUB (26)
+    assert lengths.tolist() == [3, 6, 280] and codes.shape == (3, 280)
+    assert counts == {"non_ascii_tweets": 1, "truncated_tweets": 1}
+
+
+# --- the model -----------------------------------------------------------------------------------
+def codes_of(*texts):
+    codes, lengths, _ = lstm_tweets.encode(list(texts), max_len=280)
+    return codes, lengths
+
+
+def test_padding_never_changes_a_prediction():
+    torch.manual_seed(0)
+    model = lstm_tweets.CharLSTM().eval()
+    alone = model(*codes_of("good morning"))
+    padded = model(*codes_of("good morning", "a much, much longer tweet " * 8))
+    assert padded.shape == (2, 2)
+    assert torch.allclose(alone[0], padded[0], atol=1e-6)
+
+
+def test_output_is_the_last_real_state_through_the_linear_layer():
+    """An independent LSTM: the gate equations of torch.nn.LSTM's documentation, step by step."""
+    torch.manual_seed(1)
+    model = lstm_tweets.CharLSTM(hidden=8).eval()
+    text = "ok :)"
+    W_ih, W_hh = model.lstm.weight_ih_l0, model.lstm.weight_hh_l0
+    b = model.lstm.bias_ih_l0 + model.lstm.bias_hh_l0
+    h, c = torch.zeros(8), torch.zeros(8)
+    for char in text:
+        x = torch.zeros(128)
+        x[ord(char)] = 1.0
+        i, f, g, o = (W_ih @ x + W_hh @ h + b).chunk(4)  # PyTorch's gate order: i, f, g, o
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+    expected = torch.log_softmax(model.out(h), 0)
+    got = model(*codes_of(text, "a longer tweet to pad it"))[0]
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_nll_loss_is_mean_negative_log_probability():
+    log_probs = torch.log_softmax(torch.randn(5, 2), 1)
+    labels = torch.tensor([0, 1, 1, 0, 1])
+    reference = -sum(log_probs[b, labels[b]].item() for b in range(5)) / 5
+    assert lstm_tweets.nll_loss(log_probs, labels).item() == pytest.approx(reference, rel=1e-6)
+
+
+# --- runs ----------------------------------------------------------------------------------------
+def synthetic_tweets(path, n, seed):
+    """Easy synthetic tweets: positive ones end in ':)', negative ones in ':('. Tests only."""
+    generator = torch.Generator().manual_seed(seed)
+    words = ["the", "game", "today", "coffee", "rain", "my", "phone", "is", "so", "really"]
+    rows = [["text", "label"]]
+    for _ in range(n):
+        picked = torch.randint(0, len(words), (int(torch.randint(2, 8, (1,), generator=generator)),),
+                               generator=generator)
+        label = int(torch.randint(0, 2, (1,), generator=generator))
+        rows.append([" ".join(words[i] for i in picked) + (" :)" if label else " :("), label])
+    return write(path, rows)
+
+
+@pytest.fixture(scope="module")
+def tweet_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tweets")
+    return synthetic_tweets(root / "tweets_train.csv", 400, 0), synthetic_tweets(root / "tweets_test.csv", 100, 1)
+
+
+def quick_args(files, out_dir, *extra):
+    train, test = files
+    return ["--train-csv", str(train), "--test-csv", str(test), "--out-dir", str(out_dir),
+            "--device", "cpu", "--iterations", "150", "--eval-every", "50", "--lr", "0.01",
+            "--train-sample", "64", *map(str, extra)]
+
+
+def metrics(out_dir):
+    return json.loads((out_dir / "lstm_tweets_metrics.json").read_text())
+
+
+def without_times(history):
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
+
+
+def test_smoke_run_learns_then_load_repeats_the_numbers(tweet_files, tmp_path):
+    trained = tmp_path / "trained"
+    lstm_tweets.main(quick_args(tweet_files, trained))
+    for name in ("lstm_tweets_curves.png", "lstm_tweets.pt", "lstm_tweets_metrics.json"):
+        assert (trained / name).is_file(), name
+    first = metrics(trained)
+    assert [r["iteration"] for r in first["history"]] == [50, 100, 150]
+    assert first["final"]["test_tweets"] == 100 and first["final"]["train_sample"] == 64
+    assert first["final"]["test_acc"] >= 0.9  # the last two characters decide: easy, if packed right
+
+    reloaded = tmp_path / "reloaded"
+    lstm_tweets.main(quick_args(tweet_files, reloaded, "--load", trained / "lstm_tweets.pt"))
+    assert not (reloaded / "lstm_tweets.pt").exists()
+    again = metrics(reloaded)
+    assert again["final"] == first["final"] and again["history"] == first["history"]
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tweet_files, tmp_path, monkeypatch):
+    lstm_tweets.main(quick_args(tweet_files, tmp_path / "whole"))
+    real_evaluate, calls = lstm_tweets.evaluate, []
+
+    def killed_at_the_third_record(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # two evaluations per record
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(lstm_tweets, "evaluate", killed_at_the_third_record)
+    with pytest.raises(KeyboardInterrupt):
+        lstm_tweets.main(quick_args(tweet_files, tmp_path / "split"))
+    monkeypatch.undo()
+    assert common.load_checkpoint(tmp_path / "split" / "lstm_tweets.pt", "lstm_tweets")["epoch"] == 100
+    lstm_tweets.main(quick_args(tweet_files, tmp_path / "split", "--resume"))
+    whole, split = metrics(tmp_path / "whole"), metrics(tmp_path / "split")
+    assert without_times(split["history"]) == without_times(whole["history"])
+    assert split["final"] == whole["final"]
+
+
+# --- bad input -----------------------------------------------------------------------------------
+def test_missing_tweet_files(tmp_path):
+    result = run_script("lstm_tweets.py", "--data-dir", tmp_path, "--out-dir", tmp_path)
+    assert_one_line_error(result, f"no tweet file at {tmp_path / 'tweets_train.csv'}", "Sentiment140")
+
+
+@pytest.mark.parametrize("flags, phrase", [
+    (["--epochs", "3"], "unrecognized arguments: --epochs 3"),
+    (["--iterations", "0"], "argument --iterations: must be > 0, got 0"),
+    (["--max-len", "-1"], "argument --max-len: must be > 0, got -1"),
+    (["--optimizer", "rmsprop"], "--optimizer: invalid choice"),
+])
+def test_bad_flags_are_refused(flags, phrase, tmp_path):
+    assert_one_line_error(run_script("lstm_tweets.py", "--out-dir", tmp_path, *flags), phrase)
+
+
+def test_unreadable_columns_are_one_line(tweet_files, tmp_path):
+    result = run_script("lstm_tweets.py", *quick_args(tweet_files, tmp_path), "--text-column", "body")
+    assert_one_line_error(result, "--text-column 'body': no such column")

@@ -1,0 +1,303 @@
+"""Assignment D, part 2: VGG11 (configuration A of Simonyan & Zisserman, 2015, Table 1) on MNIST.
+
+    conv64 - M - conv128 - M - conv256 - conv256 - M - conv512 - conv512 - M - conv512 - conv512 - M
+    → FC 4096 → FC 4096 → FC 10
+Every conv is 3x3, stride 1, padding 1 (the side is kept), followed by a ReLU; every M is a 2x2
+max-pool with stride 2 (the side is halved); the first two FC layers have ReLU and dropout 0.5
+(Sec. 2.1 and 3.1 of the paper). The softmax lives in the loss.
+
+Why 32x32? The five max-pools halve the side five times: 32 → 16 → 8 → 4 → 2 → 1. From 28 the
+halvings go 28 → 14 → 7 → 3 → 1 → 0 (floor division): the last pool has a 1x1 map to pool and
+PyTorch refuses it, and even before that the odd sides drop a row and a column of the picture.
+A power of two keeps every pixel until the end; 32 is the smallest one above 28. Here the images
+are resized with bilinear interpolation once, on the device (padding 2 pixels of black on each
+side would do as well).
+
+Which layers changed? (1) The first conv takes 1 channel (grey MNIST), not 3 (RGB). (2) The
+first FC layer: in the paper a 224x224 image leaves a 7x7x512 map, so FC1 has 25088 inputs; here
+32x32 leaves 1x1x512, so FC1 takes 512 inputs. Its width stays 4096 as in the paper
+(--fc-width changes both hidden FC layers). (3) The last layer has 10 outputs, not 1000.
+
+Training choices (the paper's where they carry over, each one a flag):
+- SGD with momentum 0.9, weight decay 5e-4 and batch size 64 (the paper: 256; smaller batches
+  give more steps on a tenth of MNIST), peak learning rate 0.01 as in the paper, a linear
+  warm-up over the first 10% of the steps and a cosine decay to 0 (in place of the paper's
+  divide-by-10 on a plateau, which needs a validation set and many epochs).
+- He (Kaiming) initialisation (He et al., 2015) of every conv and FC layer: it keeps the
+  activations' scale through the eight ReLU convs and the FC layers, so the net trains from
+  scratch without batch normalisation (which VGG predates). With the paper's small Gaussian
+  weights in the FC layers (std 0.01, as torchvision's VGG) the signal shrinks in the
+  4096-wide layers and, in a probe on the tenth of MNIST, the loss sat at ln 10 = 2.30 for a
+  whole epoch; with He initialisation it was near 1.1 after 100 minibatches.
+- The only preprocessing is the paper's: the mean pixel of the training set is subtracted. No
+  augmentation: the paper's random crops and flips do not suit digits (a flipped 2 is no digit).
+
+Run:     python vgg_mnist.py --data-dir ../shared/data --subset 0.1    (the assignment's CPU option)
+         python vgg_mnist.py --data-dir ../shared/data --device cuda    (all 60,000 images)
+         python vgg_mnist.py --epochs 1 --eval-every-batches 20 ...     (curves within one epoch)
+Reload:  python vgg_mnist.py --data-dir ../shared/data --load figures/vgg_mnist_subset0.1.pt
+Writes:  figures/vgg_mnist[_subset<F>]_curves.png (test/train accuracy and loss),
+         figures/vgg_mnist[_subset<F>].pt, figures/vgg_mnist[_subset<F>]_metrics.json
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+
+KIND = "vgg_mnist"  # written into the checkpoint; --load refuses weights of any other kind
+CONFIG_A = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]  # Table 1, column A
+SIDE = 32  # MNIST's 28x28 is resized to this (see the docstring: why 32)
+
+
+def parse_args(argv=None):
+    parser = common.make_parser(__doc__.splitlines()[0])
+    common.add_common_args(parser, epochs=5, batch_size=64, lr=0.01)
+    parser.add_argument("--subset", type=common.positive_float, default=1.0,
+                        help="train on this fraction of the training set, the same number of "
+                             "images from every class, drawn with --seed (0.1 = ~600 per class)")
+    parser.add_argument("--eval-every-batches", type=common.positive_int, metavar="N",
+                        help="record train/test accuracy and loss every N minibatches (and after "
+                             "the last) instead of once per epoch")
+    parser.add_argument("--fc-width", type=common.positive_int, default=4096,
+                        help="width of the two hidden fully connected layers (the paper: 4096)")
+    parser.add_argument("--dropout", type=common.nonnegative_float, default=0.5,
+                        help="dropout probability after the two hidden FC layers (the paper: 0.5)")
+    parser.add_argument("--momentum", type=common.nonnegative_float, default=0.9,
+                        help="SGD momentum (the paper: 0.9)")
+    parser.add_argument("--weight-decay", type=common.nonnegative_float, default=5e-4,
+                        help="SGD weight decay, the paper's L2 penalty")
+    args = parser.parse_args(argv)
+    common.check_common_args(parser, args)
+    if args.subset > 1:
+        parser.error(f"--subset is a fraction of the training set, in (0, 1]; got {args.subset}")
+    if args.dropout >= 1:
+        parser.error(f"--dropout is a probability below 1; got {args.dropout}")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# MODEL
+# ----------------------------------------------------------------------------------------------
+def conv_stack(config, in_channels=1):
+    """Table 1's convolutional part: one entry per column row, a number c = a 3x3 conv to c
+    channels with its ReLU (one Sequential entry), "M" = a 2x2 max-pool with stride 2."""
+    layers = []
+    for entry in config:
+        if entry == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))             # side halves
+        else:
+            layers.append(nn.Sequential(nn.Conv2d(in_channels, entry, 3, padding=1),
+                                        nn.ReLU(inplace=True)))              # side kept
+            in_channels = entry
+    return nn.Sequential(*layers)
+
+
+class VGG11(nn.Module):
+    """Configuration A for one-channel 32x32 inputs. Shapes for a batch of B images:
+    (B, 1, 32, 32) → 64@32 → M 16 → 128@16 → M 8 → 256@8 → 256@8 → M 4 → 512@4 → 512@4 → M 2 →
+    512@2 → 512@2 → M 1 → (B, 512, 1, 1) → (B, 512) → (B, fc) → (B, fc) → (B, 10) logits."""
+
+    def __init__(self, fc_width=4096, dropout=0.5, num_classes=10):
+        super().__init__()
+        self.features = conv_stack(CONFIG_A, in_channels=1)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),                                            # (B, 512, 1, 1) -> (B, 512)
+            nn.Linear(512, fc_width), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(fc_width, fc_width), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(fc_width, num_classes),
+        )
+        for module in self.modules():  # He et al. 2015: variance 2 / fan for ReLU layers
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                mode = "fan_out" if isinstance(module, nn.Conv2d) else "fan_in"  # as torchvision
+                nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x):  # x: (B, 1, 32, 32), mean-subtracted
+        return self.classifier(self.features(x))
+
+
+# ----------------------------------------------------------------------------------------------
+# LOSS
+# ----------------------------------------------------------------------------------------------
+def classification_loss(logits, labels):
+    """Multinomial logistic regression, the paper's objective (Sec. 3.1):
+    L = -(1/B) Σ_b log softmax(logits_b)[y_b], averaged over the batch. Weight decay is applied
+    by the optimizer, not here."""
+    return F.cross_entropy(logits, labels, reduction="mean")
+
+
+# ----------------------------------------------------------------------------------------------
+# DATA
+# ----------------------------------------------------------------------------------------------
+def balanced_subset(labels, fraction, generator):
+    """Sorted indices of round(fraction * N / K) random examples of each of the K classes (or all
+    of a class, if it has fewer): a class-balanced subset, drawn with `generator` (CPU)."""
+    labels = labels.cpu()
+    classes = labels.unique()
+    per_class = max(1, round(fraction * len(labels) / len(classes)))
+    chosen = []
+    for c in classes:
+        members = (labels == c).nonzero().squeeze(1)
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    return torch.cat(chosen).sort().values
+
+
+def resize(x, side=SIDE, batch_size=10000):
+    """(N, 1, 28, 28) -> (N, 1, side, side), bilinear, in chunks to bound the memory it needs."""
+    return torch.cat([F.interpolate(x[i:i + batch_size], size=(side, side), mode="bilinear",
+                                    align_corners=False) for i in range(0, len(x), batch_size)])
+
+
+def prepare(args, device):
+    """MNIST as 32x32 tensors on the device, the training set cut to --subset and both splits
+    minus the training set's mean pixel. Returns (train, test) as (x, y) pairs."""
+    (train_x, train_y), (test_x, test_y) = common.load_mnist_like("mnist", args.data_dir, device,
+                                                                  args.limit)
+    if args.subset < 1:
+        chosen = balanced_subset(train_y, args.subset, torch.Generator().manual_seed(args.seed))
+        train_x, train_y = train_x[chosen.to(device)], train_y[chosen.to(device)]
+        counts = torch.bincount(train_y.cpu(), minlength=10).tolist()
+        print(f"--subset {args.subset}: {len(train_y)} training images, per class {counts}")
+    train_x, test_x = resize(train_x), resize(test_x)
+    mean = train_x.mean()
+    return (train_x - mean, train_y), (test_x - mean, test_y)
+
+
+# ----------------------------------------------------------------------------------------------
+# TRAINING
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, data, batch_size=500):
+    """Mean cross-entropy and accuracy over a whole split, in eval mode (dropout off)."""
+    x, y = data
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
+    for idx in common.batch_indices(len(x), batch_size, x.device):
+        logits = model(x[idx])
+        loss_sum += F.cross_entropy(logits, y[idx], reduction="sum")
+        correct += (logits.argmax(1) == y[idx]).sum()
+    model.train(was_training)
+    return loss_sum.item() / len(x), correct.item() / len(x)
+
+
+def measure(model, train, test, epoch, step, batch_losses, timer):
+    """One point of the curves: the four quantities the assignment plots, plus the mean minibatch
+    loss since the last point (with dropout on; what the optimizer saw)."""
+    record = {"epoch": epoch, "step": step, "batch_loss": batch_losses.mean().item()}
+    record["train_loss"], record["train_acc"] = evaluate(model, train)
+    record["test_loss"], record["test_acc"] = evaluate(model, test)
+    record["seconds"] = round(timer.seconds(), 2)
+    return record
+
+
+def run_name(args):
+    """vgg_mnist for the whole training set, vgg_mnist_subset0.1 for a tenth, ...: the stem of
+    every file the run writes."""
+    return KIND if args.subset == 1 else f"{KIND}_subset{args.subset:g}"
+
+
+def fit(model, train, test, args, device, generator, weights_path):
+    """Train for args.epochs (or until --patience runs out), recording the curves once per epoch
+    or every --eval-every-batches minibatches; a checkpoint after every epoch.
+    Returns (history, wall seconds)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    x, y = train
+    steps_per_epoch = common.num_batches(len(x), args.batch_size)
+    total_steps = args.epochs * steps_per_epoch
+    every = args.eval_every_batches or steps_per_epoch
+    history, seconds, first_epoch = [], 0.0, 1
+    models, optimizers = {"model": model}, {"optimizer": optimizer}
+    if args.resume:
+        checkpoint = common.load_resume_checkpoint(weights_path, KIND)
+        history, seconds, done = common.restore_run(checkpoint, weights_path, models, optimizers,
+                                                    generator)
+        first_epoch = done + 1
+        print(f"resuming {weights_path} after epoch {done} of {args.epochs}")
+    model.train()
+    stop = False
+    for epoch in range(first_epoch, args.epochs + 1):
+        batch_losses = torch.empty(steps_per_epoch, device=device)
+        since = 0  # index into batch_losses of the first minibatch after the last record
+        epoch_timer = timer = common.Timer(device)
+        batches = common.batch_indices(len(x), args.batch_size, device, generator)
+        for i, idx in enumerate(common.progress(batches, steps_per_epoch, f"epoch {epoch}")):
+            step = (epoch - 1) * steps_per_epoch + i + 1  # minibatches done after this one
+            common.set_lr(optimizer, common.cosine_lr(args.lr, step - 1, total_steps,
+                                                      warmup_steps=total_steps // 10))
+            loss = classification_loss(model(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            batch_losses[i] = loss.detach()
+            if step % every == 0 or step == total_steps:
+                common.check_finite(epoch, weights_path, cross_entropy=batch_losses[:i + 1])
+                history.append(measure(model, train, test, epoch, step, batch_losses[since:i + 1],
+                                       timer))
+                since, timer = i + 1, common.Timer(device)
+                if common.log_epoch(history, args.epochs, args.patience):
+                    stop = True
+                    break
+        seconds += epoch_timer.seconds()
+        common.save_run(weights_path, KIND, args, epoch, history, seconds, generator, models,
+                        optimizers)
+        if stop:
+            break
+    return history, seconds
+
+
+# ----------------------------------------------------------------------------------------------
+# FIGURES
+# ----------------------------------------------------------------------------------------------
+def plot_history(history, args, n_train, path):
+    """The assignment's four plots as a 2x2 figure: test accuracy, training accuracy, test loss
+    and training loss, against epochs (or minibatches with --eval-every-batches)."""
+    by_step = args.eval_every_batches is not None
+    xs = [r["step"] if by_step else r["epoch"] for r in history]
+    xlabel = f"minibatches of {args.batch_size}" if by_step else "epoch"
+    panels = {"test accuracy": "test_acc", "training accuracy": "train_acc",
+              "test loss (cross-entropy)": "test_loss",
+              "training loss (cross-entropy)": "train_loss"}
+    curves = {ylabel: {"": (xs, [r[key] for r in history])} for ylabel, key in panels.items()}
+    curves["training loss (cross-entropy)"] = {
+        "whole training set, dropout off": (xs, [r["train_loss"] for r in history]),
+        "mean minibatch loss, dropout on": (xs, [r["batch_loss"] for r in history])}
+    common.plot_panels(path, curves, xlabel,
+                       f"VGG11 (config A) on MNIST 32x32, {n_train} training images", ncols=2)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = common.pick_device(args.device)
+    generator = common.seed_everything(args.seed)
+    out = common.out_dir(args)
+    checkpoint = common.load_checkpoint(args.load, KIND) if args.load else None  # fail early
+    if checkpoint:
+        common.use_run_args(args, checkpoint, ("fc_width", "subset", "limit", "seed", "batch_size",
+                                               "eval_every_batches"), args.load)
+    train, test = prepare(args, device)
+    model = VGG11(args.fc_width, args.dropout).to(device)
+    weights_path = out / f"{run_name(args)}.pt"
+    if checkpoint:
+        history, seconds, done = common.restore_run(checkpoint, args.load, {"model": model})
+        print(f"loaded {args.load} (trained {done} epochs); not training")
+    else:
+        history, seconds = fit(model, train, test, args, device, generator, weights_path)
+    train_loss, train_acc = evaluate(model, train)
+    test_loss, test_acc = evaluate(model, test)
+    final = {"epochs_trained": history[-1]["epoch"], "steps": history[-1]["step"],
+             "train_images": len(train[0]), "train_loss": train_loss, "train_acc": train_acc,
+             "test_loss": test_loss, "test_acc": test_acc}
+    plot_history(history, args, len(train[0]), out / f"{run_name(args)}_curves.png")
+    trained_with = checkpoint["args"] if checkpoint else vars(args)
+    common.save_metrics(out / f"{run_name(args)}_metrics.json", args, device, seconds, history, final,
+                        weights=str(args.load or weights_path), trained_with=trained_with,
+                        parameters=sum(p.numel() for p in model.parameters()))
+    print(f"final: train acc {train_acc:.4f} | test acc {test_acc:.4f} | "
+          f"train loss {train_loss:.4f} | test loss {test_loss:.4f} | {seconds:.0f} s of training")
+
+
+if __name__ == "__main__":
+    main()
