@@ -209,19 +209,20 @@ def fit(model, train, test, args, device, generator, weights_path):
     total_steps = args.epochs * steps_per_epoch
     every = args.eval_every_batches or steps_per_epoch
     history, seconds, first_epoch = [], 0.0, 1
+    pending = []  # the minibatch losses since the last record, which may lie in an earlier epoch
     models, optimizers = {"model": model}, {"optimizer": optimizer}
     if args.resume:
         checkpoint = common.load_resume_checkpoint(weights_path, KIND)
         history, seconds, done = common.restore_run(checkpoint, weights_path, models, optimizers,
                                                     generator)
+        pending = list(checkpoint["pending"].to(device))
         first_epoch = done + 1
         print(f"resuming {weights_path} after epoch {done} of {args.epochs}")
     model.train()
-    stop = False
+    stop, timer = False, common.Timer(device)
     for epoch in range(first_epoch, args.epochs + 1):
         batch_losses = torch.empty(steps_per_epoch, device=device)
-        since = 0  # index into batch_losses of the first minibatch after the last record
-        epoch_timer = timer = common.Timer(device)
+        epoch_timer = common.Timer(device)
         batches = common.batch_indices(len(x), args.batch_size, device, generator)
         for i, idx in enumerate(common.progress(batches, steps_per_epoch, f"epoch {epoch}")):
             step = (epoch - 1) * steps_per_epoch + i + 1  # minibatches done after this one
@@ -232,17 +233,19 @@ def fit(model, train, test, args, device, generator, weights_path):
             loss.backward()
             optimizer.step()
             batch_losses[i] = loss.detach()
+            pending.append(batch_losses[i])
             if step % every == 0 or step == total_steps:
                 common.check_finite(epoch, weights_path, cross_entropy=batch_losses[:i + 1])
-                history.append(measure(model, train, test, epoch, step, batch_losses[since:i + 1],
+                history.append(measure(model, train, test, epoch, step, torch.stack(pending),
                                        timer))
-                since, timer = i + 1, common.Timer(device)
+                pending, timer = [], common.Timer(device)
                 if common.log_epoch(history, args.epochs, args.patience):
                     stop = True
                     break
+        common.check_finite(epoch, weights_path, cross_entropy=batch_losses[:i + 1])
         seconds += epoch_timer.seconds()
         common.save_run(weights_path, KIND, args, epoch, history, seconds, generator, models,
-                        optimizers)
+                        optimizers, pending=torch.stack(pending) if pending else torch.zeros(0))
         if stop:
             break
     return history, seconds

@@ -148,8 +148,13 @@ def test_subset_run_has_its_own_files(synthetic_data, tmp_path):
     assert (tmp_path / "vgg_mnist_subset0.5.pt").is_file() and not (tmp_path / "vgg_mnist.pt").exists()
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_path, monkeypatch):
-    vgg_mnist.main(quick_args(synthetic_data, tmp_path / "whole", "--epochs", "3"))
+@pytest.mark.parametrize("extra, saved_epoch", [
+    ([], 2),  # killed while recording epoch 3
+    (["--eval-every-batches", "2"], 1),  # records at steps 2, 4, 6, ...: killed at step 6; the
+])                                       # minibatch after step 2 is pending in the checkpoint
+def test_resume_after_a_kill_matches_an_uninterrupted_run(extra, saved_epoch, synthetic_data,
+                                                          tmp_path, monkeypatch):
+    vgg_mnist.main(quick_args(synthetic_data, tmp_path / "whole", "--epochs", "3", *extra))
 
     real_measure, calls = vgg_mnist.measure, []
 
@@ -161,10 +166,11 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_pa
 
     monkeypatch.setattr(vgg_mnist, "measure", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        vgg_mnist.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3"))
+        vgg_mnist.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", *extra))
     monkeypatch.undo()
-    assert common.load_checkpoint(tmp_path / "split" / "vgg_mnist.pt", "vgg_mnist")["epoch"] == 2
-    vgg_mnist.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", "--resume"))
+    saved = common.load_checkpoint(tmp_path / "split" / "vgg_mnist.pt", "vgg_mnist")
+    assert saved["epoch"] == saved_epoch
+    vgg_mnist.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", "--resume", *extra))
     whole, split = metrics(tmp_path / "whole"), metrics(tmp_path / "split")
     assert without_times(split["history"]) == without_times(whole["history"])
     assert split["final"] == whole["final"]
