@@ -335,9 +335,11 @@ def nll_loss(log_probs, labels):
 # TRAINING
 # ----------------------------------------------------------------------------------------------
 def batch(split, idx):
-    """The tweets at `idx` (on the codes' device), cut to the longest of them."""
+    """The tweets at `idx` (a CPU index tensor, like the lengths that pack_padded_sequence
+    wants on the CPU: no device-to-host copy per step), cut to the longest of them."""
     codes, lengths, labels = split
-    batch_lengths = lengths[idx.cpu()]
+    batch_lengths = lengths[idx]
+    idx = idx.to(codes.device)
     return codes[idx, :int(batch_lengths.max())], batch_lengths, labels[idx]
 
 
@@ -347,7 +349,7 @@ def evaluate(model, split, batch_size=500):
     codes, _, labels = split
     model.eval()
     loss_sum, correct = torch.zeros((), device=codes.device), torch.zeros((), device=codes.device)
-    for idx in common.batch_indices(len(labels), batch_size, codes.device):
+    for idx in common.batch_indices(len(labels), batch_size, "cpu"):
         x, lengths, y = batch(split, idx)
         log_probs = model(x, lengths)
         loss_sum += F.nll_loss(log_probs, y, reduction="sum")
@@ -359,7 +361,7 @@ def evaluate(model, split, batch_size=500):
 def sample(split, n, seed):
     """A fixed random subset of n tweets of `split` (all of it when n is larger)."""
     chosen = torch.randperm(len(split[2]), generator=torch.Generator().manual_seed(seed))[:n]
-    return batch(split, chosen.to(split[0].device))
+    return batch(split, chosen)
 
 
 def fit(model, train, train_sample, test, args, device, generator, weights_path):
@@ -386,9 +388,8 @@ def fit(model, train, train_sample, test, args, device, generator, weights_path)
     for iteration in common.progress(steps, len(steps), "iterations"):
         if position + args.batch_size > n:  # a new pass; the tail of the last one is dropped
             order, position = torch.randperm(n, generator=generator), 0
-        idx = order[position:position + args.batch_size].to(device)
+        codes, lengths, labels = batch(train, order[position:position + args.batch_size])
         position += args.batch_size
-        codes, lengths, labels = batch(train, idx)
         loss = nll_loss(model(codes, lengths), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

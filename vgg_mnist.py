@@ -155,8 +155,9 @@ def prepare(args, device):
     (train_x, train_y), (test_x, test_y) = common.load_mnist_like("mnist", args.data_dir, device,
                                                                   args.limit)
     if args.subset < 1:
-        chosen = balanced_subset(train_y, args.subset, torch.Generator().manual_seed(args.seed))
-        train_x, train_y = train_x[chosen.to(device)], train_y[chosen.to(device)]
+        chosen = balanced_subset(train_y, args.subset,
+                                 torch.Generator().manual_seed(args.seed)).to(device)
+        train_x, train_y = train_x[chosen], train_y[chosen]
         counts = torch.bincount(train_y.cpu(), minlength=10).tolist()
         print(f"--subset {args.subset}: {len(train_y)} training images, per class {counts}")
     train_x, test_x = resize(train_x), resize(test_x)

@@ -86,8 +86,7 @@ def main(argv=None):
     print(f"lstm_tweets.py: {per_1000:.1f} s per 1000 iterations on {device} "
           f"(one evaluation included) → 100,000 iterations ≈ {100 * per_1000 / 60:.0f} min")
 
-    batches = [lstm_tweets.batch(split, torch.randint(0, len(split[2]), (32,),
-                                                      generator=generator).to(device))
+    batches = [lstm_tweets.batch(split, torch.randint(0, len(split[2]), (32,), generator=generator))
                for _ in range(args.steps)]
     model = lstm_tweets.CharLSTM().to(device)
     time_steps(model, batches[:10], True, device)  # warm-up
