@@ -15,9 +15,18 @@ Assignment E, MNIST, a d-dimensional latent (--latent-dim, default 12):
   few-labels          the classifier trained on the first 100 training images only.
   transfer            the same, with the encoder initialised from conv (--freeze-epochs,
                       --encoder-lr-factor); one figure against few-labels.
-An experiment that needs another's weights loads them from --out-dir (or next to --load), and
-trains them first when they are absent, saying so. naive and normalized also write the
-sample-quality numbers of cnn.py's classifier (Fréchet distance, class entropy) to their metrics.
+naive and normalized also write the sample-quality numbers of cnn.py's classifier (Fréchet
+distance, class entropy) to their metrics.
+
+Each experiment trains at most one model (naive none). One that builds on another's weights reads
+them from a flag whose default is that run's .pt in --out-dir; when the file is absent it stops
+with the command to run first (nothing is trained behind your back):
+  naive, normalized   the fc autoencoder                          --fc-weights
+  classifier-decoder  the conv autoencoder (its FC variant)       --conv-weights
+                      and the classifier, whose encoder it keeps  --classifier-weights
+  transfer            the conv autoencoder, whose encoder it      --conv-weights
+                      starts from, and few-labels, whose history  --few-labels-weights
+                      its comparison figure draws
 
 The conv architecture (assignment E asks to explain it). MNIST digits are thin strokes on a
 28x28 canvas; two stride-2 3x3 convolutions (32 then 64 filters, ReLU) halve the map twice to
@@ -29,11 +38,23 @@ a BatchNorm between them: see ConvDecoder for the stall it prevents), and a sigm
 pixels lie in [0, 1]. Without the FC layer (--no-fc), two more stride-2
 convolutions reach (d/4)x2x2, so the code is forced to stay spatial.
 
-Run:     python autoencoder.py --experiment fc --data-dir ../shared/data     (any experiment)
-Reload:  python autoencoder.py --experiment conv --load figures/autoencoder_conv.pt
-Writes:  figures/autoencoder_<experiment>*.png, figures/autoencoder_<experiment>.pt, *_metrics.json
+Run:     (in dependency order; add --device cuda on a GPU)
+         python autoencoder.py --experiment fc --data-dir ../shared/data
+         python autoencoder.py --experiment naive --data-dir ../shared/data
+         python autoencoder.py --experiment normalized --data-dir ../shared/data
+         python autoencoder.py --experiment conv --data-dir ../shared/data
+         python autoencoder.py --experiment classifier --data-dir ../shared/data
+         python autoencoder.py --experiment classifier-decoder --data-dir ../shared/data
+         python autoencoder.py --experiment few-labels --data-dir ../shared/data
+         python autoencoder.py --experiment transfer --data-dir ../shared/data
+Reload:  python autoencoder.py --experiment conv --load figures/autoencoder_conv.pt   (any
+         experiment but naive, which trains nothing; normalized, classifier-decoder and transfer
+         still read the run their comparison figures draw: fc, conv, few-labels)
+Writes:  figures/autoencoder_<experiment>*.png and *_metrics.json; for an experiment that trains,
+         figures/autoencoder_<experiment>.pt (weights, for --load and for the experiments that
+         build on it) and figures/autoencoder_<experiment>.ckpt (the full checkpoint, for --resume)
 """
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -43,29 +64,49 @@ import torch.nn.functional as F
 import cnn
 import common
 
-# experiment: (dataset, default epochs, default --eval-every, the model it trains, the loss)
+
+@dataclass(frozen=True)
+class Experiment:
+    dataset: str            # "fashion-mnist" or "mnist"
+    epochs: int | None      # the default --epochs (None: trains nothing)
+    eval_every: int | None  # the default --eval-every
+    run: str                # the stem of its files (weights, figures, metrics) and checkpoint kind
+    loss: str | None        # the optimised loss: "mse", "l1" or "ce"
+    needs: tuple = ()       # experiments whose weights it reads, each from --<name>-weights
+
+
 EXPERIMENTS = {
-    "fc": ("fashion-mnist", 30, 1, "autoencoder_fc", "mse"),
-    "naive": ("fashion-mnist", 30, 1, "autoencoder_fc", "mse"),  # trains nothing itself
-    "normalized": ("fashion-mnist", 30, 1, "autoencoder_normalized", "mse"),
-    "conv": ("mnist", 20, 1, "autoencoder_conv", "l1"),
-    "classifier": ("mnist", 10, 1, "autoencoder_classifier", "ce"),
-    "classifier-decoder": ("mnist", 20, 1, "autoencoder_classifier_decoder", "l1"),
-    "few-labels": ("mnist", 300, 5, "autoencoder_few_labels", "ce"),
-    "transfer": ("mnist", 300, 5, "autoencoder_transfer", "ce"),
+    "fc": Experiment("fashion-mnist", 30, 1, "autoencoder_fc", "mse"),
+    "naive": Experiment("fashion-mnist", None, None, "autoencoder_naive", None, needs=("fc",)),
+    "normalized": Experiment("fashion-mnist", 30, 1, "autoencoder_normalized", "mse", needs=("fc",)),
+    "conv": Experiment("mnist", 20, 1, "autoencoder_conv", "l1"),
+    "classifier": Experiment("mnist", 10, 1, "autoencoder_classifier", "ce"),
+    "classifier-decoder": Experiment("mnist", 20, 1, "autoencoder_classifier_decoder", "l1",
+                                     needs=("conv", "classifier")),
+    "few-labels": Experiment("mnist", 300, 5, "autoencoder_few_labels", "ce"),
+    "transfer": Experiment("mnist", 300, 5, "autoencoder_transfer", "ce", needs=("conv", "few-labels")),
 }
-FC_FAMILY = ("fc", "naive", "normalized")
+# the runs others build on, each read from --<name>-weights: who reads it, and what it is to them
+DEPENDENCIES = {
+    "fc": "naive, normalized: the fc autoencoder",
+    "conv": "classifier-decoder, transfer: the conv autoencoder, FC variant",
+    "classifier": "classifier-decoder: the classifier whose encoder it keeps",
+    "few-labels": "transfer: the few-labels run whose history the comparison figure draws",
+}
+LATENT_DIM = 12  # the default d of the MNIST experiments
 N_LABELLED = 100  # assignment E task 4: torch.arange(100) of the training set
 N_GENERATED = 10
 
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__.splitlines()[0])
-    common.add_common_args(parser, epochs=None, batch_size=128, lr=1e-3)
+    common.add_common_args(parser, epochs=None, batch_size=128, lr=1e-3,
+                           load_help=common.LOAD_HELP + " (any experiment but naive, which "
+                                                        "trains nothing)")
     parser.add_argument("--experiment", choices=list(EXPERIMENTS), default="fc",
                         help="which assignment task to run (see the description above)")
     parser.add_argument("--latent-dim", type=common.positive_int,
-                        help="d, the code length of the MNIST conv experiments (default 12); "
+                        help=f"d, the code length of the MNIST conv experiments (default {LATENT_DIM}); "
                              "the fc autoencoders keep assignment B's two neurons")
     parser.add_argument("--no-fc", action="store_true",
                         help="conv: reach d with strided convolutions instead of an FC layer")
@@ -79,18 +120,37 @@ def parse_args(argv=None):
                         help="transfer: train only the MLP head for the first N epochs")
     parser.add_argument("--encoder-lr-factor", type=common.nonnegative_float, default=1.0,
                         help="transfer: the pretrained encoder's learning rate is --lr times this")
+    weights = parser.add_argument_group("the weights an experiment builds on (absent: the error "
+                                        "gives the command that makes them)")
+    for name, reader in DEPENDENCIES.items():
+        weights.add_argument(f"--{name}-weights", metavar="FILE",
+                             help=f"{reader} (default: {EXPERIMENTS[name].run}.pt in --out-dir)")
     cnn.add_sample_quality_args(parser)
     args = parser.parse_args(argv)
     common.check_common_args(parser, args)
-    if args.experiment in FC_FAMILY and args.latent_dim is not None:
+    experiment = EXPERIMENTS[args.experiment]
+    if args.experiment == "naive" and (args.load or args.resume):
+        parser.error(f"{'--load' if args.load else '--resume'}: naive trains nothing of its own; "
+                     "it decodes with the fc autoencoder that --fc-weights names")
+    for name in DEPENDENCIES:
+        if weights_flag_value(args, name) and name not in experiment.needs:
+            parser.error(f"--{name}-weights is not read by --experiment {args.experiment}")
+    if experiment.dataset == "fashion-mnist" and args.latent_dim is not None:
         parser.error("the fc autoencoders have assignment B's two-neuron bottleneck; "
                      "--latent-dim is for the MNIST experiments")
     if args.no_fc and args.experiment != "conv":
         parser.error("--no-fc is an architecture study of --experiment conv only")
-    args.latent_dim = args.latent_dim or 12
+    args.latent_dim = args.latent_dim or LATENT_DIM
     if args.no_fc and args.latent_dim % 4:
         parser.error(f"--no-fc needs --latent-dim divisible by 4 (a (d/4)x2x2 map), got {args.latent_dim}")
+    args.epochs = args.epochs or experiment.epochs
+    args.eval_every = args.eval_every or experiment.eval_every
     return args
+
+
+def weights_flag_value(args, name):
+    """What --<name>-weights says (None when not given)."""
+    return getattr(args, f"{name.replace('-', '_')}_weights")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,21 +329,17 @@ def make_optimizer(model, args, pretrained_encoder=False):
                              {"params": head, "lr": args.lr}])
 
 
-def fit(model, data, args, run, loss, generator, pretrained_encoder=False):
-    """Train for args.epochs; evaluate (and checkpoint to <out>/<run>.pt) at epoch 1, every
-    args.eval_every epochs and at the last. Returns {history, seconds, trained_with}."""
+def fit(model, data, args, generator, pretrained_encoder=False):
+    """Train this experiment's model for args.epochs, evaluating at epoch 1, every
+    args.eval_every epochs and at the last; the bookkeeping (resume, checkpoint after every
+    epoch, log line, finite check) is common.Run's. Returns the Run (history, wall seconds)."""
     (train_x, train_y), (test_x, test_y) = data
-    path = Path(args.out_dir) / f"{run}.pt"
+    loss, name = EXPERIMENTS[args.experiment].loss, run_name(args)
     optimizer = make_optimizer(model, args, pretrained_encoder)
-    models, optimizers = {"model": model}, {"optimizer": optimizer}
-    history, seconds, done = [], 0.0, 0
-    if args.resume:
-        checkpoint = common.load_resume_checkpoint(path, run)
-        history, seconds, done = common.restore_run(checkpoint, path, models, optimizers, generator)
-        print(f"resuming {path} after epoch {done} of {args.epochs}")
+    run = common.Run(args, Path(args.out_dir) / name, name, {"model": model},
+                     {"optimizer": optimizer}, generator)
     n_batches = common.num_batches(len(train_x), args.batch_size)
-    timer = common.Timer(train_x.device)
-    for epoch in range(done + 1, args.epochs + 1):
+    for epoch in range(run.done + 1, args.epochs + 1):
         if pretrained_encoder:  # freezing = a zero learning rate, so Adam's state stays aligned
             optimizer.param_groups[0]["lr"] = (0.0 if epoch <= args.freeze_epochs
                                                else args.lr * args.encoder_lr_factor)
@@ -291,92 +347,71 @@ def fit(model, data, args, run, loss, generator, pretrained_encoder=False):
         terms = {}
         batches = common.batch_indices(len(train_x), args.batch_size, train_x.device, generator)
         for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
-            losses = loss_terms(model, train_x[idx], train_y[idx], loss)
+            with common.autocast(args, train_x.device):
+                losses = loss_terms(model, train_x[idx], train_y[idx], loss)
             optimizer.zero_grad(set_to_none=True)
             losses[loss].backward()
             optimizer.step()
-            for name, value in losses.items():
-                terms.setdefault(name, torch.empty(n_batches, device=train_x.device))[i] = value.detach()
-        common.check_finite(epoch, path, **{loss: terms[loss]})
-        if epoch not in (1, args.epochs) and epoch % args.eval_every:
-            continue
-        record = {"epoch": epoch, **{f"train_{k}": v.mean().item() for k, v in terms.items()},
-                  **{f"test_{k}": v for k, v in evaluate(model, test_x, test_y, loss).items()}}
-        record["test_loss"] = record[f"test_{loss}"]
-        record["seconds"] = round(timer.seconds(), 2)
-        seconds += record["seconds"]
-        history.append(record)
-        common.save_run(path, run, args, epoch, history, seconds, generator, models, optimizers)
-        if common.log_epoch(history, args.epochs, args.patience):
+            for term, value in losses.items():
+                terms.setdefault(term, torch.empty(n_batches, device=train_x.device))[i] = value.detach()
+        record = None
+        if epoch in (1, args.epochs) or epoch % args.eval_every == 0:
+            record = {**{f"train_{k}": v.mean().item() for k, v in terms.items()},
+                      **{f"test_{k}": v for k, v in evaluate(model, test_x, test_y, loss).items()}}
+            record["test_loss"] = record[f"test_{loss}"]
+        if run.end_epoch(epoch, record, losses={loss: terms[loss]}):
             break
-        timer = common.Timer(train_x.device)
-    return {"history": history, "seconds": seconds, "trained_with": vars(args)}
+    return run
 
 
-def run_args(args, experiment):
-    """args with this experiment's default epochs and evaluation interval filled in (an explicit
-    --epochs / --eval-every applies to every model trained in this call)."""
-    _, epochs, eval_every, _, _ = EXPERIMENTS[experiment]
-    return argparse.Namespace(**{**vars(args), "epochs": args.epochs or epochs,
-                                 "eval_every": args.eval_every or eval_every})
-
-
-def run_name(args, experiment):
-    """The weights' file stem (and checkpoint kind): conv --no-fc keeps a file of its own, so the
-    FC model stays the one the other experiments build on."""
-    run = EXPERIMENTS[experiment][3]
-    return f"{run}_nofc" if experiment == "conv" and args.no_fc else run
-
-
-def weights_path(args, run):
-    """--load names this experiment's file (or a folder); the models it builds on lie next to it.
-    Without --load everything is in --out-dir."""
-    if not args.load:
-        return Path(args.out_dir) / f"{run}.pt"
-    load = Path(args.load)
-    if load.is_dir():
-        return load / f"{run}.pt"
-    own = run_name(args, args.experiment)
-    return load if run == own else load.parent / f"{run}.pt"
+def run_name(args):
+    """This experiment's file stem and checkpoint kind: conv --no-fc keeps files of its own, so
+    the FC model stays the one classifier-decoder and transfer build on."""
+    return EXPERIMENTS[args.experiment].run + ("_nofc" if args.no_fc else "")
 
 
 def build(model_class, args, data, **kwargs):
-    """A model initialised from --seed, whatever ran before it in this call (each model's initial
-    weights depend only on the seed, not on which dependencies were trained or loaded first)."""
+    """A model initialised from --seed, whatever was built or loaded before it (each model's
+    initial weights depend only on the seed)."""
     torch.manual_seed(args.seed)
     return model_class(**kwargs).to(data[0][0].device)
 
 
-def obtain(model, data, args, experiment, pretrained_encoder=False):
-    """The trained `model` of `experiment`: loaded when --load is given (or, for a model another
-    experiment builds on, when its weights exist), else trained here. Returns {history, ...}."""
-    run, loss = run_name(args, experiment), EXPERIMENTS[experiment][4]
-    path = weights_path(args, run)
-    dependency = experiment != args.experiment
-    if args.load or (dependency and path.is_file()):
-        checkpoint = common.load_checkpoint(path, run)
-        history, seconds, done = common.restore_run(checkpoint, path, {"model": model})
-        print(f"loaded {path} (trained {done} epochs); not training")
-        return {"history": history, "seconds": seconds, "trained_with": checkpoint["args"]}
-    member = run_args(args, experiment)
-    if dependency:
-        print(f"no {experiment} weights at {path}: training {experiment} first ({member.epochs} epochs)")
-        member.resume = False
-    generator = common.seed_everything(args.seed)  # each model from the same seed, in any order
-    return fit(model, data, member, run, loss, generator, pretrained_encoder)
+def train_or_load(model, data, args, pretrained_encoder=False):
+    """This experiment's model: its weights from --load, else trained here, shuffled by the
+    seed's generator. Returns the Run or LoadedRun (history, seconds, trained_with)."""
+    if args.load:
+        return common.load_run(args.load, run_name(args), {"model": model})
+    generator = common.seed_everything(args.seed)
+    return fit(model, data, args, generator, pretrained_encoder)
 
 
-def finish(model, data, args, experiment, result, **final):
+def load_dependency(args, name, models):
+    """The weights of experiment `name` that this one builds on, put into `models` ({} to read
+    only its history): from --<name>-weights, by default its .pt in --out-dir. Absent: one line
+    with the command that makes them. Returns the checkpoint (history, args, ...)."""
+    flag, kind = f"--{name}-weights", EXPERIMENTS[name].run
+    path = weights_flag_value(args, name) or Path(args.out_dir) / f"{kind}.pt"
+    command = (f"python autoencoder.py --experiment {name} --data-dir {args.data_dir} "
+               f"--out-dir {args.out_dir}")
+    if EXPERIMENTS[name].dataset == "mnist" and args.latent_dim != LATENT_DIM:
+        command += f" --latent-dim {args.latent_dim}"
+    common.require_file(path, flag, command)
+    checkpoint = common.load_weights(path, kind, models, flag)
+    print(f"{flag}: loaded {path} ({name}, trained {checkpoint['epoch']} epochs)")
+    return checkpoint
+
+
+def finish(model, data, args, run, **final):
     """Test (and train) numbers of the final model into <run>_metrics.json; returns the block."""
-    run, loss = run_name(args, experiment), EXPERIMENTS[experiment][4]
+    name, loss = run_name(args), EXPERIMENTS[args.experiment].loss
     (train_x, train_y), (test_x, test_y) = data
-    final = {"epochs_trained": result["history"][-1]["epoch"],
+    final = {"epochs_trained": run.history[-1]["epoch"],
              **{f"train_{k}": v for k, v in evaluate(model, train_x, train_y, loss).items()},
              **{f"test_{k}": v for k, v in evaluate(model, test_x, test_y, loss).items()}, **final}
-    common.save_metrics(Path(args.out_dir) / f"{run}_metrics.json", args, train_x.device,
-                        result["seconds"], result["history"], final,
-                        trained_with=result["trained_with"])
-    print(f"{run}: " + " | ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)))
+    common.save_metrics(Path(args.out_dir) / f"{name}_metrics.json", args, train_x.device,
+                        run.seconds, run.history, final, trained_with=run.trained_with)
+    print(f"{name}: " + " | ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)))
     return final
 
 
@@ -396,40 +431,40 @@ def pca_2d(codes):
     return centred @ directions[:2].T
 
 
-def loss_figure(args, experiment, result, title):
-    run, loss = run_name(args, experiment), EXPERIMENTS[experiment][4]
+def loss_figure(args, run, title):
+    loss = EXPERIMENTS[args.experiment].loss
     ylabel = {"mse": "mean squared error per pixel", "l1": "mean absolute error per pixel"}[loss]
-    common.plot_curves(Path(args.out_dir) / f"{run}_loss.png",
-                       common.epoch_series(result["history"], loss),
+    common.plot_curves(Path(args.out_dir) / f"{run_name(args)}_loss.png",
+                       common.epoch_series(run.history, loss),
                        xlabel="epoch", ylabel=ylabel, title=title)
 
 
 @torch.no_grad()
-def reconstruction_figure(model, x, args, experiment, title):
+def reconstruction_figure(model, x, args, title):
     """10 random test images (seeded) above their decodings."""
     model.eval()
     chosen = torch.randperm(len(x), generator=torch.Generator().manual_seed(args.seed))[:N_GENERATED]
     images = x[chosen.to(x.device)]
-    common.plot_image_rows(Path(args.out_dir) / f"{run_name(args, experiment)}_reconstructions.png",
+    common.plot_image_rows(Path(args.out_dir) / f"{run_name(args)}_reconstructions.png",
                            {"test image": images, "decoded": model(images)}, title=title)
 
 
 # ----------------------------------------------------------------------------------------------
 # EXPERIMENTS, assignment B
 # ----------------------------------------------------------------------------------------------
-def fc_autoencoder(args, data, experiment):
-    """Train (or load) the fc or normalized autoencoder, with its loss and reconstruction figures."""
-    model = build(FCAutoencoder, args, data, normalize=experiment == "normalized")
-    result = obtain(model, data, args, experiment)
-    if experiment == args.experiment:
-        name = "normalized-bottleneck" if experiment == "normalized" else "fully connected"
-        loss_figure(args, experiment, result, f"{name} autoencoder (2-neuron bottleneck), Fashion-MNIST")
-        reconstruction_figure(model, data[1][0], args, experiment,
-                              f"{name} autoencoder: 10 random test images and their decodings")
-        codes = encode_all(model.encoder, data[1][0])
-        quality = generation_quality(model.decoder, data, args) if experiment == "normalized" else {}
-        finish(model, data, args, experiment, result, code_mean=codes.mean(0).tolist(),
-               code_std=codes.std(0).tolist(), **quality)
+def fc_autoencoder(args, data, normalize):
+    """fc or normalized: train (or --load) the autoencoder; its loss and reconstruction figures
+    and its metrics (normalized's with the sample quality of its decoder fed N(0, I))."""
+    model = build(FCAutoencoder, args, data, normalize=normalize)
+    run = train_or_load(model, data, args)
+    name = "normalized-bottleneck" if normalize else "fully connected"
+    loss_figure(args, run, f"{name} autoencoder (2-neuron bottleneck), Fashion-MNIST")
+    reconstruction_figure(model, data[1][0], args,
+                          f"{name} autoencoder: 10 random test images and their decodings")
+    codes = encode_all(model.encoder, data[1][0])
+    quality = generation_quality(model.decoder, data, args) if normalize else {}
+    finish(model, data, args, run, code_mean=codes.mean(0).tolist(),
+           code_std=codes.std(0).tolist(), **quality)
     return model
 
 
@@ -461,8 +496,9 @@ def code_statistics(codes):
 
 
 def run_naive(args, data):
-    """Assignment B 2.1: the fc decoder fed random numbers."""
-    model = fc_autoencoder(args, data, "fc")
+    """Assignment B 2.1: the fc decoder fed random numbers (trains nothing)."""
+    model = build(FCAutoencoder, args, data)
+    load_dependency(args, "fc", {"model": model})
     with torch.no_grad():
         naive_figures(model, data, args)
 
@@ -476,11 +512,11 @@ def naive_figures(model, data, args):
     region = random_inputs(2000, args.seed + 2, box, args.naive_distribution)
     out = Path(args.out_dir)
     where = "z ~ N(0, I)" if args.naive_distribution == "normal" else "z ~ U(box of training codes)"
-    run = "autoencoder_naive" if args.naive_distribution == "normal" else "autoencoder_naive_box"
+    run = run_name(args) + ("_box" if args.naive_distribution == "uniform-box" else "")
     common.plot_image_rows(out / f"{run}_samples.png",
                            {where: model.decoder(draws.to(test_x.device))},
                            title=f"fc decoder fed 10 random inputs ({where})")
-    common.plot_scatter(out / f"{run}_codes.png", codes, test_y,
+    common.plot_scatter(out / f"{run}_codes.png", {"": codes}, test_y,
                         common.class_names("fashion-mnist"),
                         title="fc autoencoder: test codes and the random inputs",
                         overlays={f"2000 draws {where}": region, "the 10 decoded draws": draws})
@@ -493,8 +529,9 @@ def naive_figures(model, data, args):
 
 def run_normalized(args, data):
     """Assignment B 2.2-2.3: the normalised bottleneck, and the answer to "are they different"."""
-    naive = fc_autoencoder(args, data, "fc")
-    model = fc_autoencoder(args, data, "normalized")
+    naive = build(FCAutoencoder, args, data)
+    load_dependency(args, "fc", {"model": naive})
+    model = fc_autoencoder(args, data, normalize=True)
     with torch.no_grad():
         comparison_figures(naive, model, data, args)
 
@@ -516,60 +553,60 @@ def comparison_figures(naive, model, data, args):
         codes = encode_all(autoencoder.encoder, test_x)
         panels[name] = codes
         stats[name.split()[0]] = code_statistics(codes)
-    common.plot_scatter_panels(out / "autoencoder_codes.png", panels, test_y,
-                               common.class_names("fashion-mnist"),
-                               title="test codes of both autoencoders, and where N(0, I) draws land",
-                               overlays={"2000 draws z ~ N(0, I)": region,
-                                         "the 10 decoded draws": draws})
+    common.plot_scatter(out / "autoencoder_codes.png", panels, test_y,
+                        common.class_names("fashion-mnist"),
+                        title="test codes of both autoencoders, and where N(0, I) draws land",
+                        overlays={"2000 draws z ~ N(0, I)": region, "the 10 decoded draws": draws})
     common.write_json(out / "autoencoder_codes.json", stats)
 
 
 # ----------------------------------------------------------------------------------------------
 # EXPERIMENTS, assignment E
 # ----------------------------------------------------------------------------------------------
-def conv_autoencoder(args, data):
-    """Task 1 (or the dependency of classifier-decoder and transfer)."""
-    fc = not args.no_fc  # --no-fc comes only with --experiment conv
+def run_conv(args, data):
+    """Task 1: the conv autoencoder (the FC variant is the one classifier-decoder and transfer
+    build on; --no-fc writes files of its own)."""
+    fc = not args.no_fc
     model = build(ConvAutoencoder, args, data, latent_dim=args.latent_dim, fc=fc)
-    result = obtain(model, data, args, "conv")
-    if args.experiment == "conv":
-        how = "FC layer" if fc else "strided convs, no FC"
-        loss_figure(args, "conv", result, f"conv autoencoder, d = {args.latent_dim} ({how}), MNIST")
-        reconstruction_figure(model, data[1][0], args, "conv",
-                              f"conv autoencoder (d = {args.latent_dim}, {how}): test digits and decodings")
-        finish(model, data, args, "conv", result)
-    return model
+    run = train_or_load(model, data, args)
+    how = "FC layer" if fc else "strided convs, no FC"
+    loss_figure(args, run, f"conv autoencoder, d = {args.latent_dim} ({how}), MNIST")
+    reconstruction_figure(model, data[1][0], args,
+                          f"conv autoencoder (d = {args.latent_dim}, {how}): test digits and decodings")
+    finish(model, data, args, run)
 
 
-def classifier_run(args, data, experiment, initial_encoder=None):
-    """Tasks 2, 4, 5: the encoder + MLP classifier on all labels, or on the first 100 only."""
+def run_classifier(args, data, initial_encoder=None):
+    """Tasks 2, 4, 5: the encoder + MLP classifier on all labels, or (few-labels, transfer) on
+    the first 100 only; transfer's encoder starts from `initial_encoder`."""
     (train_x, train_y), test = data
-    if experiment in ("few-labels", "transfer"):
+    if args.experiment in ("few-labels", "transfer"):
         data = ((train_x[:N_LABELLED], train_y[:N_LABELLED]), test)
     model = build(Classifier, args, data, latent_dim=args.latent_dim)
     if initial_encoder is not None:
         model.encoder.load_state_dict(initial_encoder.state_dict())
-    result = obtain(model, data, args, experiment, pretrained_encoder=initial_encoder is not None)
-    if experiment == args.experiment:
-        common.plot_panels(Path(args.out_dir) / f"{run_name(args, experiment)}_curves.png",
-                           {"cross-entropy": common.epoch_series(result["history"], "ce"),
-                            "accuracy": common.epoch_series(result["history"], "acc")},
-                           xlabel="epoch", title=f"{experiment}: encoder + MLP classifier on "
-                                                 f"{len(data[0][0])} labelled MNIST digits")
-        finish(model, data, args, experiment, result, labelled_examples=len(data[0][0]))
-    return model, result
+    run = train_or_load(model, data, args, pretrained_encoder=initial_encoder is not None)
+    common.plot_panels(Path(args.out_dir) / f"{run_name(args)}_curves.png",
+                       {"cross-entropy": common.epoch_series(run.history, "ce"),
+                        "accuracy": common.epoch_series(run.history, "acc")},
+                       xlabel="epoch", title=f"{args.experiment}: encoder + MLP classifier on "
+                                             f"{len(data[0][0])} labelled MNIST digits")
+    finish(model, data, args, run, labelled_examples=len(data[0][0]))
+    return run
 
 
 def run_classifier_decoder(args, data):
     """Task 3: decode the frozen classifier encoder's codes; compare with the autoencoder's."""
-    autoencoder = conv_autoencoder(args, data)
-    classifier, _ = classifier_run(args, data, "classifier")
+    autoencoder = build(ConvAutoencoder, args, data, latent_dim=args.latent_dim)
+    load_dependency(args, "conv", {"model": autoencoder})
     model = build(ConvAutoencoder, args, data, latent_dim=args.latent_dim)
-    model.encoder.load_state_dict(classifier.encoder.state_dict())
-    model.encoder.requires_grad_(False)  # fixed: only the decoder trains
-    result = obtain(model, data, args, "classifier-decoder")
-    loss_figure(args, "classifier-decoder", result,
-                f"decoder trained on the frozen classifier encoder (d = {args.latent_dim})")
+    if not args.load:  # (a --load file holds the frozen encoder too)
+        classifier = build(Classifier, args, data, latent_dim=args.latent_dim)
+        load_dependency(args, "classifier", {"model": classifier})
+        model.encoder.load_state_dict(classifier.encoder.state_dict())
+        model.encoder.requires_grad_(False)  # fixed: only the decoder trains
+    run = train_or_load(model, data, args)
+    loss_figure(args, run, f"decoder trained on the frozen classifier encoder (d = {args.latent_dim})")
     test_x, test_y = data[1]
     out = Path(args.out_dir)
     with torch.no_grad():
@@ -584,27 +621,30 @@ def run_classifier_decoder(args, data):
         latents = {"conv autoencoder": encode_all(autoencoder.encoder, test_x),
                    "classifier encoder": encode_all(model.encoder, test_x)}
     spread = {name: latent_spread(codes, test_y) for name, codes in latents.items()}
-    common.plot_scatter_panels(out / "autoencoder_latent_pca.png",
-                               {f"{name}: within {s['within_class']:.2f}, between "
-                                f"{s['between_centroids']:.2f}": pca_2d(latents[name])
-                                for name, s in spread.items()},
-                               test_y, common.class_names("mnist"),
-                               title=f"test codes (d = {args.latent_dim}) on their first two "
-                                     "principal axes", xlabel="PC 1", ylabel="PC 2")
+    common.plot_scatter(out / "autoencoder_latent_pca.png",
+                        {f"{name}: within {s['within_class']:.2f}, between "
+                         f"{s['between_centroids']:.2f}": pca_2d(latents[name])
+                         for name, s in spread.items()},
+                        test_y, common.class_names("mnist"),
+                        title=f"test codes (d = {args.latent_dim}) on their first two principal axes",
+                        xlabel="PC 1", ylabel="PC 2")
     autoencoder_l1 = evaluate(autoencoder, test_x, test_y, "l1")["l1"]
-    finish(model, data, args, "classifier-decoder", result, autoencoder_test_l1=autoencoder_l1,
-           latent_spread=spread)
+    finish(model, data, args, run, autoencoder_test_l1=autoencoder_l1, latent_spread=spread)
 
 
 def run_transfer(args, data):
     """Task 5 against task 4: the conv autoencoder's encoder as the starting point."""
-    autoencoder = conv_autoencoder(args, data)
-    _, scratch = classifier_run(args, data, "few-labels")
-    _, transfer = classifier_run(args, data, "transfer", initial_encoder=autoencoder.encoder)
+    encoder = None
+    if not args.load:  # (a --load file holds the trained encoder)
+        autoencoder = build(ConvAutoencoder, args, data, latent_dim=args.latent_dim)
+        load_dependency(args, "conv", {"model": autoencoder})
+        encoder = autoencoder.encoder
+    scratch = load_dependency(args, "few-labels", {})  # its history, for the comparison figure
+    transfer = run_classifier(args, data, initial_encoder=encoder)
     panels = {"cross-entropy": {}, "accuracy": {}}
-    for name, result in (("from scratch", scratch), ("transfer", transfer)):
-        panels["cross-entropy"].update(common.epoch_series(result["history"], "ce", suffix=f", {name}"))
-        panels["accuracy"].update(common.epoch_series(result["history"], "acc", suffix=f", {name}"))
+    for name, history in (("from scratch", scratch["history"]), ("transfer", transfer.history)):
+        panels["cross-entropy"].update(common.epoch_series(history, "ce", suffix=f", {name}"))
+        panels["accuracy"].update(common.epoch_series(history, "acc", suffix=f", {name}"))
     common.plot_panels(Path(args.out_dir) / "autoencoder_transfer_vs_few_labels.png", panels,
                        xlabel="epoch (one pass over the 100 labelled digits)", markers=False,
                        title="100 labelled MNIST digits: encoder from the autoencoder vs from scratch")
@@ -614,17 +654,18 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device)
     common.out_dir(args)
-    data = common.load_mnist_like(EXPERIMENTS[args.experiment][0], args.data_dir, device, args.limit)
+    data = common.load_mnist_like(EXPERIMENTS[args.experiment].dataset, args.data_dir, device,
+                                  args.limit)
     if args.experiment == "fc":
-        fc_autoencoder(args, data, "fc")
+        fc_autoencoder(args, data, normalize=False)
     elif args.experiment == "naive":
         run_naive(args, data)
     elif args.experiment == "normalized":
         run_normalized(args, data)
     elif args.experiment == "conv":
-        conv_autoencoder(args, data)
+        run_conv(args, data)
     elif args.experiment in ("classifier", "few-labels"):
-        classifier_run(args, data, args.experiment)
+        run_classifier(args, data)
     elif args.experiment == "classifier-decoder":
         run_classifier_decoder(args, data)
     else:
@@ -632,4 +673,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

@@ -17,7 +17,8 @@ Training choices (ours; the assignment leaves them open), each for a reason:
 
 Run:     python cnn.py --data-dir ../shared/data           (add --device cuda on a GPU)
 Reload:  python cnn.py --data-dir ../shared/data --load figures/cnn.pt
-Writes:  figures/cnn_accuracy.png, figures/cnn_loss.png, figures/cnn.pt, figures/cnn_metrics.json
+Writes:  figures/cnn_accuracy.png, figures/cnn_loss.png, figures/cnn_metrics.json, figures/cnn.pt
+         (weights, for --load) and figures/cnn.ckpt (the full checkpoint, for --resume)
 """
 import argparse
 from pathlib import Path
@@ -109,7 +110,8 @@ def train_epoch(model, optimizer, data, args, epoch, generator):
         common.set_lr(optimizer, common.cosine_lr(args.lr, step, args.epochs * steps_per_epoch,
                                                   warmup_steps=steps_per_epoch))
         inputs = augment(x[idx], generator) if args.augment else x[idx]
-        loss = classification_loss(model(inputs), y[idx])
+        with common.autocast(args, x.device):
+            loss = classification_loss(model(inputs), y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -130,34 +132,20 @@ def evaluate(model, data, batch_size=1000):
     return loss_sum.item() / len(x), correct.item() / len(x)
 
 
-def fit(model, train, test, args, device, generator, weights_path):
-    """Train for args.epochs (or until --patience runs out), saving a checkpoint every epoch.
-    Returns (history, wall seconds)."""
+def fit(model, train, test, args, device, generator, out):
+    """Train for args.epochs (or until --patience runs out); the bookkeeping (resume, checkpoint,
+    log line, finite check) is common.Run's. Returns the Run (history, wall seconds)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    history, seconds, first_epoch = [], 0.0, 1
-    models, optimizers = {"model": model}, {"optimizer": optimizer}
-    if args.resume:
-        checkpoint = common.load_resume_checkpoint(weights_path, KIND)
-        history, seconds, done = common.restore_run(checkpoint, weights_path, models, optimizers,
-                                                    generator)
-        first_epoch = done + 1
-        print(f"resuming {weights_path} after epoch {done} of {args.epochs}")
-    for epoch in range(first_epoch, args.epochs + 1):
-        timer = common.Timer(device)
+    run = common.Run(args, out / KIND, KIND, {"model": model}, {"optimizer": optimizer}, generator)
+    for epoch in range(run.done + 1, args.epochs + 1):
         batch_losses = train_epoch(model, optimizer, train, args, epoch, generator)
-        common.check_finite(epoch, weights_path, cross_entropy=batch_losses)
-        record = {"epoch": epoch, "train_loss": batch_losses.mean().item()}
+        record = {"train_loss": batch_losses.mean().item()}
         if epoch == 1 or epoch % args.eval_every == 0 or epoch == args.epochs:
             _, record["train_acc"] = evaluate(model, train)
             record["test_loss"], record["test_acc"] = evaluate(model, test)
-        record["seconds"] = round(timer.seconds(), 2)
-        seconds += record["seconds"]
-        history.append(record)
-        common.save_run(weights_path, KIND, args, epoch, history, seconds, generator, models,
-                        optimizers)
-        if common.log_epoch(history, args.epochs, args.patience):
+        if run.end_epoch(epoch, record, losses={"cross_entropy": batch_losses}):
             break
-    return history, seconds
+    return run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -165,9 +153,28 @@ def fit(model, train, test, args, device, generator, weights_path):
 # ----------------------------------------------------------------------------------------------
 def add_sample_quality_args(parser):
     """The flag every generator script (dcgan, vaegan, vae, autoencoder) takes for the metric."""
-    parser.add_argument("--classifier-weights", metavar="PATH",
+    parser.add_argument("--cnn-weights", metavar="FILE",
                         help="cnn.py's weights, whose 256-d features measure sample quality "
                              "(default: cnn.pt in --out-dir; absent: the metric is skipped)")
+
+
+def frechet_distance(features_a, features_b):
+    """Fréchet distance between Gaussians fitted to two feature sets (N, D) and (M, D):
+
+        d² = ‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½)      (Dowson & Landau 1982; FID, Heusel et al. 2017)
+
+    Tr((Σa Σb)^½) is the sum of the square roots of the eigenvalues of Σa^½ Σb Σa^½, a symmetric
+    positive semi-definite matrix with the same eigenvalues, so two symmetric eigendecompositions
+    replace a general matrix square root. Float64 throughout; tiny negative eigenvalues from
+    rounding are clipped to 0.
+    """
+    a, b = features_a.double(), features_b.double()
+    cov_a, cov_b = torch.atleast_2d(torch.cov(a.T)), torch.atleast_2d(torch.cov(b.T))  # (D, D)
+    values, vectors = torch.linalg.eigh(cov_a)
+    root_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
+    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
+    mean_term = (a.mean(0) - b.mean(0)).pow(2).sum()
+    return (mean_term + cov_a.trace() + cov_b.trace() - 2 * cross).item()
 
 
 @torch.no_grad()
@@ -190,20 +197,20 @@ def sample_quality(samples, real_test, real_train, args):
     collapsed onto a few classes scores lower). Compare numbers only at the same sample count.
     Returns {} (and says so) when the weights are absent.
     """
-    path = Path(args.classifier_weights or Path(args.out_dir) / f"{KIND}.pt")
-    if not path.is_file():
+    path = Path(args.cnn_weights or Path(args.out_dir) / f"{KIND}.pt")
+    if not path.exists() and not args.cnn_weights:
         print(f"sample quality skipped: no cnn.py weights at {path} (run python cnn.py first)")
         return {}
     model = CNN().to(real_test.device)
-    common.restore_run(common.load_checkpoint(path, KIND), path, {"model": model})
+    common.load_weights(path, KIND, {"model": model}, flag="--cnn-weights")
     test_features, _ = features_and_predictions(model, real_test)
     chosen = torch.randperm(len(real_train), generator=torch.Generator().manual_seed(args.seed))
     train_features, _ = features_and_predictions(model, real_train[chosen[:len(samples)].to(real_train.device)])
     features, predicted = features_and_predictions(model, samples.to(real_test.device))
     shares = torch.bincount(predicted, minlength=10).double() / len(predicted)
     entropy = -(shares[shares > 0] * shares[shares > 0].log()).sum().item()
-    return {"frechet_distance": common.frechet_distance(features, test_features),
-            "frechet_floor_train_vs_test": common.frechet_distance(train_features, test_features),
+    return {"frechet_distance": frechet_distance(features, test_features),
+            "frechet_floor_train_vs_test": frechet_distance(train_features, test_features),
             "n_generated": len(samples), "class_shares": dict(zip(common.class_names("fashion-mnist"),
                                                                    shares.tolist())),
             "class_entropy_nats": entropy, "classifier_weights": str(path)}
@@ -231,26 +238,22 @@ def main(argv=None):
     device = common.pick_device(args.device)
     generator = common.seed_everything(args.seed)
     out = common.out_dir(args)
-    checkpoint = common.load_checkpoint(args.load, KIND) if args.load else None  # fail early
-    train, test = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
     model = CNN().to(device)
-    weights_path = out / f"{KIND}.pt"
-    if checkpoint:
-        history, seconds, done = common.restore_run(checkpoint, args.load, {"model": model})
-        print(f"loaded {args.load} (trained {done} epochs); not training")
-    else:
-        history, seconds = fit(model, train, test, args, device, generator, weights_path)
+    if args.load:  # read before the data, so a wrong file fails at once
+        run = common.load_run(args.load, KIND, {"model": model})
+    train, test = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
+    if not args.load:
+        run = fit(model, train, test, args, device, generator, out)
     train_loss, train_acc = evaluate(model, train)
     test_loss, test_acc = evaluate(model, test)
-    final = {"epochs_trained": history[-1]["epoch"], "train_loss": train_loss,
+    final = {"epochs_trained": run.history[-1]["epoch"], "train_loss": train_loss,
              "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
-    plot_history(history, out)
-    trained_with = checkpoint["args"] if checkpoint else vars(args)
-    common.save_metrics(out / f"{KIND}_metrics.json", args, device, seconds, history, final,
-                        weights=str(args.load or weights_path), trained_with=trained_with)
+    plot_history(run.history, out)
+    common.save_metrics(out / f"{KIND}_metrics.json", args, device, run.seconds, run.history, final,
+                        weights=str(args.load or out / f"{KIND}.pt"), trained_with=run.trained_with)
     print(f"final: train acc {train_acc:.4f} | test acc {test_acc:.4f} | "
-          f"test loss {test_loss:.4f} | {seconds:.0f} s of training")
+          f"test loss {test_loss:.4f} | {run.seconds:.0f} s of training")
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

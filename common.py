@@ -1,16 +1,22 @@
-"""Plumbing shared by every script: flags, device and seed, data, batching, checkpoints, metrics, plots.
+"""Plumbing shared by the scripts: flags, device and seed, data, the run bookkeeping, checkpoints,
+metrics, plots.
 
-Nothing here knows about a model or a loss; those live in the script that uses them, so each
-script reads on its own. What is here is what every script needs in exactly the same way.
+Nothing here knows about a model, a loss or a metric; those live in the script that uses them, so
+each script reads on its own. What is here is what two or more scripts need in exactly the same
+way. The centre of it is `Run`: the bookkeeping of a training run (resume or start, timer, finite
+check, checkpoint, metrics record, log line, patience), so that a script's `fit` shows only its
+loop and its optimizer step.
 
-Sections: errors and flags · device and seed · data · training helpers · checkpoints and metrics ·
+Sections: errors and flags · device and seed · data · the training run · checkpoints and metrics ·
 figures.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
 import random
+import struct
 import sys
 import textwrap
 import time
@@ -32,6 +38,28 @@ from tqdm import tqdm  # noqa: E402
 def fail(message):
     """Stop with a one-line error (exit status 1), no traceback: for user mistakes, not bugs."""
     raise SystemExit(f"{Path(sys.argv[0]).name}: error: {message}")
+
+
+OUT_OF_MEMORY = ("out of memory: a size flag (--batch-size, a layer or latent size, --limit) asks "
+                 "for more than this machine holds; use smaller values")
+
+
+def run_main(main, argv=None):
+    """Call a script's main(argv). A size the machine cannot hold (a huge --batch-size,
+    --latent-dim, --hidden ...) or a number beyond float32 ends in one line naming the cause
+    instead of a traceback."""
+    try:
+        return main(argv)
+    except (MemoryError, torch.OutOfMemoryError):
+        fail(OUT_OF_MEMORY)
+    except (RuntimeError, TypeError) as error:
+        text = str(error).lower()
+        if any(sign in text for sign in ("not enough memory", "can't allocate memory",
+                                         "out of memory", "overflow when unpacking long")):
+            fail(OUT_OF_MEMORY)
+        if "cannot be converted to type float without overflow" in text:
+            fail("a number on the command line (--lr?) is beyond what float32 holds (3.4e38)")
+        raise
 
 
 def _number(kind, check, requirement):
@@ -60,19 +88,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def number_list(kind, check, requirement):
-    """A comma-separated list type, e.g. `--sweep-kl 1,0.5,0.25`; every entry is checked."""
-    one = _number(kind, check, requirement)
-
-    def parse(text):
-        values = [one(part.strip()) for part in text.split(",") if part.strip()]
-        if not values:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-        return values
-
-    return parse
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows "(default: X)" only where there is one: a None default means the help text itself
     says what is used (e.g. "default 2 for fc, 32 for conv"), and a switch is off unless given."""
@@ -88,8 +103,13 @@ def make_parser(description):
     return _Parser(description=description, formatter_class=_HelpFormatter)
 
 
+LOAD_HELP = ("skip training: load this weights file (<run>.pt or the <run>.ckpt checkpoint) and "
+             "redo the figures and metrics of its run on the data given now")
+
+
 def add_common_args(parser, *, epochs, batch_size, lr, patience=0, epochs_flag=True,
-                    data_help="dataset root; downloaded there by torchvision when absent"):
+                    data_help="dataset root; downloaded there by torchvision when absent",
+                    load_help=LOAD_HELP):
     """The flags every script shares (../shared/CONVENTIONS.md), with per-script defaults.
     epochs_flag=False leaves out --epochs, for a script that counts iterations instead."""
     g = parser.add_argument_group("common options")
@@ -105,16 +125,34 @@ def add_common_args(parser, *, epochs, batch_size, lr, patience=0, epochs_flag=T
                    help="auto picks cuda, then mps, then cpu")
     g.add_argument("--data-dir", default="data", help=data_help)
     g.add_argument("--out-dir", default="figures", help="where figures, weights and metrics go")
-    g.add_argument("--load", metavar="PATH",
-                   help="skip training: load these weights and redo the figures and metrics")
+    g.add_argument("--load", nargs="+", metavar="FILE", help=load_help)
     g.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint of this run in --out-dir")
+                   help="continue the run in --out-dir from its checkpoint (<run>.ckpt); without "
+                        "one, stop with an error (never a silent fresh start)")
+    g.add_argument("--amp", action="store_true",
+                   help="bf16 autocast for the forward pass and the loss (weights and optimizer "
+                        "stay fp32); cpu and cuda")
     g.add_argument("--patience", type=nonnegative_int, default=patience,
                    help="stop when the test loss has not improved for this many evaluations "
                         "(0 = train all epochs)")
     g.add_argument("--limit", type=positive_int,
                    help="use only the first N training and N test examples")
     return g
+
+
+def check_common_args(parser, args, load_files=1):
+    """Refuse flag combinations argparse cannot express alone. `load_files`: how many weights
+    files --load takes in this command (one per model it trains); with one, args.load becomes
+    that one path."""
+    if args.load and args.resume:
+        parser.error("--load and --resume exclude each other: --load skips training")
+    if args.amp and args.device == "mps":
+        parser.error("--amp is bf16 autocast on cpu and cuda; MPS runs without it")
+    if args.load and len(args.load) != load_files:
+        parser.error(f"--load takes {load_files} weights file{'s' * (load_files > 1)} here "
+                     f"(one per model this command trains), got {len(args.load)}")
+    if args.load and load_files == 1:
+        args.load = args.load[0]
 
 
 def use_run_args(args, checkpoint, names, path):
@@ -127,10 +165,13 @@ def use_run_args(args, checkpoint, names, path):
             setattr(args, name, checkpoint["args"][name])
 
 
-def check_common_args(parser, args):
-    """Refuse flag combinations argparse cannot express alone."""
-    if args.load and args.resume:
-        parser.error("--load and --resume exclude each other: --load skips training")
+def autocast(args, device):
+    """The context of a forward pass and its loss: bf16 autocast with --amp (matrix products and
+    convolutions in bfloat16, losses and reductions kept in float32 by autocast's own op lists;
+    the weights and the optimizer stay float32), nothing otherwise."""
+    if not args.amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,18 +228,42 @@ DATASETS = {
 }
 
 
+def idx_file_problem(path):
+    """Why an MNIST-format (IDX) file cannot be read, or None when it is whole: the header gives
+    the element type and the sizes, so a truncated or foreign file is told from a good one
+    before torchvision fails on it with a message about tensor shapes."""
+    data = path.read_bytes()
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08 or not 1 <= data[3] <= 4:
+        return "is not an IDX file of bytes (its header is wrong)"
+    ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        return f"is truncated ({len(data)} bytes, shorter than its header)"
+    sizes = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    expected = 4 + 4 * ndim + math.prod(sizes)
+    if len(data) != expected:
+        return f"is truncated or padded ({len(data):,} bytes where its header promises {expected:,})"
+    return None
+
+
 def open_dataset(name, data_dir, train):
-    """The torchvision dataset, downloaded when absent; offline and absent → a one-line error."""
+    """The torchvision dataset, downloaded when absent. Offline and absent, or present but
+    damaged, is a one-line error that names the file and what is wrong with it."""
     cls, title = DATASETS[name]
-    try:
+    root = Path(data_dir)
+    if root.exists() and not root.is_dir():
+        fail(f"--data-dir {root} is a file, not a folder")
+    folder = root / cls.__name__ / "raw"
+    stems = [Path(url).stem for url, _ in cls.resources]  # e.g. train-images-idx3-ubyte
+    if all((folder / stem).is_file() for stem in stems):
+        for stem in stems:
+            problem = idx_file_problem(folder / stem)
+            if problem:
+                fail(f"{folder / stem} {problem}: replace it with the original {title} file")
         return cls(data_dir, train=train, download=False)
-    except RuntimeError:
-        pass  # not there yet: download below
     try:
         return cls(data_dir, train=train, download=True)
     except Exception as error:  # no network, proxy refused, bad checksum, disk full ...
-        folder = Path(data_dir) / cls.__name__ / "raw"
-        files = ", ".join(Path(url).stem for url, _ in cls.resources)
+        files = ", ".join(stems)
         fail(f"{title} is not in {folder} and could not be downloaded "
              f"({type(error).__name__}); put {files} (or the same names with .gz) in {folder}/")
 
@@ -235,34 +300,9 @@ def num_batches(n, batch_size):
     return math.ceil(n / batch_size)
 
 
-# ----------------------------------------------------------------------------------------------
-# Training helpers
-# ----------------------------------------------------------------------------------------------
 def progress(iterable, total, desc):
     """A tqdm bar on an interactive terminal; silent in logs and CI (one summary line instead)."""
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)
-
-
-def check_finite(epoch, weights_path=None, **per_batch_losses):
-    """Stop the run if any loss term went NaN or infinite, naming epoch, batch and term.
-
-    Each value is a 1-D tensor of one loss term per batch, kept on the device so that training
-    never waits for the GPU to check a number; this runs once per epoch, before any saving.
-    """
-    for term, losses in per_batch_losses.items():
-        bad = (~torch.isfinite(losses)).nonzero()
-        if len(bad):
-            batch = bad[0].item()
-            kept = f"; the last good weights stay in {weights_path}" if weights_path else ""
-            fail(f"{term} loss became {losses[batch].item()} at epoch {epoch}, batch {batch + 1}"
-                 f" — stopping{kept}")
-
-
-def patience_exhausted(test_losses, patience):
-    """True when the last `patience` evaluations did not improve on the best one before them."""
-    if patience == 0 or len(test_losses) <= patience:
-        return False
-    return min(test_losses[-patience:]) >= min(test_losses[:-patience])
 
 
 def cosine_lr(peak, step, total_steps, warmup_steps=0):
@@ -279,19 +319,132 @@ def set_lr(optimizer, lr):
         group["lr"] = lr
 
 
-def log_epoch(history, epochs, patience, loss_key="test_loss", unit="epoch"):
-    """Print the summary line of the record just appended to `history` (counted in `unit`s:
-    epochs, or iterations for the LSTM); return True when --patience says stop (the test loss
-    `loss_key` has not improved for `patience` evaluations)."""
-    record = history[-1]
-    print(summary_line(record[unit], epochs, record["seconds"], unit=unit,
-                       **{k: v for k, v in record.items() if k not in (unit, "seconds")}),
-          flush=True)  # progress reaches a log file as it happens
-    losses = [r[loss_key] for r in history if loss_key in r]
-    if loss_key in record and patience_exhausted(losses, patience):
-        print(f"stopping: the test loss has not improved for {patience} evaluations")
-        return True
-    return False
+# ----------------------------------------------------------------------------------------------
+# The training run: everything around a script's loop, one call away
+# ----------------------------------------------------------------------------------------------
+class Run:
+    """The bookkeeping of one training run. A script's fit reads:
+
+        run = common.Run(args, out / "cnn", "cnn", {"model": model}, {"optimizer": opt}, generator)
+        for epoch in range(run.done + 1, args.epochs + 1):
+            ...                                     # the loop and the optimizer step
+            if run.end_epoch(epoch, record, losses={"cross_entropy": batch_losses}):
+                break                               # --patience says stop
+
+    Start: a fresh run, or with --resume the checkpoint <stem>.ckpt put back (models, optimizers,
+    random streams, history, anything saved beside them in `run.extra`); nothing to resume is a
+    one-line error. end_epoch: the finite check of the per-batch losses (naming epoch, batch and
+    term), the record's wall seconds, its log line, the checkpoint, and the --patience verdict.
+
+    Two files per run, both written atomically after every epoch: <stem>.ckpt, the full
+    checkpoint --resume needs (with optimizer states and random streams: kept in --out-dir, not
+    committed), and <stem>.pt, the weights-only file --load reads (model states, args, history).
+    """
+
+    def __init__(self, args, stem, kind, models, optimizers, generator, unit="epoch",
+                 total=None, patience_key="test_loss"):
+        self.args, self.kind, self.unit = args, kind, unit
+        self.weights_path = Path(f"{stem}.pt")
+        self.checkpoint_path = Path(f"{stem}.ckpt")
+        self.models, self.optimizers, self.generator = models, optimizers, generator
+        self.total = total if total is not None else args.epochs
+        self.patience_key = patience_key
+        self.history, self.seconds, self.done, self.extra = [], 0.0, 0, {}
+        self.trained_with = vars(args)
+        if args.resume:
+            checkpoint = load_checkpoint(self.checkpoint_path, kind, flag="--resume")
+            self.history, self.seconds, self.done = restore_run(
+                checkpoint, self.checkpoint_path, models, optimizers, generator)
+            self.extra = {k: v for k, v in checkpoint.items() if k not in _RUN_KEYS}
+            print(f"resuming {self.checkpoint_path} after {unit} {self.done} of {self.total}")
+        first_model = next(iter(models.values()))
+        self.timer = Timer(next(first_model.parameters()).device)
+
+    def log(self, record):
+        """Append one evaluation record ({unit: n, values ...}), stamped with the wall seconds
+        since the last one; print its summary line. A value that is not finite (a NaN test loss)
+        stops the run here, before anything is saved. Returns True when --patience says stop."""
+        for key, value in record.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                fail(f"{key.replace('_', ' ')} became {value} at {self.unit} {record[self.unit]} "
+                     f"(evaluation) — stopping; the last good weights stay in {self.weights_path}")
+        record["seconds"] = round(self.timer.seconds(), 2)
+        self.timer = Timer(self.timer.device)
+        self.seconds += record["seconds"]
+        self.history.append(record)
+        print(summary_line(record[self.unit], self.total, record["seconds"], unit=self.unit,
+                           **{k: v for k, v in record.items() if k not in (self.unit, "seconds")}),
+              flush=True)  # progress reaches a log file as it happens
+        losses = [r[self.patience_key] for r in self.history if self.patience_key in r]
+        if self.patience_key in record and patience_exhausted(losses, self.args.patience):
+            print(f"stopping: the test loss has not improved for {self.args.patience} evaluations")
+            return True
+        return False
+
+    def save(self, step, **extra):
+        """Write <stem>.ckpt (for --resume) and <stem>.pt (for --load) after `step`."""
+        self.extra.update(extra)
+        shared = dict(args=vars(self.args), epoch=step, history=self.history,
+                      seconds=self.seconds, **self.extra)
+        models = {name: m.state_dict() for name, m in self.models.items()}
+        save_checkpoint(self.checkpoint_path, self.kind, models=models, rng=rng_state(self.generator),
+                        optimizers={n: o.state_dict() for n, o in self.optimizers.items()}, **shared)
+        save_checkpoint(self.weights_path, self.kind, models=models, **shared)
+
+    def end_epoch(self, epoch, record=None, losses=None, **extra):
+        """After an epoch: check the per-batch `losses` ({term: 1-D device tensor}), log `record`
+        (a dict of this epoch's numbers; None on an epoch without evaluation), save the two
+        files with `extra` (e.g. sample snapshots a figure needs again after --load). Returns
+        True when --patience says stop."""
+        check_finite(epoch, self.weights_path, unit=self.unit, **(losses or {}))
+        stop = self.log({self.unit: epoch, **record}) if record is not None else False
+        self.save(epoch, **extra)
+        return stop
+
+
+_RUN_KEYS = ("kind", "args", "epoch", "history", "seconds", "models", "optimizers", "rng")
+
+
+class LoadedRun:
+    """What --load gives back in place of a Run: the history, seconds, args and extras of the
+    run that wrote the weights file (its models are already filled in)."""
+
+    def __init__(self, checkpoint):
+        self.history, self.seconds, self.done = (checkpoint["history"], checkpoint["seconds"],
+                                                 checkpoint["epoch"])
+        self.trained_with = checkpoint["args"]
+        self.extra = {k: v for k, v in checkpoint.items() if k not in _RUN_KEYS}
+
+
+def load_run(path, kind, models, unit="epoch", checkpoint=None):
+    """--load: put the weights of `path` (a .pt or .ckpt of `kind`; `checkpoint` when it was read
+    already) into `models`; return the LoadedRun with its history."""
+    checkpoint = checkpoint or load_checkpoint(path, kind)
+    restore_run(checkpoint, path, models)
+    print(f"loaded {path} (trained {checkpoint['epoch']} {unit}s); not training")
+    return LoadedRun(checkpoint)
+
+
+def check_finite(epoch, weights_path=None, unit="epoch", **per_batch_losses):
+    """Stop the run if any loss term went NaN or infinite, naming epoch, batch and term.
+
+    Each value is a 1-D tensor of one loss term per batch, kept on the device so that training
+    never waits for the GPU to check a number; this runs once per epoch, before any saving.
+    """
+    for term, losses in per_batch_losses.items():
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            batch = bad[0].item()
+            kept = f"; the last good weights stay in {weights_path}" if weights_path else ""
+            fail(f"{term} loss became {losses[batch].item()} at {unit} {epoch}, batch {batch + 1}"
+                 f" — stopping{kept}")
+
+
+def patience_exhausted(test_losses, patience):
+    """True when the last `patience` evaluations did not improve on the best one before them."""
+    if patience == 0 or len(test_losses) <= patience:
+        return False
+    return min(test_losses[-patience:]) >= min(test_losses[:-patience])
 
 
 def summary_line(epoch, epochs, seconds, unit="epoch", **values):
@@ -303,12 +456,30 @@ def summary_line(epoch, epochs, seconds, unit="epoch", **values):
     return " | ".join(parts + [f"{seconds:.1f} s"])
 
 
+class Timer:
+    """Wall-clock seconds that stay honest on a GPU (waits for queued kernels before reading)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.start = time.perf_counter()
+
+    def seconds(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - self.start
+
+
 # ----------------------------------------------------------------------------------------------
 # Checkpoints and metrics
 # ----------------------------------------------------------------------------------------------
 def out_dir(args):
     path = Path(args.out_dir)
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        fail(f"--out-dir {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        fail(f"--out-dir {path} cannot be created ({error.strerror or type(error).__name__})")
     return path
 
 
@@ -325,33 +496,35 @@ def _atomic_write(path, write):
 
 
 def save_checkpoint(path, kind, **payload):
-    """One dict: `kind` (which script and variant wrote it) plus model/optimizer states, args,
-    epoch, history, ... Loadable with weights_only=True: tensors, numbers, strings, lists, dicts."""
+    """One dict: `kind` (which script and variant wrote it) plus model states, args, epoch,
+    history, ... Loadable with weights_only=True: tensors, numbers, strings, lists, dicts."""
     _atomic_write(path, lambda tmp: torch.save({"kind": kind, **payload}, tmp))
 
 
-def load_checkpoint(path, kind):
-    """Load a checkpoint written by save_checkpoint for `kind`; anything else is a one-line error."""
+def load_checkpoint(path, kind, flag="--load"):
+    """Load a file written by save_checkpoint for `kind`; anything else is a one-line error that
+    names what is wrong (absent, a folder, empty, damaged, not ours, another script's)."""
     path = Path(path)
-    if not path.is_file():
-        fail(f"no weights file at {path}")
+    if flag == "--resume" and not path.exists():
+        fail(f"--resume: no checkpoint at {path} to continue from (run once without --resume)")
+    if not path.exists():
+        fail(f"{flag}: no weights file at {path}")
+    if path.is_dir():
+        fail(f"{flag}: {path} is a folder, not a weights file")
+    if path.stat().st_size == 0:
+        fail(f"{flag}: {path} is empty (a run killed while writing it leaves a .tmp file, never "
+             "an empty one: this file was cut elsewhere)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        fail(f"{path} is not a weights file torch can load safely ({reason[:120]})")
+        fail(f"{flag}: {path} is not a weights file torch can read: it is damaged, truncated or "
+             f"in another format ({type(error).__name__})")
     if not isinstance(checkpoint, dict) or "kind" not in checkpoint:
-        fail(f"{path} is not a checkpoint written by this repository (expected {kind!r} weights)")
+        fail(f"{flag}: {path} is not a checkpoint written by this repository "
+             f"(expected {kind!r} weights)")
     if checkpoint["kind"] != kind:
-        fail(f"{path} holds {checkpoint['kind']!r} weights, expected {kind!r}")
+        fail(f"{flag}: {path} holds {checkpoint['kind']!r} weights, expected {kind!r}")
     return checkpoint
-
-
-def load_resume_checkpoint(path, kind):
-    """The checkpoint --resume continues from: this run's own file in --out-dir."""
-    if not Path(path).is_file():
-        fail(f"--resume: no checkpoint at {path} to continue from (run once without --resume)")
-    return load_checkpoint(path, kind)
 
 
 def load_state(module, state, path, what):
@@ -359,23 +532,14 @@ def load_state(module, state, path, what):
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
-        detail = " ".join(str(error).split())
-        fail(f"the weights in {path} do not fit {what}: {detail[:200]}")
-
-
-def save_run(path, kind, args, epoch, history, seconds, generator, models, optimizers, **extra):
-    """The checkpoint of a training run after `epoch`: everything --load and --resume need.
-    models / optimizers: {name: module or optimizer}, e.g. {"generator": G, "discriminator": D};
-    extra: anything else a figure needs again after --load (e.g. samples saved during training)."""
-    save_checkpoint(path, kind, args=vars(args), epoch=epoch, history=history, seconds=seconds,
-                    rng=rng_state(generator),
-                    models={name: m.state_dict() for name, m in models.items()},
-                    optimizers={name: o.state_dict() for name, o in optimizers.items()}, **extra)
+        problem = str(error).splitlines()[1].strip().rstrip(".") if "\n" in str(error) else ""
+        fail(f"the weights in {path} do not fit {what} (another architecture or size: "
+             f"{problem or 'different parameters'})")
 
 
 def restore_run(checkpoint, path, models, optimizers=(), generator=None):
-    """Put a save_run checkpoint back into `models` (and, for --resume, `optimizers` and the
-    random streams). Returns (history, wall seconds so far, last finished epoch)."""
+    """Put a checkpoint back into `models` (and, for --resume, `optimizers` and the random
+    streams). Returns (history, wall seconds so far, last finished epoch)."""
     for name, module in models.items():
         load_state(module, checkpoint["models"][name], path, f"the {checkpoint['kind']!r} {name}")
     for name, optimizer in dict(optimizers).items():
@@ -385,23 +549,21 @@ def restore_run(checkpoint, path, models, optimizers=(), generator=None):
     return checkpoint["history"], checkpoint["seconds"], checkpoint["epoch"]
 
 
-def frechet_distance(features_a, features_b):
-    """Fréchet distance between Gaussians fitted to two feature sets (N, D) and (M, D):
+def load_weights(path, kind, models, flag):
+    """Another run's weights as the start of this one (a pretrained encoder, a classifier):
+    absent is a one-line error giving the command that makes them. Returns the checkpoint."""
+    checkpoint = load_checkpoint(path, kind, flag=flag)
+    restore_run(checkpoint, path, models)
+    return checkpoint
 
-        d² = ‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½)      (Dowson & Landau 1982; FID, Heusel et al. 2017)
 
-    Tr((Σa Σb)^½) is the sum of the square roots of the eigenvalues of Σa^½ Σb Σa^½, a symmetric
-    positive semi-definite matrix with the same eigenvalues, so two symmetric eigendecompositions
-    replace a general matrix square root. Float64 throughout; tiny negative eigenvalues from
-    rounding are clipped to 0.
-    """
-    a, b = features_a.double(), features_b.double()
-    cov_a, cov_b = torch.atleast_2d(torch.cov(a.T)), torch.atleast_2d(torch.cov(b.T))  # (D, D)
-    values, vectors = torch.linalg.eigh(cov_a)
-    root_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
-    cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp(min=0).sqrt().sum()
-    mean_term = (a.mean(0) - b.mean(0)).pow(2).sum()
-    return (mean_term + cov_a.trace() + cov_b.trace() - 2 * cross).item()
+def require_file(path, flag, command):
+    """A file another run writes (weights a run builds on): absent is one line with the command
+    to run first. Nothing here trains another run behind the user's back."""
+    path = Path(path)
+    if not path.exists():
+        fail(f"{flag}: no file at {path}; run `{command}` first (or pass {flag} FILE)")
+    return path
 
 
 def save_metrics(path, args, device, seconds, history, final, **extra):
@@ -415,23 +577,11 @@ def write_json(path, record):
     _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-class Timer:
-    """Wall-clock seconds that stay honest on a GPU (waits for queued kernels before reading)."""
-
-    def __init__(self, device):
-        self.device = device
-        self.start = time.perf_counter()
-
-    def seconds(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - self.start
-
-
 # ----------------------------------------------------------------------------------------------
 # Figures: one function per kind of plot, each writes one PNG and closes it
 # ----------------------------------------------------------------------------------------------
-def _save(fig, path):
+def save_figure(fig, path):
+    """Lay out, write and close one figure (every plot helper here, and a script's own, ends so)."""
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -456,7 +606,7 @@ def plot_panels(path, panels, xlabel, title, markers=True, ncols=None):
         if len(curves) > 1:
             ax.legend()
     fig.suptitle(textwrap.fill(title, 55 * ncols))  # ~55 characters fit above one panel
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def epoch_series(history, key, prefixes=("train", "test"), suffix=""):
@@ -492,19 +642,14 @@ def plot_image_rows(path, rows, title, nrow=None):
         ax.set_ylabel(label, rotation=0, ha="right", va="center")
         for side in ax.spines.values():
             side.set_visible(False)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def plot_scatter(path, points, labels, names, title, xlabel="z₁", ylabel="z₂", overlays=None):
-    """points: (N, 2); labels: (N,) class indices coloured by `names` (a legend entry each);
-    overlays: at most two {label: (M, 2) points}, e.g. where random inputs come from (drawn
-    under the classes as faint dots) and the inputs actually used (black crosses on top)."""
-    plot_scatter_panels(path, {"": points}, labels, names, title, xlabel, ylabel, overlays)
-
-
-def plot_scatter_panels(path, panels, labels, names, title, xlabel="z₁", ylabel="z₂",
-                        overlays=None):
-    """panels: {panel title: (N, 2) points}, side by side, all coloured by the same `labels`."""
+def plot_scatter(path, panels, labels, names, title, xlabel="z₁", ylabel="z₂", overlays=None):
+    """panels: {panel title: (N, 2) points}, side by side, all coloured by the same `labels`
+    ((N,) class indices, a legend entry per name); overlays: at most two {label: (M, 2) points},
+    e.g. where random inputs come from (drawn under the classes as faint dots) and the inputs
+    actually used (black crosses on top)."""
     labels = labels.detach().cpu()
     colours = plt.get_cmap("tab10")
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.5), squeeze=False)
@@ -526,30 +671,4 @@ def plot_scatter_panels(path, panels, labels, names, title, xlabel="z₁", ylabe
             handle.set_sizes([20])
             handle.set_alpha(1)
     fig.suptitle(title)
-    _save(fig, path)
-
-
-def plot_histograms(path, samples, xlabel, title, bins=50):
-    """samples: {label: 1-D tensor}, overlaid on one axis with shared bins."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    values = {label: s.detach().float().cpu().numpy() for label, s in samples.items()}
-    low = min(v.min() for v in values.values())
-    high = max(v.max() for v in values.values())
-    for label, v in values.items():
-        ax.hist(v, bins=bins, range=(low, high), alpha=0.6, label=label)
-    ax.set(xlabel=xlabel, ylabel="count", title=title)
-    if len(samples) > 1:
-        ax.legend()
-    _save(fig, path)
-
-
-def plot_bars(path, values, ylabel, title, ylim=None):
-    """values: {label: number}, one labelled bar each (e.g. test accuracy per model)."""
-    fig, ax = plt.subplots(figsize=(1.6 * len(values) + 2, 4))
-    bars = ax.bar(list(values), list(values.values()), color=plt.get_cmap("tab10").colors[:len(values)])
-    ax.bar_label(bars, fmt="%.4f")
-    ax.set(ylabel=ylabel, title=title)
-    if ylim:
-        ax.set_ylim(*ylim)
-    ax.tick_params(axis="x", labelsize="small")
-    _save(fig, path)
+    save_figure(fig, path)

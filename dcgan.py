@@ -20,8 +20,10 @@ Stabilising choices, and why:
   2016, Sec. 3.4) for anyone who sees D win too early.
 
 Run:     python dcgan.py --data-dir ../shared/data            (100 epochs, as the report)
-Reload:  python dcgan.py --load figures/dcgan.pt
-Writes:  figures/dcgan_loss.png, dcgan_samples.png, dcgan_epoch<E>.png, dcgan.pt, dcgan_metrics.json
+Reload:  python dcgan.py --data-dir ../shared/data --load figures/dcgan.pt
+Writes:  figures/dcgan_loss.png, dcgan_samples.png, dcgan_epoch<E>.png, dcgan_metrics.json,
+         dcgan.pt (weights and snapshots, for --load) and dcgan.ckpt (the full checkpoint, for
+         --resume)
 """
 from pathlib import Path
 
@@ -124,15 +126,17 @@ def train_epoch(G, D, opt_g, opt_d, x, args, epoch, generator):
     for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
         real = x[idx] * 2 - 1                                      # [0, 1] -> [-1, 1]
         z = torch.randn(len(idx), NZ, generator=generator).to(x.device)
-        fake = G(z)
         # D step: maximise log D(x) + log(1 - D(G(z))); fakes detached so G is not updated here
-        real_logits, fake_logits = D(real), D(fake.detach())
-        loss_d = discriminator_loss(real_logits, fake_logits, args.real_label)
+        with common.autocast(args, x.device):
+            fake = G(z)
+            real_logits, fake_logits = D(real), D(fake.detach())
+            loss_d = discriminator_loss(real_logits, fake_logits, args.real_label)
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
         # G step: maximise log D(G(z)), through the just-updated D
-        loss_g = generator_loss(D(fake))
+        with common.autocast(args, x.device):
+            loss_g = generator_loss(D(fake))
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
@@ -149,32 +153,24 @@ def generate(G, z):
     return (G(z) + 1).div(2).clamp(0, 1).cpu()
 
 
-def fit(G, D, x, args, generator, fixed_noise):
-    path = Path(args.out_dir) / f"{KIND}.pt"
+def fit(G, D, x, args, generator, fixed_noise, out):
+    """Train both nets for args.epochs, decoding the fixed noise after each of SNAPSHOT_EPOCHS;
+    the bookkeeping (resume, checkpoint, log line, finite check) is common.Run's. Returns the Run,
+    whose extra["snapshots"] holds {epoch: images}."""
     betas = (args.beta1, 0.999)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=betas)
-    models, optimizers = {"generator": G, "discriminator": D}, {"generator": opt_g, "discriminator": opt_d}
-    history, seconds, done, snapshots = [], 0.0, 0, {}
-    if args.resume:
-        checkpoint = common.load_resume_checkpoint(path, KIND)
-        history, seconds, done = common.restore_run(checkpoint, path, models, optimizers, generator)
-        snapshots = checkpoint["snapshots"]
-        print(f"resuming {path} after epoch {done} of {args.epochs}")
-    for epoch in range(done + 1, args.epochs + 1):
-        timer = common.Timer(x.device)
+    run = common.Run(args, out / KIND, KIND, {"generator": G, "discriminator": D},
+                     {"generator": opt_g, "discriminator": opt_d}, generator)
+    snapshots = run.extra.get("snapshots", {})
+    for epoch in range(run.done + 1, args.epochs + 1):
         terms = train_epoch(G, D, opt_g, opt_d, x, args, epoch, generator)
-        common.check_finite(epoch, path, discriminator=terms["loss_d"], generator=terms["loss_g"])
         if epoch in SNAPSHOT_EPOCHS:
             snapshots[epoch] = generate(G, fixed_noise)
-        record = {"epoch": epoch, **{k: v.mean().item() for k, v in terms.items()},
-                  "seconds": round(timer.seconds(), 2)}
-        seconds += record["seconds"]
-        history.append(record)
-        common.save_run(path, KIND, args, epoch, history, seconds, generator, models, optimizers,
-                        snapshots=snapshots)
-        common.log_epoch(history, args.epochs, patience=0)
-    return history, seconds, snapshots
+        run.end_epoch(epoch, {k: v.mean().item() for k, v in terms.items()},
+                      losses={"discriminator": terms["loss_d"], "generator": terms["loss_g"]},
+                      snapshots=snapshots)
+    return run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,29 +200,25 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device)
     generator = common.seed_everything(args.seed)
-    common.out_dir(args)
-    (train_x, _), (test_x, _) = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
+    out = common.out_dir(args)
     G, D = Generator().to(device), Discriminator().to(device)
     G.apply(init_weights)
     D.apply(init_weights)
     fixed_noise = torch.randn(N_FIXED_NOISE, NZ, generator=torch.Generator().manual_seed(args.seed + 1)).to(device)
-    if args.load:
-        checkpoint = common.load_checkpoint(args.load, KIND)
-        history, seconds, done = common.restore_run(checkpoint, args.load,
-                                                    {"generator": G, "discriminator": D})
-        snapshots, trained_with = checkpoint["snapshots"], checkpoint["args"]
-        print(f"loaded {args.load} (trained {done} epochs); not training")
-    else:
-        history, seconds, snapshots = fit(G, D, train_x, args, generator, fixed_noise)
-        trained_with = vars(args)
-    figures(G, history, snapshots, fixed_noise, args)
+    if args.load:  # read before the data, so a wrong file fails at once
+        run = common.load_run(args.load, KIND, {"generator": G, "discriminator": D})
+    (train_x, _), (test_x, _) = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
+    if not args.load:
+        run = fit(G, D, train_x, args, generator, fixed_noise, out)
+    history = run.history
+    figures(G, history, run.extra["snapshots"], fixed_noise, args)
     noise = torch.randn(len(test_x), NZ, generator=torch.Generator().manual_seed(args.seed + 2))
     samples = torch.cat([generate(G, z.to(device)) for z in noise.split(1000)])
     final = {"epochs_trained": history[-1]["epoch"], **{k: history[-1][k] for k in ("loss_d", "loss_g", "d_x", "d_g_z")},
              **cnn.sample_quality(samples, test_x, train_x, args)}
-    common.save_metrics(Path(args.out_dir) / f"{KIND}_metrics.json", args, device, seconds, history,
-                        final, trained_with=trained_with)
+    common.save_metrics(out / f"{KIND}_metrics.json", args, device, run.seconds, history, final,
+                        trained_with=run.trained_with)
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

@@ -2,9 +2,10 @@
 
 --mode joint      The conv VAE of vae.py with its encoding (the mean μ) passed to a softmax layer,
                   trained on the combined loss  ce_weight·CE + recon_weight·recon + kl_weight·KL.
---mode pretrain   A VAE trained first (vae.py's figures/vae_conv.pt when present, else trained
-                  here and saved), its decoder replaced by a softmax layer on μ, then trained with
-                  the labels two ways: the encoder frozen (a linear classifier on μ) and fine-tuned.
+--mode pretrain   vae.py's trained conv VAE (--vae-weights, default figures/vae_conv.pt: run
+                  `python vae.py --arch conv` first), its decoder replaced by a softmax layer on μ,
+                  then trained with the labels two ways: the encoder frozen (a linear classifier
+                  on μ) and fine-tuned.
 
 Each mode measures train and test accuracy at epoch 1, every --eval-every epochs and at the last
 one, and ends with a comparison figure of every model measured so far: cnn.py's CNN (read from
@@ -12,12 +13,18 @@ figures/cnn_metrics.json), the joint model, and the frozen and fine-tuned pretra
 
 Run:     python joint.py --mode joint --data-dir ../shared/data
          python joint.py --mode pretrain --data-dir ../shared/data
-Reload:  python joint.py --mode joint --load figures/joint.pt     (pretrain: --load DIR)
-Writes:  figures/joint_*.png, figures/joint*.pt, figures/joint*_metrics.json
+Reload:  python joint.py --mode joint --load figures/joint.pt
+         python joint.py --mode pretrain --load figures/joint_pretrain_frozen.pt
+                                                figures/joint_pretrain_finetuned.pt
+         (one weights file per model the mode trains, in the order it trains them)
+Writes:  figures/<run>_*.png, figures/<run>_metrics.json, figures/<run>.pt (weights, for --load)
+         and figures/<run>.ckpt (the full checkpoint, for --resume), <run> = joint,
+         joint_pretrain_frozen, joint_pretrain_finetuned; figures/joint_comparison.png and .json
 """
 import json
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,27 +32,36 @@ import torch.nn.functional as F
 import common
 
 
+PRETRAINED = ("frozen", "finetuned")  # the two classifiers of --mode pretrain, in training order
+
+LOAD_HELP = ("skip training: load weights files (<run>.pt, or the <run>.ckpt checkpoint) and redo "
+             "the figures and metrics on the data given now; one file per model the mode trains: "
+             "joint.pt for --mode joint, two for --mode pretrain (joint_pretrain_frozen.pt "
+             "joint_pretrain_finetuned.pt, in that order)")
+
+
 def parse_args(argv=None):
     parser = common.make_parser(__doc__.splitlines()[0])
-    common.add_common_args(parser, epochs=30, batch_size=128, lr=1e-3)
+    common.add_common_args(parser, epochs=30, batch_size=128, lr=1e-3, load_help=LOAD_HELP)
     parser.add_argument("--mode", choices=["joint", "pretrain"], default="joint",
-                        help="joint: one combined loss; pretrain: VAE first, classifier after")
+                        help="joint: one combined loss; pretrain: vae.py's VAE first, classifier after")
     parser.add_argument("--ce-weight", type=common.nonnegative_float, default=1.0,
                         help="weight of the classification cross-entropy (joint mode)")
     parser.add_argument("--recon-weight", type=common.nonnegative_float, default=1.0,
                         help="weight of the reconstruction term (joint mode)")
     parser.add_argument("--kl-weight", type=common.nonnegative_float, default=1.0,
-                        help="weight of the KL term (joint mode and a VAE pretrained here)")
+                        help="weight of the KL term (joint mode)")
     parser.add_argument("--recon", choices=["bce", "mse"], default="bce",
                         help="reconstruction loss, summed over pixels")
     parser.add_argument("--latent-dim", type=common.positive_int, default=256, help="length of z")
     parser.add_argument("--eval-every", type=common.positive_int, default=10,
                         help="measure accuracies every N epochs (and at the first and last)")
-    parser.add_argument("--vae-weights", default=None, metavar="PATH",
-                        help="pretrain: vae.py's conv weights (default: vae_conv.pt in --out-dir); "
-                             "trained here first when absent")
+    parser.add_argument("--vae-weights", metavar="FILE",
+                        help="pretrain: the weights of `python vae.py --arch conv` "
+                             "(default: vae_conv.pt in --out-dir)")
     args = parser.parse_args(argv)
-    common.check_common_args(parser, args)
+    common.check_common_args(parser, args,
+                             load_files=len(PRETRAINED) if args.mode == "pretrain" else 1)
     return args
 
 
@@ -137,14 +153,6 @@ def joint_terms(model, x, y, generator, args):
     return terms
 
 
-def vae_terms(model, x, y, generator, args):
-    """A plain β-VAE (labels unused): total = recon + kl_weight·KL, the negative ELBO at β = 1."""
-    logits, mu, logvar = model.vae(x, generator)
-    terms = {"recon": reconstruction_loss(logits, x, args.recon), "kl": kl_divergence(mu, logvar)}
-    terms["total"] = terms["recon"] + args.kl_weight * terms["kl"]
-    return terms
-
-
 def classifier_terms(model, x, y, generator, args):
     """Pretrained classifier, frozen or fine-tuned: total = CE(head(μ), y)."""
     terms = {"ce": classification_loss(model.classify(x), y)}
@@ -170,75 +178,68 @@ def evaluate(model, loss_terms, x, y, args, batch_size=1000):
     return {name: total / len(x) for name, total in sums.items()}
 
 
-def fit(model, loss_terms, data, args, run, generator, trainable):
-    """Minimise loss_terms(...)["total"] over `trainable` parameters for args.epochs,
-    checkpointing <out>/<run>.pt every epoch. Returns (history, wall seconds)."""
+def fit(model, loss_terms, data, args, stem, generator, trainable):
+    """Minimise loss_terms(...)["total"] over the `trainable` parameters for args.epochs (or until
+    --patience says stop); the bookkeeping is common.Run's. Returns the Run."""
     (train_x, train_y), (test_x, test_y) = data
-    path = Path(args.out_dir) / f"{run}.pt"
     optimizer = torch.optim.Adam(trainable, lr=args.lr)
-    models, optimizers = {"model": model}, {"optimizer": optimizer}
-    history, seconds, done = [], 0.0, 0
-    if args.resume and path.is_file():
-        checkpoint = common.load_checkpoint(path, run)
-        history, seconds, done = common.restore_run(checkpoint, path, models, optimizers, generator)
-        print(f"resuming {path} after epoch {done} of {args.epochs}")
-    elif args.resume and args.mode == "joint":
-        common.load_resume_checkpoint(path, run)  # says that there is nothing to resume
+    run = common.Run(args, stem, stem.name, {"model": model}, {"optimizer": optimizer}, generator,
+                     patience_key="test_total")
     n_batches = common.num_batches(len(train_x), args.batch_size)
-    for epoch in range(done + 1, args.epochs + 1):
-        timer = common.Timer(train_x.device)
+    for epoch in range(run.done + 1, args.epochs + 1):
         model.train()
         per_batch = {}
         batches = common.batch_indices(len(train_x), args.batch_size, train_x.device, generator)
-        for i, idx in enumerate(common.progress(batches, n_batches, f"{run} epoch {epoch}")):
-            terms = loss_terms(model, train_x[idx], train_y[idx], generator, args)
+        for i, idx in enumerate(common.progress(batches, n_batches, f"{stem.name} epoch {epoch}")):
+            with common.autocast(args, train_x.device):
+                terms = loss_terms(model, train_x[idx], train_y[idx], generator, args)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             optimizer.step()
             for name, value in terms.items():
                 per_batch.setdefault(name, torch.empty(n_batches, device=train_x.device))[i] = value.detach()
-        common.check_finite(epoch, path, **per_batch)
-        record = {"epoch": epoch, **{f"train_{k}": v.mean().item() for k, v in per_batch.items()}}
+        record = {f"train_{k}": v.mean().item() for k, v in per_batch.items()}
         if epoch == 1 or epoch % args.eval_every == 0 or epoch == args.epochs:
             record["train_acc"] = evaluate(model, loss_terms, train_x, train_y, args)["acc"]
             record.update({f"test_{k}": v for k, v in
                            evaluate(model, loss_terms, test_x, test_y, args).items()})
-        record["seconds"] = round(timer.seconds(), 2)
-        seconds += record["seconds"]
-        history.append(record)
-        common.save_run(path, run, args, epoch, history, seconds, generator, models, optimizers)
-        if common.log_epoch(history, args.epochs, args.patience, loss_key="test_total"):
+        if run.end_epoch(epoch, record, losses=per_batch):
             break
-    return history, seconds
+    return run
 
 
-def train_or_load(model, loss_terms, data, args, run, generator, trainable, load_path):
-    """--load: the weights and the history of their run (and the args it ran with); else train."""
-    if load_path is None:
-        return (*fit(model, loss_terms, data, args, run, generator, trainable), vars(args))
-    checkpoint = common.load_checkpoint(load_path, run)
-    history, seconds, done = common.restore_run(checkpoint, load_path, {"model": model})
-    print(f"loaded {load_path} (trained {done} epochs); not training")
-    return history, seconds, checkpoint["args"]
+# ----------------------------------------------------------------------------------------------
+# FIGURES AND METRICS
+# ----------------------------------------------------------------------------------------------
+def plot_bars(path, values, ylabel, title, ylim=None):
+    """values: {label: number}, one labelled bar each (e.g. test accuracy per model)."""
+    fig, ax = plt.subplots(figsize=(1.6 * len(values) + 2, 4))
+    bars = ax.bar(list(values), list(values.values()), color=plt.get_cmap("tab10").colors[:len(values)])
+    ax.bar_label(bars, fmt="%.4f")
+    ax.set(ylabel=ylabel, title=title)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.tick_params(axis="x", labelsize="small")
+    common.save_figure(fig, path)
 
 
-def finish(model, loss_terms, data, args, run, history, seconds, **extra):
-    """Final numbers, accuracy figure and metrics JSON of one trained model."""
+def finish(model, loss_terms, data, args, name, run, **extra):
+    """Final numbers, accuracy figure and metrics JSON of one trained (or loaded) model."""
     (train_x, train_y), (test_x, test_y) = data
     train = evaluate(model, loss_terms, train_x, train_y, args)
     test = evaluate(model, loss_terms, test_x, test_y, args)
-    final = {"epochs_trained": history[-1]["epoch"], "train_acc": train["acc"],
+    final = {"epochs_trained": run.history[-1]["epoch"], "train_acc": train["acc"],
              **{f"test_{k}": v for k, v in test.items()}}
-    evals = [r for r in history if "test_acc" in r]
+    evals = [r for r in run.history if "test_acc" in r]
     epochs = [r["epoch"] for r in evals]
-    common.plot_curves(Path(args.out_dir) / f"{run}_accuracy.png",
+    common.plot_curves(Path(args.out_dir) / f"{name}_accuracy.png",
                        {"train": (epochs, [r["train_acc"] for r in evals]),
                         "test": (epochs, [r["test_acc"] for r in evals])},
                        xlabel="epoch", ylabel="accuracy of the softmax on μ",
-                       title=f"{run} on Fashion-MNIST: accuracy")
-    common.save_metrics(Path(args.out_dir) / f"{run}_metrics.json", args, train_x.device, seconds,
-                        history, final, **extra)
-    print(f"{run}: train acc {train['acc']:.4f} | test acc {test['acc']:.4f}")
+                       title=f"{name} on Fashion-MNIST: accuracy")
+    common.save_metrics(Path(args.out_dir) / f"{name}_metrics.json", args, train_x.device,
+                        run.seconds, run.history, final, trained_with=run.trained_with, **extra)
+    print(f"{name}: train acc {train['acc']:.4f} | test acc {test['acc']:.4f}")
     return final
 
 
@@ -247,9 +248,13 @@ def finish(model, loss_terms, data, args, run, history, seconds, **extra):
 # ----------------------------------------------------------------------------------------------
 def run_joint(args, data, generator):
     model = JointVAE(args.latent_dim).to(data[0][0].device)
-    history, seconds, trained_with = train_or_load(model, joint_terms, data, args, "joint",
-                                                   generator, model.parameters(), args.load)
-    finish(model, joint_terms, data, args, "joint", history, seconds, trained_with=trained_with)
+    if args.load:
+        run = common.load_run(args.load, "joint", {"model": model})
+    else:
+        run = fit(model, joint_terms, data, args, Path(args.out_dir) / "joint", generator,
+                  model.parameters())
+    finish(model, joint_terms, data, args, "joint", run)
+    history = run.history
     evals = [r for r in history if "test_ce" in r]
     panels = {name: {"train (epoch mean)": ([r["epoch"] for r in history], [r[f"train_{key}"] for r in history]),
                      "test": ([r["epoch"] for r in evals], [r[f"test_{key}"] for r in evals])}
@@ -259,47 +264,38 @@ def run_joint(args, data, generator):
                        title="joint model: loss terms per example (unweighted)")
 
 
-def pretrained_vae(args, data, device):
-    """vae.py's conv VAE weights when present; else a VAE trained here first (and saved)."""
+def pretrained_vae_path(args):
+    """vae.py's conv VAE weights, which --mode pretrain starts from; absent is one line giving
+    the command that writes them."""
     path = Path(args.vae_weights or Path(args.out_dir) / "vae_conv.pt")
-    model = JointVAE(args.latent_dim).to(device)
-    if path.is_file():
-        checkpoint = common.load_checkpoint(path, "vae_conv")
-        common.load_state(model.vae, checkpoint["models"]["model"], path, "joint.py's conv VAE")
-        print(f"pretrained VAE: {path} ({checkpoint['epoch']} epochs of vae.py)")
-        return model, str(path)
-    if args.vae_weights or args.load:
-        common.fail(f"no VAE weights at {path}")
-    print(f"no VAE weights at {path}: training the VAE here first ({args.epochs} epochs)")
-    fit(model, vae_terms, data, args, "joint_pretrain_vae", common.seed_everything(args.seed),
-        model.parameters())
-    return model, str(Path(args.out_dir) / "joint_pretrain_vae.pt")
+    return common.require_file(path, "--vae-weights", "python vae.py --arch conv "
+                               f"--data-dir {args.data_dir} --out-dir {path.parent}")
 
 
 def run_pretrain(args, data):
-    device = data[0][0].device
-    if args.load:  # the classifiers' own weights hold everything; no VAE is needed
-        vae_state, extra = None, {}
-    else:
-        vae_model, vae_source = pretrained_vae(args, data, device)
-        vae_state, extra = vae_model.vae.state_dict(), {"vae_weights": vae_source}
-    for variant in ("frozen", "finetuned"):
-        run = f"joint_pretrain_{variant}"
+    """The pretrained VAE's encoder under a softmax layer on μ, trained with the labels with the
+    encoder frozen and fine-tuned, each from the same seed. With --load, args.load holds their
+    two weights files (frozen, then fine-tuned) and no VAE is needed."""
+    out, device = Path(args.out_dir), data[0][0].device
+    vae_path = None if args.load else pretrained_vae_path(args)
+    for i, variant in enumerate(PRETRAINED):
+        name = f"joint_pretrain_{variant}"
         generator = common.seed_everything(args.seed)
         model = JointVAE(args.latent_dim).to(device)  # the decoder is kept but never used again
-        if vae_state is not None:
-            model.vae.load_state_dict(vae_state)
-        if variant == "frozen":
-            model.vae.requires_grad_(False)  # a linear classifier on fixed features
-            trainable = model.head.parameters()
+        if args.load:
+            run, extra = common.load_run(args.load[i], name, {"model": model}), {}
         else:
-            trainable = list(model.vae.encoder.parameters()) + list(model.vae.to_mu.parameters()) \
-                + list(model.head.parameters())
-        load_path = Path(args.load) / f"{run}.pt" if args.load else None
-        history, seconds, trained_with = train_or_load(model, classifier_terms, data, args, run,
-                                                       generator, trainable, load_path)
-        finish(model, classifier_terms, data, args, run, history, seconds,
-               trained_with=trained_with, **extra)
+            vae = common.load_weights(vae_path, "vae_conv", {"model": model.vae}, flag="--vae-weights")
+            print(f"pretrained VAE: {vae_path} ({vae['epoch']} epochs of vae.py) for {name}")
+            if variant == "frozen":
+                model.vae.requires_grad_(False)  # a linear classifier on fixed features
+                trainable = model.head.parameters()
+            else:
+                trainable = [*model.vae.encoder.parameters(), *model.vae.to_mu.parameters(),
+                             *model.head.parameters()]
+            run = fit(model, classifier_terms, data, args, out / name, generator, trainable)
+            extra = {"vae_weights": str(vae_path)}
+        finish(model, classifier_terms, data, args, name, run, **extra)
 
 
 def compare(args):
@@ -309,14 +305,18 @@ def compare(args):
                         ("pretrained, frozen", "joint_pretrain_frozen"),
                         ("pretrained, fine-tuned", "joint_pretrain_finetuned")):
         path = out / f"{name}_metrics.json"
-        if path.is_file():
-            table[label] = json.loads(path.read_text())["final"]["test_acc"]
-        else:
+        if not path.is_file():
             print(f"comparison: {path} not found, so {label} is left out (run it to include it)")
+            continue
+        try:
+            table[label] = float(json.loads(path.read_text())["final"]["test_acc"])
+        except (ValueError, KeyError, TypeError):  # damaged, or not a metrics file of ours
+            print(f"comparison: {path} is not a metrics file with a final test_acc, so {label} "
+                  "is left out (run it again to include it)")
     if table:
         low = min(table.values())
-        common.plot_bars(out / "joint_comparison.png", table, ylabel="test accuracy",
-                         title="Fashion-MNIST test accuracy", ylim=(max(0.0, low - 0.05), 1.0))
+        plot_bars(out / "joint_comparison.png", table, ylabel="test accuracy",
+                  title="Fashion-MNIST test accuracy", ylim=(max(0.0, low - 0.05), 1.0))
         common.write_json(out / "joint_comparison.json", table)
     for label, accuracy in table.items():
         print(f"{label:>24}: {accuracy:.4f}")
@@ -336,4 +336,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

@@ -34,7 +34,8 @@ http://help.sentiment140.com/for-students), or use the course's tweets_train.csv
 Run:     python lstm_tweets.py --data-dir DIR      (reads DIR/tweets_train.csv, DIR/tweets_test.csv)
          python lstm_tweets.py --train-csv a.csv --test-csv b.csv --iterations 100000 --eval-every 1000
 Reload:  python lstm_tweets.py --train-csv a.csv --test-csv b.csv --load figures/lstm_tweets.pt
-Writes:  figures/lstm_tweets_curves.png, figures/lstm_tweets.pt, figures/lstm_tweets_metrics.json
+Writes:  figures/lstm_tweets_curves.png, figures/lstm_tweets_metrics.json, figures/lstm_tweets.pt
+         (weights, for --load) and figures/lstm_tweets.ckpt (the full checkpoint, for --resume)
 """
 import csv
 import re
@@ -51,12 +52,8 @@ import common
 
 KIND = "lstm_tweets"  # written into the checkpoint; --load refuses weights of any other kind
 VOCAB = 128           # ASCII: the one-hot size
-PLACEHOLDER = 26      # ASCII SUB, "substitute": every character outside ASCII becomes this code
-TEXT_NAMES = ("text", "tweet", "sentimenttext", "content", "message")  # header names, by priority
-LABEL_NAMES = ("label", "sentiment", "target", "polarity", "class")
-LABEL_SCHEMES = {"0/1": {"0": 0, "1": 1}, "0/4": {"0": 0, "4": 1},
-                 "negative/positive": {"negative": 0, "positive": 1}}
-SHOWN_LINES = 5       # how many line numbers a report names for each kind of problem
+# --load takes these flags from the run that wrote the file: its model and its data selection
+RUN_ARGS = ("hidden", "seed", "limit", "max_len", "train_sample", "text_column", "label_column")
 
 
 def parse_args(argv=None):
@@ -90,8 +87,136 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# READING TWEET FILES
+# MODEL
 # ----------------------------------------------------------------------------------------------
+class CharLSTM(nn.Module):
+    """one-hot(128) per character → LSTM(128 hidden) → state after the last real character →
+    Linear(hidden, 2) → log-softmax."""
+
+    def __init__(self, hidden=128):
+        super().__init__()
+        self.lstm = nn.LSTM(VOCAB, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, 2)
+
+    def forward(self, codes, lengths):
+        """codes: (B, T) character codes, zero-padded; lengths: (B,) on the CPU → (B, 2) log-probs."""
+        x = F.one_hot(codes.long(), VOCAB).float()                          # (B, T, 128)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        _, (h_n, _) = self.lstm(packed)      # h_n: (1, B, hidden), each tweet's own last step
+        return F.log_softmax(self.out(h_n[0]), dim=1)                       # (B, 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# LOSS
+# ----------------------------------------------------------------------------------------------
+def nll_loss(log_probs, labels):
+    """The assignment's softmax + negative log-likelihood: L = -(1/B) Σ_b log p(y_b | tweet_b),
+    with log p the log-softmax of the two outputs. Averaged over the batch."""
+    return F.nll_loss(log_probs, labels, reduction="mean")
+
+
+# ----------------------------------------------------------------------------------------------
+# TRAINING
+# ----------------------------------------------------------------------------------------------
+def batch(split, idx):
+    """The tweets at `idx` (a CPU index tensor, like the lengths that pack_padded_sequence
+    wants on the CPU: no device-to-host copy per step), cut to the longest of them."""
+    codes, lengths, labels = split
+    batch_lengths = lengths[idx]
+    idx = idx.to(codes.device)
+    return codes[idx, :int(batch_lengths.max())], batch_lengths, labels[idx]
+
+
+@torch.no_grad()
+def evaluate(model, split, batch_size=500):
+    """Mean negative log-likelihood and accuracy over every tweet of `split`."""
+    codes, _, labels = split
+    model.eval()
+    loss_sum, correct = torch.zeros((), device=codes.device), torch.zeros((), device=codes.device)
+    for idx in common.batch_indices(len(labels), batch_size, "cpu"):
+        x, lengths, y = batch(split, idx)
+        log_probs = model(x, lengths)
+        loss_sum += F.nll_loss(log_probs, y, reduction="sum")
+        correct += (log_probs.argmax(1) == y).sum()
+    model.train()
+    return loss_sum.item() / len(labels), correct.item() / len(labels)
+
+
+def sample(split, n, seed):
+    """A fixed random subset of n tweets of `split` (all of it when n is larger)."""
+    chosen = torch.randperm(len(split[2]), generator=torch.Generator().manual_seed(seed))[:n]
+    return batch(split, chosen)
+
+
+def fit(model, train, train_sample, test, args, device, generator, out):
+    """args.iterations minibatches, drawn in shuffled passes over the training tweets; every
+    --eval-every iterations the accuracies and losses are recorded and a checkpoint is written,
+    with the current pass's order and position, so --resume continues the same stream. The
+    bookkeeping (resume, checkpoint, log line, finite check) is common.Run's. Returns the Run."""
+    make = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[args.optimizer]
+    optimizer = make(model.parameters(), lr=args.lr)
+    run = common.Run(args, out / KIND, KIND, {"model": model}, {"optimizer": optimizer}, generator,
+                     unit="iteration", total=args.iterations)
+    n = len(train[2])
+    if args.resume:  # the pass under way when the checkpoint was written, from where it stopped
+        order, position = run.extra["order"].long(), run.extra["position"]
+    else:
+        order, position = torch.randperm(n, generator=generator), 0
+    model.train()
+    losses = torch.empty(args.eval_every, device=device)  # minibatch losses since the last record
+    start = run.done
+    steps = range(run.done + 1, args.iterations + 1)
+    for iteration in common.progress(steps, len(steps), "iterations"):
+        if position + args.batch_size > n:  # a new pass; the tail of the last one is dropped
+            order, position = torch.randperm(n, generator=generator), 0
+        codes, lengths, labels = batch(train, order[position:position + args.batch_size])
+        position += args.batch_size
+        with common.autocast(args, device):
+            loss = nll_loss(model(codes, lengths), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses[iteration - start - 1] = loss.detach()
+        if iteration % args.eval_every == 0 or iteration == args.iterations:
+            since = losses[:iteration - start]
+            record = {"batch_loss": since.mean().item()}
+            record["train_loss"], record["train_acc"] = evaluate(model, train_sample)
+            record["test_loss"], record["test_acc"] = evaluate(model, test)
+            start = iteration
+            if run.end_epoch(iteration, record, losses={"nll": since}, order=order.int(),
+                             position=position):
+                break
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# FIGURES
+# ----------------------------------------------------------------------------------------------
+def plot_history(history, args, path):
+    its = [r["iteration"] for r in history]
+    common.plot_panels(path, {
+        "accuracy": {"test (whole test file)": (its, [r["test_acc"] for r in history]),
+                     f"training ({args.train_sample} fixed tweets)":
+                         (its, [r["train_acc"] for r in history])},
+        "negative log-likelihood": {
+            "test": (its, [r["test_loss"] for r in history]),
+            f"training ({args.train_sample} fixed tweets)": (its, [r["train_loss"] for r in history]),
+            f"minibatches (mean over {args.eval_every})": (its, [r["batch_loss"] for r in history])},
+    }, xlabel="iteration", title=f"Character LSTM on tweets ({Path(args.train_csv).name})",
+        markers=len(history) <= 30)
+
+
+# ----------------------------------------------------------------------------------------------
+# READING TWEET FILES: every layout, line by line, into padded character codes
+# ----------------------------------------------------------------------------------------------
+PLACEHOLDER = 26      # ASCII SUB, "substitute": every character outside ASCII becomes this code
+TEXT_NAMES = ("text", "tweet", "sentimenttext", "content", "message")  # header names, by priority
+LABEL_NAMES = ("label", "sentiment", "target", "polarity", "class")
+LABEL_SCHEMES = {"0/1": {"0": 0, "1": 1}, "0/4": {"0": 0, "4": 1},
+                 "negative/positive": {"negative": 0, "positive": 1}}
+SHOWN_LINES = 5       # how many line numbers a report names for each kind of problem
+
+
 @dataclass
 class TweetFile:
     """What read_tweet_csv found: the tweets, and an account of every line that is not one."""
@@ -193,11 +318,16 @@ def read_tweet_csv(path, text_column=None, label_column=None):
     becomes one tweet or one counted problem (blank line, missing label, label outside the
     scheme, empty tweet). A file with no tweet at all is an error."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         common.fail(f"no tweet file at {path}: get Sentiment140 (http://help.sentiment140.com/"
                     "for-students) or the course's tweets_train.csv / tweets_test.csv and pass "
                     "--train-csv and --test-csv (or --data-dir)")
-    text = path.read_bytes().decode("utf-8-sig", errors="replace")  # drops a byte-order mark
+    if path.is_dir():
+        common.fail(f"{path} is a folder, not a tweet file (--train-csv and --test-csv name files)")
+    data = path.read_bytes()
+    if b"\x00" in data[:4096]:  # text never holds NUL; binary files almost always do
+        common.fail(f"{path} is a binary file, not a text file of tweets")
+    text = data.decode("utf-8-sig", errors="replace")  # drops a byte-order mark
     lines = [line.removesuffix("\r") for line in text.split("\n")]  # LF or CRLF
     if lines and lines[-1] == "":
         lines.pop()  # the newline that ends the last line starts no new one
@@ -302,167 +432,35 @@ def load_split(path, args, device):
     return (codes.to(device), lengths, torch.tensor(labels, device=device)), counts
 
 
-# ----------------------------------------------------------------------------------------------
-# MODEL
-# ----------------------------------------------------------------------------------------------
-class CharLSTM(nn.Module):
-    """one-hot(128) per character → LSTM(128 hidden) → state after the last real character →
-    Linear(hidden, 2) → log-softmax."""
-
-    def __init__(self, hidden=128):
-        super().__init__()
-        self.lstm = nn.LSTM(VOCAB, hidden, batch_first=True)
-        self.out = nn.Linear(hidden, 2)
-
-    def forward(self, codes, lengths):
-        """codes: (B, T) character codes, zero-padded; lengths: (B,) on the CPU → (B, 2) log-probs."""
-        x = F.one_hot(codes.long(), VOCAB).float()                          # (B, T, 128)
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        _, (h_n, _) = self.lstm(packed)      # h_n: (1, B, hidden), each tweet's own last step
-        return F.log_softmax(self.out(h_n[0]), dim=1)                       # (B, 2)
-
-
-# ----------------------------------------------------------------------------------------------
-# LOSS
-# ----------------------------------------------------------------------------------------------
-def nll_loss(log_probs, labels):
-    """The assignment's softmax + negative log-likelihood: L = -(1/B) Σ_b log p(y_b | tweet_b),
-    with log p the log-softmax of the two outputs. Averaged over the batch."""
-    return F.nll_loss(log_probs, labels, reduction="mean")
-
-
-# ----------------------------------------------------------------------------------------------
-# TRAINING
-# ----------------------------------------------------------------------------------------------
-def batch(split, idx):
-    """The tweets at `idx` (a CPU index tensor, like the lengths that pack_padded_sequence
-    wants on the CPU: no device-to-host copy per step), cut to the longest of them."""
-    codes, lengths, labels = split
-    batch_lengths = lengths[idx]
-    idx = idx.to(codes.device)
-    return codes[idx, :int(batch_lengths.max())], batch_lengths, labels[idx]
-
-
-@torch.no_grad()
-def evaluate(model, split, batch_size=500):
-    """Mean negative log-likelihood and accuracy over every tweet of `split`."""
-    codes, _, labels = split
-    model.eval()
-    loss_sum, correct = torch.zeros((), device=codes.device), torch.zeros((), device=codes.device)
-    for idx in common.batch_indices(len(labels), batch_size, "cpu"):
-        x, lengths, y = batch(split, idx)
-        log_probs = model(x, lengths)
-        loss_sum += F.nll_loss(log_probs, y, reduction="sum")
-        correct += (log_probs.argmax(1) == y).sum()
-    model.train()
-    return loss_sum.item() / len(labels), correct.item() / len(labels)
-
-
-def sample(split, n, seed):
-    """A fixed random subset of n tweets of `split` (all of it when n is larger)."""
-    chosen = torch.randperm(len(split[2]), generator=torch.Generator().manual_seed(seed))[:n]
-    return batch(split, chosen)
-
-
-def fit(model, train, train_sample, test, args, device, generator, weights_path):
-    """args.iterations minibatches, drawn in shuffled passes over the training tweets; every
-    --eval-every iterations the accuracies and losses are recorded and a checkpoint is written
-    (with the current pass's order, so --resume continues the same stream). Returns (history,
-    wall seconds)."""
-    make = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[args.optimizer]
-    optimizer = make(model.parameters(), lr=args.lr)
-    n = len(train[2])
-    history, seconds, done = [], 0.0, 0
-    order, position = torch.randperm(n, generator=generator), 0
-    models, optimizers = {"model": model}, {"optimizer": optimizer}
-    if args.resume:
-        checkpoint = common.load_resume_checkpoint(weights_path, KIND)
-        history, seconds, done = common.restore_run(checkpoint, weights_path, models, optimizers,
-                                                    generator)
-        order, position = checkpoint["order"].long(), checkpoint["position"]
-        print(f"resuming {weights_path} after iteration {done} of {args.iterations}")
-    model.train()
-    losses = torch.empty(args.eval_every, device=device)
-    timer, start = common.Timer(device), done
-    steps = range(done + 1, args.iterations + 1)
-    for iteration in common.progress(steps, len(steps), "iterations"):
-        if position + args.batch_size > n:  # a new pass; the tail of the last one is dropped
-            order, position = torch.randperm(n, generator=generator), 0
-        codes, lengths, labels = batch(train, order[position:position + args.batch_size])
-        position += args.batch_size
-        loss = nll_loss(model(codes, lengths), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses[iteration - start - 1] = loss.detach()
-        if iteration % args.eval_every == 0 or iteration == args.iterations:
-            since = losses[:iteration - start]
-            common.check_finite(iteration, weights_path, nll=since)
-            record = {"iteration": iteration, "batch_loss": since.mean().item()}
-            record["train_loss"], record["train_acc"] = evaluate(model, train_sample)
-            record["test_loss"], record["test_acc"] = evaluate(model, test)
-            record["seconds"] = round(timer.seconds(), 2)
-            seconds += record["seconds"]
-            history.append(record)
-            common.save_run(weights_path, KIND, args, iteration, history, seconds, generator,
-                            models, optimizers, order=order.int(), position=position)
-            timer, start = common.Timer(device), iteration
-            if common.log_epoch(history, args.iterations, args.patience, unit="iteration"):
-                break
-    return history, seconds
-
-
-# ----------------------------------------------------------------------------------------------
-# FIGURES
-# ----------------------------------------------------------------------------------------------
-def plot_history(history, args, path):
-    its = [r["iteration"] for r in history]
-    common.plot_panels(path, {
-        "accuracy": {"test (whole test file)": (its, [r["test_acc"] for r in history]),
-                     f"training ({args.train_sample} fixed tweets)":
-                         (its, [r["train_acc"] for r in history])},
-        "negative log-likelihood": {
-            "test": (its, [r["test_loss"] for r in history]),
-            f"training ({args.train_sample} fixed tweets)": (its, [r["train_loss"] for r in history]),
-            f"minibatches (mean over {args.eval_every})": (its, [r["batch_loss"] for r in history])},
-    }, xlabel="iteration", title=f"Character LSTM on tweets ({Path(args.train_csv).name})",
-        markers=len(history) <= 30)
-
-
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device)
     generator = common.seed_everything(args.seed)
     out = common.out_dir(args)
-    checkpoint = common.load_checkpoint(args.load, KIND) if args.load else None  # fail early
-    if checkpoint:
-        common.use_run_args(args, checkpoint, ("hidden", "seed", "limit", "max_len", "train_sample",
-                                               "text_column", "label_column"), args.load)
+    checkpoint = common.load_checkpoint(args.load, KIND) if args.load else None
+    if checkpoint:  # read first: a wrong file fails at once, and its run's flags decide the model
+        common.use_run_args(args, checkpoint, RUN_ARGS, args.load)
     train, train_counts = load_split(args.train_csv, args, device)
     test, test_counts = load_split(args.test_csv, args, device)
     train_sample = sample(train, args.train_sample, args.seed)
     model = CharLSTM(args.hidden).to(device)
-    weights_path = out / f"{KIND}.pt"
-    if checkpoint:
-        history, seconds, done = common.restore_run(checkpoint, args.load, {"model": model})
-        print(f"loaded {args.load} (trained {done} iterations); not training")
+    if args.load:
+        run = common.load_run(args.load, KIND, {"model": model}, unit="iteration", checkpoint=checkpoint)
     else:
-        history, seconds = fit(model, train, train_sample, test, args, device, generator,
-                               weights_path)
+        run = fit(model, train, train_sample, test, args, device, generator, out)
     train_loss, train_acc = evaluate(model, train_sample)
     test_loss, test_acc = evaluate(model, test)
-    final = {"iterations": history[-1]["iteration"], "train_tweets": len(train[2]),
+    final = {"iterations": run.history[-1]["iteration"], "train_tweets": len(train[2]),
              "test_tweets": len(test[2]), "train_sample": len(train_sample[2]),
              "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
              "test_acc": test_acc}
-    plot_history(history, args, out / f"{KIND}_curves.png")
-    common.save_metrics(out / f"{KIND}_metrics.json", args, device, seconds, history, final,
-                        weights=str(args.load or weights_path),
-                        trained_with=checkpoint["args"] if checkpoint else vars(args),
+    plot_history(run.history, args, out / f"{KIND}_curves.png")
+    common.save_metrics(out / f"{KIND}_metrics.json", args, device, run.seconds, run.history, final,
+                        weights=str(args.load or out / f"{KIND}.pt"), trained_with=run.trained_with,
                         reading={"train": train_counts, "test": test_counts})
     print(f"final: train acc {train_acc:.4f} ({len(train_sample[2])} tweets) | test acc "
-          f"{test_acc:.4f} | test loss {test_loss:.4f} | {seconds:.0f} s of training")
+          f"{test_acc:.4f} | test loss {test_loss:.4f} | {run.seconds:.0f} s of training")
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

@@ -8,20 +8,29 @@
               the means of the test set coloured by class.
 --sweep-kl / --sweep-latent  one model per KL weight / latent size, one comparison figure.
 --experiment classifier             the encoder's architecture (784 → 500 → 10) as a classifier.
---experiment init-from-classifier   an MLP VAE whose encoder starts from that classifier, against
-                                    the same VAE from random initialisation.
+--experiment init-from-classifier   an MLP VAE whose encoder starts from that classifier's weights
+                                    (--classifier-weights; run the classifier experiment first),
+                                    against the same VAE from random initialisation.
 Every VAE's metrics also hold the sample quality of as many z ~ N(0, I) images as the test set
 has: the Fréchet distance in cnn.py's feature space and the class entropy (cnn.sample_quality).
 
 Run:     python vae.py --arch conv --data-dir ../shared/data
          python vae.py --arch mlp --epochs 100 --data-dir ../shared/data
          python vae.py --arch mlp --sweep-kl 1,0.5,0.25 --data-dir ../shared/data
-Reload:  python vae.py --arch conv --load figures/vae_conv.pt          (sweeps: --load DIR)
-Writes:  figures/vae_<variant>_*.png, figures/vae_<variant>.pt, figures/vae_<variant>_metrics.json
+         python vae.py --experiment classifier --data-dir ../shared/data
+         python vae.py --experiment init-from-classifier --data-dir ../shared/data
+Reload:  python vae.py --arch conv --load figures/vae_conv.pt
+         python vae.py --arch mlp --sweep-kl 1,0.5 --load figures/vae_mlp_kl1.pt figures/vae_mlp_kl0.5.pt
+         (one weights file per model the command trains, in the order it trains them)
+Writes:  figures/<run>_*.png, figures/<run>_metrics.json, figures/<run>.pt (weights, for --load)
+         and figures/<run>.ckpt (the full checkpoint, for --resume), <run> = vae_conv, vae_mlp,
+         vae_mlp_kl0.5, vae_classifier, vae_mlp_init_classifier, ...; a sweep or the init
+         comparison adds its comparison figures and summary metrics.
 """
 import argparse
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,11 +40,34 @@ import common
 
 SNAPSHOT_EPOCHS = (1, 5, 10, 50, 100)  # when the fixed noise is decoded (those <= --epochs)
 N_FIXED_NOISE = 12
+CLASSIFIER = "vae_classifier"  # the classifier experiment's run name and checkpoint kind
+INIT_STARTS = ("classifier", "random")  # the two VAEs of init-from-classifier, in training order
+
+LOAD_HELP = ("skip training: load weights files (<run>.pt, or the <run>.ckpt checkpoint) and redo "
+             "the figures and metrics on the data given now; one file per model the command "
+             "trains, in its order: one for a VAE or the classifier, one per member for a sweep "
+             "(--sweep-kl 1,0.5: vae_mlp_kl1.pt vae_mlp_kl0.5.pt), two for init-from-classifier "
+             "(vae_mlp_init_classifier.pt vae_mlp_init_random.pt)")
+
+
+def number_list(number):
+    """A comma-separated list type for the sweeps, e.g. `--sweep-kl 1,0.5,0.25`; each entry goes
+    through `number` (common.nonnegative_float, common.positive_int) and appears once."""
+
+    def parse(text):
+        values = [number(part.strip()) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        if len(set(values)) < len(values):
+            raise argparse.ArgumentTypeError(f"lists a value twice: {text}")
+        return values
+
+    return parse
 
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__.splitlines()[0])
-    common.add_common_args(parser, epochs=30, batch_size=128, lr=1e-3)
+    common.add_common_args(parser, epochs=30, batch_size=128, lr=1e-3, load_help=LOAD_HELP)
     parser.add_argument("--arch", choices=["conv", "mlp"],
                         help="conv: assignment A's VAE; mlp: assignment C's 784-500-z VAE "
                              "(default: conv, and mlp for the two classifier experiments)")
@@ -48,15 +80,20 @@ def parse_args(argv=None):
     parser.add_argument("--latent-dim", type=common.positive_int,
                         help="length of z (default: 256 for conv, 2 for mlp)")
     sweep = parser.add_mutually_exclusive_group()
-    sweep.add_argument("--sweep-kl", type=common.number_list(float, lambda v: v >= 0, ">= 0"),
+    sweep.add_argument("--sweep-kl", type=number_list(common.nonnegative_float),
                        metavar="W1,W2,...", help="train one model per KL weight and compare them")
-    sweep.add_argument("--sweep-latent", type=common.number_list(int, lambda v: v > 0, "> 0"),
+    sweep.add_argument("--sweep-latent", type=number_list(common.positive_int),
                        metavar="D1,D2,...", help="train one model per latent size and compare them")
+    parser.add_argument("--classifier-weights", metavar="FILE",
+                        help="init-from-classifier: the weights of --experiment classifier "
+                             f"(default: {CLASSIFIER}.pt in --out-dir)")
     cnn.add_sample_quality_args(parser)
     args = parser.parse_args(argv)
-    common.check_common_args(parser, args)
     if args.experiment != "vae" and (args.arch == "conv" or args.sweep_kl or args.sweep_latent):
         parser.error(f"--experiment {args.experiment} uses the MLP encoder: no --arch conv, no sweep")
+    models = len(args.sweep_kl or args.sweep_latent or []) or (
+        len(INIT_STARTS) if args.experiment == "init-from-classifier" else 1)
+    common.check_common_args(parser, args, load_files=models)
     args.arch = args.arch or ("conv" if args.experiment == "vae" else "mlp")
     if args.latent_dim is None:
         args.latent_dim = 256 if args.arch == "conv" else 2
@@ -165,116 +202,117 @@ def kl_divergence(mu, logvar):
     return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
 
 
+def vae_loss(recon, kl, kl_weight):
+    """The objective of every VAE here, the one place it is written:
+
+        loss = recon + kl_weight · KL
+
+    the negative ELBO (Kingma & Welling 2014, Eq. 3) at kl_weight = 1, a β-VAE (Higgins et al.
+    2017) otherwise. `recon` (reconstruction_loss, summed over the pixels) and `kl`
+    (kl_divergence, summed over z) are per-example means: over a batch in training (tensors),
+    over a whole split in evaluation (numbers), and so is the loss. Returns {recon, kl, loss}."""
+    return {"recon": recon, "kl": kl, "loss": recon + kl_weight * kl}
+
+
 def classification_loss(logits, labels):
     """Cross-entropy of the softmax, -(1/B) Σ_b log softmax(logits_b)[y_b]; averaged over the batch."""
     return F.cross_entropy(logits, labels)
 
 
 # ----------------------------------------------------------------------------------------------
-# TRAINING
+# TRAINING: the VAEs
 # ----------------------------------------------------------------------------------------------
-def train_epoch(model, optimizer, x, y, args, epoch, generator):
-    """One pass; returns per-batch loss terms (device tensors): recon and kl for a VAE, ce for
-    the classifier. The VAE minimises recon + β·KL, the negative ELBO when β = 1."""
+def train_vae_epoch(model, optimizer, x, args, epoch, generator):
+    """One pass minimising vae_loss; returns its recon and kl terms per batch (device tensors)."""
     model.train()
     n_batches = common.num_batches(len(x), args.batch_size)
-    terms = {}
+    recon, kl = torch.empty(n_batches, device=x.device), torch.empty(n_batches, device=x.device)
     batches = common.batch_indices(len(x), args.batch_size, x.device, generator)
     for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
-        if isinstance(model, MLPClassifier):
-            losses = {"ce": classification_loss(model(x[idx]), y[idx])}
-            total = losses["ce"]
-        else:
+        with common.autocast(args, x.device):
             logits, mu, logvar = model(x[idx], generator)
-            losses = {"recon": reconstruction_loss(logits, x[idx], args.recon),
-                      "kl": kl_divergence(mu, logvar)}
-            total = losses["recon"] + args.kl_weight * losses["kl"]
+            terms = vae_loss(reconstruction_loss(logits, x[idx], args.recon),
+                             kl_divergence(mu, logvar), args.kl_weight)
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        terms["loss"].backward()
         optimizer.step()
-        for name, value in losses.items():
-            terms.setdefault(name, torch.empty(n_batches, device=x.device))[i] = value.detach()
-    return terms
+        recon[i], kl[i] = terms["recon"].detach(), terms["kl"].detach()
+    return {"recon": recon, "kl": kl}
 
 
 @torch.no_grad()
-def evaluate(model, x, y, args, batch_size=1000):
-    """Mean loss terms over a split (and accuracy for the classifier), in eval mode. The VAE's
-    z is sampled with a fixed-seed generator, so --load reproduces these numbers exactly."""
+def evaluate_vae(model, x, args, batch_size=1000):
+    """vae_loss over a whole split, in eval mode: {recon, kl, loss} per example. z is sampled
+    with a fixed-seed generator, so --load reproduces these numbers exactly."""
     model.eval()
     generator = torch.Generator().manual_seed(args.seed)
-    sums = {}
+    recon = kl = 0.0
     for idx in common.batch_indices(len(x), batch_size, x.device):
-        n = len(idx)
-        if isinstance(model, MLPClassifier):
-            logits = model(x[idx])
-            batch = {"ce": classification_loss(logits, y[idx]),
-                     "acc": (logits.argmax(1) == y[idx]).float().mean()}
-        else:
-            logits, mu, logvar = model(x[idx], generator)
-            batch = {"recon": reconstruction_loss(logits, x[idx], args.recon),
-                     "kl": kl_divergence(mu, logvar)}
-        for name, value in batch.items():
-            sums[name] = sums.get(name, 0.0) + value.item() * n
-    return {name: total / len(x) for name, total in sums.items()}
+        logits, mu, logvar = model(x[idx], generator)
+        recon += reconstruction_loss(logits, x[idx], args.recon).item() * len(idx)
+        kl += kl_divergence(mu, logvar).item() * len(idx)
+    return vae_loss(recon / len(x), kl / len(x), args.kl_weight)
 
 
-def fit(model, data, args, run, generator, fixed_noise=None, resume_optional=False):
-    """Train `model` for args.epochs, checkpointing to <out>/<run>.pt after every epoch.
-
-    Decodes `fixed_noise` after each epoch in SNAPSHOT_EPOCHS (kept in the checkpoint, so --load
-    redraws them). Returns the checkpoint-like dict {history, seconds, snapshots}.
-    """
-    (train_x, train_y), (test_x, test_y) = data
-    device = train_x.device
-    path = Path(args.out_dir) / f"{run}.pt"
+def fit_vae(model, data, args, stem, generator, fixed_noise):
+    """Train for args.epochs (or until --patience says stop); the bookkeeping is common.Run's.
+    Decodes `fixed_noise` after each epoch in SNAPSHOT_EPOCHS, kept beside the weights so that
+    --load redraws them. Returns the Run."""
+    (train_x, _), (test_x, _) = data
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    models, optimizers = {"model": model}, {"optimizer": optimizer}
-    history, seconds, done, snapshots = [], 0.0, 0, {}
-    if args.resume and (path.is_file() or not resume_optional):
-        checkpoint = common.load_resume_checkpoint(path, run)
-        history, seconds, done = common.restore_run(checkpoint, path, models, optimizers, generator)
-        snapshots = checkpoint["snapshots"]
-        print(f"resuming {path} after epoch {done} of {args.epochs}")
-    for epoch in range(done + 1, args.epochs + 1):
-        timer = common.Timer(device)
-        terms = train_epoch(model, optimizer, train_x, train_y, args, epoch, generator)
-        common.check_finite(epoch, path, **terms)
-        record = {"epoch": epoch, **{f"train_{k}": v.mean().item() for k, v in terms.items()}}
-        record.update({f"test_{k}": v for k, v in evaluate(model, test_x, test_y, args).items()})
-        if isinstance(model, MLPClassifier):
-            record["train_acc"] = evaluate(model, train_x, train_y, args)["acc"]
-            record["test_loss"] = record["test_ce"]
-        else:
-            record["test_loss"] = record["test_recon"] + args.kl_weight * record["test_kl"]
-        if fixed_noise is not None and epoch in SNAPSHOT_EPOCHS:
+    run = common.Run(args, stem, stem.name, {"model": model}, {"optimizer": optimizer}, generator)
+    snapshots = run.extra.get("snapshots", {})
+    for epoch in range(run.done + 1, args.epochs + 1):
+        losses = train_vae_epoch(model, optimizer, train_x, args, epoch, generator)
+        record = {f"train_{k}": v.mean().item() for k, v in losses.items()}
+        record.update({f"test_{k}": v for k, v in evaluate_vae(model, test_x, args).items()})
+        if epoch in SNAPSHOT_EPOCHS:
             snapshots[epoch] = decode_images(model, fixed_noise)
-        record["seconds"] = round(timer.seconds(), 2)
-        seconds += record["seconds"]
-        history.append(record)
-        common.save_run(path, run, args, epoch, history, seconds, generator, models, optimizers,
-                        snapshots=snapshots)
-        if common.log_epoch(history, args.epochs, args.patience):
+        if run.end_epoch(epoch, record, losses=losses, snapshots=snapshots):
             break
-    return {"history": history, "seconds": seconds, "snapshots": snapshots,
-            "trained_with": vars(args)}
+    return run
 
 
-def train_or_load(model, data, args, run, generator, fixed_noise=None, load_path=None,
-                  resume_optional=False):
-    """--load: put the weights (and the history and snapshots of their run) back; else train."""
-    if load_path is None:
-        return fit(model, data, args, run, generator, fixed_noise, resume_optional)
-    checkpoint = common.load_checkpoint(load_path, run)
-    history, seconds, done = common.restore_run(checkpoint, load_path, {"model": model})
-    print(f"loaded {load_path} (trained {done} epochs); not training")
-    return {"history": history, "seconds": seconds, "snapshots": checkpoint["snapshots"],
-            "trained_with": checkpoint["args"]}
+# ----------------------------------------------------------------------------------------------
+# TRAINING: the classifier (assignment C, task 2-4)
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_classifier(model, x, y, batch_size=1000):
+    """Mean cross-entropy and accuracy over a whole split, in eval mode."""
+    model.eval()
+    ce = acc = 0.0
+    for idx in common.batch_indices(len(x), batch_size, x.device):
+        logits = model(x[idx])
+        ce += classification_loss(logits, y[idx]).item() * len(idx)
+        acc += (logits.argmax(1) == y[idx]).float().mean().item() * len(idx)
+    return {"ce": ce / len(x), "acc": acc / len(x)}
 
 
-def member_path(args, run):
-    """Where --load finds one model of a multi-model run: --load names the folder."""
-    return Path(args.load) / f"{run}.pt" if args.load else None
+def fit_classifier(model, data, args, stem, generator):
+    """Minimise the cross-entropy for args.epochs, measuring both splits after every epoch.
+    Returns the Run."""
+    (train_x, train_y), (test_x, test_y) = data
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    run = common.Run(args, stem, stem.name, {"model": model}, {"optimizer": optimizer}, generator)
+    n_batches = common.num_batches(len(train_x), args.batch_size)
+    for epoch in range(run.done + 1, args.epochs + 1):
+        model.train()
+        losses = torch.empty(n_batches, device=train_x.device)
+        batches = common.batch_indices(len(train_x), args.batch_size, train_x.device, generator)
+        for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
+            with common.autocast(args, train_x.device):
+                loss = classification_loss(model(train_x[idx]), train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[i] = loss.detach()
+        test = evaluate_classifier(model, test_x, test_y)
+        record = {"train_ce": losses.mean().item(), "test_ce": test["ce"], "test_acc": test["acc"],
+                  "train_acc": evaluate_classifier(model, train_x, train_y)["acc"],
+                  "test_loss": test["ce"]}  # what --patience watches
+        if run.end_epoch(epoch, record, losses={"ce": losses}):
+            break
+    return run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,157 +330,187 @@ def prior_samples(model, n, args, device):
     return torch.cat([decode_images(model, chunk.to(device)) for chunk in z.split(1000)])
 
 
-def fixed_noise_for(latent_dim, args, device):
+def fixed_noise_for(args, device):
     """The 12 noise vectors decoded at every snapshot, from their own seeded stream."""
     generator = torch.Generator().manual_seed(args.seed + 1)
-    return torch.randn(N_FIXED_NOISE, latent_dim, generator=generator).to(device)
+    return torch.randn(N_FIXED_NOISE, args.latent_dim, generator=generator).to(device)
+
+
+def plot_histograms(path, samples, xlabel, title, bins=50):
+    """samples: {label: 1-D tensor}, overlaid on one axis with shared bins."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    values = {label: s.detach().float().cpu().numpy() for label, s in samples.items()}
+    low = min(v.min() for v in values.values())
+    high = max(v.max() for v in values.values())
+    for label, v in values.items():
+        ax.hist(v, bins=bins, range=(low, high), alpha=0.6, label=label)
+    ax.set(xlabel=xlabel, ylabel="count", title=title)
+    if len(samples) > 1:
+        ax.legend()
+    common.save_figure(fig, path)
 
 
 @torch.no_grad()
-def vae_figures(model, test, args, run, result, fixed_noise):
+def vae_figures(model, test, args, name, run, fixed_noise):
     out = Path(args.out_dir)
     x, y = test
     recon_label = f"reconstruction ({args.recon}, summed over pixels)"
-    common.plot_panels(out / f"{run}_loss.png",
-                       {recon_label: common.epoch_series(result["history"], "recon"),
-                        "KL(q(z|x) || N(0, I))": common.epoch_series(result["history"], "kl")},
-                       xlabel="epoch", title=f"{run}: loss terms per example (β = {args.kl_weight:g})")
+    common.plot_panels(out / f"{name}_loss.png",
+                       {recon_label: common.epoch_series(run.history, "recon"),
+                        "KL(q(z|x) || N(0, I))": common.epoch_series(run.history, "kl")},
+                       xlabel="epoch", title=f"{name}: loss terms per example (β = {args.kl_weight:g})")
     model.eval()
     originals = x[:4]
     mu, logvar = model.encode(originals)
-    common.plot_image_rows(out / f"{run}_reconstructions.png",
+    common.plot_image_rows(out / f"{name}_reconstructions.png",
                            {"test image": originals, "decoded\nfrom z = μ": decode_images(model, mu)},
-                           title=f"{run}: reconstructions")
+                           title=f"{name}: reconstructions")
     mu, logvar = map(torch.cat, zip(*(model.encode(x[idx])
                                       for idx in common.batch_indices(len(x), 1000, x.device))))
     z = reparameterize(mu, logvar, torch.Generator().manual_seed(args.seed))
     prior = torch.randn(mu.shape, generator=torch.Generator().manual_seed(args.seed + 2))
-    common.plot_histograms(out / f"{run}_norms.png",
-                           {"‖μ‖, encoder means": mu.norm(dim=1),
-                            "‖z‖, z ~ q(z|x)": z.norm(dim=1),
-                            "‖z‖, z ~ N(0, I) prior": prior.norm(dim=1)},
-                           xlabel="2-norm", title=f"{run}: norms over the {len(x)} test images")
-    rows = {f"epoch {e}": images for e, images in sorted(result["snapshots"].items())}
-    last = result["history"][-1]["epoch"]
+    plot_histograms(out / f"{name}_norms.png",
+                    {"‖μ‖, encoder means": mu.norm(dim=1),
+                     "‖z‖, z ~ q(z|x)": z.norm(dim=1),
+                     "‖z‖, z ~ N(0, I) prior": prior.norm(dim=1)},
+                    xlabel="2-norm", title=f"{name}: norms over the {len(x)} test images")
+    rows = {f"epoch {e}": images for e, images in sorted(run.extra.get("snapshots", {}).items())}
+    last = run.history[-1]["epoch"]
     rows.setdefault(f"epoch {last}", decode_images(model, fixed_noise))  # the final model too
-    common.plot_image_rows(out / f"{run}_samples.png", rows,
-                           title=f"{run}: the same {N_FIXED_NOISE} z ~ N(0, I) decoded during training")
+    common.plot_image_rows(out / f"{name}_samples.png", rows,
+                           title=f"{name}: the same {N_FIXED_NOISE} z ~ N(0, I) decoded during training")
     if args.latent_dim == 2:
-        common.plot_scatter(out / f"{run}_latent.png", mu, y, common.class_names("fashion-mnist"),
-                            title=f"{run}: encoder means μ of the test set")
+        common.plot_scatter(out / f"{name}_latent.png", {"": mu}, y,
+                            common.class_names("fashion-mnist"),
+                            title=f"{name}: encoder means μ of the test set")
     # active units (Burda et al. 2016, Sec. 5.2): latent dimensions whose mean moves with the input
     return {"mu_norm_mean": mu.norm(dim=1).mean().item(), "z_norm_mean": z.norm(dim=1).mean().item(),
             "active_units": int((mu.var(0) > 0.01).sum().item())}
 
 
+def plot_test_curves(path, runs, title):
+    """The test loss terms of several runs ({label: run}), reconstruction and KL side by side."""
+    panels = {panel: {label: common.epoch_series(run.history, key, ("test",))["test"]
+                      for label, run in runs.items()}
+              for key, panel in (("recon", "test reconstruction"), ("kl", "test KL"))}
+    common.plot_panels(path, panels, xlabel="epoch", title=title, markers=False)
+
+
 # ----------------------------------------------------------------------------------------------
 # EXPERIMENTS
 # ----------------------------------------------------------------------------------------------
-def run_vae(args, data, generator, run, load_path, resume_optional=False, figures=True):
-    """Train (or load) one VAE, draw its figures (unless a sweep draws them), write its metrics.
-    Returns (final block, training result, the fixed noise decoded by the final model)."""
-    device = data[0][0].device
+def run_vae(args, data, generator, name, figures=True):
+    """Train one VAE (or with --load, load its weights file args.load), draw its figures (unless
+    a sweep draws its own), write its metrics. Returns (final block, the run, the fixed noise
+    decoded by the final model)."""
+    out, device = Path(args.out_dir), data[0][0].device
     model = build_vae(args).to(device)
-    fixed_noise = fixed_noise_for(args.latent_dim, args, device)
-    result = train_or_load(model, data, args, run, generator, fixed_noise, load_path,
-                           resume_optional)
-    final = {"epochs_trained": result["history"][-1]["epoch"],
-             **{f"test_{k}": v for k, v in evaluate(model, *data[1], args).items()}}
-    final["test_loss"] = final["test_recon"] + args.kl_weight * final["test_kl"]
+    fixed_noise = fixed_noise_for(args, device)
+    if args.load:
+        run = common.load_run(args.load, name, {"model": model})
+    else:
+        run = fit_vae(model, data, args, out / name, generator, fixed_noise)
+    final = {"epochs_trained": run.history[-1]["epoch"],
+             **{f"test_{k}": v for k, v in evaluate_vae(model, data[1][0], args).items()}}
     if figures:
-        final.update(vae_figures(model, data[1], args, run, result, fixed_noise))
+        final.update(vae_figures(model, data[1], args, name, run, fixed_noise))
     final.update(cnn.sample_quality(prior_samples(model, len(data[1][0]), args, device),
                                     data[1][0], data[0][0], args))
-    common.save_metrics(Path(args.out_dir) / f"{run}_metrics.json", args, device,
-                        result["seconds"], result["history"], final,
-                        trained_with=result["trained_with"])
-    print(f"{run}: test recon {final['test_recon']:.2f} | test KL {final['test_kl']:.2f}")
-    return final, result, decode_images(model, fixed_noise)
+    common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
+                        final, trained_with=run.trained_with)
+    print(f"{name}: test recon {final['test_recon']:.2f} | test KL {final['test_kl']:.2f}")
+    return final, run, decode_images(model, fixed_noise)
 
 
 def run_sweep(args, data):
-    """One VAE per KL weight (or latent size), each from the same seed; one comparison figure."""
+    """One VAE per KL weight (or latent size), each from the same seed; one comparison figure.
+    With --load, args.load holds one weights file per member, in the sweep's order."""
     knob, values, tag = (("kl_weight", args.sweep_kl, "kl") if args.sweep_kl
                          else ("latent_dim", args.sweep_latent, "z"))
     name = f"vae_{args.arch}_sweep_{tag}"
-    summary, rows, seconds = {}, {}, 0.0
-    test_curves = {"test reconstruction": {}, "test KL": {}}
-    for value in values:
-        member = argparse.Namespace(**{**vars(args), knob: value, "sweep_kl": None,
-                                       "sweep_latent": None})
-        run = f"vae_{args.arch}_{tag}{value:g}"
+    members = [f"vae_{args.arch}_{tag}{value:g}" for value in values]
+    for path, member, value in zip(args.load or [], members, values):  # all checked before any work
+        trained = common.load_checkpoint(path, member)["args"][knob]
+        if trained != value:
+            flag = f"--{knob.replace('_', '-')}"
+            common.fail(f"--load: {path} was trained with {flag} {trained:g}, but stands for the "
+                        f"sweep's {flag} {value:g} (one file per member, in the sweep's order)")
+    summary, rows, runs, seconds = {}, {}, {}, 0.0
+    for i, (member, value) in enumerate(zip(members, values)):
+        member_args = argparse.Namespace(**{**vars(args), knob: value, "sweep_kl": None,
+                                            "sweep_latent": None,
+                                            "load": args.load[i] if args.load else None})
         generator = common.seed_everything(args.seed)  # same initial state for every member
-        final, result, samples = run_vae(member, data, generator, run, member_path(args, run),
-                                         resume_optional=True, figures=False)
+        final, run, samples = run_vae(member_args, data, generator, member, figures=False)
         label = f"β = {value:g}" if tag == "kl" else f"z = {value}"
         rows[f"{label}\nrecon {final['test_recon']:.1f}\nKL {final['test_kl']:.1f}"] = samples
-        summary[label] = final
-        seconds += result["seconds"]
-        for key, panel in (("recon", "test reconstruction"), ("kl", "test KL")):
-            test_curves[panel][label] = common.epoch_series(result["history"], key, ("test",))["test"]
+        summary[label], runs[label] = final, run
+        seconds += run.seconds
     out = Path(args.out_dir)
     common.plot_image_rows(out / f"{name}.png", rows, title=f"{name}: the same {N_FIXED_NOISE} "
                            "z ~ N(0, I) decoded by each final model")
-    common.plot_panels(out / f"{name}_loss.png", test_curves, xlabel="epoch",
-                       title=f"{name}: test loss terms per example", markers=False)
+    plot_test_curves(out / f"{name}_loss.png", runs, title=f"{name}: test loss terms per example")
     common.save_metrics(out / f"{name}_metrics.json", args, data[0][0].device, seconds, [], summary)
 
 
-def run_classifier(args, data, generator, load_path):
+def run_classifier(args, data, generator):
     """Assignment C, task 2-4: the encoder's architecture trained as a 10-way classifier."""
-    run, device = "vae_classifier", data[0][0].device
+    out, device = Path(args.out_dir), data[0][0].device
     model = MLPClassifier().to(device)
-    result = train_or_load(model, data, args, run, generator, load_path=load_path)
-    (train_x, train_y), (test_x, test_y) = data
-    train, test = evaluate(model, train_x, train_y, args), evaluate(model, test_x, test_y, args)
-    final = {"epochs_trained": result["history"][-1]["epoch"], "train_ce": train["ce"],
+    if args.load:
+        run = common.load_run(args.load, CLASSIFIER, {"model": model})
+    else:
+        run = fit_classifier(model, data, args, out / CLASSIFIER, generator)
+    train, test = evaluate_classifier(model, *data[0]), evaluate_classifier(model, *data[1])
+    final = {"epochs_trained": run.history[-1]["epoch"], "train_ce": train["ce"],
              "train_acc": train["acc"], "test_ce": test["ce"], "test_acc": test["acc"]}
-    common.plot_panels(Path(args.out_dir) / f"{run}_curves.png",
-                       {"cross-entropy": common.epoch_series(result["history"], "ce"),
-                        "accuracy": common.epoch_series(result["history"], "acc")},
+    common.plot_panels(out / f"{CLASSIFIER}_curves.png",
+                       {"cross-entropy": common.epoch_series(run.history, "ce"),
+                        "accuracy": common.epoch_series(run.history, "acc")},
                        xlabel="epoch", title="MLP classifier 784-500-10 on Fashion-MNIST")
-    common.save_metrics(Path(args.out_dir) / f"{run}_metrics.json", args, device,
-                        result["seconds"], result["history"], final,
-                        trained_with=result["trained_with"])
-    print(f"{run}: test acc {test['acc']:.4f}")
-    return model
+    common.save_metrics(out / f"{CLASSIFIER}_metrics.json", args, device, run.seconds,
+                        run.history, final, trained_with=run.trained_with)
+    print(f"{CLASSIFIER}: test acc {test['acc']:.4f}")
+
+
+def load_classifier(args, device):
+    """The weights of --experiment classifier, which init-from-classifier starts from; absent is
+    one line giving the command that writes them."""
+    path = Path(args.classifier_weights or Path(args.out_dir) / f"{CLASSIFIER}.pt")
+    common.require_file(path, "--classifier-weights", "python vae.py --experiment classifier "
+                        f"--data-dir {args.data_dir} --out-dir {path.parent}")
+    classifier = MLPClassifier().to(device)
+    common.load_weights(path, CLASSIFIER, {"model": classifier}, flag="--classifier-weights")
+    return classifier
 
 
 def run_init_comparison(args, data):
     """An MLP VAE whose encoder starts from the classifier's weights, against the same VAE from
-    random initialisation, same seed and epochs."""
+    random initialisation, same seed and epochs. With --load, args.load holds their two weights
+    files (classifier-initialised, then random-start) and the classifier is not needed."""
     out, device = Path(args.out_dir), data[0][0].device
-    classifier_path = (Path(args.load) if args.load else out) / "vae_classifier.pt"
-    classifier = MLPClassifier().to(device)
-    if classifier_path.is_file():
-        common.restore_run(common.load_checkpoint(classifier_path, "vae_classifier"),
-                           classifier_path, {"model": classifier})
-    elif args.load:
-        common.fail(f"no classifier weights at {classifier_path}")
-    else:
-        print(f"no classifier weights at {classifier_path}: training the classifier first")
-        classifier = run_classifier(args, data, common.seed_everything(args.seed), None)
-    summary, panels, seconds = {}, {"test reconstruction": {}, "test KL": {}}, 0.0
-    for start in ("classifier", "random"):
-        run = f"vae_mlp_init_{start}"
+    classifier = None if args.load else load_classifier(args, device)
+    summary, runs, seconds = {}, {}, 0.0
+    for i, start in enumerate(INIT_STARTS):
+        name = f"vae_mlp_init_{start}"
         generator = common.seed_everything(args.seed)
         model = build_vae(args).to(device)
-        if start == "classifier":
-            model.encoder.load_state_dict(classifier.encoder.state_dict())
-        result = train_or_load(model, data, args, run, generator, load_path=member_path(args, run),
-                               resume_optional=True)
-        final = evaluate(model, *data[1], args)
-        summary[start] = {"epochs_trained": result["history"][-1]["epoch"],
-                          **{f"test_{k}": v for k, v in final.items()}}
-        common.save_metrics(out / f"{run}_metrics.json", args, device, result["seconds"],
-                            result["history"], summary[start], trained_with=result["trained_with"])
-        seconds += result["seconds"]
-        for key, panel in (("recon", "test reconstruction"), ("kl", "test KL")):
-            panels[panel][f"encoder from the {start}" if start == "classifier" else "random init"] = \
-                common.epoch_series(result["history"], key, ("test",))["test"]
-    common.plot_panels(out / "vae_mlp_init.png", panels, xlabel="epoch", markers=False,
-                       title=f"MLP VAE (z = {args.latent_dim}): encoder initialised from the "
-                             "classifier vs at random")
+        if args.load:
+            run = common.load_run(args.load[i], name, {"model": model})
+        else:
+            if start == "classifier":
+                model.encoder.load_state_dict(classifier.encoder.state_dict())
+            run = fit_vae(model, data, args, out / name, generator, fixed_noise_for(args, device))
+        test = evaluate_vae(model, data[1][0], args)
+        summary[start] = {"epochs_trained": run.history[-1]["epoch"], "test_recon": test["recon"],
+                          "test_kl": test["kl"]}
+        common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
+                            summary[start], trained_with=run.trained_with)
+        runs["encoder from the classifier" if start == "classifier" else "random init"] = run
+        seconds += run.seconds
+    plot_test_curves(out / "vae_mlp_init.png", runs,
+                     title=f"MLP VAE (z = {args.latent_dim}): encoder initialised from the "
+                           "classifier vs at random")
     common.save_metrics(out / "vae_mlp_init_metrics.json", args, device, seconds, [], summary)
 
 
@@ -453,14 +521,14 @@ def main(argv=None):
     common.out_dir(args)
     data = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
     if args.experiment == "classifier":
-        run_classifier(args, data, generator, args.load)
+        run_classifier(args, data, generator)
     elif args.experiment == "init-from-classifier":
         run_init_comparison(args, data)
     elif args.sweep_kl or args.sweep_latent:
         run_sweep(args, data)
     else:
-        run_vae(args, data, generator, f"vae_{args.arch}", args.load)
+        run_vae(args, data, generator, f"vae_{args.arch}")
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

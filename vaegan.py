@@ -26,8 +26,9 @@ entropy) into its metrics JSON.
 
 Run:     python vaegan.py --model vae --data-dir ../shared/data
          python vaegan.py --model vaegan [--dis-l] [--arch conv] --data-dir ../shared/data
-Reload:  python vaegan.py --model vaegan --load figures/vaegan_fc.pt
-Writes:  figures/vaegan_<variant>_{samples,reconstructions,loss}.png, .pt, _metrics.json
+Reload:  python vaegan.py --model vaegan --data-dir ../shared/data --load figures/vaegan_fc.pt
+Writes:  figures/vaegan_<variant>_{samples,reconstructions,loss}.png, _metrics.json, .pt (weights,
+         for --load) and .ckpt (the full checkpoint, for --resume)
          variants: vae_fc, vae_conv, fc, fc_disl, conv, conv_disl
 """
 from pathlib import Path
@@ -166,8 +167,15 @@ def kl_divergence(mu, logvar):
 
 
 def pixel_bce(reconstruction, x):
-    """The VAE's -log p(x|z) for a Bernoulli decoder, summed over the 784 pixels."""
-    return F.binary_cross_entropy(reconstruction, x, reduction="none").flatten(1).sum(1).mean()
+    """The VAE's -log p(x|z) for a Bernoulli decoder, summed over the 784 pixels. In float32
+    even under --amp: the log of a bf16 probability near 0 or 1 is unsafe (CUDA autocast refuses
+    this loss). F.binary_cross_entropy raises on a NaN probability instead of returning NaN, so
+    NaNs are set aside for it and carried into the result by `0 * sum` (exactly 0 otherwise):
+    the finite check then names the epoch and batch where the decoder broke."""
+    reconstruction = reconstruction.float()
+    with torch.autocast(x.device.type, enabled=False):
+        bce = F.binary_cross_entropy(reconstruction.nan_to_num(0.5), x, reduction="none")
+    return bce.flatten(1).sum(1).mean() + 0 * reconstruction.sum()
 
 
 def dis_l_loss(features_reconstruction, features_real):
@@ -255,7 +263,8 @@ def train_epoch(nets, optimizers, x, args, epoch, generator):
     logged = {}
     batches = common.batch_indices(len(x), args.batch_size, x.device, generator)
     for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
-        terms = losses(nets, x[idx], args, generator)
+        with common.autocast(args, x.device):
+            terms = losses(nets, x[idx], args, generator)
         step(nets, optimizers, terms)
         for name, value in terms.items():
             if name not in ("encoder", "decoder"):
@@ -276,58 +285,51 @@ def evaluate(nets, x, args):
     return {f"test_{k}": v / len(x) for k, v in sums.items()}
 
 
-def fit(nets, data, args, run, generator):
-    (train_x, _), (test_x, _) = data
-    path = Path(args.out_dir) / f"{run}.pt"
+def fit(nets, train_x, test_x, args, generator, stem):
+    """Train for args.epochs (or until --patience runs out, VAE only), evaluating on the test set
+    after every epoch; the bookkeeping (resume, checkpoint, log line, finite check) is
+    common.Run's. Returns the Run."""
     betas = (0.9, 0.999) if args.model == "vae" else (0.5, 0.999)  # β1 = 0.5 as dcgan.py (Radford et al.)
     optimizers = {name: torch.optim.Adam(net.parameters(), lr=args.lr, betas=betas)
                   for name, net in nets.items()}
-    history, seconds, done = [], 0.0, 0
-    if args.resume:
-        checkpoint = common.load_resume_checkpoint(path, run)
-        history, seconds, done = common.restore_run(checkpoint, path, nets, optimizers, generator)
-        print(f"resuming {path} after epoch {done} of {args.epochs}")
-    for epoch in range(done + 1, args.epochs + 1):
-        timer = common.Timer(train_x.device)
+    run = common.Run(args, stem, stem.name, nets, optimizers, generator)
+    for epoch in range(run.done + 1, args.epochs + 1):
         logged = train_epoch(nets, optimizers, train_x, args, epoch, generator)
-        common.check_finite(epoch, path, **{k: v for k, v in logged.items() if not k.startswith("d_")})
-        record = {"epoch": epoch, **{f"train_{k}": v.mean().item() for k, v in logged.items()},
+        record = {**{f"train_{k}": v.mean().item() for k, v in logged.items()},
                   **evaluate(nets, test_x, args)}
         if args.model == "vae":
             record["test_loss"] = record["test_recon"] + record["test_prior"]
-        record["seconds"] = round(timer.seconds(), 2)
-        seconds += record["seconds"]
-        history.append(record)
-        common.save_run(path, run, args, epoch, history, seconds, generator, nets, optimizers)
-        if common.log_epoch(history, args.epochs, args.patience):
+        losses = {k: v for k, v in logged.items() if not k.startswith("d_")}  # D's outputs aren't losses
+        if run.end_epoch(epoch, record, losses=losses):
             break
-    return history, seconds
+    return run
 
 
 # ----------------------------------------------------------------------------------------------
 # FIGURES
 # ----------------------------------------------------------------------------------------------
 def curves(history, keys):
+    """{label: (epochs, values)} for each {label: history key} that this run recorded (L_llike
+    only with --dis-l)."""
     epochs = [r["epoch"] for r in history]
     return {label: (epochs, [r[key] for r in history]) for label, key in keys.items() if key in history[0]}
 
 
 @torch.no_grad()
-def figures(nets, data, args, run, history):
+def figures(nets, test_x, args, name, history):
     out = Path(args.out_dir)
-    test_x = data[1][0]
     encoder, decoder = nets["encoder"].eval(), nets["decoder"].eval()
     z = torch.randn(N_SHOWN, args.latent_dim, generator=torch.Generator().manual_seed(args.seed + 1))
-    common.plot_image_rows(out / f"{run}_samples.png", {"x = Dec(z),\nz ~ N(0, I)": decoder(z.to(test_x.device))},
-                           title=f"{run}: 10 images from p(z)")
+    common.plot_image_rows(out / f"{name}_samples.png", {"x = Dec(z),\nz ~ N(0, I)": decoder(z.to(test_x.device))},
+                           title=f"{name}: 10 images from p(z)")
     chosen = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(args.seed))[:N_SHOWN]
     images = test_x[chosen.to(test_x.device)]
-    common.plot_image_rows(out / f"{run}_reconstructions.png",
+    common.plot_image_rows(out / f"{name}_reconstructions.png",
                            {"test image": images, "Dec(μ(x))": decoder(encoder(images)[0])},
-                           title=f"{run}: 10 random test images and their reconstructions")
+                           title=f"{name}: 10 random test images and their reconstructions")
     if args.model == "vae":
-        panels = {"reconstruction (BCE, summed over pixels)": curves(history, {"train": "train_recon", "test": "test_recon"}),
-                  "KL(q(z|x) || N(0, I))": curves(history, {"train": "train_prior", "test": "test_prior"})}
+        panels = {"reconstruction (BCE, summed over pixels)": common.epoch_series(history, "recon"),
+                  "KL(q(z|x) || N(0, I))": common.epoch_series(history, "prior")}
     else:
         panels = {"encoder": curves(history, {"L_prior (KL)": "train_prior", "L_llike^Dis_l": "train_llike"}),
                   "decoder": curves(history, {"fooling, -log Dis(x̃) - log Dis(x_p)": "train_fool",
@@ -335,8 +337,8 @@ def figures(nets, data, args, run, history):
                   "discriminator": curves(history, {"-L_GAN": "train_dis"}),
                   "mean Dis output": curves(history, {"real x": "train_d_x", "reconstruction x̃": "train_d_recon",
                                                       "prior sample x_p": "train_d_prior"})}
-    common.plot_panels(out / f"{run}_loss.png", panels, xlabel="epoch",
-                       title=f"{run}: losses per network (means over each epoch)")
+    common.plot_panels(out / f"{name}_loss.png", panels, xlabel="epoch",
+                       title=f"{name}: losses per network (means over each epoch)")
 
 
 @torch.no_grad()
@@ -350,30 +352,25 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device)
     generator = common.seed_everything(args.seed)
-    common.out_dir(args)
-    run = variant(args)
-    data = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
+    out = common.out_dir(args)
+    name = variant(args)
     nets = {"encoder": Encoder(args.latent_dim, args.arch), "decoder": Decoder(args.latent_dim, args.arch)}
     if args.model == "vaegan":
         nets["discriminator"] = Discriminator(args.arch)
-    nets = {name: net.to(device) for name, net in nets.items()}
-    if args.load:
-        checkpoint = common.load_checkpoint(args.load, run)
-        history, seconds, done = common.restore_run(checkpoint, args.load, nets)
-        trained_with = checkpoint["args"]
-        print(f"loaded {args.load} (trained {done} epochs); not training")
-    else:
-        history, seconds = fit(nets, data, args, run, generator)
-        trained_with = vars(args)
-    figures(nets, data, args, run, history)
-    (train_x, _), (test_x, _) = data
+    nets = {part: net.to(device) for part, net in nets.items()}
+    if args.load:  # read before the data, so a wrong file fails at once
+        run = common.load_run(args.load, name, nets)
+    (train_x, _), (test_x, _) = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
+    if not args.load:
+        run = fit(nets, train_x, test_x, args, generator, out / name)
+    figures(nets, test_x, args, name, run.history)
     samples = prior_samples(nets["decoder"], len(test_x), args, device)
-    final = {"epochs_trained": history[-1]["epoch"], **evaluate(nets, test_x, args),
+    final = {"epochs_trained": run.history[-1]["epoch"], **evaluate(nets, test_x, args),
              **cnn.sample_quality(samples, test_x, train_x, args)}
-    common.save_metrics(Path(args.out_dir) / f"{run}_metrics.json", args, device, seconds, history,
-                        final, trained_with=trained_with)
-    print(f"{run}: " + " | ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)))
+    common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
+                        final, trained_with=run.trained_with)
+    print(f"{name}: " + " | ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)))
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

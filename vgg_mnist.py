@@ -37,7 +37,8 @@ Run:     python vgg_mnist.py --data-dir ../shared/data --subset 0.1    (the assi
          python vgg_mnist.py --epochs 1 --eval-every-batches 20 ...     (curves within one epoch)
 Reload:  python vgg_mnist.py --data-dir ../shared/data --load figures/vgg_mnist_subset0.1.pt
 Writes:  figures/vgg_mnist[_subset<F>]_curves.png (test/train accuracy and loss),
-         figures/vgg_mnist[_subset<F>].pt, figures/vgg_mnist[_subset<F>]_metrics.json
+         figures/vgg_mnist[_subset<F>]_metrics.json, figures/vgg_mnist[_subset<F>].pt (weights,
+         for --load) and figures/vgg_mnist[_subset<F>].ckpt (the full checkpoint, for --resume)
 """
 import torch
 import torch.nn as nn
@@ -48,6 +49,8 @@ import common
 KIND = "vgg_mnist"  # written into the checkpoint; --load refuses weights of any other kind
 CONFIG_A = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]  # Table 1, column A
 SIDE = 32  # MNIST's 28x28 is resized to this (see the docstring: why 32)
+# --load takes these flags from the run that wrote the file: its model and its data selection
+RUN_ARGS = ("fc_width", "subset", "limit", "seed", "batch_size", "eval_every_batches")
 
 
 def parse_args(argv=None):
@@ -57,8 +60,9 @@ def parse_args(argv=None):
                         help="train on this fraction of the training set, the same number of "
                              "images from every class, drawn with --seed (0.1 = ~600 per class)")
     parser.add_argument("--eval-every-batches", type=common.positive_int, metavar="N",
-                        help="record train/test accuracy and loss every N minibatches (and after "
-                             "the last) instead of once per epoch")
+                        help="record train/test accuracy and loss every N minibatches, counted "
+                             "from each epoch's start, and at each epoch's end (instead of only "
+                             "at each epoch's end); a record never spans two epochs")
     parser.add_argument("--fc-width", type=common.positive_int, default=4096,
                         help="width of the two hidden fully connected layers (the paper: 4096)")
     parser.add_argument("--dropout", type=common.nonnegative_float, default=0.5,
@@ -183,13 +187,13 @@ def evaluate(model, data, batch_size=500):
     return loss_sum.item() / len(x), correct.item() / len(x)
 
 
-def measure(model, train, test, epoch, step, batch_losses, timer):
-    """One point of the curves: the four quantities the assignment plots, plus the mean minibatch
-    loss since the last point (with dropout on; what the optimizer saw)."""
-    record = {"epoch": epoch, "step": step, "batch_loss": batch_losses.mean().item()}
+def measure(model, train, test, step, batch_losses):
+    """One point of the curves: the four quantities the assignment plots, plus the mean of
+    `batch_losses`, the minibatch losses since the last point (with dropout on; what the
+    optimizer saw)."""
+    record = {"step": step, "batch_loss": batch_losses.mean().item()}
     record["train_loss"], record["train_acc"] = evaluate(model, train)
     record["test_loss"], record["test_acc"] = evaluate(model, test)
-    record["seconds"] = round(timer.seconds(), 2)
     return record
 
 
@@ -199,57 +203,44 @@ def run_name(args):
     return KIND if args.subset == 1 else f"{KIND}_subset{args.subset:g}"
 
 
-def fit(model, train, test, args, device, generator, weights_path):
-    """Train for args.epochs (or until --patience runs out), recording the curves once per epoch
-    or every --eval-every-batches minibatches; a checkpoint after every epoch.
-    Returns (history, wall seconds)."""
+def fit(model, train, test, args, device, generator, stem):
+    """Train for args.epochs (or until --patience runs out), recording the curves at the end of
+    every epoch and, with --eval-every-batches N, after every N minibatches of an epoch; a
+    checkpoint after every epoch. The bookkeeping (resume, checkpoint, log line, finite check)
+    is common.Run's. Returns the Run."""
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
+    run = common.Run(args, stem, KIND, {"model": model}, {"optimizer": optimizer}, generator)
     x, y = train
     steps_per_epoch = common.num_batches(len(x), args.batch_size)
     total_steps = args.epochs * steps_per_epoch
     every = args.eval_every_batches or steps_per_epoch
-    history, seconds, first_epoch = [], 0.0, 1
-    pending = []  # the minibatch losses since the last record, which may lie in an earlier epoch
-    models, optimizers = {"model": model}, {"optimizer": optimizer}
-    if args.resume:
-        checkpoint = common.load_resume_checkpoint(weights_path, KIND)
-        history, seconds, done = common.restore_run(checkpoint, weights_path, models, optimizers,
-                                                    generator)
-        pending = list(checkpoint["pending"].to(device))
-        first_epoch = done + 1
-        print(f"resuming {weights_path} after epoch {done} of {args.epochs}")
     model.train()
-    stop, timer = False, common.Timer(device)
-    for epoch in range(first_epoch, args.epochs + 1):
+    for epoch in range(run.done + 1, args.epochs + 1):
         batch_losses = torch.empty(steps_per_epoch, device=device)
-        epoch_timer = common.Timer(device)
+        recorded = 0  # minibatches of this epoch whose losses are in a record already
         batches = common.batch_indices(len(x), args.batch_size, device, generator)
         for i, idx in enumerate(common.progress(batches, steps_per_epoch, f"epoch {epoch}")):
             step = (epoch - 1) * steps_per_epoch + i + 1  # minibatches done after this one
             common.set_lr(optimizer, common.cosine_lr(args.lr, step - 1, total_steps,
                                                       warmup_steps=total_steps // 10))
-            loss = classification_loss(model(x[idx]), y[idx])
+            with common.autocast(args, device):
+                loss = classification_loss(model(x[idx]), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             batch_losses[i] = loss.detach()
-            pending.append(batch_losses[i])
-            if step % every == 0 or step == total_steps:
-                common.check_finite(epoch, weights_path, cross_entropy=batch_losses[:i + 1])
-                history.append(measure(model, train, test, epoch, step, torch.stack(pending),
-                                       timer))
-                pending, timer = [], common.Timer(device)
-                if common.log_epoch(history, args.epochs, args.patience):
-                    stop = True
-                    break
-        common.check_finite(epoch, weights_path, cross_entropy=batch_losses[:i + 1])
-        seconds += epoch_timer.seconds()
-        common.save_run(weights_path, KIND, args, epoch, history, seconds, generator, models,
-                        optimizers, pending=torch.stack(pending) if pending else torch.zeros(0))
-        if stop:
+            if (i + 1) % every == 0 and i + 1 < steps_per_epoch:  # a record within the epoch
+                common.check_finite(epoch, run.weights_path, cross_entropy=batch_losses[:i + 1])
+                record = measure(model, train, test, step, batch_losses[recorded:i + 1])
+                recorded = i + 1
+                if run.log({"epoch": epoch, **record}):
+                    run.save(epoch)  # --patience stopped the run within this epoch
+                    return run
+        record = measure(model, train, test, step, batch_losses[recorded:])
+        if run.end_epoch(epoch, record, losses={"cross_entropy": batch_losses}):
             break
-    return history, seconds
+    return run
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,31 +268,29 @@ def main(argv=None):
     device = common.pick_device(args.device)
     generator = common.seed_everything(args.seed)
     out = common.out_dir(args)
-    checkpoint = common.load_checkpoint(args.load, KIND) if args.load else None  # fail early
-    if checkpoint:
-        common.use_run_args(args, checkpoint, ("fc_width", "subset", "limit", "seed", "batch_size",
-                                               "eval_every_batches"), args.load)
+    checkpoint = common.load_checkpoint(args.load, KIND) if args.load else None
+    if checkpoint:  # read first: a wrong file fails at once, and its run's flags decide the model
+        common.use_run_args(args, checkpoint, RUN_ARGS, args.load)
     train, test = prepare(args, device)
     model = VGG11(args.fc_width, args.dropout).to(device)
-    weights_path = out / f"{run_name(args)}.pt"
-    if checkpoint:
-        history, seconds, done = common.restore_run(checkpoint, args.load, {"model": model})
-        print(f"loaded {args.load} (trained {done} epochs); not training")
+    stem = out / run_name(args)
+    if args.load:
+        run = common.load_run(args.load, KIND, {"model": model}, checkpoint=checkpoint)
     else:
-        history, seconds = fit(model, train, test, args, device, generator, weights_path)
+        run = fit(model, train, test, args, device, generator, stem)
     train_loss, train_acc = evaluate(model, train)
     test_loss, test_acc = evaluate(model, test)
-    final = {"epochs_trained": history[-1]["epoch"], "steps": history[-1]["step"],
+    final = {"epochs_trained": run.history[-1]["epoch"], "steps": run.history[-1]["step"],
              "train_images": len(train[0]), "train_loss": train_loss, "train_acc": train_acc,
              "test_loss": test_loss, "test_acc": test_acc}
-    plot_history(history, args, len(train[0]), out / f"{run_name(args)}_curves.png")
-    trained_with = checkpoint["args"] if checkpoint else vars(args)
-    common.save_metrics(out / f"{run_name(args)}_metrics.json", args, device, seconds, history, final,
-                        weights=str(args.load or weights_path), trained_with=trained_with,
+    plot_history(run.history, args, len(train[0]), out / f"{stem.name}_curves.png")
+    common.save_metrics(out / f"{stem.name}_metrics.json", args, device, run.seconds, run.history,
+                        final, weights=str(args.load or f"{stem}.pt"),
+                        trained_with=run.trained_with,
                         parameters=sum(p.numel() for p in model.parameters()))
-    print(f"final: train acc {train_acc:.4f} | test acc {test_acc:.4f} | "
-          f"train loss {train_loss:.4f} | test loss {test_loss:.4f} | {seconds:.0f} s of training")
+    print(f"final: train acc {train_acc:.4f} | test acc {test_acc:.4f} | train loss "
+          f"{train_loss:.4f} | test loss {test_loss:.4f} | {run.seconds:.0f} s of training")
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main)

@@ -1,5 +1,6 @@
 """autoencoder.py: architectures, losses and latent-spread numbers against independent
-computations, the 100-label subset, the frozen encoder, every experiment with --load, bad input."""
+computations, the 100-label subset, the frozen encoder, every experiment with --load, the weights
+an experiment builds on (never trained behind the user's back), --resume, bad input."""
 import json
 import math
 import shutil
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 import autoencoder
+import common
 from conftest import assert_one_line_error, run_script, synthetic_split, write_idx
 
 
@@ -18,6 +20,12 @@ def quick_args(data_dir, out_dir, *extra):
 
 def metrics(path):
     return json.loads(path.read_text())
+
+
+def dependency_flags(experiment, folder):
+    """--<name>-weights FILE for each run `experiment` builds on, read from `folder`."""
+    return [flag for name in autoencoder.EXPERIMENTS[experiment].needs
+            for flag in (f"--{name}-weights", folder / f"{autoencoder.EXPERIMENTS[name].run}.pt")]
 
 
 # --- architecture --------------------------------------------------------------------------------
@@ -125,20 +133,23 @@ def test_few_labels_and_transfer_train_on_exactly_the_first_100(synthetic_data, 
     (tmp_path / "b").mkdir()
     shutil.copy(tmp_path / "a" / "autoencoder_conv.pt", tmp_path / "b")  # the same pretrained encoder
     for out, data in (("a", synthetic_data), ("b", changed)):
-        autoencoder.main(quick_args(data, tmp_path / out, "--experiment", "transfer", "--limit", 256))
-    a, b = (metrics(tmp_path / out / "autoencoder_transfer_metrics.json") for out in "ab")
+        for experiment in ("few-labels", "transfer"):  # transfer reads few-labels' history
+            autoencoder.main(quick_args(data, tmp_path / out, "--experiment", experiment, "--limit", 256))
+    runs = [{run: metrics(tmp_path / out / f"{run}_metrics.json")
+             for run in ("autoencoder_few_labels", "autoencoder_transfer")} for out in "ab"]
+    a, b = (r["autoencoder_transfer"] for r in runs)
     assert a["final"]["labelled_examples"] == 100 and a["final"] == b["final"]
-    # few-labels was trained along the way: its checkpoint holds its history
-    histories = [torch.load(tmp_path / out / f"{run}.pt", weights_only=True)["history"] + m["history"]
-                 for out, m in (("a", a), ("b", b)) for run in ["autoencoder_few_labels"]]
+    assert runs[0]["autoencoder_few_labels"]["final"] == runs[1]["autoencoder_few_labels"]["final"]
+    histories = [r["autoencoder_few_labels"]["history"] + r["autoencoder_transfer"]["history"] for r in runs]
     untimed = [[{k: v for k, v in r.items() if k != "seconds"} for r in h] for h in histories]
     assert untimed[0] == untimed[1]
 
 
 def test_classifier_decoder_trains_only_the_decoder(synthetic_data, tmp_path, capsys):
-    autoencoder.main(quick_args(synthetic_data, tmp_path, "--experiment", "classifier-decoder"))
+    for experiment in ("conv", "classifier", "classifier-decoder"):
+        autoencoder.main(quick_args(synthetic_data, tmp_path, "--experiment", experiment))
     said = capsys.readouterr().out
-    assert "training conv first" in said and "training classifier first" in said
+    assert "--conv-weights: loaded" in said and "--classifier-weights: loaded" in said
     classifier = torch.load(tmp_path / "autoencoder_classifier.pt", weights_only=True)["models"]["model"]
     decoded = torch.load(tmp_path / "autoencoder_classifier_decoder.pt", weights_only=True)["models"]["model"]
     encoder = [name for name in decoded if name.startswith("encoder.")]
@@ -161,9 +172,11 @@ EXPERIMENT_OUTPUTS = {
 
 @pytest.fixture(scope="module")
 def trained(synthetic_data, tmp_path_factory):
-    """Every experiment run once, in the order a user would, into one folder."""
+    """Every experiment run once, in the order a user would (each after the runs it builds on),
+    into one folder."""
     out = tmp_path_factory.mktemp("autoencoder")
-    for experiment in EXPERIMENT_OUTPUTS:
+    for i, experiment in enumerate(EXPERIMENT_OUTPUTS):
+        assert set(autoencoder.EXPERIMENTS[experiment].needs) <= set(list(EXPERIMENT_OUTPUTS)[:i])
         autoencoder.main(quick_args(synthetic_data, out, "--experiment", experiment))
     return out
 
@@ -174,9 +187,10 @@ def test_every_experiment_writes_its_outputs_and_load_reproduces_them(experiment
     run, suffixes = EXPERIMENT_OUTPUTS[experiment]
     for suffix in suffixes + ["_metrics.json"]:
         assert (trained / f"{run}{suffix}").is_file(), run + suffix
-    weights = "autoencoder_fc" if experiment == "naive" else run
-    autoencoder.main(quick_args(synthetic_data, tmp_path, "--experiment", experiment,
-                                "--load", trained / f"{weights}.pt"))
+    # naive trains nothing: run again on the same fc weights; every other one reloads its own file
+    reload = [] if experiment == "naive" else ["--load", trained / f"{run}.pt"]
+    autoencoder.main(quick_args(synthetic_data, tmp_path, "--experiment", experiment, *reload,
+                                *dependency_flags(experiment, trained)))
     assert metrics(tmp_path / f"{run}_metrics.json")["final"] == metrics(trained / f"{run}_metrics.json")["final"]
 
 
@@ -189,11 +203,37 @@ def test_comparison_figures_exist(trained):
 
 
 def test_resume_continues_to_the_same_result(synthetic_data, tmp_path):
-    common = ["--experiment", "few-labels", "--eval-every", "1"]
-    autoencoder.main(quick_args(synthetic_data, tmp_path / "whole", *common, "--epochs", 4))
-    autoencoder.main(quick_args(synthetic_data, tmp_path / "split", *common))
-    autoencoder.main(quick_args(synthetic_data, tmp_path / "split", *common, "--epochs", 4, "--resume"))
+    flags = ["--experiment", "few-labels", "--eval-every", "1"]
+    autoencoder.main(quick_args(synthetic_data, tmp_path / "whole", *flags, "--epochs", 4))
+    autoencoder.main(quick_args(synthetic_data, tmp_path / "split", *flags))
+    autoencoder.main(quick_args(synthetic_data, tmp_path / "split", *flags, "--epochs", 4, "--resume"))
     whole, split = (metrics(tmp_path / d / "autoencoder_few_labels_metrics.json") for d in ("whole", "split"))
+    assert whole["final"] == split["final"]
+
+
+def test_resume_after_a_kill_between_evaluations(synthetic_data, tmp_path, monkeypatch):
+    """Epoch 2 of --eval-every 3 is not evaluated, yet checkpointed: a run killed in epoch 3
+    continues from it to the uninterrupted run's numbers."""
+    flags = ["--experiment", "few-labels", "--eval-every", "3", "--epochs", "4"]
+    autoencoder.main(quick_args(synthetic_data, tmp_path / "whole", *flags))
+    real_progress = common.progress
+
+    def killed_in_epoch_3(iterable, total, desc):
+        if desc == "epoch 3":
+            raise KeyboardInterrupt
+        return real_progress(iterable, total, desc)
+
+    monkeypatch.setattr(common, "progress", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        autoencoder.main(quick_args(synthetic_data, tmp_path / "split", *flags))
+    monkeypatch.undo()
+    checkpoint = tmp_path / "split" / "autoencoder_few_labels.ckpt"
+    assert common.load_checkpoint(checkpoint, "autoencoder_few_labels")["epoch"] == 2
+    autoencoder.main(quick_args(synthetic_data, tmp_path / "split", *flags, "--resume"))
+    whole, split = (metrics(tmp_path / d / "autoencoder_few_labels_metrics.json") for d in ("whole", "split"))
+    untimed = [[{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]]
+               for m in (whole, split)]
+    assert [r["epoch"] for r in untimed[0]] == [1, 3, 4] and untimed[0] == untimed[1]
     assert whole["final"] == split["final"]
 
 
@@ -211,6 +251,13 @@ def test_real_fashion_mnist_fc_learns(shared_data, tmp_path):
     (["--latent-dim", "8"], ["two-neuron bottleneck"]),
     (["--no-fc", "--experiment", "classifier"], ["--no-fc"]),
     (["--no-fc", "--experiment", "conv", "--latent-dim", "10"], ["divisible by 4"]),
+    (["--experiment", "naive", "--load", "figures/autoencoder_fc.pt"],
+     ["--load", "naive", "--fc-weights"]),
+    (["--experiment", "naive", "--resume"], ["--resume", "naive", "--fc-weights"]),
+    (["--experiment", "conv", "--fc-weights", "figures/autoencoder_fc.pt"],
+     ["--fc-weights", "not read by --experiment conv"]),
+    (["--experiment", "transfer", "--classifier-weights", "figures/autoencoder_classifier.pt"],
+     ["--classifier-weights", "not read by --experiment transfer"]),
 ])
 def test_bad_flags_are_one_line_errors(extra, phrases):
     assert_one_line_error(run_script("autoencoder.py", *extra), *phrases)
@@ -223,9 +270,63 @@ def test_load_of_another_experiments_weights_is_refused(trained, synthetic_data,
 
 
 def test_naive_and_normalized_generation_write_sample_quality(synthetic_data, cnn_weights, tmp_path):
+    autoencoder.main(quick_args(synthetic_data, tmp_path, "--experiment", "fc"))
     for experiment in ("naive", "normalized"):
         autoencoder.main(quick_args(synthetic_data, tmp_path, "--experiment", experiment,
-                                    "--classifier-weights", cnn_weights))
+                                    "--cnn-weights", cnn_weights))
     for run in ("autoencoder_naive", "autoencoder_normalized"):
         final = metrics(tmp_path / f"{run}_metrics.json")["final"]
         assert final["frechet_distance"] > 0 and final["n_generated"] == 128, run
+
+
+# --- the weights an experiment builds on ---------------------------------------------------------
+def one_line_error(capsys, argv):
+    """Run autoencoder.py in-process as `python autoencoder.py` does; return its one-line error."""
+    with pytest.raises(SystemExit) as stop:
+        common.run_main(autoencoder.main, [str(a) for a in argv])
+    code = stop.value.code
+    message = capsys.readouterr().err.strip() if isinstance(code, int) else str(code)
+    assert code not in (0, None), message
+    assert "Traceback" not in message and len(message.splitlines()) == 1, message
+    return message
+
+
+@pytest.mark.parametrize("experiment,present,missing", [
+    ("naive", [], "fc"),
+    ("normalized", [], "fc"),
+    ("classifier-decoder", [], "conv"),
+    ("classifier-decoder", ["conv"], "classifier"),
+    ("transfer", [], "conv"),
+    ("transfer", ["conv"], "few-labels"),
+])
+def test_a_missing_dependency_is_one_line_naming_the_command_to_run_first(
+        experiment, present, missing, trained, synthetic_data, tmp_path, capsys):
+    for name in present:
+        shutil.copy(trained / f"{autoencoder.EXPERIMENTS[name].run}.pt", tmp_path)
+    message = one_line_error(capsys, quick_args(synthetic_data, tmp_path, "--experiment", experiment))
+    run = autoencoder.EXPERIMENTS[missing].run
+    for phrase in (f"--{missing}-weights", str(tmp_path / f"{run}.pt"),
+                   f"run `python autoencoder.py --experiment {missing} "):
+        assert phrase in message, message
+    assert not (tmp_path / f"{run}.pt").exists()  # nothing was trained behind the user's back
+    assert not list(tmp_path.glob(f"{autoencoder.EXPERIMENTS[experiment].run}*"))
+
+
+def test_an_explicit_dependency_flag_to_a_missing_file_is_one_line(synthetic_data, tmp_path, capsys):
+    absent = tmp_path / "elsewhere" / "fc.pt"
+    message = one_line_error(capsys, quick_args(synthetic_data, tmp_path, "--experiment", "naive",
+                                                "--fc-weights", absent))
+    assert "--fc-weights" in message and str(absent) in message and "--experiment fc" in message
+
+
+def test_a_dependency_of_the_wrong_kind_is_refused(trained, synthetic_data, tmp_path, capsys):
+    message = one_line_error(capsys, quick_args(synthetic_data, tmp_path, "--experiment", "transfer",
+                                                "--conv-weights", trained / "autoencoder_classifier.pt"))
+    assert "--conv-weights" in message, message
+    assert "holds 'autoencoder_classifier' weights, expected 'autoencoder_conv'" in message, message
+
+
+def test_resume_without_a_checkpoint_is_one_line(synthetic_data, tmp_path, capsys):
+    message = one_line_error(capsys, quick_args(synthetic_data, tmp_path, "--experiment", "conv",
+                                                "--resume"))
+    assert "--resume" in message and str(tmp_path / "autoencoder_conv.ckpt") in message, message

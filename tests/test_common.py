@@ -124,6 +124,14 @@ def test_load_checkpoint_refuses_what_is_not_ours(tmp_path, content, phrase):
         common.load_checkpoint(path, "cnn")
 
 
+def test_load_checkpoint_names_a_folder_and_an_empty_file(tmp_path):
+    with pytest.raises(SystemExit, match="is a folder, not a weights file"):
+        common.load_checkpoint(tmp_path, "cnn")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match="is empty"):
+        common.load_checkpoint(tmp_path / "empty.pt", "cnn")
+
+
 def test_load_state_of_another_architecture_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as stop:
         common.load_state(torch.nn.Linear(3, 2), torch.nn.Linear(4, 2).state_dict(), "w.pt", "a net")
@@ -193,13 +201,89 @@ def test_plot_helpers_write_png_files(tmp_path):
                        "epoch", "accuracy", "t")
     common.plot_image_rows(tmp_path / "g.png", {"a": torch.rand(8, 1, 28, 28), "b": torch.rand(4, 1, 28, 28)},
                            title="t", nrow=4)
-    common.plot_histograms(tmp_path / "h.png", {"a": torch.randn(100), "b": torch.randn(50)}, "x", "t")
     labels = torch.arange(60) % 3
-    common.plot_scatter(tmp_path / "s.png", torch.randn(60, 2), labels, ["a", "b", "c"], "t")
-    common.plot_scatter_panels(tmp_path / "p.png", {"one": torch.randn(60, 2), "two": torch.randn(60, 2)},
-                               labels, ["a", "b", "c"], "t",
-                               overlays={"region": torch.randn(200, 2), "chosen": torch.randn(5, 2)})
+    common.plot_scatter(tmp_path / "s.png", {"": torch.randn(60, 2)}, labels, ["a", "b", "c"], "t")
+    common.plot_scatter(tmp_path / "p.png", {"one": torch.randn(60, 2), "two": torch.randn(60, 2)},
+                        labels, ["a", "b", "c"], "t",
+                        overlays={"region": torch.randn(200, 2), "chosen": torch.randn(5, 2)})
     grid = {f"panel {i}": {"a": ([1, 2], [i, i + 1])} for i in range(3)}
     common.plot_panels(tmp_path / "q.png", grid, "step", "t", ncols=2)  # 2x2, one left empty
-    for name in ("c.png", "g.png", "h.png", "s.png", "p.png", "q.png"):
+    for name in ("c.png", "g.png", "s.png", "p.png", "q.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the training run ----------------------------------------------------------------------------
+def run_args(tmp_path, **overrides):
+    return argparse.Namespace(**{"epochs": 3, "patience": 0, "resume": False, "out_dir": str(tmp_path),
+                                 **overrides})
+
+
+def toy_fit(args, stem, stop_after=None):
+    """A minimal fit on the shared bookkeeping: a linear model, SGD, one batch per epoch."""
+    generator = common.seed_everything(0)
+    common.out_dir(args)
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = common.Run(args, stem, "toy", {"model": model}, {"optimizer": optimizer}, generator)
+    for epoch in range(run.done + 1, args.epochs + 1):
+        x = torch.randn(8, 2, generator=generator)
+        loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        run.end_epoch(epoch, {"train_loss": loss.item(), "test_loss": loss.item()},
+                      losses={"mse": loss.detach()[None]}, note=f"after {epoch}")
+        if epoch == stop_after:
+            break
+    return run, model
+
+
+def test_run_writes_a_weights_file_and_a_checkpoint_and_resume_equals_one_run(tmp_path, capsys):
+    whole, model = toy_fit(run_args(tmp_path / "a"), tmp_path / "a" / "toy")
+    weights = common.load_checkpoint(tmp_path / "a" / "toy.pt", "toy")
+    checkpoint = common.load_checkpoint(tmp_path / "a" / "toy.ckpt", "toy")
+    assert "optimizers" not in weights and "rng" not in weights  # weights-only: what is committed
+    assert "optimizers" in checkpoint and weights["note"] == "after 3"
+    assert [r["epoch"] for r in weights["history"]] == [1, 2, 3]
+    assert "epoch 3/3 | train loss" in capsys.readouterr().out
+
+    toy_fit(run_args(tmp_path / "b"), tmp_path / "b" / "toy", stop_after=1)  # killed after epoch 1
+    resumed, resumed_model = toy_fit(run_args(tmp_path / "b", resume=True), tmp_path / "b" / "toy")
+    assert resumed.extra["note"] == "after 3"
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
+    assert torch.equal(resumed_model.weight, model.weight)
+
+
+def test_resume_without_a_checkpoint_is_one_line(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        toy_fit(run_args(tmp_path, resume=True), tmp_path / "toy")
+    assert "--resume: no checkpoint at" in str(stop.value) and "\n" not in str(stop.value)
+
+
+def test_a_nan_in_evaluation_stops_before_saving(tmp_path):
+    args = run_args(tmp_path)
+    run = common.Run(args, tmp_path / "toy", "toy", {"model": torch.nn.Linear(1, 1)}, {},
+                     torch.Generator())
+    with pytest.raises(SystemExit) as stop:
+        run.end_epoch(2, {"train_loss": 0.5, "test_loss": float("nan")})
+    assert "test loss became nan at epoch 2 (evaluation)" in str(stop.value)
+    assert not (tmp_path / "toy.pt").exists()
+
+
+def test_run_main_turns_running_out_of_memory_into_one_line():
+    def main(argv):
+        torch.empty(2 ** 62, dtype=torch.uint8)  # far beyond any machine's memory
+    with pytest.raises(SystemExit) as stop:
+        common.run_main(main)
+    assert "out of memory" in str(stop.value) and "\n" not in str(stop.value)
+
+
+def test_run_main_names_a_number_beyond_float32():
+    def main(argv):
+        model = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e38)
+        for _ in range(2):
+            model(torch.ones(1, 2)).sum().backward()
+            optimizer.step()
+    with pytest.raises(SystemExit, match="beyond what float32 holds"):
+        common.run_main(main)

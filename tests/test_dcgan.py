@@ -1,9 +1,11 @@
-"""dcgan.py: the report's architecture exactly, the losses' directions, smoke with --load, bad input."""
+"""dcgan.py: the report's architecture exactly, the losses' directions, smoke with --load,
+--resume, --amp, bad input."""
 import json
 
 import pytest
 import torch
 
+import common
 import dcgan
 from conftest import assert_one_line_error, run_script
 
@@ -51,15 +53,43 @@ def test_losses_point_the_right_way():
     assert dcgan.discriminator_loss(confident, -confident, 0.9) > dcgan.discriminator_loss(unsure + 2.2, -confident, 0.9)
 
 
+def metrics(out_dir):
+    return json.loads((out_dir / "dcgan_metrics.json").read_text())
+
+
 def test_run_then_load_repeats_figures_and_numbers(synthetic_data, cnn_weights, tmp_path):
-    dcgan.main(quick_args(synthetic_data, tmp_path / "a", "--classifier-weights", cnn_weights))
-    for name in ("dcgan.pt", "dcgan_metrics.json", "dcgan_loss.png", "dcgan_samples.png", "dcgan_epoch1.png",
-                 "dcgan_epoch2.png"):
+    dcgan.main(quick_args(synthetic_data, tmp_path / "a", "--cnn-weights", cnn_weights))
+    for name in ("dcgan.pt", "dcgan.ckpt", "dcgan_metrics.json", "dcgan_loss.png", "dcgan_samples.png",
+                 "dcgan_epoch1.png", "dcgan_epoch2.png"):
         assert (tmp_path / "a" / name).is_file(), name
-    dcgan.main(quick_args(synthetic_data, tmp_path / "b", "--classifier-weights", cnn_weights,
+    dcgan.main(quick_args(synthetic_data, tmp_path / "b", "--cnn-weights", cnn_weights,
                           "--load", tmp_path / "a" / "dcgan.pt"))
-    a, b = (json.loads((tmp_path / d / "dcgan_metrics.json").read_text())["final"] for d in "ab")
+    a, b = (metrics(tmp_path / d)["final"] for d in "ab")
     assert a == b and "frechet_distance" in a and a["epochs_trained"] == 2
+    assert (tmp_path / "b" / "dcgan_epoch1.png").is_file()  # the snapshots come back with the weights
+
+
+def test_resume_continues_the_same_run_with_its_snapshots(synthetic_data, tmp_path):
+    dcgan.main(quick_args(synthetic_data, tmp_path / "whole"))
+    dcgan.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "1"))
+    dcgan.main(quick_args(synthetic_data, tmp_path / "split", "--resume"))
+    whole, split = metrics(tmp_path / "whole"), metrics(tmp_path / "split")
+    without_times = [[{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]]
+                     for m in (whole, split)]
+    assert without_times[0] == without_times[1] and split["final"] == whole["final"]
+    snapshots = common.load_checkpoint(tmp_path / "split" / "dcgan.pt", "dcgan")["snapshots"]
+    assert sorted(snapshots) == [1]  # epoch 1's, written before the resume
+
+
+def test_amp_trains_in_bfloat16_to_finite_losses(synthetic_data, tmp_path):
+    dcgan.main(quick_args(synthetic_data, tmp_path, "--epochs", "1", "--amp"))
+    record = metrics(tmp_path)["history"][0]
+    assert all(torch.isfinite(torch.tensor(record[k])) for k in ("loss_d", "loss_g", "d_x", "d_g_z"))
+
+
+def test_resume_without_a_checkpoint(synthetic_data, tmp_path):
+    result = run_script("dcgan.py", *quick_args(synthetic_data, tmp_path), "--resume")
+    assert_one_line_error(result, "--resume: no checkpoint at", "dcgan.ckpt")
 
 
 @pytest.mark.parametrize("flags,phrases", [

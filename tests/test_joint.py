@@ -20,6 +20,16 @@ def final(path):
     return json.loads(path.read_text())["final"]
 
 
+def error_of(argv, capsys):
+    """Run joint.main in this process and return its one-line error (a parser error or a fail)."""
+    with pytest.raises(SystemExit) as stop:
+        joint.main([str(a) for a in argv])
+    code = stop.value.code
+    message = code if isinstance(code, str) else capsys.readouterr().err.strip()
+    assert code not in (0, None) and "\n" not in message and "Traceback" not in message, message
+    return message
+
+
 def test_vae_py_weights_fit_the_joint_models_vae():
     reference = vae.ConvVAE(latent_dim=256)
     model = joint.JointVAE(latent_dim=256)
@@ -56,7 +66,7 @@ def test_joint_run_then_load(synthetic_data, tmp_path):
     assert final(tmp_path / "b" / "joint_metrics.json") == final(tmp_path / "a" / "joint_metrics.json")
 
 
-def test_pretrain_reuses_vae_py_weights_and_freezes_the_encoder(synthetic_data, tmp_path, capsys):
+def test_pretrain_reuses_vae_py_weights_and_freezes_the_encoder_then_load(synthetic_data, tmp_path, capsys):
     vae.main(quick_args(synthetic_data, tmp_path, "--arch", "conv"))
     vae_state = common.load_checkpoint(tmp_path / "vae_conv.pt", "vae_conv")["models"]["model"]
     joint.main(quick_args(synthetic_data, tmp_path, "--mode", "pretrain"))
@@ -68,15 +78,50 @@ def test_pretrain_reuses_vae_py_weights_and_freezes_the_encoder(synthetic_data, 
         assert not torch.equal(tuned["models"]["model"][f"vae.{key}"], vae_state[key])  # trained
     assert json.loads((tmp_path / "joint_pretrain_frozen_metrics.json").read_text())[
         "vae_weights"] == str(tmp_path / "vae_conv.pt")
+    # --load takes the two classifiers' weights files, frozen then fine-tuned; no VAE is needed
+    runs = ("joint_pretrain_frozen", "joint_pretrain_finetuned")
+    joint.main(quick_args(synthetic_data, tmp_path / "b", "--mode", "pretrain",
+                          "--load", *(tmp_path / f"{run}.pt" for run in runs)))
+    for run in runs:
+        assert final(tmp_path / "b" / f"{run}_metrics.json") == final(tmp_path / f"{run}_metrics.json")
 
 
-def test_pretrain_trains_a_vae_when_none_is_there_then_load(synthetic_data, tmp_path, capsys):
-    joint.main(quick_args(synthetic_data, tmp_path / "a", "--mode", "pretrain"))
-    assert "training the VAE here first" in capsys.readouterr().out
-    assert (tmp_path / "a" / "joint_pretrain_vae.pt").is_file()
-    joint.main(quick_args(synthetic_data, tmp_path / "b", "--mode", "pretrain", "--load", tmp_path / "a"))
-    for run in ("joint_pretrain_frozen", "joint_pretrain_finetuned"):
-        assert final(tmp_path / "b" / f"{run}_metrics.json") == final(tmp_path / "a" / f"{run}_metrics.json")
+def test_pretrain_needs_vae_py_weights(synthetic_data, tmp_path, capsys):
+    pretrain = [*quick_args(synthetic_data, tmp_path), "--mode", "pretrain"]
+    message = error_of(pretrain, capsys)
+    assert f"--vae-weights: no file at {tmp_path / 'vae_conv.pt'}" in message
+    assert "run `python vae.py --arch conv" in message
+    assert not list(tmp_path.glob("*.pt"))  # it never trains a VAE itself
+    assert "--load takes 2 weights files here" in error_of([*pretrain, "--load", tmp_path / "a.pt"], capsys)
+
+
+def test_resume_is_strict_in_both_modes(synthetic_data, tmp_path, capsys):
+    message = error_of([*quick_args(synthetic_data, tmp_path), "--resume"], capsys)
+    assert "--resume: no checkpoint at" in message and "joint.ckpt" in message
+    common.save_checkpoint(tmp_path / "vae_conv.pt", "vae_conv",
+                           models={"model": vae.ConvVAE().state_dict()}, epoch=1, history=[], seconds=0.0)
+    message = error_of([*quick_args(synthetic_data, tmp_path), "--mode", "pretrain", "--resume"], capsys)
+    assert "--resume: no checkpoint at" in message and "joint_pretrain_frozen.ckpt" in message
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_path, monkeypatch):
+    joint.main(quick_args(synthetic_data, tmp_path / "whole", "--epochs", "3", "--eval-every", "2"))
+    real_evaluate, calls = joint.evaluate, []
+
+    def killed_in_epoch_2(*args, **kwargs):  # epoch 1 evaluates train and test, then epoch 2 ...
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(joint, "evaluate", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        joint.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", "--eval-every", "2"))
+    monkeypatch.undo()
+    joint.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", "--eval-every", "2", "--resume"))
+    whole, split = (json.loads((tmp_path / d / "joint_metrics.json").read_text()) for d in ("whole", "split"))
+    strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
+    assert strip(split["history"]) == strip(whole["history"]) and split["final"] == whole["final"]
 
 
 def test_comparison_reads_the_cnn_metrics_or_says_they_are_missing(synthetic_data, tmp_path, capsys):
@@ -86,6 +131,10 @@ def test_comparison_reads_the_cnn_metrics_or_says_they_are_missing(synthetic_dat
     joint.compare(joint.parse_args(["--out-dir", str(tmp_path)]))
     table = json.loads((tmp_path / "joint_comparison.json").read_text())
     assert table["CNN (cnn.py)"] == 0.5 and "joint" in table
+    (tmp_path / "cnn_metrics.json").write_text("{not json")  # damaged: left out, and said so
+    joint.compare(joint.parse_args(["--out-dir", str(tmp_path)]))
+    assert "cnn_metrics.json is not a metrics file" in capsys.readouterr().out
+    assert "CNN (cnn.py)" not in json.loads((tmp_path / "joint_comparison.json").read_text())
 
 
 @pytest.mark.parametrize("flags, phrase", [

@@ -236,7 +236,7 @@ def without_times(history):
 def test_smoke_run_learns_then_load_repeats_the_numbers(tweet_files, tmp_path):
     trained = tmp_path / "trained"
     lstm_tweets.main(quick_args(tweet_files, trained))
-    for name in ("lstm_tweets_curves.png", "lstm_tweets.pt", "lstm_tweets_metrics.json"):
+    for name in ("lstm_tweets_curves.png", "lstm_tweets.pt", "lstm_tweets.ckpt", "lstm_tweets_metrics.json"):
         assert (trained / name).is_file(), name
     first = metrics(trained)
     assert [r["iteration"] for r in first["history"]] == [50, 100, 150]
@@ -264,14 +264,26 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tweet_files, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         lstm_tweets.main(quick_args(tweet_files, tmp_path / "split"))
     monkeypatch.undo()
-    assert common.load_checkpoint(tmp_path / "split" / "lstm_tweets.pt", "lstm_tweets")["epoch"] == 100
+    saved = common.load_checkpoint(tmp_path / "split" / "lstm_tweets.ckpt", "lstm_tweets")
+    assert saved["epoch"] == 100 and saved["position"] > 0  # the pass under way, and where in it
     lstm_tweets.main(quick_args(tweet_files, tmp_path / "split", "--resume"))
     whole, split = metrics(tmp_path / "whole"), metrics(tmp_path / "split")
     assert without_times(split["history"]) == without_times(whole["history"])
     assert split["final"] == whole["final"]
 
 
+def test_amp_trains_in_bfloat16_to_finite_losses(tweet_files, tmp_path):
+    lstm_tweets.main(quick_args(tweet_files, tmp_path, "--iterations", "50", "--amp"))
+    record = metrics(tmp_path)["history"][0]
+    assert all(torch.isfinite(torch.tensor(record[k])) for k in ("batch_loss", "train_loss", "test_loss"))
+
+
 # --- bad input -----------------------------------------------------------------------------------
+def test_resume_without_a_checkpoint(tweet_files, tmp_path):
+    result = run_script("lstm_tweets.py", *quick_args(tweet_files, tmp_path), "--resume")
+    assert_one_line_error(result, "--resume: no checkpoint at", "lstm_tweets.ckpt")
+
+
 def test_missing_tweet_files(tmp_path):
     result = run_script("lstm_tweets.py", "--data-dir", tmp_path, "--out-dir", tmp_path)
     assert_one_line_error(result, f"no tweet file at {tmp_path / 'tweets_train.csv'}", "Sentiment140")

@@ -1,4 +1,4 @@
-"""The sample-quality metric of every generator: common.frechet_distance against closed forms,
+"""The sample-quality metric of every generator: cnn.frechet_distance against closed forms,
 and cnn.sample_quality on real and collapsed image sets."""
 import math
 import statistics
@@ -13,7 +13,7 @@ import common
 
 def test_distance_of_a_set_to_itself_is_zero():
     features = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
-    assert common.frechet_distance(features, features) == pytest.approx(0.0, abs=1e-8)
+    assert cnn.frechet_distance(features, features) == pytest.approx(0.0, abs=1e-8)
 
 
 def test_one_dimension_matches_the_closed_form():
@@ -22,7 +22,7 @@ def test_one_dimension_matches_the_closed_form():
     a, b = torch.randn(300, 1, generator=g) * 2 + 1, torch.randn(200, 1, generator=g) * 0.5 - 3
     xs, ys = a.flatten().double().tolist(), b.flatten().double().tolist()
     expected = (statistics.mean(xs) - statistics.mean(ys)) ** 2 + (statistics.stdev(xs) - statistics.stdev(ys)) ** 2
-    assert common.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert cnn.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
 
 
 def covariance_2d(points):
@@ -44,7 +44,7 @@ def test_two_correlated_dimensions_match_the_2x2_closed_form():
     trace_root = math.sqrt(M[0][0] + M[1][1] + 2 * math.sqrt(M[0][0] * M[1][1] - M[0][1] * M[1][0]))
     expected = ((ma[0] - mb[0]) ** 2 + (ma[1] - mb[1]) ** 2 + Sa[0][0] + Sa[1][1] + Sb[0][0] + Sb[1][1]
                 - 2 * trace_root)
-    assert common.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    assert cnn.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
 
 
 def test_distance_grows_with_a_shift_and_with_a_collapse():
@@ -54,15 +54,15 @@ def test_distance_grows_with_a_shift_and_with_a_collapse():
     real = centres[labels] + torch.randn(2000, 8, generator=g)
     other = centres[labels] + torch.randn(2000, 8, generator=g)
     collapsed = centres[torch.zeros(2000, dtype=torch.long)] + torch.randn(2000, 8, generator=g)
-    same = common.frechet_distance(other, real)
-    shifted = [common.frechet_distance(other + s, real) for s in (0.5, 1.0, 2.0)]
+    same = cnn.frechet_distance(other, real)
+    shifted = [cnn.frechet_distance(other + s, real) for s in (0.5, 1.0, 2.0)]
     assert same < shifted[0] < shifted[1] < shifted[2]
     assert shifted[2] - same == pytest.approx(8 * 2.0 ** 2, rel=0.05)  # a pure shift adds ‖δ‖²
-    assert common.frechet_distance(collapsed, real) > 10 * same
+    assert cnn.frechet_distance(collapsed, real) > 10 * same
 
 
 def quality_args(weights, seed=0):
-    return SimpleNamespace(classifier_weights=str(weights), out_dir="unused", seed=seed)
+    return SimpleNamespace(cnn_weights=str(weights), out_dir="unused", seed=seed)
 
 
 def test_sample_quality_of_real_and_collapsed_images(synthetic_data, cnn_weights):
@@ -80,5 +80,13 @@ def test_sample_quality_of_real_and_collapsed_images(synthetic_data, cnn_weights
 
 def test_sample_quality_without_weights_says_so_and_skips(tmp_path, capsys):
     images = torch.rand(4, 1, 28, 28)
-    assert cnn.sample_quality(images, images, images, quality_args(tmp_path / "cnn.pt")) == {}
+    default = SimpleNamespace(cnn_weights=None, out_dir=str(tmp_path), seed=0)
+    assert cnn.sample_quality(images, images, images, default) == {}
     assert "sample quality skipped" in capsys.readouterr().out
+
+
+def test_sample_quality_with_named_weights_that_are_absent_is_one_line(tmp_path):
+    images = torch.rand(4, 1, 28, 28)
+    with pytest.raises(SystemExit) as stop:
+        cnn.sample_quality(images, images, images, quality_args(tmp_path / "cnn.pt"))
+    assert "--cnn-weights: no weights file at" in str(stop.value)

@@ -19,6 +19,16 @@ def metrics(path):
     return json.loads(path.read_text())
 
 
+def error_of(argv, capsys):
+    """Run vae.main in this process and return its one-line error (a parser error or a fail)."""
+    with pytest.raises(SystemExit) as stop:
+        vae.main([str(a) for a in argv])
+    code = stop.value.code
+    message = code if isinstance(code, str) else capsys.readouterr().err.strip()
+    assert code not in (0, None) and "\n" not in message and "Traceback" not in message, message
+    return message
+
+
 # --- architecture --------------------------------------------------------------------------------
 def test_conv_decoder_inverts_every_encoder_shape():
     model, x = vae.ConvVAE(), torch.zeros(3, 1, 28, 28)
@@ -76,6 +86,14 @@ def test_reconstruction_losses_sum_pixels_and_average_the_batch():
     assert vae.reconstruction_loss(logits, x, "mse").item() == pytest.approx(mse.item(), rel=1e-5)
 
 
+def test_vae_loss_is_one_objective_for_training_and_evaluation():
+    terms = vae.vae_loss(torch.tensor(10.0), torch.tensor(4.0), 0.25)
+    assert terms["loss"].item() == 11.0 and terms["recon"].item() == 10.0 and terms["kl"].item() == 4.0
+    args = vae.parse_args(["--arch", "mlp", "--kl-weight", "0.25"])
+    split = vae.evaluate_vae(vae.MLPVAE(), torch.rand(30, 1, 28, 28), args)  # numbers, per example
+    assert split["loss"] == split["recon"] + 0.25 * split["kl"]
+
+
 def test_reparameterization_has_the_right_moments():
     mu, logvar = torch.full((200_000, 1), 3.0), torch.full((200_000, 1), 2 * torch.log(torch.tensor(0.5)))
     z = vae.reparameterize(mu, logvar, torch.Generator().manual_seed(0))
@@ -99,6 +117,12 @@ def test_vae_run_then_load(synthetic_data, tmp_path, arch, figures):
     assert (tmp_path / "b" / f"{run}_samples.png").is_file()
 
 
+def test_amp_run_trains_with_finite_losses(synthetic_data, tmp_path):
+    vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--epochs", "1", "--amp"))
+    final = metrics(tmp_path / "vae_mlp_metrics.json")["final"]
+    assert 0 < final["test_recon"] < float("inf") and final["test_kl"] >= 0
+
+
 def test_kl_sweep_then_load(synthetic_data, tmp_path):
     vae.main(quick_args(synthetic_data, tmp_path / "a", "--arch", "mlp", "--sweep-kl", "1,0.25"))
     first = metrics(tmp_path / "a" / "vae_mlp_sweep_kl_metrics.json")
@@ -106,8 +130,42 @@ def test_kl_sweep_then_load(synthetic_data, tmp_path):
     assert (tmp_path / "a" / "vae_mlp_sweep_kl.png").is_file()
     assert (tmp_path / "a" / "vae_mlp_kl0.25.pt").is_file()
     vae.main(quick_args(synthetic_data, tmp_path / "b", "--arch", "mlp", "--sweep-kl", "1,0.25",
-                        "--load", tmp_path / "a"))
+                        "--load", tmp_path / "a" / "vae_mlp_kl1.pt", tmp_path / "a" / "vae_mlp_kl0.25.pt"))
     assert metrics(tmp_path / "b" / "vae_mlp_sweep_kl_metrics.json")["final"] == first["final"]
+    for member in ("vae_mlp_kl1", "vae_mlp_kl0.25"):  # every member's metrics are redone too
+        again, before = metrics(tmp_path / "b" / f"{member}_metrics.json"), metrics(tmp_path / "a" / f"{member}_metrics.json")
+        assert again["final"] == before["final"] and again["history"] == before["history"]
+    assert (tmp_path / "b" / "vae_mlp_sweep_kl.png").is_file()
+
+
+def test_sweep_load_takes_one_file_per_member_in_order(synthetic_data, tmp_path, capsys):
+    vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--epochs", "1", "--sweep-kl", "1,0.5"))
+    kl1, kl05 = tmp_path / "vae_mlp_kl1.pt", tmp_path / "vae_mlp_kl0.5.pt"
+    sweep = [*quick_args(synthetic_data, tmp_path / "o"), "--arch", "mlp", "--sweep-kl", "1,0.5"]
+    assert "--load takes 2 weights files here" in error_of([*sweep, "--load", kl1], capsys)
+    message = error_of([*sweep, "--load", kl05, kl1], capsys)
+    assert f"{kl05} holds 'vae_mlp_kl0.5' weights, expected 'vae_mlp_kl1'" in message
+    # a file whose name fits its place but whose run had another KL weight
+    checkpoint = common.load_checkpoint(kl05, "vae_mlp_kl0.5")
+    checkpoint["args"]["kl_weight"] = 0.25
+    common.save_checkpoint(tmp_path / "relabelled.pt", **checkpoint)
+    message = error_of([*sweep, "--load", kl1, tmp_path / "relabelled.pt"], capsys)
+    assert f"{tmp_path / 'relabelled.pt'} was trained with --kl-weight 0.25" in message
+    assert "the sweep's --kl-weight 0.5" in message
+    assert not (tmp_path / "o" / "vae_mlp_kl1_metrics.json").exists()  # checked before any work
+
+
+def test_sweep_resume_is_strict_for_every_member(synthetic_data, tmp_path, capsys):
+    message = error_of([*quick_args(synthetic_data, tmp_path), "--arch", "mlp", "--sweep-kl", "1,0.5",
+                        "--resume"], capsys)
+    assert "--resume: no checkpoint at" in message and "vae_mlp_kl1.ckpt" in message
+
+
+def test_load_help_says_one_file_per_model(capsys):
+    with pytest.raises(SystemExit):
+        vae.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "one per member for a sweep" in help_text and "two for init" in help_text
 
 
 def test_latent_sweep(synthetic_data, tmp_path):
@@ -127,36 +185,55 @@ def test_classifier_then_load(synthetic_data, tmp_path):
     assert metrics(tmp_path / "b" / "vae_classifier_metrics.json")["final"] == first["final"]
 
 
-def test_init_from_classifier_trains_the_classifier_when_absent(synthetic_data, tmp_path, capsys):
-    vae.main(quick_args(synthetic_data, tmp_path / "a", "--arch", "mlp", "--experiment",
-                        "init-from-classifier"))
-    assert "training the classifier first" in capsys.readouterr().out
+def test_init_from_classifier_needs_the_classifier_weights(synthetic_data, tmp_path, capsys):
+    init = [*quick_args(synthetic_data, tmp_path), "--experiment", "init-from-classifier"]
+    message = error_of(init, capsys)
+    assert f"--classifier-weights: no file at {tmp_path / 'vae_classifier.pt'}" in message
+    assert "run `python vae.py --experiment classifier" in message
+    assert not (tmp_path / "vae_classifier.pt").exists()  # it never trains the classifier itself
+    assert "--load takes 2 weights files here" in error_of([*init, "--load", tmp_path / "a.pt"], capsys)
+
+
+def test_init_from_classifier_then_load(synthetic_data, tmp_path):
+    vae.main(quick_args(synthetic_data, tmp_path / "a", "--arch", "mlp", "--experiment", "classifier"))
     classifier = common.load_checkpoint(tmp_path / "a" / "vae_classifier.pt", "vae_classifier")
+    # a learning rate so small that training cannot move the weights far from where they started
+    vae.main(quick_args(synthetic_data, tmp_path / "a", "--arch", "mlp", "--experiment",
+                        "init-from-classifier", "--lr", "1e-9"))
     summary = metrics(tmp_path / "a" / "vae_mlp_init_metrics.json")["final"]
     assert set(summary) == {"classifier", "random"}
     assert (tmp_path / "a" / "vae_mlp_init.png").is_file()
-    # the classifier-initialised VAE really started from the classifier's encoder
-    assert classifier["models"]["model"]["encoder.1.weight"].shape == (500, 784)
+    # the classifier-initialised VAE really started from the classifier's encoder; the other did not
+    start = classifier["models"]["model"]["encoder.1.weight"]
+    weights = {s: common.load_checkpoint(tmp_path / "a" / f"vae_mlp_init_{s}.pt", f"vae_mlp_init_{s}")
+               ["models"]["model"]["encoder.1.weight"] for s in ("classifier", "random")}
+    moved = {s: (w - start).abs().max().item() for s, w in weights.items()}
+    # (the random start is the classifier's own initialisation, same seed, so the classifier's
+    # two epochs of training are what sets it apart)
+    assert moved["classifier"] < 1e-6 < 1e-4 < moved["random"], moved
     vae.main(quick_args(synthetic_data, tmp_path / "b", "--arch", "mlp", "--experiment",
-                        "init-from-classifier", "--load", tmp_path / "a"))
+                        "init-from-classifier", "--lr", "1e-9", "--load",
+                        tmp_path / "a" / "vae_mlp_init_classifier.pt", tmp_path / "a" / "vae_mlp_init_random.pt"))
     assert metrics(tmp_path / "b" / "vae_mlp_init_metrics.json")["final"] == summary
 
 
 def test_encoder_copy_is_exact(synthetic_data, tmp_path, monkeypatch):
     """The init experiment's VAE encoder equals the classifier's before its first step."""
+    vae.main(quick_args(synthetic_data, tmp_path / "c", "--arch", "mlp", "--experiment", "classifier"))
     seen = []
-    real_fit = vae.fit
+    real_fit = vae.fit_vae
 
     def spy(model, *args, **kwargs):
         seen.append({k: v.clone() for k, v in model.encoder.state_dict().items()})
         return real_fit(model, *args, **kwargs)
 
-    monkeypatch.setattr(vae, "fit", spy)
-    vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--experiment", "init-from-classifier"))
-    classifier = common.load_checkpoint(tmp_path / "vae_classifier.pt", "vae_classifier")["models"]["model"]
-    # seen[0] is the classifier itself, seen[1] the classifier-initialised VAE, seen[2] the random one
-    assert torch.equal(seen[1]["1.weight"], classifier["encoder.1.weight"])
-    assert not torch.equal(seen[2]["1.weight"], classifier["encoder.1.weight"])
+    monkeypatch.setattr(vae, "fit_vae", spy)
+    vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--experiment", "init-from-classifier",
+                        "--classifier-weights", tmp_path / "c" / "vae_classifier.pt"))
+    classifier = common.load_checkpoint(tmp_path / "c" / "vae_classifier.pt", "vae_classifier")["models"]["model"]
+    # seen[0] is the classifier-initialised VAE, seen[1] the random one
+    assert torch.equal(seen[0]["1.weight"], classifier["encoder.1.weight"])
+    assert not torch.equal(seen[1]["1.weight"], classifier["encoder.1.weight"])
 
 
 # --- bad input -------------------------------------------------------------------------------------
@@ -166,6 +243,8 @@ def test_encoder_copy_is_exact(synthetic_data, tmp_path, monkeypatch):
     (["--latent-dim", "0"], "argument --latent-dim: must be > 0, got 0"),
     (["--arch", "conv", "--experiment", "classifier"], "--experiment classifier uses the MLP encoder"),
     (["--sweep-kl", "1", "--sweep-latent", "2"], "not allowed with argument"),
+    (["--sweep-kl", "1,0.5,1"], "argument --sweep-kl: lists a value twice"),
+    (["--sweep-latent", "2,0"], "argument --sweep-latent: must be > 0, got 0"),
 ])
 def test_bad_flags_are_refused(flags, phrase, tmp_path):
     assert_one_line_error(run_script("vae.py", "--out-dir", tmp_path, *flags), phrase)
@@ -180,7 +259,7 @@ def test_load_of_cnn_weights_is_refused(synthetic_data, tmp_path):
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_path, monkeypatch):
     vae.main(quick_args(synthetic_data, tmp_path / "whole", "--arch", "mlp", "--epochs", "3"))
-    real_train_epoch, calls = vae.train_epoch, []
+    real_train_epoch, calls = vae.train_vae_epoch, []
 
     def killed_in_epoch_3(*args, **kwargs):
         calls.append(1)
@@ -188,7 +267,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_pa
             raise KeyboardInterrupt
         return real_train_epoch(*args, **kwargs)
 
-    monkeypatch.setattr(vae, "train_epoch", killed_in_epoch_3)
+    monkeypatch.setattr(vae, "train_vae_epoch", killed_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         vae.main(quick_args(synthetic_data, tmp_path / "split", "--arch", "mlp", "--epochs", "3"))
     monkeypatch.undo()
@@ -200,7 +279,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_pa
 
 
 def test_vae_metrics_hold_the_sample_quality_of_prior_samples(synthetic_data, cnn_weights, tmp_path):
-    vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--classifier-weights", cnn_weights))
+    vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--cnn-weights", cnn_weights))
     final = metrics(tmp_path / "vae_mlp_metrics.json")["final"]
     assert final["frechet_distance"] > 0 and final["n_generated"] == 128
     assert 0 <= final["class_entropy_nats"] <= 2.31

@@ -1,5 +1,5 @@
 """vaegan.py: the losses on hand-made batches, all four VAE-GAN combinations and the VAE with
---load, and bad input."""
+--load, --resume, --amp, and bad input."""
 import json
 
 import pytest
@@ -73,13 +73,41 @@ VARIANTS = [(["--model", "vae"], "vaegan_vae_fc"),
 
 @pytest.mark.parametrize("flags,run", VARIANTS)
 def test_every_combination_runs_and_reloads(flags, run, synthetic_data, cnn_weights, tmp_path):
-    extra = [*flags, "--classifier-weights", cnn_weights]
+    extra = [*flags, "--cnn-weights", cnn_weights]
     vaegan.main(quick_args(synthetic_data, tmp_path / "a", *extra))
-    for suffix in (".pt", "_metrics.json", "_samples.png", "_reconstructions.png", "_loss.png"):
+    for suffix in (".pt", ".ckpt", "_metrics.json", "_samples.png", "_reconstructions.png", "_loss.png"):
         assert (tmp_path / "a" / f"{run}{suffix}").is_file(), suffix
     vaegan.main(quick_args(synthetic_data, tmp_path / "b", *extra, "--load", tmp_path / "a" / f"{run}.pt"))
     a, b = (json.loads((tmp_path / d / f"{run}_metrics.json").read_text())["final"] for d in "ab")
     assert a == b and "frechet_distance" in a
+
+
+def metrics(out_dir, run):
+    return json.loads((out_dir / f"{run}_metrics.json").read_text())
+
+
+@pytest.mark.parametrize("flags,run", [(["--model", "vae"], "vaegan_vae_fc"), (["--dis-l"], "vaegan_fc_disl")])
+def test_resume_continues_the_same_run(flags, run, synthetic_data, tmp_path):
+    vaegan.main(quick_args(synthetic_data, tmp_path / "whole", *flags))
+    vaegan.main(quick_args(synthetic_data, tmp_path / "split", *flags, "--epochs", "1"))
+    vaegan.main(quick_args(synthetic_data, tmp_path / "split", *flags, "--resume"))
+    whole, split = metrics(tmp_path / "whole", run), metrics(tmp_path / "split", run)
+    without_times = [[{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]]
+                     for m in (whole, split)]
+    assert len(without_times[0]) == 2 and without_times[0] == without_times[1]
+    assert split["final"] == whole["final"]
+
+
+@pytest.mark.parametrize("flags", [["--model", "vae"], ["--dis-l"]])
+def test_amp_trains_in_bfloat16_to_finite_losses(flags, synthetic_data, tmp_path):
+    vaegan.main(quick_args(synthetic_data, tmp_path, *flags, "--epochs", "1", "--amp"))
+    record = metrics(tmp_path, vaegan.variant(vaegan.parse_args(flags)))["history"][0]
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in record.items() if k != "epoch")
+
+
+def test_resume_without_a_checkpoint(synthetic_data, tmp_path):
+    result = run_script("vaegan.py", *quick_args(synthetic_data, tmp_path), "--resume")
+    assert_one_line_error(result, "--resume: no checkpoint at", "vaegan_fc.ckpt")
 
 
 @pytest.mark.parametrize("flags,phrases", [

@@ -117,7 +117,7 @@ def test_real_mnist_subset_is_600_per_class(shared_data):
 def test_smoke_run_then_load_repeats_the_numbers(synthetic_data, tmp_path):
     trained = tmp_path / "trained"
     vgg_mnist.main(quick_args(synthetic_data, trained))
-    for name in ("vgg_mnist_curves.png", "vgg_mnist.pt", "vgg_mnist_metrics.json"):
+    for name in ("vgg_mnist_curves.png", "vgg_mnist.pt", "vgg_mnist.ckpt", "vgg_mnist_metrics.json"):
         assert (trained / name).is_file(), name
     first = metrics(trained)
     assert [(r["epoch"], r["step"]) for r in first["history"]] == [(1, 3), (2, 6)]
@@ -134,9 +134,32 @@ def test_smoke_run_then_load_repeats_the_numbers(synthetic_data, tmp_path):
 
 def test_eval_every_batches_records_within_epochs(synthetic_data, tmp_path):
     vgg_mnist.main(quick_args(synthetic_data, tmp_path, "--eval-every-batches", "2"))
-    # 96 images in batches of 32: 3 minibatches per epoch, 6 in all; a record every 2 and the last
-    assert [(r["epoch"], r["step"]) for r in metrics(tmp_path)["history"]] == [(1, 2), (2, 4),
-                                                                              (2, 6)]
+    # 96 images in batches of 32: 3 minibatches per epoch, 6 in all; a record after every 2
+    # minibatches of an epoch and one at each epoch's end
+    assert [(r["epoch"], r["step"]) for r in metrics(tmp_path)["history"]] == [(1, 2), (1, 3),
+                                                                              (2, 5), (2, 6)]
+
+
+@pytest.mark.parametrize("extra, spans", [
+    ([], [(0, 3), (3, 6)]),                                   # one record per epoch
+    (["--eval-every-batches", "2"], [(0, 2), (2, 3), (3, 5), (5, 6)]),  # never across an epoch
+])
+def test_batch_loss_is_the_mean_since_the_last_record(extra, spans, synthetic_data, tmp_path,
+                                                      monkeypatch):
+    real_loss, seen = vgg_mnist.classification_loss, []
+
+    def recorded_loss(logits, labels):
+        loss = real_loss(logits, labels)
+        seen.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(vgg_mnist, "classification_loss", recorded_loss)
+    vgg_mnist.main(quick_args(synthetic_data, tmp_path, *extra))
+    assert len(seen) == 6  # 3 minibatches in each of 2 epochs
+    history = metrics(tmp_path)["history"]
+    assert [r["step"] for r in history] == [end for _, end in spans]
+    for record, (start, end) in zip(history, spans):
+        assert record["batch_loss"] == pytest.approx(sum(seen[start:end]) / (end - start), rel=1e-6)
 
 
 def test_subset_run_has_its_own_files(synthetic_data, tmp_path):
@@ -150,8 +173,8 @@ def test_subset_run_has_its_own_files(synthetic_data, tmp_path):
 
 @pytest.mark.parametrize("extra, saved_epoch", [
     ([], 2),  # killed while recording epoch 3
-    (["--eval-every-batches", "2"], 1),  # records at steps 2, 4, 6, ...: killed at step 6; the
-])                                       # minibatch after step 2 is pending in the checkpoint
+    (["--eval-every-batches", "2"], 1),  # records at steps 2, 3 | 5, 6 | ...: killed at step 5,
+])                                       # within epoch 2, after the checkpoint of epoch 1
 def test_resume_after_a_kill_matches_an_uninterrupted_run(extra, saved_epoch, synthetic_data,
                                                           tmp_path, monkeypatch):
     vgg_mnist.main(quick_args(synthetic_data, tmp_path / "whole", "--epochs", "3", *extra))
@@ -168,7 +191,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(extra, saved_epoch, sy
     with pytest.raises(KeyboardInterrupt):
         vgg_mnist.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", *extra))
     monkeypatch.undo()
-    saved = common.load_checkpoint(tmp_path / "split" / "vgg_mnist.pt", "vgg_mnist")
+    saved = common.load_checkpoint(tmp_path / "split" / "vgg_mnist.ckpt", "vgg_mnist")
     assert saved["epoch"] == saved_epoch
     vgg_mnist.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", "--resume", *extra))
     whole, split = metrics(tmp_path / "whole"), metrics(tmp_path / "split")
@@ -186,6 +209,17 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(extra, saved_epoch, sy
 ])
 def test_bad_flags_are_refused(flags, phrase, tmp_path):
     assert_one_line_error(run_script("vgg_mnist.py", "--out-dir", tmp_path, *flags), phrase)
+
+
+def test_resume_without_a_checkpoint(synthetic_data, tmp_path):
+    result = run_script("vgg_mnist.py", *quick_args(synthetic_data, tmp_path), "--resume")
+    assert_one_line_error(result, "--resume: no checkpoint at", "vgg_mnist.ckpt")
+
+
+def test_amp_trains_in_bfloat16_to_finite_losses(synthetic_data, tmp_path):
+    vgg_mnist.main(quick_args(synthetic_data, tmp_path, "--epochs", "1", "--amp"))
+    record = metrics(tmp_path)["history"][0]
+    assert all(torch.isfinite(torch.tensor(record[k])) for k in ("batch_loss", "train_loss", "test_loss"))
 
 
 def test_weights_of_another_script_are_refused(synthetic_data, tmp_path):
