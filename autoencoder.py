@@ -291,8 +291,10 @@ def latent_spread(codes, labels):
     scale   = sqrt(mean_i ‖z_i - z̄‖²), the RMS distance of a code from the mean code
     within  = mean_i ‖z_i - c_{y_i}‖ / scale, the mean distance of a code to its class centroid
     between = mean_{a<b} ‖c_a - c_b‖ / scale, the mean distance between two class centroids
+
+    In float64 on the CPU (MPS has no float64): codes and labels are moved there first.
     """
-    codes = codes.double()
+    codes, labels = codes.cpu().double(), labels.cpu()
     scale = (codes - codes.mean(0)).pow(2).sum(1).mean().sqrt()
     classes = labels.unique()
     centroids = torch.stack([codes[labels == c].mean(0) for c in classes])     # (C, d)
@@ -308,13 +310,18 @@ def latent_spread(codes, labels):
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model, x, y, loss, batch_size=1000):
-    """Mean loss (and accuracy) over a split, in eval mode."""
+    """Mean loss (and accuracy) over a split, in eval mode. Each batch's means stay on the
+    device; one copy to the host at the end (no wait per batch), where they are weighted by
+    batch size and summed in float64."""
     model.eval()
-    sums = {}
+    sizes, means = [], []
     for idx in common.batch_indices(len(x), batch_size, x.device):
-        for name, value in loss_terms(model, x[idx], y[idx], loss).items():
-            sums[name] = sums.get(name, 0.0) + value.item() * len(idx)
-    return {name: total / len(x) for name, total in sums.items()}
+        terms = loss_terms(model, x[idx], y[idx], loss)
+        sizes.append(len(idx))
+        means.append(torch.stack(list(terms.values())))
+    per_batch = torch.stack(means).tolist()                      # (batches, terms): the one sync
+    return {name: sum(n * row[j] for n, row in zip(sizes, per_batch)) / len(x)
+            for j, name in enumerate(terms)}
 
 
 def make_optimizer(model, args, pretrained_encoder=False):
@@ -329,6 +336,24 @@ def make_optimizer(model, args, pretrained_encoder=False):
                              {"params": head, "lr": args.lr}])
 
 
+def train_epoch(model, optimizer, x, y, loss, args, epoch, generator):
+    """One pass over (x, y) in shuffled batches, stepping on `loss`; returns each term's
+    per-batch values ({term: (batches,) tensor}), kept on the device: nothing here waits for it."""
+    model.train()
+    n_batches = common.num_batches(len(x), args.batch_size)
+    terms = {}
+    batches = common.batch_indices(len(x), args.batch_size, x.device, generator)
+    for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
+        with common.autocast(args, x.device):
+            losses = loss_terms(model, x[idx], y[idx], loss)
+        optimizer.zero_grad(set_to_none=True)
+        losses[loss].backward()
+        optimizer.step()
+        for term, value in losses.items():
+            terms.setdefault(term, torch.empty(n_batches, device=x.device))[i] = value.detach()
+    return terms
+
+
 def fit(model, data, args, generator, pretrained_encoder=False):
     """Train this experiment's model for args.epochs, evaluating at epoch 1, every
     args.eval_every epochs and at the last; the bookkeeping (resume, checkpoint after every
@@ -338,22 +363,11 @@ def fit(model, data, args, generator, pretrained_encoder=False):
     optimizer = make_optimizer(model, args, pretrained_encoder)
     run = common.Run(args, Path(args.out_dir) / name, name, {"model": model},
                      {"optimizer": optimizer}, generator)
-    n_batches = common.num_batches(len(train_x), args.batch_size)
     for epoch in range(run.done + 1, args.epochs + 1):
         if pretrained_encoder:  # freezing = a zero learning rate, so Adam's state stays aligned
             optimizer.param_groups[0]["lr"] = (0.0 if epoch <= args.freeze_epochs
                                                else args.lr * args.encoder_lr_factor)
-        model.train()
-        terms = {}
-        batches = common.batch_indices(len(train_x), args.batch_size, train_x.device, generator)
-        for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
-            with common.autocast(args, train_x.device):
-                losses = loss_terms(model, train_x[idx], train_y[idx], loss)
-            optimizer.zero_grad(set_to_none=True)
-            losses[loss].backward()
-            optimizer.step()
-            for term, value in losses.items():
-                terms.setdefault(term, torch.empty(n_batches, device=train_x.device))[i] = value.detach()
+        terms = train_epoch(model, optimizer, train_x, train_y, loss, args, epoch, generator)
         record = None
         if epoch in (1, args.epochs) or epoch % args.eval_every == 0:
             record = {**{f"train_{k}": v.mean().item() for k, v in terms.items()},
@@ -425,7 +439,10 @@ def encode_all(encoder, x, batch_size=1000):
 
 
 def pca_2d(codes):
-    """The codes projected on their first two principal axes: (N, d) → (N, 2)."""
+    """The codes projected on their first two principal axes: (N, d) → (N, 2). On the CPU: by
+    PyTorch version, linalg.svd on MPS is missing, a CPU fallback or a new native kernel, and a
+    figure's worth of points costs nothing there."""
+    codes = codes.cpu()
     centred = codes - codes.mean(0)
     _, _, directions = torch.linalg.svd(centred, full_matrices=False)
     return centred @ directions[:2].T
@@ -652,7 +669,7 @@ def run_transfer(args, data):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = common.pick_device(args.device, args.deterministic)
     common.out_dir(args)
     data = common.load_mnist_like(EXPERIMENTS[args.experiment].dataset, args.data_dir, device,
                                   args.limit)

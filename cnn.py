@@ -86,11 +86,13 @@ def classification_loss(logits, labels):
 # ----------------------------------------------------------------------------------------------
 def augment(x, generator, max_shift=2):
     """Flip each image left-right with probability 1/2 and shift it by up to `max_shift` pixels
-    in each direction (zero fill). Random numbers come from `generator` (CPU) for reproducibility."""
+    in each direction (zero fill). Random numbers come from `generator` (CPU) for reproducibility,
+    and reach the device through common.to_device, so the step never waits for the copy."""
     B, _, H, W = x.shape
-    flip = (torch.rand(B, generator=generator) < 0.5).to(x.device)
+    flip = common.to_device(torch.rand(B, generator=generator) < 0.5, x.device)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    shifts = torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator).to(x.device)
+    shifts = common.to_device(torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator),
+                              x.device)
     padded = F.pad(x, [max_shift] * 4)                                  # (B, 1, H+4, W+4)
     rows = shifts[0][:, None] + torch.arange(H, device=x.device)        # (B, H)
     cols = shifts[1][:, None] + torch.arange(W, device=x.device)        # (B, W)
@@ -165,10 +167,11 @@ def frechet_distance(features_a, features_b):
 
     Tr((Σa Σb)^½) is the sum of the square roots of the eigenvalues of Σa^½ Σb Σa^½, a symmetric
     positive semi-definite matrix with the same eigenvalues, so two symmetric eigendecompositions
-    replace a general matrix square root. Float64 throughout; tiny negative eigenvalues from
-    rounding are clipped to 0.
+    replace a general matrix square root. Float64 throughout, on the CPU whatever device the
+    features come from (MPS has no float64 and no eigh; a D x D problem is no work for a CPU);
+    tiny negative eigenvalues from rounding are clipped to 0.
     """
-    a, b = features_a.double(), features_b.double()
+    a, b = features_a.cpu().double(), features_b.cpu().double()
     cov_a, cov_b = torch.atleast_2d(torch.cov(a.T)), torch.atleast_2d(torch.cov(b.T))  # (D, D)
     values, vectors = torch.linalg.eigh(cov_a)
     root_a = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
@@ -195,6 +198,7 @@ def sample_quality(samples, real_test, real_train, args):
     real training images and the test images. Also the classifier's class histogram of the samples
     and its entropy in nats (ln 10 = 2.303 for ten equally likely classes; a generator that
     collapsed onto a few classes scores lower). Compare numbers only at the same sample count.
+    The CNN runs on the device of `real_test`; every float64 statistic is taken on the CPU.
     Returns {} (and says so) when the weights are absent.
     """
     path = Path(args.cnn_weights or Path(args.out_dir) / f"{KIND}.pt")
@@ -207,7 +211,7 @@ def sample_quality(samples, real_test, real_train, args):
     chosen = torch.randperm(len(real_train), generator=torch.Generator().manual_seed(args.seed))
     train_features, _ = features_and_predictions(model, real_train[chosen[:len(samples)].to(real_train.device)])
     features, predicted = features_and_predictions(model, samples.to(real_test.device))
-    shares = torch.bincount(predicted, minlength=10).double() / len(predicted)
+    shares = torch.bincount(predicted.cpu(), minlength=10).double() / len(predicted)
     entropy = -(shares[shares > 0] * shares[shares > 0].log()).sum().item()
     return {"frechet_distance": frechet_distance(features, test_features),
             "frechet_floor_train_vs_test": frechet_distance(train_features, test_features),
@@ -235,7 +239,7 @@ def plot_history(history, out):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
     out = common.out_dir(args)
     model = CNN().to(device)

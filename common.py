@@ -129,6 +129,9 @@ def add_common_args(parser, *, epochs, batch_size, lr, patience=0, epochs_flag=T
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out-dir from its checkpoint (<run>.ckpt); without "
                         "one, stop with an error (never a silent fresh start)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="cuda: deterministic cuDNN and cuBLAS kernels, so the same seed repeats a "
+                        "run bit for bit (slower; CPU runs repeat without it)")
     g.add_argument("--amp", action="store_true",
                    help="bf16 autocast for the forward pass and the loss (weights and optimizer "
                         "stay fp32); cpu and cuda")
@@ -181,8 +184,15 @@ def _mps_available():
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
-def pick_device(name):
-    """'auto' → cuda, then mps, then cpu (and says which); an absent device is a one-line error."""
+def pick_device(name, deterministic=False):
+    """'auto' → cuda, then mps, then cpu (and says which); an absent device is a one-line error.
+
+    deterministic (--deterministic): on CUDA, the settings that make a run repeat bit for bit:
+    cuDNN's deterministic algorithms without autotuning, torch.use_deterministic_algorithms (an
+    op with no deterministic kernel then raises instead of varying), and the cuBLAS workspace
+    setting it requires. On the CPU the same seed repeats a run without them; MPS offers no such
+    guarantee.
+    """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
         print(f"device: {name} (auto)")
@@ -190,6 +200,11 @@ def pick_device(name):
         fail("--device cuda: no CUDA device is available here (use --device cpu or auto)")
     elif name == "mps" and not _mps_available():
         fail("--device mps: no Apple MPS device is available here (use --device cpu or auto)")
+    if deterministic and name == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before the first cuBLAS call
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True)
     return torch.device(name)
 
 
@@ -205,18 +220,36 @@ def seed_everything(seed):
 
 
 def rng_state(generator):
-    """Everything --resume needs to continue the same random stream."""
+    """Everything --resume needs to continue the same random stream: the CPU generator that
+    shuffles, torch's global CPU stream, and the streams of the GPUs present."""
     state = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if _mps_available():
+        state["mps"] = torch.mps.get_rng_state()
     return state
 
 
 def restore_rng_state(state, generator):
+    """Put back what rng_state saved, for the devices this machine has: a checkpoint written with
+    more GPUs than are here restores the ones present (one per saved GPU, in order)."""
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if torch.cuda.is_available():
+        for index, gpu_state in enumerate(state.get("cuda", [])[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(gpu_state, index)
+    if "mps" in state and _mps_available():
+        torch.mps.set_rng_state(state["mps"])
+
+
+def to_device(tensor, device):
+    """A CPU tensor (noise, indices drawn on the CPU generator) onto `device` without making the
+    host wait: on CUDA through pinned memory with a non-blocking copy, so the copy queues behind
+    the GPU's work instead of waiting for it; elsewhere a plain copy. The same values either way."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,7 +324,7 @@ def batch_indices(n, batch_size, device, generator=None):
     """Yield index tensors covering range(n) once: shuffled when `generator` is given, else in
     order. The last batch is smaller when batch_size does not divide n (nothing is dropped)."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    order = order.to(device)
+    order = to_device(order, device)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size]
 
@@ -457,7 +490,8 @@ def summary_line(epoch, epochs, seconds, unit="epoch", **values):
 
 
 class Timer:
-    """Wall-clock seconds that stay honest on a GPU (waits for queued kernels before reading)."""
+    """Wall-clock seconds that stay honest on a GPU: waits for the kernels queued on CUDA or MPS
+    before reading the clock, so asynchronous work is counted where it ran."""
 
     def __init__(self, device):
         self.device = torch.device(device)
@@ -466,6 +500,8 @@ class Timer:
     def seconds(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
         return time.perf_counter() - self.start
 
 

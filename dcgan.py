@@ -117,7 +117,9 @@ def generator_loss(fake_logits):
 # TRAINING
 # ----------------------------------------------------------------------------------------------
 def train_epoch(G, D, opt_g, opt_d, x, args, epoch, generator):
-    """One pass over x; per-batch device tensors of both losses, D(x) and D(G(z))."""
+    """One pass over x; per-batch device tensors of both losses, D(x) and D(G(z)). The noise
+    comes from the CPU generator (runs repeat on any device) through common.to_device, so a step
+    never waits for its copy."""
     G.train()
     D.train()
     n_batches = common.num_batches(len(x), args.batch_size)
@@ -125,7 +127,7 @@ def train_epoch(G, D, opt_g, opt_d, x, args, epoch, generator):
     batches = common.batch_indices(len(x), args.batch_size, x.device, generator)
     for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
         real = x[idx] * 2 - 1                                      # [0, 1] -> [-1, 1]
-        z = torch.randn(len(idx), NZ, generator=generator).to(x.device)
+        z = common.to_device(torch.randn(len(idx), NZ, generator=generator), x.device)
         # D step: maximise log D(x) + log(1 - D(G(z))); fakes detached so G is not updated here
         with common.autocast(args, x.device):
             fake = G(z)
@@ -198,7 +200,7 @@ def figures(G, history, snapshots, fixed_noise, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
     out = common.out_dir(args)
     G, D = Generator().to(device), Discriminator().to(device)

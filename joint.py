@@ -70,8 +70,9 @@ def parse_args(argv=None):
 # so vae.py's weights load into it)
 # ----------------------------------------------------------------------------------------------
 def reparameterize(mu, logvar, generator):
-    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4); ε from the CPU generator."""
-    eps = torch.randn(mu.shape, generator=generator).to(mu.device)
+    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4); ε from the CPU generator,
+    moved through common.to_device so the step never waits for the copy."""
+    eps = common.to_device(torch.randn(mu.shape, generator=generator), mu.device)
     return mu + torch.exp(0.5 * logvar) * eps
 
 
@@ -163,19 +164,38 @@ def classifier_terms(model, x, y, generator, args):
 # ----------------------------------------------------------------------------------------------
 # TRAINING
 # ----------------------------------------------------------------------------------------------
+def train_epoch(model, loss_terms, optimizer, x, y, args, desc, generator):
+    """One pass minimising loss_terms(...)["total"]; every term per batch (device tensors)."""
+    model.train()
+    n_batches = common.num_batches(len(x), args.batch_size)
+    per_batch = {}
+    batches = common.batch_indices(len(x), args.batch_size, x.device, generator)
+    for i, idx in enumerate(common.progress(batches, n_batches, desc)):
+        with common.autocast(args, x.device):
+            terms = loss_terms(model, x[idx], y[idx], generator, args)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        optimizer.step()
+        for name, value in terms.items():
+            per_batch.setdefault(name, torch.empty(n_batches, device=x.device))[i] = value.detach()
+    return per_batch
+
+
 @torch.no_grad()
 def evaluate(model, loss_terms, x, y, args, batch_size=1000):
     """Mean loss terms and accuracy of head(μ) over a split, in eval mode; z is sampled with a
-    fixed-seed generator so --load reproduces the numbers exactly."""
+    fixed-seed generator so --load reproduces the numbers exactly. The sums stay on the device
+    and are read once, at the end."""
     model.eval()
     generator = torch.Generator().manual_seed(args.seed)
-    sums = {}
+    sums = {}  # each term summed over the examples, and the correct predictions ("acc")
     for idx in common.batch_indices(len(x), batch_size, x.device):
-        batch = loss_terms(model, x[idx], y[idx], generator, args)
-        batch["acc"] = (model.classify(x[idx]).argmax(1) == y[idx]).float().mean()
-        for name, value in batch.items():
-            sums[name] = sums.get(name, 0.0) + value.item() * len(idx)
-    return {name: total / len(x) for name, total in sums.items()}
+        batch = {name: value * len(idx)
+                 for name, value in loss_terms(model, x[idx], y[idx], generator, args).items()}
+        batch["acc"] = (model.classify(x[idx]).argmax(1) == y[idx]).sum().float()
+        sums = {name: sums.get(name, 0) + value for name, value in batch.items()}
+    totals = torch.stack(list(sums.values())).tolist()
+    return {name: total / len(x) for name, total in zip(sums, totals)}
 
 
 def fit(model, loss_terms, data, args, stem, generator, trainable):
@@ -185,19 +205,9 @@ def fit(model, loss_terms, data, args, stem, generator, trainable):
     optimizer = torch.optim.Adam(trainable, lr=args.lr)
     run = common.Run(args, stem, stem.name, {"model": model}, {"optimizer": optimizer}, generator,
                      patience_key="test_total")
-    n_batches = common.num_batches(len(train_x), args.batch_size)
     for epoch in range(run.done + 1, args.epochs + 1):
-        model.train()
-        per_batch = {}
-        batches = common.batch_indices(len(train_x), args.batch_size, train_x.device, generator)
-        for i, idx in enumerate(common.progress(batches, n_batches, f"{stem.name} epoch {epoch}")):
-            with common.autocast(args, train_x.device):
-                terms = loss_terms(model, train_x[idx], train_y[idx], generator, args)
-            optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
-            optimizer.step()
-            for name, value in terms.items():
-                per_batch.setdefault(name, torch.empty(n_batches, device=train_x.device))[i] = value.detach()
+        per_batch = train_epoch(model, loss_terms, optimizer, train_x, train_y, args,
+                                f"{stem.name} epoch {epoch}", generator)
         record = {f"train_{k}": v.mean().item() for k, v in per_batch.items()}
         if epoch == 1 or epoch % args.eval_every == 0 or epoch == args.epochs:
             record["train_acc"] = evaluate(model, loss_terms, train_x, train_y, args)["acc"]
@@ -324,7 +334,7 @@ def compare(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
     common.out_dir(args)
     data = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)

@@ -9,9 +9,13 @@ log-probabilities and the loss is their negative log-likelihood. Batch size 32, 
 Choices the assignment leaves open:
 - Adam (Kingma & Ba, 2015), a "related optimizer": at the prescribed learning rate of 1e-4,
   plain SGD hardly moves an LSTM in 100,000 steps (--optimizer sgd to see it).
-- Packed sequences: tweets of different lengths share a batch, padded to the longest; packing
-  makes the LSTM stop at each tweet's own last character, so the padding never changes a
-  prediction (a test checks this).
+- Each tweet's own last character: tweets of different lengths share a batch, zero-padded to
+  the longest; the LSTM reads the padded batch and the prediction is taken from its output at
+  each tweet's last real character (position length - 1). The LSTM reads left to right, so the
+  padding after that character cannot have changed that state: padding never changes a
+  prediction (a test checks this), and the state is the one packed sequences give (a test checks
+  that against forward_packed). Packing is not used to train: packed sequences have open
+  upstream bugs on Apple's MPS, and the padded batch is faster (benchmarks/lstm_speed.py).
 - Training accuracy is measured on a fixed random sample of --train-sample training tweets
   (default 2000), so an evaluation costs little next to 1000 iterations; test accuracy on the
   whole test file.
@@ -46,7 +50,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence  # forward_packed only: the reference
 
 import common
 
@@ -99,9 +103,19 @@ class CharLSTM(nn.Module):
         self.out = nn.Linear(hidden, 2)
 
     def forward(self, codes, lengths):
-        """codes: (B, T) character codes, zero-padded; lengths: (B,) on the CPU → (B, 2) log-probs."""
+        """codes: (B, T) character codes, zero-padded; lengths: (B,) on the same device → (B, 2)
+        log-probs. The state read is the output at position length - 1, before any padding."""
         x = F.one_hot(codes.long(), VOCAB).float()                          # (B, T, 128)
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        output, _ = self.lstm(x)                       # (B, T, hidden): the state after each step
+        last = output[torch.arange(len(codes), device=codes.device), lengths - 1]  # (B, hidden)
+        return F.log_softmax(self.out(last), dim=1)                         # (B, 2)
+
+    def forward_packed(self, codes, lengths):
+        """The same log-probs through packed sequences, which stop the LSTM at each tweet's own
+        last character: the reference forward is tested against (and benchmarks/lstm_speed.py
+        times). pack_padded_sequence wants the lengths on the CPU."""
+        x = F.one_hot(codes.long(), VOCAB).float()                          # (B, T, 128)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (h_n, _) = self.lstm(packed)      # h_n: (1, B, hidden), each tweet's own last step
         return F.log_softmax(self.out(h_n[0]), dim=1)                       # (B, 2)
 
@@ -119,12 +133,15 @@ def nll_loss(log_probs, labels):
 # TRAINING
 # ----------------------------------------------------------------------------------------------
 def batch(split, idx):
-    """The tweets at `idx` (a CPU index tensor, like the lengths that pack_padded_sequence
-    wants on the CPU: no device-to-host copy per step), cut to the longest of them."""
+    """The tweets at `idx` (a CPU index tensor), cut to the longest of them, with their lengths
+    and labels, all on the split's device. The width comes from the lengths' CPU copy, so the
+    device is never asked for a number; indices and lengths go to it with a copy that does not
+    wait (common.to_device)."""
     codes, lengths, labels = split
-    batch_lengths = lengths[idx]
-    idx = idx.to(codes.device)
-    return codes[idx, :int(batch_lengths.max())], batch_lengths, labels[idx]
+    batch_lengths = lengths[idx]                                            # on the CPU
+    width = int(batch_lengths.max())
+    idx = common.to_device(idx, codes.device)
+    return codes[idx, :width], common.to_device(batch_lengths, codes.device), labels[idx]
 
 
 @torch.no_grad()
@@ -143,9 +160,11 @@ def evaluate(model, split, batch_size=500):
 
 
 def sample(split, n, seed):
-    """A fixed random subset of n tweets of `split` (all of it when n is larger)."""
+    """A fixed random subset of n tweets of `split` (all of it when n is larger), as a split."""
     chosen = torch.randperm(len(split[2]), generator=torch.Generator().manual_seed(seed))[:n]
-    return batch(split, chosen)
+    codes, lengths, labels = split
+    on_device = chosen.to(codes.device)  # once, at setup
+    return codes[on_device], lengths[chosen], labels[on_device]
 
 
 def fit(model, train, train_sample, test, args, device, generator, out):
@@ -418,7 +437,8 @@ def encode(texts, max_len):
 
 
 def load_split(path, args, device):
-    """One file → (codes on device, lengths on the CPU, labels on device), reported as it goes."""
+    """One file → (codes on device, lengths on the CPU, labels on device), reported as it goes.
+    The lengths stay on the CPU: batch() cuts each minibatch to its longest tweet from them."""
     tweets = read_tweet_csv(path, args.text_column, args.label_column)
     print(report(path, tweets))
     texts, labels = tweets.texts[:args.limit], tweets.labels[:args.limit]
@@ -434,7 +454,7 @@ def load_split(path, args, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
     out = common.out_dir(args)
     checkpoint = common.load_checkpoint(args.load, KIND) if args.load else None

@@ -105,8 +105,9 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------------------
 def reparameterize(mu, logvar, generator):
     """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4): sampling as a differentiable
-    function of μ and σ. ε is drawn on the CPU generator so runs repeat on any device."""
-    eps = torch.randn(mu.shape, generator=generator).to(mu.device)
+    function of μ and σ. ε is drawn on the CPU generator so runs repeat on any device, and reaches
+    μ's device through common.to_device, so the step never waits for the copy."""
+    eps = common.to_device(torch.randn(mu.shape, generator=generator), mu.device)
     return mu + torch.exp(0.5 * logvar) * eps
 
 
@@ -243,14 +244,16 @@ def train_vae_epoch(model, optimizer, x, args, epoch, generator):
 @torch.no_grad()
 def evaluate_vae(model, x, args, batch_size=1000):
     """vae_loss over a whole split, in eval mode: {recon, kl, loss} per example. z is sampled
-    with a fixed-seed generator, so --load reproduces these numbers exactly."""
+    with a fixed-seed generator, so --load reproduces these numbers exactly. The sums stay on
+    the device and are read once, at the end."""
     model.eval()
     generator = torch.Generator().manual_seed(args.seed)
-    recon = kl = 0.0
+    sums = torch.zeros(2, device=x.device)  # recon, kl: summed over the examples
     for idx in common.batch_indices(len(x), batch_size, x.device):
         logits, mu, logvar = model(x[idx], generator)
-        recon += reconstruction_loss(logits, x[idx], args.recon).item() * len(idx)
-        kl += kl_divergence(mu, logvar).item() * len(idx)
+        sums += torch.stack([reconstruction_loss(logits, x[idx], args.recon),
+                             kl_divergence(mu, logvar)]) * len(idx)
+    recon, kl = sums.tolist()
     return vae_loss(recon / len(x), kl / len(x), args.kl_weight)
 
 
@@ -276,16 +279,34 @@ def fit_vae(model, data, args, stem, generator, fixed_noise):
 # ----------------------------------------------------------------------------------------------
 # TRAINING: the classifier (assignment C, task 2-4)
 # ----------------------------------------------------------------------------------------------
+def train_classifier_epoch(model, optimizer, x, y, args, epoch, generator):
+    """One pass minimising the cross-entropy; returns it per batch (a device tensor)."""
+    model.train()
+    n_batches = common.num_batches(len(x), args.batch_size)
+    losses = torch.empty(n_batches, device=x.device)
+    batches = common.batch_indices(len(x), args.batch_size, x.device, generator)
+    for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
+        with common.autocast(args, x.device):
+            loss = classification_loss(model(x[idx]), y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses[i] = loss.detach()
+    return losses
+
+
 @torch.no_grad()
 def evaluate_classifier(model, x, y, batch_size=1000):
-    """Mean cross-entropy and accuracy over a whole split, in eval mode."""
+    """Mean cross-entropy and accuracy over a whole split, in eval mode; the sums stay on the
+    device and are read once, at the end."""
     model.eval()
-    ce = acc = 0.0
+    sums = torch.zeros(2, device=x.device)  # cross-entropy, correct predictions: summed
     for idx in common.batch_indices(len(x), batch_size, x.device):
         logits = model(x[idx])
-        ce += classification_loss(logits, y[idx]).item() * len(idx)
-        acc += (logits.argmax(1) == y[idx]).float().mean().item() * len(idx)
-    return {"ce": ce / len(x), "acc": acc / len(x)}
+        sums += torch.stack([classification_loss(logits, y[idx]) * len(idx),
+                             (logits.argmax(1) == y[idx]).sum().float()])
+    ce, correct = sums.tolist()
+    return {"ce": ce / len(x), "acc": correct / len(x)}
 
 
 def fit_classifier(model, data, args, stem, generator):
@@ -294,18 +315,8 @@ def fit_classifier(model, data, args, stem, generator):
     (train_x, train_y), (test_x, test_y) = data
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     run = common.Run(args, stem, stem.name, {"model": model}, {"optimizer": optimizer}, generator)
-    n_batches = common.num_batches(len(train_x), args.batch_size)
     for epoch in range(run.done + 1, args.epochs + 1):
-        model.train()
-        losses = torch.empty(n_batches, device=train_x.device)
-        batches = common.batch_indices(len(train_x), args.batch_size, train_x.device, generator)
-        for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
-            with common.autocast(args, train_x.device):
-                loss = classification_loss(model(train_x[idx]), train_y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses[i] = loss.detach()
+        losses = train_classifier_epoch(model, optimizer, train_x, train_y, args, epoch, generator)
         test = evaluate_classifier(model, test_x, test_y)
         record = {"train_ce": losses.mean().item(), "test_ce": test["ce"], "test_acc": test["acc"],
                   "train_acc": evaluate_classifier(model, train_x, train_y)["acc"],
@@ -516,7 +527,7 @@ def run_init_comparison(args, data):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
     common.out_dir(args)
     data = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)

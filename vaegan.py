@@ -1,7 +1,7 @@
 """VAE and VAE-GAN on Fashion-MNIST: assignment B, part 3.
 
 --model vae      A VAE on autoencoder.py's fc design (copied here so the file reads alone):
-                 784-512-128 → μ, log σ² of z → 128-512-784 (sigmoid); loss BCE + KL.
+                 784-512-128 → μ, log σ² of z → 128-512-784 (pixel logits); loss BCE + KL.
 --model vaegan   The same encoder and decoder with a discriminator (Larsen et al. 2016,
                  "Autoencoding beyond pixels using a learned similarity metric"), trained as
                  their Algorithm 1 with the assignment's basic loss L = L_prior + L_GAN (Eq. 5,
@@ -20,9 +20,11 @@
 --arch conv      Bonus 2: the paper's Sec. 4.1 encoder, decoder and discriminator shrunk to 28x28
                  (5x5 convolutions with stride 2, BatchNorm, ReLU; see the classes below).
 
-Every model writes 10 images from p(z), 10 random test images with their reconstructions, its
-loss curves, and the sample-quality numbers of cnn.py's classifier (Fréchet distance, class
-entropy) into its metrics JSON.
+The decoders output pixel logits: the VAE's BCE is taken from the logits (the numerically stable
+form, see pixel_bce), and sigmoid(logits) is the image wherever a picture is drawn or the
+discriminator looks. Every model writes 10 images from p(z), 10 random test images with their
+reconstructions, its loss curves, and the sample-quality numbers of cnn.py's classifier (Fréchet
+distance, class entropy) into its metrics JSON.
 
 Run:     python vaegan.py --model vae --data-dir ../shared/data
          python vaegan.py --model vaegan [--dis-l] [--arch conv] --data-dir ../shared/data
@@ -107,14 +109,16 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z (B, z) → image (B, 1, 28, 28) in [0, 1]."""
+    """z (B, z) → pixel logits (B, 1, 28, 28); the image is their sigmoid (`image`). The loss
+    reads the logits (pixel_bce), so there is no final Sigmoid layer (it held no parameters:
+    weights saved when it was there still load)."""
 
     def __init__(self, latent_dim, arch):
         super().__init__()
         if arch == "fc":  # autoencoder.py's decoder
             self.net = nn.Sequential(nn.Linear(latent_dim, 128), nn.ReLU(),
                                      nn.Linear(128, 512), nn.ReLU(),
-                                     nn.Linear(512, 784), nn.Sigmoid(),
+                                     nn.Linear(512, 784),                                    # (B, 784) logits
                                      nn.Unflatten(1, (1, 28, 28)))
         else:  # the paper's FC 8x8x256 then 5x5 transposed convs, for a 7x7 start
             self.net = nn.Sequential(
@@ -122,10 +126,14 @@ class Decoder(nn.Module):
                 nn.Unflatten(1, (128, 7, 7)),                                                # (B, 128, 7, 7)
                 nn.ConvTranspose2d(128, 64, 5, 2, 2, output_padding=1), nn.BatchNorm2d(64), nn.ReLU(),  # (B, 64, 14, 14)
                 nn.ConvTranspose2d(64, 32, 5, 2, 2, output_padding=1), nn.BatchNorm2d(32), nn.ReLU(),   # (B, 32, 28, 28)
-                nn.Conv2d(32, 1, 5, 1, 2), nn.Sigmoid())                                     # (B, 1, 28, 28)
+                nn.Conv2d(32, 1, 5, 1, 2))                                                   # (B, 1, 28, 28) logits
 
     def forward(self, z):
         return self.net(z)
+
+    def image(self, z):
+        """Dec(z) as pixels in [0, 1]: what figures show and the discriminator judges."""
+        return torch.sigmoid(self(z))
 
 
 class Discriminator(nn.Module):
@@ -152,9 +160,19 @@ class Discriminator(nn.Module):
         return self.head(features).flatten(), features.flatten(1)
 
 
+def networks(args):
+    """The encoder and decoder, and with --model vaegan the discriminator, by name."""
+    nets = {"encoder": Encoder(args.latent_dim, args.arch), "decoder": Decoder(args.latent_dim, args.arch)}
+    if args.model == "vaegan":
+        nets["discriminator"] = Discriminator(args.arch)
+    return nets
+
+
 def reparameterize(mu, logvar, generator):
-    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4); ε from the CPU generator."""
-    return mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator).to(mu.device)
+    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4); ε from the CPU generator,
+    copied without making the host wait (common.to_device)."""
+    return mu + torch.exp(0.5 * logvar) * common.to_device(torch.randn(mu.shape, generator=generator),
+                                                           mu.device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,16 +184,16 @@ def kl_divergence(mu, logvar):
     return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
 
 
-def pixel_bce(reconstruction, x):
-    """The VAE's -log p(x|z) for a Bernoulli decoder, summed over the 784 pixels. In float32
-    even under --amp: the log of a bf16 probability near 0 or 1 is unsafe (CUDA autocast refuses
-    this loss). F.binary_cross_entropy raises on a NaN probability instead of returning NaN, so
-    NaNs are set aside for it and carried into the result by `0 * sum` (exactly 0 otherwise):
-    the finite check then names the epoch and batch where the decoder broke."""
-    reconstruction = reconstruction.float()
-    with torch.autocast(x.device.type, enabled=False):
-        bce = F.binary_cross_entropy(reconstruction.nan_to_num(0.5), x, reduction="none")
-    return bce.flatten(1).sum(1).mean() + 0 * reconstruction.sum()
+def pixel_bce(logits, x):
+    """The VAE's -log p(x|z) for a Bernoulli decoder with pixel probabilities sigmoid(logits):
+    -Σ_p [x_p log σ(l_p) + (1 - x_p) log(1 - σ(l_p))], summed over the 784 pixels, averaged over
+    the batch. Taken from the logits (binary_cross_entropy_with_logits, the log-sum-exp form):
+    stable where the sigmoid saturates, and a NaN comes back as a NaN loss for the finite check
+    to name its epoch and batch (the probability form raises on it: on CUDA an asynchronous
+    device-side assert, reported at a later line). In float32 even under --amp (autocast also
+    keeps this op in float32, on cpu and cuda)."""
+    bce = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="none")
+    return bce.flatten(1).sum(1).mean()
 
 
 def dis_l_loss(features_reconstruction, features_real):
@@ -210,9 +228,9 @@ def vaegan_losses(nets, x, args, generator):
     """
     encoder, decoder, discriminator = nets["encoder"], nets["decoder"], nets["discriminator"]
     mu, logvar = encoder(x)
-    reconstruction = decoder(reparameterize(mu, logvar, generator))                 # x̃
-    z_prior = torch.randn(len(x), mu.shape[1], generator=generator).to(x.device)
-    prior_images = decoder(z_prior)                                                  # x_p
+    reconstruction = decoder.image(reparameterize(mu, logvar, generator))           # x̃
+    z_prior = common.to_device(torch.randn(len(x), mu.shape[1], generator=generator), x.device)
+    prior_images = decoder.image(z_prior)                                            # x_p
     real_logits, real_features = discriminator(x)
     reconstruction_logits, reconstruction_features = discriminator(reconstruction)
     prior_logits, _ = discriminator(prior_images)
@@ -274,15 +292,19 @@ def train_epoch(nets, optimizers, x, args, epoch, generator):
 
 @torch.no_grad()
 def evaluate(nets, x, args):
-    """Test KL and reconstruction error (BCE summed over pixels, from z = μ), in eval mode."""
+    """Test KL and reconstruction error (BCE summed over pixels, from z = μ), in eval mode. Each
+    batch's means stay on the device; one copy to the host at the end (no wait per batch), where
+    they are weighted by batch size and summed in float64."""
     for net in nets.values():
         net.eval()
-    sums = {"recon": 0.0, "prior": 0.0}
+    sizes, means = [], []
     for idx in common.batch_indices(len(x), 1000, x.device):
         mu, logvar = nets["encoder"](x[idx])
-        sums["recon"] += pixel_bce(nets["decoder"](mu), x[idx]).item() * len(idx)
-        sums["prior"] += kl_divergence(mu, logvar).item() * len(idx)
-    return {f"test_{k}": v / len(x) for k, v in sums.items()}
+        sizes.append(len(idx))
+        means.append(torch.stack([pixel_bce(nets["decoder"](mu), x[idx]), kl_divergence(mu, logvar)]))
+    recon, prior = zip(*torch.stack(means).tolist())                                 # the one sync
+    return {f"test_{k}": sum(n * v for n, v in zip(sizes, values)) / len(x)
+            for k, values in (("recon", recon), ("prior", prior))}
 
 
 def fit(nets, train_x, test_x, args, generator, stem):
@@ -320,12 +342,12 @@ def figures(nets, test_x, args, name, history):
     out = Path(args.out_dir)
     encoder, decoder = nets["encoder"].eval(), nets["decoder"].eval()
     z = torch.randn(N_SHOWN, args.latent_dim, generator=torch.Generator().manual_seed(args.seed + 1))
-    common.plot_image_rows(out / f"{name}_samples.png", {"x = Dec(z),\nz ~ N(0, I)": decoder(z.to(test_x.device))},
+    common.plot_image_rows(out / f"{name}_samples.png", {"x = Dec(z),\nz ~ N(0, I)": decoder.image(z.to(test_x.device))},
                            title=f"{name}: 10 images from p(z)")
     chosen = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(args.seed))[:N_SHOWN]
     images = test_x[chosen.to(test_x.device)]
     common.plot_image_rows(out / f"{name}_reconstructions.png",
-                           {"test image": images, "Dec(μ(x))": decoder(encoder(images)[0])},
+                           {"test image": images, "Dec(μ(x))": decoder.image(encoder(images)[0])},
                            title=f"{name}: 10 random test images and their reconstructions")
     if args.model == "vae":
         panels = {"reconstruction (BCE, summed over pixels)": common.epoch_series(history, "recon"),
@@ -345,19 +367,16 @@ def figures(nets, test_x, args, name, history):
 def prior_samples(decoder, n, args, device):
     decoder.eval()
     z = torch.randn(n, args.latent_dim, generator=torch.Generator().manual_seed(args.seed + 2))
-    return torch.cat([decoder(chunk.to(device)) for chunk in z.split(1000)]).cpu()
+    return torch.cat([decoder.image(chunk.to(device)) for chunk in z.split(1000)]).cpu()
 
 
 def main(argv=None):
     args = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
     out = common.out_dir(args)
     name = variant(args)
-    nets = {"encoder": Encoder(args.latent_dim, args.arch), "decoder": Decoder(args.latent_dim, args.arch)}
-    if args.model == "vaegan":
-        nets["discriminator"] = Discriminator(args.arch)
-    nets = {part: net.to(device) for part, net in nets.items()}
+    nets = {part: net.to(device) for part, net in networks(args).items()}
     if args.load:  # read before the data, so a wrong file fails at once
         run = common.load_run(args.load, name, nets)
     (train_x, _), (test_x, _) = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)

@@ -265,7 +265,7 @@ def plot_history(history, args, n_train, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = common.pick_device(args.device)
+    device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
     out = common.out_dir(args)
     checkpoint = common.load_checkpoint(args.load, KIND) if args.load else None

@@ -11,8 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode  # private, but the only hook
+from torch.utils._pytree import tree_leaves
 
 ROOT = Path(__file__).resolve().parents[1]
+# The device every script runs on in the tests: cpu by default; TEST_DEVICE=cuda (or mps) runs the
+# same suite unchanged on a GPU or a Mac, with --deterministic on CUDA so that the tests which
+# compare two runs number for number (resume, --load) hold there too.
+DEVICE = os.environ.get("TEST_DEVICE", "cpu")
+DEVICE_FLAGS = ["--device", DEVICE, *(["--deterministic"] if DEVICE == "cuda" else [])]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))  # the scripts are top-level modules, not a package
 
@@ -87,6 +94,19 @@ def cnn_weights(synthetic_data, tmp_path_factory):
     """cnn.py's weights after a short run on the synthetic data: the sample-quality classifier."""
     import cnn
     out = tmp_path_factory.mktemp("cnn")
-    cnn.main(["--data-dir", str(synthetic_data), "--out-dir", str(out), "--device", "cpu",
+    cnn.main(["--data-dir", str(synthetic_data), "--out-dir", str(out), *DEVICE_FLAGS,
               "--epochs", "2", "--limit", "256"])
     return out / "cnn.pt"
+
+
+class NoHostTensors(TorchDispatchMode):
+    """Fails any operation that meets a meta tensor and a CPU tensor of one or more elements.
+    PyTorch lets a CPU index tensor index a device tensor (on a GPU: a copy the host waits for),
+    so meta alone would let that pass; a CPU scalar (an optimizer's step count) is fine."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if any(t.device.type == "meta" for t in tensors):
+            host = [tuple(t.shape) for t in tensors if t.device.type != "meta" and t.dim() > 0]
+            assert not host, f"{func} meets meta tensors and CPU tensors of shape {host}"
+        return func(*args, **(kwargs or {}))

@@ -1,6 +1,7 @@
 """autoencoder.py: architectures, losses and latent-spread numbers against independent
 computations, the 100-label subset, the frozen encoder, every experiment with --load, the weights
-an experiment builds on (never trained behind the user's back), --resume, bad input."""
+an experiment builds on (never trained behind the user's back), --resume, bad input, every
+model's training step on the meta device and float64 only on the CPU."""
 import json
 import math
 import shutil
@@ -10,11 +11,11 @@ import torch
 
 import autoencoder
 import common
-from conftest import assert_one_line_error, run_script, synthetic_split, write_idx
+from conftest import DEVICE, DEVICE_FLAGS, assert_one_line_error, run_script, synthetic_split, write_idx
 
 
 def quick_args(data_dir, out_dir, *extra):
-    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--device", "cpu",
+    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), *DEVICE_FLAGS,
             "--epochs", "2", "--limit", "128", *map(str, extra)]
 
 
@@ -109,6 +110,64 @@ def test_pca_finds_the_direction_of_largest_spread():
     projected = autoencoder.pca_2d(codes)
     assert projected.shape == (500, 2)
     assert torch.allclose(projected[:, 0].abs(), codes[:, 1].sub(codes[:, 1].mean()).abs(), atol=0.5)
+
+
+# --- device paths, without the hardware ----------------------------------------------------------
+class WithoutFloat64(torch.Tensor):
+    """A tensor that behaves as one on Apple's MPS device does for the analysis functions: float64
+    and torch.linalg raise on it; .cpu() gives back a plain tensor, where both work."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cpu:
+            with torch._C.DisableTorchFunctionSubclass():
+                return func(*args, **kwargs).as_subclass(torch.Tensor)
+        to_float64 = func is torch.Tensor.double or (
+            func is torch.Tensor.to and torch.float64 in (*args, *kwargs.values()))
+        if to_float64 or getattr(func, "__module__", None) == "torch._C._linalg":
+            raise AssertionError(f"{func.__name__} on a device without float64 or linalg")
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_latent_spread_and_pca_move_to_the_cpu_before_float64_and_linalg():
+    torch.manual_seed(0)
+    codes, labels = torch.randn(60, 12), torch.arange(60) % 10
+    on_device = [t.to(DEVICE).as_subclass(WithoutFloat64) for t in (codes, labels)]
+    assert autoencoder.latent_spread(*on_device) == autoencoder.latent_spread(codes, labels)
+    assert torch.equal(autoencoder.pca_2d(on_device[0]), autoencoder.pca_2d(codes))
+    with pytest.raises(AssertionError, match="on a device without float64"):  # the fake bites
+        on_device[0].double()
+
+
+# the models the experiments train: fc and normalized (Fashion-MNIST); conv, conv --no-fc and the
+# classifier (also few-labels'); transfer's classifier with its pretrained-encoder parameter group
+TRAINED = {
+    "fc": lambda: autoencoder.FCAutoencoder(),
+    "normalized": lambda: autoencoder.FCAutoencoder(normalize=True),
+    "conv": lambda: autoencoder.ConvAutoencoder(12),
+    "conv --no-fc": lambda: autoencoder.ConvAutoencoder(12, fc=False),
+    "classifier": lambda: autoencoder.Classifier(12),
+    "transfer": lambda: autoencoder.Classifier(12),
+}
+
+
+@pytest.mark.parametrize("flags", TRAINED)
+def test_a_training_epoch_runs_on_the_meta_device(flags):
+    """train_epoch, the script's own per-batch path, with model, optimizer and data on PyTorch's
+    meta device (shapes, no values): a tensor left on the CPU or an .item() (a wait for the
+    device) inside the step fails here."""
+    args = autoencoder.parse_args(["--experiment", *flags.split(), "--batch-size", "4"])
+    loss = autoencoder.EXPERIMENTS[args.experiment].loss
+    meta = torch.device("meta")
+    with meta:
+        model = TRAINED[flags]()
+        x, y = torch.empty(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)
+    optimizer = autoencoder.make_optimizer(model, args, pretrained_encoder=args.experiment == "transfer")
+    terms = autoencoder.train_epoch(model, optimizer, x, y, loss, args, 1, torch.Generator().manual_seed(0))
+    assert set(terms) == ({"ce", "acc"} if loss == "ce" else {loss})
+    assert all(v.device == meta and v.shape == (2,) for v in terms.values())  # two batches of 4
+    assert all(p.grad is not None and p.grad.device == meta for p in model.parameters())
 
 
 # --- behaviour -----------------------------------------------------------------------------------
@@ -238,7 +297,7 @@ def test_resume_after_a_kill_between_evaluations(synthetic_data, tmp_path, monke
 
 
 def test_real_fashion_mnist_fc_learns(shared_data, tmp_path):
-    autoencoder.main(["--data-dir", str(shared_data), "--out-dir", str(tmp_path), "--device", "cpu",
+    autoencoder.main(["--data-dir", str(shared_data), "--out-dir", str(tmp_path), *DEVICE_FLAGS,
                       "--epochs", "2", "--limit", "2000"])
     history = metrics(tmp_path / "autoencoder_fc_metrics.json")["history"]
     assert history[-1]["test_mse"] < history[0]["test_mse"] < 0.1

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import common
-from conftest import write_mnist_like
+from conftest import DEVICE_FLAGS, write_mnist_like
 
 # script: (the flags of a tiny valid run, a size flag that no machine can hold, or None)
 SCRIPTS = {
@@ -46,7 +46,7 @@ def data_dir(tmp_path_factory):
 
 def argv(script, data_dir, out_dir, *extra):
     flags, _ = SCRIPTS[script]
-    return [*flags, "--data-dir", str(data_dir), "--out-dir", str(out_dir), "--device", "cpu",
+    return [*flags, "--data-dir", str(data_dir), "--out-dir", str(out_dir), *DEVICE_FLAGS,
             *(["--epochs", "1"] if script != "lstm_tweets" else []), "--limit", "32", *map(str, extra)]
 
 

@@ -6,11 +6,11 @@ import torch
 
 import cnn
 import common
-from conftest import assert_one_line_error, run_script
+from conftest import DEVICE_FLAGS, assert_one_line_error, run_script
 
 
 def quick_args(data_dir, out_dir, *extra):
-    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--device", "cpu",
+    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), *DEVICE_FLAGS,
             "--epochs", "2", "--limit", "256", *map(str, extra)]
 
 
@@ -126,6 +126,24 @@ def test_nan_loss_stops_with_epoch_and_batch(synthetic_data, tmp_path, monkeypat
     assert not (tmp_path / "cnn.pt").exists()  # nothing non-finite was saved
 
 
+# --- devices, proven on PyTorch's meta device (shapes without values) ---------------------------
+def test_training_step_runs_on_the_device_alone(monkeypatch):
+    """train_epoch with the model and the data on the meta device: a CPU tensor left in the step
+    fails (meta and CPU tensors do not mix), so does an .item() (a meta tensor has no value to
+    read). The CPU-drawn order, flips and shifts reach the device through common.to_device
+    (pinned and non-blocking on CUDA), not through a .to() that makes the host wait."""
+    meta, copies = torch.device("meta"), []
+    monkeypatch.setattr(common, "to_device", lambda t, d: copies.append(tuple(t.shape)) or t.to(d))
+    model = cnn.CNN().to(meta)
+    optimizer = torch.optim.AdamW(model.parameters())
+    x, y = torch.rand(8, 1, 28, 28, device=meta), torch.randint(0, 10, (8,), device=meta)
+    args = cnn.parse_args(["--batch-size", "4", "--epochs", "1"])
+    losses = cnn.train_epoch(model, optimizer, (x, y), args, 1, torch.Generator().manual_seed(0))
+    assert losses.device == meta and losses.shape == (2,)
+    assert all(p.grad.device == meta for p in model.parameters())
+    assert copies == [(8,)] + [(4,), (2, 4)] * 2  # the order once; flips and shifts every step
+
+
 # --- bad input: one line on stderr, non-zero exit, no traceback ---------------------------------
 @pytest.mark.parametrize("flags, phrase", [
     (["--epochs", "0"], "argument --epochs: must be > 0, got 0"),
@@ -147,7 +165,7 @@ def test_cuda_without_cuda(synthetic_data, tmp_path):
 
 def test_missing_data_and_no_network(tmp_path):
     result = run_script("cnn.py", "--data-dir", tmp_path / "empty", "--out-dir", tmp_path,
-                        "--device", "cpu")
+                        *DEVICE_FLAGS)
     assert_one_line_error(result, "Fashion-MNIST is not in", "train-images-idx3-ubyte",
                           str(tmp_path / "empty" / "FashionMNIST" / "raw"))
 
@@ -177,6 +195,6 @@ def test_resume_without_a_checkpoint(synthetic_data, tmp_path):
 
 # --- real data -----------------------------------------------------------------------------------
 def test_short_run_on_real_fashion_mnist_beats_chance(shared_data, tmp_path):
-    cnn.main(["--data-dir", str(shared_data), "--out-dir", str(tmp_path), "--device", "cpu",
+    cnn.main(["--data-dir", str(shared_data), "--out-dir", str(tmp_path), *DEVICE_FLAGS,
               "--epochs", "2", "--limit", "3000"])
     assert metrics(tmp_path)["final"]["test_acc"] > 0.5  # chance is 0.1

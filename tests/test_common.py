@@ -2,6 +2,7 @@
 import argparse
 import json
 import math
+import os
 import urllib.error
 
 import pytest
@@ -287,3 +288,39 @@ def test_run_main_names_a_number_beyond_float32():
             optimizer.step()
     with pytest.raises(SystemExit, match="beyond what float32 holds"):
         common.run_main(main)
+
+
+# --- devices -------------------------------------------------------------------------------------
+def test_a_checkpoint_from_more_gpus_restores_the_ones_present(monkeypatch):
+    """A checkpoint saved on a 4-GPU machine resumes on a 1-GPU one: one stream restored, no
+    IndexError (the fake CUDA records what is set)."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: restored.append(index))
+    generator = torch.Generator()
+    state = {"generator": generator.get_state(), "torch": torch.get_rng_state(),
+             "cuda": [torch.zeros(16, dtype=torch.uint8)] * 4}
+    common.restore_rng_state(state, generator)
+    assert restored == [0]
+
+
+def test_to_device_moves_the_same_values():
+    values = torch.randn(5, generator=torch.Generator().manual_seed(0))
+    moved = common.to_device(values, "cpu")
+    assert torch.equal(moved, values)
+    assert common.to_device(values, torch.device("meta")).device.type == "meta"
+
+
+def test_deterministic_cuda_settings_are_applied_only_for_cuda(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", lambda flag: calls.append(flag))
+    common.pick_device("cpu", deterministic=True)
+    assert calls == []  # the CPU repeats runs without them
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert common.pick_device("cuda", deterministic=True).type == "cuda"
+    assert calls == [True] and torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"

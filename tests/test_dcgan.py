@@ -7,11 +7,11 @@ import torch
 
 import common
 import dcgan
-from conftest import assert_one_line_error, run_script
+from conftest import DEVICE_FLAGS, assert_one_line_error, run_script
 
 
 def quick_args(data_dir, out_dir, *extra):
-    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--device", "cpu",
+    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), *DEVICE_FLAGS,
             "--epochs", "2", "--limit", "128", *map(str, extra)]
 
 
@@ -51,6 +51,26 @@ def test_losses_point_the_right_way():
     assert dcgan.generator_loss(confident) < dcgan.generator_loss(unsure) < dcgan.generator_loss(-confident)
     # one-sided smoothing: D's best logit on real images is no longer +inf
     assert dcgan.discriminator_loss(confident, -confident, 0.9) > dcgan.discriminator_loss(unsure + 2.2, -confident, 0.9)
+
+
+def test_training_step_runs_on_the_device_alone(monkeypatch):
+    """An epoch of both update steps with G, D and the data on PyTorch's meta device (shapes
+    without values): a CPU tensor left in the step fails (meta and CPU tensors do not mix), so
+    does an .item() (a meta tensor has no value to read). The CPU-drawn order and noise reach the
+    device through common.to_device (pinned and non-blocking on CUDA), not through a .to() that
+    makes the host wait."""
+    meta, copies = torch.device("meta"), []
+    monkeypatch.setattr(common, "to_device", lambda t, d: copies.append(tuple(t.shape)) or t.to(d))
+    G, D = dcgan.Generator().to(meta), dcgan.Discriminator().to(meta)
+    G.apply(dcgan.init_weights)
+    D.apply(dcgan.init_weights)
+    opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    args = dcgan.parse_args(["--batch-size", "4"])
+    terms = dcgan.train_epoch(G, D, opt_g, opt_d, torch.rand(8, 1, 28, 28, device=meta), args, 1,
+                              torch.Generator().manual_seed(0))
+    assert all(v.device == meta and v.shape == (2,) for v in terms.values())
+    assert all(p.grad.device == meta for p in [*G.parameters(), *D.parameters()])
+    assert copies == [(8,), (4, dcgan.NZ), (4, dcgan.NZ)]  # the order once, the noise every step
 
 
 def metrics(out_dir):

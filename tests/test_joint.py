@@ -8,11 +8,11 @@ from torch.distributions import Normal, kl_divergence
 import common
 import joint
 import vae
-from conftest import assert_one_line_error, run_script
+from conftest import DEVICE_FLAGS, assert_one_line_error, run_script
 
 
 def quick_args(data_dir, out_dir, *extra):
-    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--device", "cpu",
+    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), *DEVICE_FLAGS,
             "--epochs", "2", "--limit", "128", *map(str, extra)]
 
 
@@ -55,6 +55,47 @@ def test_joint_loss_weights_each_term():
     # the classification term reads the mean μ, not a sample
     assert terms["ce"].item() == pytest.approx(
         torch.nn.functional.cross_entropy(model.classify(x), y).item())
+
+
+# --- devices, proven on PyTorch's meta device (shapes without values) ---------------------------
+@pytest.mark.parametrize("loss_terms", [joint.joint_terms, joint.classifier_terms])
+def test_training_step_runs_on_the_device_alone(loss_terms, monkeypatch):
+    """An epoch of fit's loop with the JointVAE and the data on the meta device: a CPU tensor left
+    in the step fails (meta and CPU tensors do not mix), so does an .item() (a meta tensor has no
+    value to read). The CPU-drawn order and noise reach the device through common.to_device
+    (pinned and non-blocking on CUDA), not through a .to() that makes the host wait."""
+    meta, copies = torch.device("meta"), []
+    monkeypatch.setattr(common, "to_device", lambda t, d: copies.append(tuple(t.shape)) or t.to(d))
+    model = joint.JointVAE(8).to(meta)
+    optimizer = torch.optim.Adam(model.parameters())
+    x, y = torch.rand(8, 1, 28, 28, device=meta), torch.randint(0, 10, (8,), device=meta)
+    args = joint.parse_args(["--batch-size", "4"])
+    losses = joint.train_epoch(model, loss_terms, optimizer, x, y, args, "epoch 1",
+                               torch.Generator().manual_seed(0))
+    assert all(v.device == meta and v.shape == (2,) for v in losses.values())
+    if loss_terms is joint.joint_terms:
+        assert copies == [(8,), (4, 8), (4, 8)]  # the order once, the noise every step
+        assert all(p.grad.device == meta for p in model.parameters())
+    else:
+        assert copies == [(8,)]  # no sampling: the classifier reads the mean μ
+
+
+def test_evaluation_sums_on_the_device_and_reads_once(monkeypatch):
+    torch.manual_seed(0)
+    model, x, y = joint.JointVAE(8), torch.rand(30, 1, 28, 28), torch.randint(0, 10, (30,))
+    args = joint.parse_args([])
+    reads = []
+    for name in ("item", "tolist", "__float__"):  # each read of a value waits for a GPU
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, real=real, name=name: reads.append(name) or real(self, *a))
+    measured = joint.evaluate(model, joint.joint_terms, x, y, args, batch_size=10)  # three batches
+    assert len(reads) == 1 and list(measured) == ["ce", "recon", "kl", "total", "acc"]
+    monkeypatch.undo()
+    whole = joint.joint_terms(model, x, y, torch.Generator().manual_seed(args.seed), args)
+    for name, value in whole.items():  # the same noise in three batches as in one
+        assert measured[name] == pytest.approx(value.item(), rel=1e-5)
+    assert measured["acc"] == (model.classify(x).argmax(1) == y).sum().item() / 30
 
 
 def test_joint_run_then_load(synthetic_data, tmp_path):

@@ -1,14 +1,17 @@
 """The sample-quality metric of every generator: cnn.frechet_distance against closed forms,
-and cnn.sample_quality on real and collapsed image sets."""
+cnn.sample_quality on real and collapsed image sets, and its float64 work kept on the CPU."""
 import math
 import statistics
 from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 import cnn
 import common
+from conftest import DEVICE
 
 
 def test_distance_of_a_set_to_itself_is_zero():
@@ -66,7 +69,8 @@ def quality_args(weights, seed=0):
 
 
 def test_sample_quality_of_real_and_collapsed_images(synthetic_data, cnn_weights):
-    (train_x, _), (test_x, _) = common.load_mnist_like("fashion-mnist", synthetic_data, torch.device("cpu"))
+    device = torch.device(DEVICE)
+    (train_x, _), (test_x, _) = common.load_mnist_like("fashion-mnist", synthetic_data, device)
     real = cnn.sample_quality(test_x, test_x, train_x, quality_args(cnn_weights))
     assert real["frechet_distance"] == pytest.approx(0.0, abs=1e-6)
     assert real["frechet_floor_train_vs_test"] > 0 and real["n_generated"] == len(test_x)
@@ -90,3 +94,38 @@ def test_sample_quality_with_named_weights_that_are_absent_is_one_line(tmp_path)
     with pytest.raises(SystemExit) as stop:
         cnn.sample_quality(images, images, images, quality_args(tmp_path / "cnn.pt"))
     assert "--cnn-weights: no weights file at" in str(stop.value)
+
+
+class Float64OnlyOnTheCPU(TorchFunctionMode):
+    """Fails on a float64 tensor or an eigendecomposition anywhere but on the CPU (MPS has neither),
+    and stands in for a GPU whose tensors hold values: a meta tensor (a shape without values)
+    copied to the CPU arrives filled with random numbers of its shape and dtype."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.linalg.eigh, torch.linalg.eigvalsh):
+            assert args[0].device.type == "cpu", f"{func.__name__} on {args[0].device}"
+        if func is torch.Tensor.cpu and args[0].device.type == "meta":
+            values = torch.Generator().manual_seed(0)
+            if args[0].is_floating_point():
+                return torch.randn(args[0].shape, generator=values, dtype=args[0].dtype)
+            return torch.randint(0, 10, args[0].shape, generator=values, dtype=args[0].dtype)
+        result = func(*args, **kwargs)
+        for value in tree_leaves(result):
+            if isinstance(value, torch.Tensor) and value.dtype == torch.float64:
+                assert value.device.type == "cpu", f"{func.__name__} made float64 on {value.device}"
+        return result
+
+
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+def test_sample_quality_takes_device_tensors_and_does_float64_on_the_cpu(cnn_weights):
+    """The CNN runs where the images are (here the meta device); the Fréchet distance and the
+    class shares, in float64, on the CPU: on MPS, float64 and eigh do not exist."""
+    meta = torch.device("meta")
+    samples, test_x, train_x = (torch.rand(n, 1, 28, 28, device=meta) for n in (40, 40, 60))
+    with Float64OnlyOnTheCPU():
+        features = torch.randn(50, 8, device=meta)
+        assert math.isfinite(cnn.frechet_distance(features, features))
+        quality = cnn.sample_quality(samples, test_x, train_x, quality_args(cnn_weights))
+        assert math.isfinite(quality["frechet_distance"]) and quality["n_generated"] == 40
+        assert sum(quality["class_shares"].values()) == pytest.approx(1.0)

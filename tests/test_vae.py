@@ -7,11 +7,11 @@ from torch.distributions import Normal, kl_divergence
 
 import common
 import vae
-from conftest import assert_one_line_error, run_script
+from conftest import DEVICE_FLAGS, assert_one_line_error, run_script
 
 
 def quick_args(data_dir, out_dir, *extra):
-    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--device", "cpu",
+    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), *DEVICE_FLAGS,
             "--epochs", "2", "--limit", "128", *map(str, extra)]
 
 
@@ -99,6 +99,60 @@ def test_reparameterization_has_the_right_moments():
     z = vae.reparameterize(mu, logvar, torch.Generator().manual_seed(0))
     assert z.mean().item() == pytest.approx(3.0, abs=0.01)
     assert z.std().item() == pytest.approx(0.5, abs=0.01)
+
+
+# --- devices, proven on PyTorch's meta device (shapes without values) ---------------------------
+@pytest.mark.parametrize("model", [vae.ConvVAE(8), vae.MLPVAE(2), vae.MLPClassifier()],
+                         ids=["ConvVAE", "MLPVAE", "MLPClassifier"])
+def test_training_step_runs_on_the_device_alone(model, monkeypatch):
+    """An epoch of each model's training loop with the model and the data on the meta device: a
+    CPU tensor left in the step fails (meta and CPU tensors do not mix), so does an .item() (a
+    meta tensor has no value to read). The CPU-drawn order and noise reach the device through
+    common.to_device (pinned and non-blocking on CUDA), not through a .to() that makes the host
+    wait."""
+    meta, copies = torch.device("meta"), []
+    monkeypatch.setattr(common, "to_device", lambda t, d: copies.append(tuple(t.shape)) or t.to(d))
+    model = model.to(meta)
+    optimizer = torch.optim.Adam(model.parameters())
+    x, y = torch.rand(8, 1, 28, 28, device=meta), torch.randint(0, 10, (8,), device=meta)
+    args, generator = vae.parse_args(["--batch-size", "4"]), torch.Generator().manual_seed(0)
+    if isinstance(model, vae.MLPClassifier):
+        losses = {"ce": vae.train_classifier_epoch(model, optimizer, x, y, args, 1, generator)}
+        assert copies == [(8,)]  # the order, once
+    else:
+        losses = vae.train_vae_epoch(model, optimizer, x, args, 1, generator)
+        latent = model.to_mu.out_features
+        assert copies == [(8,), (4, latent), (4, latent)]  # the order once, the noise every step
+    assert all(v.device == meta and v.shape == (2,) for v in losses.values())
+    assert all(p.grad.device == meta for p in model.parameters())
+
+
+def reads_of(monkeypatch):
+    """A list that grows by one for every value read back from a tensor (.item(), .tolist(),
+    float()): each is a wait for the device on a GPU."""
+    reads = []
+    for name in ("item", "tolist", "__float__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, real=real, name=name: reads.append(name) or real(self, *a))
+    return reads
+
+
+def test_evaluation_sums_on_the_device_and_reads_once(monkeypatch):
+    torch.manual_seed(0)
+    x, y = torch.rand(30, 1, 28, 28), torch.randint(0, 10, (30,))
+    args = vae.parse_args(["--arch", "mlp"])
+    reads = reads_of(monkeypatch)
+    split = vae.evaluate_vae(vae.MLPVAE(), x, args, batch_size=10)  # three batches
+    assert len(reads) == 1 and split["loss"] == split["recon"] + split["kl"]
+    reads.clear()
+    classifier = vae.MLPClassifier()
+    measured = vae.evaluate_classifier(classifier, x, y, batch_size=10)
+    assert len(reads) == 1
+    monkeypatch.undo()
+    logits = classifier(x)
+    assert measured["acc"] == (logits.argmax(1) == y).sum().item() / 30  # a count: exact
+    assert measured["ce"] == pytest.approx(vae.classification_loss(logits, y).item(), rel=1e-6)
 
 
 # --- runs, each followed by --load ---------------------------------------------------------------

@@ -1,17 +1,19 @@
 """vaegan.py: the losses on hand-made batches, all four VAE-GAN combinations and the VAE with
---load, --resume, --amp, and bad input."""
+--load, --resume, --amp, bad input, and every model's training step on the meta device."""
 import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
+import common
 import vaegan
-from conftest import assert_one_line_error, run_script
+from conftest import DEVICE_FLAGS, ROOT, assert_one_line_error, run_script
 
 
 def quick_args(data_dir, out_dir, *extra):
-    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--device", "cpu",
+    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), *DEVICE_FLAGS,
             "--epochs", "2", "--limit", "128", *map(str, extra)]
 
 
@@ -31,6 +33,23 @@ def test_gan_terms_point_the_right_way():
     assert vaegan.fooling_loss(sure, sure) < vaegan.fooling_loss(unsure, unsure) < vaegan.fooling_loss(-sure, -sure)
 
 
+def test_pixel_bce_from_logits_is_the_bernoulli_log_likelihood():
+    torch.manual_seed(0)
+    logits, x = 3 * torch.randn(4, 1, 28, 28), torch.rand(4, 1, 28, 28)
+    by_probability = F.binary_cross_entropy(torch.sigmoid(logits.double()), x.double(), reduction="sum") / 4
+    assert vaegan.pixel_bce(logits, x).item() == pytest.approx(by_probability.item(), rel=1e-6)
+    # where the sigmoid saturates in float32 the logits form stays exact: σ(40) rounds to 1, so
+    # the probability form could only give its clamp of 100 nats for a black pixel
+    saturated = torch.full((1, 1, 28, 28), 40.0)
+    assert vaegan.pixel_bce(saturated, torch.zeros_like(saturated)).item() == pytest.approx(784 * 40.0)
+
+
+def test_pixel_bce_returns_nan_for_the_finite_check_instead_of_raising():
+    logits = torch.zeros(2, 1, 28, 28)
+    logits[1, 0, 3, 3] = float("nan")
+    assert torch.isnan(vaegan.pixel_bce(logits, torch.rand(2, 1, 28, 28)))
+
+
 def test_dis_l_term_is_half_the_squared_feature_error():
     a, b = torch.randn(5, 7), torch.randn(5, 7)
     assert vaegan.dis_l_loss(a, a).item() == 0
@@ -43,8 +62,9 @@ def test_shapes(arch):
     encoder, decoder, discriminator = vaegan.Encoder(8, arch), vaegan.Decoder(8, arch), vaegan.Discriminator(arch)
     mu, logvar = encoder(torch.rand(4, 1, 28, 28))
     assert mu.shape == logvar.shape == (4, 8)
-    image = decoder(mu)
-    assert image.shape == (4, 1, 28, 28) and 0 <= image.min() and image.max() <= 1
+    assert decoder(mu).shape == (4, 1, 28, 28)  # logits
+    image = decoder.image(mu)
+    assert torch.equal(image, torch.sigmoid(decoder(mu))) and 0 <= image.min() and image.max() <= 1
     logits, features = discriminator(image)
     assert logits.shape == (4,) and features.shape == ((4, 128) if arch == "fc" else (4, 128 * 7 * 7))
 
@@ -54,8 +74,7 @@ def test_each_network_follows_its_own_loss():
     (no GAN term reaches the encoder)."""
     torch.manual_seed(0)
     args = vaegan.parse_args(["--dis-l", "--gamma", "1"])
-    nets = {"encoder": vaegan.Encoder(2, "fc"), "decoder": vaegan.Decoder(2, "fc"),
-            "discriminator": vaegan.Discriminator("fc")}
+    nets = vaegan.networks(args)
     terms = vaegan.vaegan_losses(nets, torch.rand(16, 1, 28, 28), args, torch.Generator().manual_seed(0))
     params = list(nets["decoder"].parameters())
     from_decoder_loss = torch.autograd.grad(terms["decoder"], params, retain_graph=True)
@@ -64,6 +83,62 @@ def test_each_network_follows_its_own_loss():
     encoder_grad = torch.autograd.grad(terms["encoder"], list(nets["encoder"].parameters()), retain_graph=True)
     prior_llike = torch.autograd.grad(terms["prior"] + terms["llike"], list(nets["encoder"].parameters()))
     assert all(torch.allclose(a, b) for a, b in zip(encoder_grad, prior_llike))
+
+
+def test_the_committed_vae_weights_load_into_the_logits_decoder():
+    """The decoder lost its final Sigmoid (no parameters): figures/vaegan_vae_fc.pt, saved with
+    it, still loads strictly."""
+    nets = vaegan.networks(vaegan.parse_args(["--model", "vae"]))
+    common.load_weights(ROOT / "figures" / "vaegan_vae_fc.pt", "vaegan_vae_fc", nets, flag="--load")
+
+
+# --- device paths, without the hardware ----------------------------------------------------------
+def allow_host_to_device_copies_only_through_to_device(monkeypatch):
+    """From here on, a CPU tensor moved to another device by a plain .to() raises: inside a
+    training step that copy makes the host wait for the GPU; common.to_device (pinned memory, a
+    non-blocking copy) is the way."""
+    plain_to, plain_to_device, inside = torch.Tensor.to, common.to_device, []
+
+    def to_device(tensor, device):
+        inside.append(True)
+        try:
+            return plain_to_device(tensor, device)
+        finally:
+            inside.pop()
+
+    def guarded_to(self, *args, **kwargs):
+        moved = plain_to(self, *args, **kwargs)
+        assert inside or self.device.type != "cpu" or moved.device.type == "cpu", \
+            "a blocking CPU → device copy in the training step (use common.to_device)"
+        return moved
+
+    monkeypatch.setattr(common, "to_device", to_device)
+    monkeypatch.setattr(torch.Tensor, "to", guarded_to)
+
+
+MODELS = [["--model", "vae"], ["--model", "vae", "--arch", "conv"],
+          [], ["--dis-l"], ["--arch", "conv"], ["--arch", "conv", "--dis-l"]]
+
+
+@pytest.mark.parametrize("flags", MODELS, ids=lambda flags: " ".join(flags) or "vaegan fc")
+def test_a_training_epoch_runs_on_the_meta_device(flags, monkeypatch):
+    """train_epoch, the script's own per-batch path, with networks, optimizers and data on
+    PyTorch's meta device (shapes, no values): a tensor left on the CPU, an .item() (a wait for
+    the device) or a plain CPU → device copy of the noise or the indices fails here."""
+    args = vaegan.parse_args([*flags, "--batch-size", "4"])
+    meta = torch.device("meta")
+    with meta:
+        nets = vaegan.networks(args)
+        x = torch.empty(8, 1, 28, 28)
+    optimizers = {name: torch.optim.Adam(net.parameters(), lr=args.lr) for name, net in nets.items()}
+    allow_host_to_device_copies_only_through_to_device(monkeypatch)
+    logged = vaegan.train_epoch(nets, optimizers, x, args, 1, torch.Generator().manual_seed(0))
+    expected = {"recon", "prior"} if args.model == "vae" else {
+        "prior", "fool", "dis", "d_x", "d_recon", "d_prior", *(["llike"] if args.dis_l else [])}
+    assert set(logged) == expected
+    assert all(v.device == meta and v.shape == (2,) for v in logged.values())  # two batches of 4
+    assert all(p.grad is not None and p.grad.device == meta
+               for net in nets.values() for p in net.parameters())
 
 
 VARIANTS = [(["--model", "vae"], "vaegan_vae_fc"),

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import common
 import vgg_mnist
-from conftest import assert_one_line_error, run_script
+from conftest import DEVICE_FLAGS, NoHostTensors, assert_one_line_error, run_script
 
 # Table 1 of Simonyan & Zisserman (2015), column A, written out here independently of the script
 TABLE_1_A = [("conv", 64), ("pool",), ("conv", 128), ("pool",), ("conv", 256), ("conv", 256),
@@ -17,7 +17,7 @@ TABLE_1_A = [("conv", 64), ("pool",), ("conv", 128), ("pool",), ("conv", 256), (
 
 def quick_args(data_dir, out_dir, *extra):
     """A small classifier head keeps the smoke runs fast; the conv stack is the real one."""
-    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), "--device", "cpu",
+    return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), *DEVICE_FLAGS,
             "--epochs", "2", "--limit", "96", "--batch-size", "32", "--fc-width", "32",
             *map(str, extra)]
 
@@ -84,6 +84,30 @@ def test_classification_loss_is_mean_negative_log_softmax():
     reference = -torch.log(torch.softmax(logits.double(), 1)[torch.arange(6), labels]).mean()
     assert vgg_mnist.classification_loss(logits, labels).item() == pytest.approx(reference.item(),
                                                                                 rel=1e-6)
+
+
+def test_a_training_step_never_waits_for_the_host():
+    """fit's step, on PyTorch's meta device, with a narrow head (--fc-width 32): an epoch's
+    indices from common.batch_indices, the learning-rate schedule, forward, cross-entropy,
+    backward, SGD with momentum and weight decay, the loss kept on the device. A CPU tensor
+    meeting a device tensor, or a number read back from the device (.item()), fails here. fit
+    itself cannot run on meta: its records read the accuracies back as numbers."""
+    meta = torch.device("meta")
+    model = vgg_mnist.VGG11(fc_width=32).to(meta)
+    x, y = torch.empty(8, 1, 32, 32, device=meta), torch.zeros(8, dtype=torch.long, device=meta)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    batch_losses = torch.empty(2, device=meta)
+    with NoHostTensors():
+        batches = common.batch_indices(len(x), 4, meta, torch.Generator().manual_seed(0))
+        for i, idx in enumerate(batches):
+            common.set_lr(optimizer, common.cosine_lr(0.01, i, 2, warmup_steps=1))
+            loss = vgg_mnist.classification_loss(model(x[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            batch_losses[i] = loss.detach()
+    assert loss.shape == () and batch_losses.device == meta
+    assert all(p.grad.device == meta for p in model.parameters())
 
 
 # --- data ----------------------------------------------------------------------------------------
