@@ -110,3 +110,41 @@ class NoHostTensors(TorchDispatchMode):
             host = [tuple(t.shape) for t in tensors if t.device.type != "meta" and t.dim() > 0]
             assert not host, f"{func} meets meta tensors and CPU tensors of shape {host}"
         return func(*args, **(kwargs or {}))
+
+
+def guard_host_copies(monkeypatch):
+    """Call once the model and data are on the meta device. From then on every CPU tensor sent to
+    the device through common.to_device (pinned, non-blocking on CUDA) is recorded by shape in
+    the returned list, and a plain CPU → device .to() fails: inside a training step that copy
+    makes the host wait for the GPU."""
+    import common
+    plain_to, plain_to_device, copies, inside = torch.Tensor.to, common.to_device, [], []
+
+    def to_device(tensor, device):
+        copies.append(tuple(tensor.shape))
+        inside.append(True)
+        try:
+            return plain_to_device(tensor, device)
+        finally:
+            inside.pop()
+
+    def guarded_to(self, *args, **kwargs):
+        moved = plain_to(self, *args, **kwargs)
+        assert inside or self.device.type != "cpu" or moved.device.type == "cpu", \
+            "a blocking CPU → device copy in the training step (use common.to_device)"
+        return moved
+
+    monkeypatch.setattr(common, "to_device", to_device)
+    monkeypatch.setattr(torch.Tensor, "to", guarded_to)
+    return copies
+
+
+def count_reads(monkeypatch):
+    """A list that grows by one for every value read back from a tensor (.item(), .tolist(),
+    float()): on a GPU each is a wait for the device."""
+    reads = []
+    for name in ("item", "tolist", "__float__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, real=real, name=name: reads.append(name) or real(self, *a))
+    return reads

@@ -11,7 +11,7 @@ import torch
 
 import autoencoder
 import common
-from conftest import DEVICE, DEVICE_FLAGS, assert_one_line_error, run_script, synthetic_split, write_idx
+from conftest import DEVICE, DEVICE_FLAGS, assert_one_line_error, run_script, synthetic_split, write_idx, guard_host_copies
 
 
 def quick_args(data_dir, out_dir, *extra):
@@ -153,10 +153,10 @@ TRAINED = {
 
 
 @pytest.mark.parametrize("flags", TRAINED)
-def test_a_training_epoch_runs_on_the_meta_device(flags):
+def test_a_training_epoch_runs_on_the_meta_device(flags, monkeypatch):
     """train_epoch, the script's own per-batch path, with model, optimizer and data on PyTorch's
-    meta device (shapes, no values): a tensor left on the CPU or an .item() (a wait for the
-    device) inside the step fails here."""
+    meta device (shapes, no values): a tensor left on the CPU, an .item() (a wait for the
+    device) or a plain CPU → device copy inside the step fails here."""
     args = autoencoder.parse_args(["--experiment", *flags.split(), "--batch-size", "4"])
     loss = autoencoder.EXPERIMENTS[args.experiment].loss
     meta = torch.device("meta")
@@ -164,10 +164,12 @@ def test_a_training_epoch_runs_on_the_meta_device(flags):
         model = TRAINED[flags]()
         x, y = torch.empty(8, 1, 28, 28), torch.zeros(8, dtype=torch.long)
     optimizer = autoencoder.make_optimizer(model, args, pretrained_encoder=args.experiment == "transfer")
+    copies = guard_host_copies(monkeypatch)
     terms = autoencoder.train_epoch(model, optimizer, x, y, loss, args, 1, torch.Generator().manual_seed(0))
     assert set(terms) == ({"ce", "acc"} if loss == "ce" else {loss})
     assert all(v.device == meta and v.shape == (2,) for v in terms.values())  # two batches of 4
     assert all(p.grad is not None and p.grad.device == meta for p in model.parameters())
+    assert copies == [(8,)]  # the order, once per epoch: no noise in an autoencoder
 
 
 # --- behaviour -----------------------------------------------------------------------------------

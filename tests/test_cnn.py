@@ -6,7 +6,7 @@ import torch
 
 import cnn
 import common
-from conftest import DEVICE_FLAGS, assert_one_line_error, run_script
+from conftest import DEVICE_FLAGS, assert_one_line_error, run_script, guard_host_copies
 
 
 def quick_args(data_dir, out_dir, *extra):
@@ -132,12 +132,12 @@ def test_training_step_runs_on_the_device_alone(monkeypatch):
     fails (meta and CPU tensors do not mix), so does an .item() (a meta tensor has no value to
     read). The CPU-drawn order, flips and shifts reach the device through common.to_device
     (pinned and non-blocking on CUDA), not through a .to() that makes the host wait."""
-    meta, copies = torch.device("meta"), []
-    monkeypatch.setattr(common, "to_device", lambda t, d: copies.append(tuple(t.shape)) or t.to(d))
+    meta = torch.device("meta")
     model = cnn.CNN().to(meta)
     optimizer = torch.optim.AdamW(model.parameters())
     x, y = torch.rand(8, 1, 28, 28, device=meta), torch.randint(0, 10, (8,), device=meta)
     args = cnn.parse_args(["--batch-size", "4", "--epochs", "1"])
+    copies = guard_host_copies(monkeypatch)
     losses = cnn.train_epoch(model, optimizer, (x, y), args, 1, torch.Generator().manual_seed(0))
     assert losses.device == meta and losses.shape == (2,)
     assert all(p.grad.device == meta for p in model.parameters())

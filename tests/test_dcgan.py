@@ -7,7 +7,7 @@ import torch
 
 import common
 import dcgan
-from conftest import DEVICE_FLAGS, assert_one_line_error, run_script
+from conftest import DEVICE_FLAGS, assert_one_line_error, run_script, guard_host_copies
 
 
 def quick_args(data_dir, out_dir, *extra):
@@ -59,13 +59,13 @@ def test_training_step_runs_on_the_device_alone(monkeypatch):
     does an .item() (a meta tensor has no value to read). The CPU-drawn order and noise reach the
     device through common.to_device (pinned and non-blocking on CUDA), not through a .to() that
     makes the host wait."""
-    meta, copies = torch.device("meta"), []
-    monkeypatch.setattr(common, "to_device", lambda t, d: copies.append(tuple(t.shape)) or t.to(d))
+    meta = torch.device("meta")
     G, D = dcgan.Generator().to(meta), dcgan.Discriminator().to(meta)
     G.apply(dcgan.init_weights)
     D.apply(dcgan.init_weights)
     opt_g, opt_d = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
     args = dcgan.parse_args(["--batch-size", "4"])
+    copies = guard_host_copies(monkeypatch)
     terms = dcgan.train_epoch(G, D, opt_g, opt_d, torch.rand(8, 1, 28, 28, device=meta), args, 1,
                               torch.Generator().manual_seed(0))
     assert all(v.device == meta and v.shape == (2,) for v in terms.values())

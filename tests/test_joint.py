@@ -8,7 +8,7 @@ from torch.distributions import Normal, kl_divergence
 import common
 import joint
 import vae
-from conftest import DEVICE_FLAGS, assert_one_line_error, run_script
+from conftest import DEVICE_FLAGS, assert_one_line_error, run_script, count_reads, guard_host_copies
 
 
 def quick_args(data_dir, out_dir, *extra):
@@ -64,12 +64,12 @@ def test_training_step_runs_on_the_device_alone(loss_terms, monkeypatch):
     in the step fails (meta and CPU tensors do not mix), so does an .item() (a meta tensor has no
     value to read). The CPU-drawn order and noise reach the device through common.to_device
     (pinned and non-blocking on CUDA), not through a .to() that makes the host wait."""
-    meta, copies = torch.device("meta"), []
-    monkeypatch.setattr(common, "to_device", lambda t, d: copies.append(tuple(t.shape)) or t.to(d))
+    meta = torch.device("meta")
     model = joint.JointVAE(8).to(meta)
     optimizer = torch.optim.Adam(model.parameters())
     x, y = torch.rand(8, 1, 28, 28, device=meta), torch.randint(0, 10, (8,), device=meta)
     args = joint.parse_args(["--batch-size", "4"])
+    copies = guard_host_copies(monkeypatch)
     losses = joint.train_epoch(model, loss_terms, optimizer, x, y, args, "epoch 1",
                                torch.Generator().manual_seed(0))
     assert all(v.device == meta and v.shape == (2,) for v in losses.values())
@@ -84,11 +84,7 @@ def test_evaluation_sums_on_the_device_and_reads_once(monkeypatch):
     torch.manual_seed(0)
     model, x, y = joint.JointVAE(8), torch.rand(30, 1, 28, 28), torch.randint(0, 10, (30,))
     args = joint.parse_args([])
-    reads = []
-    for name in ("item", "tolist", "__float__"):  # each read of a value waits for a GPU
-        real = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name,
-                            lambda self, *a, real=real, name=name: reads.append(name) or real(self, *a))
+    reads = count_reads(monkeypatch)
     measured = joint.evaluate(model, joint.joint_terms, x, y, args, batch_size=10)  # three batches
     assert len(reads) == 1 and list(measured) == ["ce", "recon", "kl", "total", "acc"]
     monkeypatch.undo()

@@ -7,7 +7,7 @@ from torch.distributions import Normal, kl_divergence
 
 import common
 import vae
-from conftest import DEVICE_FLAGS, assert_one_line_error, run_script
+from conftest import DEVICE_FLAGS, assert_one_line_error, run_script, count_reads, guard_host_copies
 
 
 def quick_args(data_dir, out_dir, *extra):
@@ -110,12 +110,12 @@ def test_training_step_runs_on_the_device_alone(model, monkeypatch):
     meta tensor has no value to read). The CPU-drawn order and noise reach the device through
     common.to_device (pinned and non-blocking on CUDA), not through a .to() that makes the host
     wait."""
-    meta, copies = torch.device("meta"), []
-    monkeypatch.setattr(common, "to_device", lambda t, d: copies.append(tuple(t.shape)) or t.to(d))
+    meta = torch.device("meta")
     model = model.to(meta)
     optimizer = torch.optim.Adam(model.parameters())
     x, y = torch.rand(8, 1, 28, 28, device=meta), torch.randint(0, 10, (8,), device=meta)
     args, generator = vae.parse_args(["--batch-size", "4"]), torch.Generator().manual_seed(0)
+    copies = guard_host_copies(monkeypatch)
     if isinstance(model, vae.MLPClassifier):
         losses = {"ce": vae.train_classifier_epoch(model, optimizer, x, y, args, 1, generator)}
         assert copies == [(8,)]  # the order, once
@@ -127,22 +127,11 @@ def test_training_step_runs_on_the_device_alone(model, monkeypatch):
     assert all(p.grad.device == meta for p in model.parameters())
 
 
-def reads_of(monkeypatch):
-    """A list that grows by one for every value read back from a tensor (.item(), .tolist(),
-    float()): each is a wait for the device on a GPU."""
-    reads = []
-    for name in ("item", "tolist", "__float__"):
-        real = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name,
-                            lambda self, *a, real=real, name=name: reads.append(name) or real(self, *a))
-    return reads
-
-
 def test_evaluation_sums_on_the_device_and_reads_once(monkeypatch):
     torch.manual_seed(0)
     x, y = torch.rand(30, 1, 28, 28), torch.randint(0, 10, (30,))
     args = vae.parse_args(["--arch", "mlp"])
-    reads = reads_of(monkeypatch)
+    reads = count_reads(monkeypatch)
     split = vae.evaluate_vae(vae.MLPVAE(), x, args, batch_size=10)  # three batches
     assert len(reads) == 1 and split["loss"] == split["recon"] + split["kl"]
     reads.clear()

@@ -9,7 +9,7 @@ from torch.distributions import Normal, kl_divergence
 
 import common
 import vaegan
-from conftest import DEVICE_FLAGS, ROOT, assert_one_line_error, run_script
+from conftest import DEVICE_FLAGS, ROOT, assert_one_line_error, run_script, guard_host_copies
 
 
 def quick_args(data_dir, out_dir, *extra):
@@ -93,29 +93,6 @@ def test_the_committed_vae_weights_load_into_the_logits_decoder():
 
 
 # --- device paths, without the hardware ----------------------------------------------------------
-def allow_host_to_device_copies_only_through_to_device(monkeypatch):
-    """From here on, a CPU tensor moved to another device by a plain .to() raises: inside a
-    training step that copy makes the host wait for the GPU; common.to_device (pinned memory, a
-    non-blocking copy) is the way."""
-    plain_to, plain_to_device, inside = torch.Tensor.to, common.to_device, []
-
-    def to_device(tensor, device):
-        inside.append(True)
-        try:
-            return plain_to_device(tensor, device)
-        finally:
-            inside.pop()
-
-    def guarded_to(self, *args, **kwargs):
-        moved = plain_to(self, *args, **kwargs)
-        assert inside or self.device.type != "cpu" or moved.device.type == "cpu", \
-            "a blocking CPU → device copy in the training step (use common.to_device)"
-        return moved
-
-    monkeypatch.setattr(common, "to_device", to_device)
-    monkeypatch.setattr(torch.Tensor, "to", guarded_to)
-
-
 MODELS = [["--model", "vae"], ["--model", "vae", "--arch", "conv"],
           [], ["--dis-l"], ["--arch", "conv"], ["--arch", "conv", "--dis-l"]]
 
@@ -131,7 +108,7 @@ def test_a_training_epoch_runs_on_the_meta_device(flags, monkeypatch):
         nets = vaegan.networks(args)
         x = torch.empty(8, 1, 28, 28)
     optimizers = {name: torch.optim.Adam(net.parameters(), lr=args.lr) for name, net in nets.items()}
-    allow_host_to_device_copies_only_through_to_device(monkeypatch)
+    guard_host_copies(monkeypatch)
     logged = vaegan.train_epoch(nets, optimizers, x, args, 1, torch.Generator().manual_seed(0))
     expected = {"recon", "prior"} if args.model == "vae" else {
         "prior", "fool", "dis", "d_x", "d_recon", "d_prior", *(["llike"] if args.dis_l else [])}
