@@ -263,18 +263,20 @@ DATASETS = {
 
 def idx_file_problem(path):
     """Why an MNIST-format (IDX) file cannot be read, or None when it is whole: the header gives
-    the element type and the sizes, so a truncated or foreign file is told from a good one
-    before torchvision fails on it with a message about tensor shapes."""
-    data = path.read_bytes()
-    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08 or not 1 <= data[3] <= 4:
+    the element type and the sizes, so a truncated or foreign file is told from a good one (by
+    its header and its size alone) before torchvision fails on it with a message about shapes."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * 4)  # magic, then at most four sizes
+    if len(header) < 4 or header[:2] != b"\x00\x00" or header[2] != 0x08 or not 1 <= header[3] <= 4:
         return "is not an IDX file of bytes (its header is wrong)"
-    ndim = data[3]
-    if len(data) < 4 + 4 * ndim:
-        return f"is truncated ({len(data)} bytes, shorter than its header)"
-    sizes = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    ndim = header[3]
+    if len(header) < 4 + 4 * ndim:
+        return f"is truncated ({size} bytes, shorter than its header)"
+    sizes = struct.unpack(f">{ndim}I", header[4:4 + 4 * ndim])
     expected = 4 + 4 * ndim + math.prod(sizes)
-    if len(data) != expected:
-        return f"is truncated or padded ({len(data):,} bytes where its header promises {expected:,})"
+    if size != expected:
+        return f"is truncated or padded ({size:,} bytes where its header promises {expected:,})"
     return None
 
 
@@ -452,8 +454,7 @@ class LoadedRun:
 def load_run(path, kind, models, unit="epoch", checkpoint=None):
     """--load: put the weights of `path` (a .pt or .ckpt of `kind`; `checkpoint` when it was read
     already) into `models`; return the LoadedRun with its history."""
-    checkpoint = checkpoint or load_checkpoint(path, kind)
-    restore_run(checkpoint, path, models)
+    checkpoint = load_weights(path, kind, models, "--load", checkpoint)
     print(f"loaded {path} (trained {checkpoint['epoch']} {unit}s); not training")
     return LoadedRun(checkpoint)
 
@@ -585,10 +586,11 @@ def restore_run(checkpoint, path, models, optimizers=(), generator=None):
     return checkpoint["history"], checkpoint["seconds"], checkpoint["epoch"]
 
 
-def load_weights(path, kind, models, flag):
-    """Another run's weights as the start of this one (a pretrained encoder, a classifier):
-    absent is a one-line error giving the command that makes them. Returns the checkpoint."""
-    checkpoint = load_checkpoint(path, kind, flag=flag)
+def load_weights(path, kind, models, flag, checkpoint=None):
+    """The weights of `path` (a .pt or .ckpt of `kind`; `checkpoint` when it was read already)
+    put into `models`: --load's, or another run's as the start of this one (a pretrained
+    encoder, a classifier). Errors name `flag`. Returns the checkpoint."""
+    checkpoint = checkpoint or load_checkpoint(path, kind, flag=flag)
     restore_run(checkpoint, path, models)
     return checkpoint
 
