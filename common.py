@@ -626,10 +626,10 @@ def save_figure(fig, path):
     print(f"wrote {path}")
 
 
-def plot_panels(path, panels, xlabel, title, markers=True, ncols=None):
+def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=False):
     """panels: {ylabel: {label: (xs, ys)}}, one axis per entry side by side (e.g. reconstruction
     and KL, whose scales differ), or `ncols` to a row; a legend on every axis with two or more
-    curves."""
+    curves. log_y: logarithmic y axes (a first epoch far above the rest hides the later ones)."""
     ncols = ncols or len(panels)
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4 * nrows), squeeze=False)
@@ -638,7 +638,7 @@ def plot_panels(path, panels, xlabel, title, markers=True, ncols=None):
     for ax, (ylabel, curves) in zip(axes.flat, panels.items()):
         for label, (xs, ys) in curves.items():
             ax.plot(xs, ys, marker="o" if markers else None, markersize=3, label=label)
-        ax.set(xlabel=xlabel, ylabel=ylabel)
+        ax.set(xlabel=xlabel, ylabel=ylabel, yscale="log" if log_y else "linear")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole numbers
         ax.grid(alpha=0.3)
         if len(curves) > 1:
@@ -655,9 +655,9 @@ def epoch_series(history, key, prefixes=("train", "test"), suffix=""):
     return {f"{p}{suffix}": (epochs, [r[f"{p}_{key}"] for r in history]) for p in prefixes}
 
 
-def plot_curves(path, curves, xlabel, ylabel, title, markers=True):
+def plot_curves(path, curves, xlabel, ylabel, title, markers=True, log_y=False):
     """curves: {label: (xs, ys)} drawn on one axis, with a legend when there are two or more."""
-    plot_panels(path, {ylabel: curves}, xlabel, title, markers)
+    plot_panels(path, {ylabel: curves}, xlabel, title, markers, log_y=log_y)
 
 
 def plot_image_rows(path, rows, title, nrow=None):

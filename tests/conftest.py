@@ -148,3 +148,25 @@ def count_reads(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name,
                             lambda self, *a, real=real, name=name: reads.append(name) or real(self, *a))
     return reads
+
+
+def write_galaxies(root, n=48, size=96, seed=0):
+    """A Kaggle-layout galaxy folder: root/images_training_rev1/<GalaxyID>.jpg, n synthetic RGB
+    JPEGs (a soft blob on a dark frame: reddish for class "other", bluish and elongated for
+    "spiral_odd", every third galaxy), and root/labels.csv (GalaxyID,class). Returns the ids."""
+    from PIL import Image, ImageDraw, ImageFilter
+    generator = torch.Generator().manual_seed(seed)
+    folder = root / "images_training_rev1"
+    folder.mkdir(parents=True)
+    ids, rows = [], ["GalaxyID,class"]
+    for i in range(n):
+        galaxy, spiral = str(100000 + 7 * i), i % 3 == 0
+        image = Image.new("RGB", (size, size), (4, 4, 6))
+        r = int(size * (0.12 + 0.1 * torch.rand(1, generator=generator).item()))
+        box = (size // 2 - r * (2 if spiral else 1), size // 2 - r, size // 2 + r * (2 if spiral else 1), size // 2 + r)
+        ImageDraw.Draw(image).ellipse(box, fill=(60, 90, 230) if spiral else (230, 150, 60))
+        image.filter(ImageFilter.GaussianBlur(3)).save(folder / f"{galaxy}.jpg", quality=90)
+        ids.append(galaxy)
+        rows.append(f"{galaxy},{'spiral_odd' if spiral else 'other'}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return ids

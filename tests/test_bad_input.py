@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import common
-from conftest import DEVICE_FLAGS, write_mnist_like
+from conftest import DEVICE_FLAGS, write_galaxies, write_mnist_like
 
 # script: (the flags of a tiny valid run, a size flag that no machine can hold, or None)
 SCRIPTS = {
@@ -27,15 +27,17 @@ SCRIPTS = {
     "vaegan": (["--model", "vae"], ["--latent-dim", "1000000000000"]),
     "vgg_mnist": (["--fc-width", "16"], ["--fc-width", "1000000000000"]),
     "lstm_tweets": (["--iterations", "2", "--eval-every", "1"], ["--hidden", "1000000000000"]),
+    "galaxy_vae": (["--image-size", "32", "--workers", "1"], ["--latent-dim", "1000000000000"]),
 }
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    """Synthetic MNIST, Fashion-MNIST and two tweet files, all small."""
+    """Synthetic MNIST, Fashion-MNIST, two tweet files and galaxy images, all small."""
     root = tmp_path_factory.mktemp("bad_input_data")
     write_mnist_like(root, "MNIST", n_train=64, n_test=32)
     write_mnist_like(root, "FashionMNIST", n_train=64, n_test=32)
+    write_galaxies(root / "galaxy", n=24)
     for name in ("tweets_train.csv", "tweets_test.csv"):
         with open(root / name, "w", newline="") as f:
             rows = [["text", "label"]] + [[f"tweet number {i} " + "good" * (i % 2), i % 2]
@@ -46,7 +48,8 @@ def data_dir(tmp_path_factory):
 
 def argv(script, data_dir, out_dir, *extra):
     flags, _ = SCRIPTS[script]
-    return [*flags, "--data-dir", str(data_dir), "--out-dir", str(out_dir), *DEVICE_FLAGS,
+    cache = ["--cache-dir", f"{out_dir}_cache"] if script == "galaxy_vae" else []
+    return [*flags, *cache, "--data-dir", str(data_dir), "--out-dir", str(out_dir), *DEVICE_FLAGS,
             *(["--epochs", "1"] if script != "lstm_tweets" else []), "--limit", "32", *map(str, extra)]
 
 
@@ -99,7 +102,7 @@ def test_load_of_a_wrong_file(script, case, data_dir, tmp_path, capsys):
 
 
 # --- data files ----------------------------------------------------------------------------------
-MNIST_SCRIPTS = [s for s in SCRIPTS if s != "lstm_tweets"]
+MNIST_SCRIPTS = [s for s in SCRIPTS if s not in ("lstm_tweets", "galaxy_vae")]
 
 
 def damaged_copy(data_dir, tmp_path, damage):

@@ -1,0 +1,748 @@
+"""VAEs on Galaxy Zoo images: assignment D, part 5 ("The Final Small-Project").
+
+Three encoder/decoder pairs, as the task names them (--arch), each decoder mirroring its encoder;
+64x64 RGB in, the mean and log-variance of z (--latent-dim, default 50) out:
+  mlp     a deep feed-forward net: 12,288 → 512 → 512 → 512 → z, three hidden layers of 512 units
+          (ReLU); the decoder z → 512 → 512 → 512 → 12,288.
+  conv    five stride-2 convolutions, 32 → 64 → 128 → 256 → 512 filters (4x4, BatchNorm,
+          LeakyReLU 0.2): 64 → 2 pixels a side; five transposed convolutions back.
+  resnet  five residual blocks written here (ResidualBlock): two 3x3 convolutions with BatchNorm
+          and a shortcut, the first convolution halving the side (a 1x1 strided projection on the
+          shortcut), channels 32 → 512 as conv; the decoder's five blocks double the side
+          (nearest-neighbour upsampling) instead.
+--conditional  a conditional VAE (Sohn et al. 2015): encoder and decoder both receive the
+          galaxy's class (one-hot; or its 37 Galaxy Zoo probabilities when --labels is Kaggle's
+          training_solutions_rev1.csv), so "generate this class" is literal: decode z ~ N(0, I)
+          beside the class.
+
+Loss (vae_loss): binary cross-entropy summed over the 12,288 pixel values, averaged over the
+batch, plus the closed-form KL of q(z|x) from N(0, I). The targets are pixel intensities in
+[0, 1], not 0/1, so the BCE cannot reach 0: its floor is each pixel's own entropy (bce_floor),
+reported beside it, with the per-pixel mean squared error that has no floor.
+
+Data: Kaggle's images_training_rev1/<GalaxyID>.jpg (424x424). Each is centre-cropped to --crop
+(207, as the Kaggle winner did: the galaxy sits in the middle of a mostly dark frame) and resized
+to --image-size (64). Every JPEG is decoded once, by worker processes, into a cached uint8 tensor
+in --cache-dir; later runs read the cache. --labels reads Kaggle's 37-column
+training_solutions_rev1.csv (class = argmax of the 37 probabilities, or with --class-scheme q1
+the answer to the first question) or a two-column GalaxyID,<label> file; without it the VAE
+trains unsupervised and the class figures are skipped. A seeded class-stratified split holds out
+--test-fraction.
+
+Run:     python galaxy_vae.py --arch conv --images-dir ../shared/data/galaxy/images_training_rev1 \
+             --labels ../shared/data/galaxy/labels.csv
+Reload:  python galaxy_vae.py --load figures/galaxy_vae_conv.pt --images-dir ... --labels ...
+Writes:  figures/galaxy_vae_<arch>[_cond]_{loss,class_samples,samples,latent,weights}.png, its
+         _metrics.json, <run>.pt (weights, for --load) and <run>.ckpt (for --resume); with the
+         metrics of all three architectures present, galaxy_vae_architectures.png.
+"""
+import concurrent.futures
+import csv
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from PIL import Image
+
+import common
+
+KIND = "galaxy_vae"  # what the weights files of every galaxy run say they hold
+ARCHS = ("mlp", "conv", "resnet")
+CHANNELS = (32, 64, 128, 256, 512)  # conv and resnet: five stages, each halving the side
+MLP_HIDDEN, MLP_LAYERS = 512, 3
+KAGGLE_COLUMNS = ["GalaxyID"] + [f"Class{q}.{a}" for q, answers in
+                                 enumerate((3, 2, 2, 2, 4, 2, 3, 7, 3, 3, 6), start=1)
+                                 for a in range(1, answers + 1)]  # 37 answer columns
+Q1_NAMES = ("smooth", "features or disk", "star or artifact")  # Class1.1, 1.2, 1.3
+N_SHOWN = 8  # originals, reconstructions and samples per figure row
+
+
+def parse_args(argv=None):
+    parser = common.make_parser(__doc__.splitlines()[0])
+    common.add_common_args(parser, epochs=200, batch_size=64, lr=1e-3,
+                           data_help="used only for the default --images-dir")
+    g = parser.add_argument_group("galaxy data")
+    g.add_argument("--images-dir", help="folder of <GalaxyID>.jpg (default: "
+                                        "<data-dir>/galaxy/images_training_rev1)")
+    g.add_argument("--labels", help="training_solutions_rev1.csv (37 probability columns) or a "
+                                    "GalaxyID,<label> CSV; without it: unsupervised, no class figures")
+    g.add_argument("--class-scheme", choices=["argmax", "q1"], default="argmax",
+                   help="37-column labels only: class = argmax of all 37 probabilities, or of "
+                        "the first question (smooth / features or disk / star or artifact)")
+    g.add_argument("--crop", type=common.positive_int, default=207,
+                   help="centre crop (pixels) before resizing")
+    g.add_argument("--image-size", type=common.positive_int, default=64,
+                   help="side of the resized images (a multiple of 32: five halvings)")
+    g.add_argument("--test-fraction", type=float, default=0.15,
+                   help="fraction of each class held out for testing")
+    g.add_argument("--cache-dir", default="data/galaxy_cache",
+                   help="where the decoded images are cached (one file per crop, size and file list)")
+    g.add_argument("--workers", type=common.positive_int, default=min(8, os.cpu_count() or 1),
+                   help="processes that decode the JPEGs on the first run")
+    m = parser.add_argument_group("model")
+    m.add_argument("--arch", choices=ARCHS, default="conv", help="encoder/decoder architecture")
+    m.add_argument("--latent-dim", type=common.positive_int, default=50, help="size of z")
+    m.add_argument("--kl-weight", type=common.nonnegative_float, default=1.0,
+                   help="weight of the KL term (1 = the ELBO)")
+    m.add_argument("--conditional", action="store_true",
+                   help="condition encoder and decoder on the class (needs --labels)")
+    m.add_argument("--sample-class", help="class of the class figures (default: the rarest)")
+    args = parser.parse_args(argv)
+    common.check_common_args(parser, args)
+    if not 0 < args.test_fraction < 1:
+        parser.error(f"--test-fraction must be between 0 and 1, got {args.test_fraction}")
+    if args.image_size % 32:
+        parser.error(f"--image-size must be a multiple of 32 (five halvings), got {args.image_size}")
+    if args.conditional and not args.labels:
+        parser.error("--conditional needs --labels: the model is given each galaxy's class")
+    args.images_dir = args.images_dir or str(Path(args.data_dir) / "galaxy" / "images_training_rev1")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# MODELS
+# ----------------------------------------------------------------------------------------------
+def mlp_layers(sizes):
+    """Linear layers between consecutive `sizes`, ReLU after all but the last."""
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        layers += [nn.Linear(n_in, n_out)] + ([nn.ReLU()] if i < len(sizes) - 2 else [])
+    return layers
+
+
+class ResidualBlock(nn.Module):
+    """out = act(F(x) + shortcut(x)), F = conv3x3 · BN · act · conv3x3 · BN (He et al. 2016, Fig. 2).
+
+    scale 0.5 halves the side (the first convolution has stride 2), 2 doubles it (nearest-neighbour
+    upsampling first); the shortcut is the identity when shape and channels are kept, otherwise a
+    1x1 convolution (the projection shortcut of He et al., Eq. 2) after the same resampling."""
+
+    def __init__(self, c_in, c_out, scale=1.0):
+        super().__init__()
+        stride = 2 if scale == 0.5 else 1
+        self.up = nn.Upsample(scale_factor=2, mode="nearest") if scale == 2 else nn.Identity()
+        self.residual = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.shortcut = (nn.Identity() if c_in == c_out and scale == 1 else
+                         nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)))
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x):
+        x = self.up(x)
+        return self.act(self.residual(x) + self.shortcut(x))
+
+
+def build_encoder(arch, size):
+    """Image (B, 3, size, size) → features (B, F); returns (module, F)."""
+    if arch == "mlp":
+        return nn.Sequential(nn.Flatten(), *mlp_layers([3 * size * size] + [MLP_HIDDEN] * MLP_LAYERS),
+                             nn.ReLU()), MLP_HIDDEN
+    stages, c_in = [], 3
+    for c in CHANNELS:  # each stage halves the side: 64 → 32 → 16 → 8 → 4 → 2
+        stages.append(nn.Sequential(nn.Conv2d(c_in, c, 4, 2, 1, bias=False), nn.BatchNorm2d(c),
+                                    nn.LeakyReLU(0.2)) if arch == "conv" else ResidualBlock(c_in, c, 0.5))
+        c_in = c
+    side = size // 2 ** len(CHANNELS)
+    return nn.Sequential(*stages, nn.Flatten()), CHANNELS[-1] * side * side
+
+
+def build_decoder(arch, size, n_in):
+    """(B, n_in) → logits (B, 3, size, size), mirroring build_encoder."""
+    if arch == "mlp":
+        return nn.Sequential(*mlp_layers([n_in] + [MLP_HIDDEN] * MLP_LAYERS + [3 * size * size]),
+                             nn.Unflatten(1, (3, size, size)))
+    side = size // 2 ** len(CHANNELS)
+    layers = [nn.Linear(n_in, CHANNELS[-1] * side * side), nn.Unflatten(1, (CHANNELS[-1], side, side))]
+    widths = CHANNELS[::-1]  # 512 → 256 → 128 → 64 → 32, each stage doubling the side
+    for c_in, c_out in zip(widths, widths[1:]):
+        layers.append(nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
+                                    nn.LeakyReLU(0.2)) if arch == "conv" else ResidualBlock(c_in, c_out, 2))
+    last = (nn.ConvTranspose2d(CHANNELS[0], 3, 4, 2, 1) if arch == "conv" else  # fifth stage → RGB logits
+            nn.Sequential(ResidualBlock(CHANNELS[0], CHANNELS[0], 2), nn.Conv2d(CHANNELS[0], 3, 3, 1, 1)))
+    return nn.Sequential(*layers, last)
+
+
+class GalaxyVAE(nn.Module):
+    """q(z|x[, c]) = N(μ, diag σ²) and p(x|z[, c]) = Bernoulli(sigmoid(decoder logits)).
+    cond_dim > 0 makes it conditional: the condition c (one-hot class, or 37 probabilities) is
+    concatenated to the encoder's features and to z (Sohn et al. 2015, Sec. 4)."""
+
+    def __init__(self, arch="conv", latent_dim=50, size=64, cond_dim=0):
+        super().__init__()
+        self.cond_dim = cond_dim
+        self.encoder, n_features = build_encoder(arch, size)
+        self.to_mu = nn.Linear(n_features + cond_dim, latent_dim)
+        self.to_logvar = nn.Linear(n_features + cond_dim, latent_dim)
+        self.decoder = build_decoder(arch, size, latent_dim + cond_dim)
+
+    def _with(self, h, c):
+        return torch.cat([h, c], 1) if self.cond_dim else h
+
+    def encode(self, x, c=None):  # (B, 3, S, S) [, (B, cond_dim)] -> μ, log σ²: (B, z) each
+        h = self._with(self.encoder(x), c)
+        return self.to_mu(h), self.to_logvar(h)
+
+    def decode(self, z, c=None):  # (B, z) [, (B, cond_dim)] -> (B, 3, S, S) logits
+        return self.decoder(self._with(z, c))
+
+    def forward(self, x, c, generator):
+        mu, logvar = self.encode(x, c)
+        eps = common.to_device(torch.randn(mu.shape, generator=generator), mu.device)
+        z = mu + torch.exp(0.5 * logvar) * eps  # reparameterisation (Kingma & Welling 2014, Sec. 2.4)
+        return self.decode(z, c), mu, logvar
+
+
+def build_model(args, cond_dim):
+    return GalaxyVAE(args.arch, args.latent_dim, args.image_size, cond_dim)
+
+
+# ----------------------------------------------------------------------------------------------
+# LOSS
+# ----------------------------------------------------------------------------------------------
+def vae_loss(logits, x, mu, logvar, kl_weight):
+    """Negative ELBO (Kingma & Welling 2014, Eq. 10), per example, as a β-VAE at kl_weight ≠ 1:
+
+        bce = -Σ_pixels [x log σ(l) + (1 - x) log(1 - σ(l))]    (Bernoulli decoder, Appendix C.1)
+        kl  = -½ Σ_j (1 + log σ_j² - μ_j² - σ_j²)                (closed form, Appendix B)
+        loss = bce + kl_weight · kl
+
+    Summed over the 3·S·S pixel values and the latent dimensions; returned per example (B,), so
+    training averages them over the batch and evaluation sums them over a split."""
+    bce = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="none").flatten(1).sum(1)
+    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).float().sum(1)
+    return {"bce": bce, "kl": kl, "loss": bce + kl_weight * kl}
+
+
+def bce_floor(x):
+    """The least BCE any decoder can reach on x: Σ_pixels H(x) = -Σ [x log x + (1-x) log(1-x)]
+    (the BCE of predicting x exactly), per example (B,). Zero only for 0/1 images."""
+    return F.binary_cross_entropy(x, x, reduction="none").flatten(1).sum(1)
+
+
+def pixel_mse(logits, x):
+    """Mean squared error per pixel value between σ(l) and x, per example (B,): no floor above 0."""
+    return (torch.sigmoid(logits.float()) - x).pow(2).flatten(1).mean(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# TRAINING AND EVALUATION
+# ----------------------------------------------------------------------------------------------
+def as_float(images):
+    """uint8 (B, 3, S, S) → float in [0, 1]; the data stay uint8 on the device (a quarter of the
+    memory: 61,578 images at 64x64 are 0.76 GB) and each batch is converted when used."""
+    return images.float().div_(255)
+
+
+def train_epoch(model, optimizer, data, args, epoch, generator):
+    """One pass minimising vae_loss (averaged over each batch); per-batch bce, kl, mse."""
+    model.train()
+    x, c = data["x"], data["c"]
+    n_batches = common.num_batches(len(x), args.batch_size)
+    terms = {k: torch.empty(n_batches, device=x.device) for k in ("bce", "kl", "mse")}
+    batches = common.batch_indices(len(x), args.batch_size, x.device, generator)
+    for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
+        images, cond = as_float(x[idx]), (c[idx] if c is not None else None)
+        with common.autocast(args, x.device):
+            logits, mu, logvar = model(images, cond, generator)
+            loss = vae_loss(logits, images, mu, logvar, args.kl_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss["loss"].mean().backward()
+        optimizer.step()
+        terms["bce"][i], terms["kl"][i] = loss["bce"].mean().detach(), loss["kl"].mean().detach()
+        terms["mse"][i] = pixel_mse(logits.detach(), images).mean()
+    return terms
+
+
+@torch.no_grad()
+def evaluate(model, data, args, batch_size=500):
+    """Per-example means of bce, kl, loss and mse over a whole split, in eval mode; z drawn with
+    a fixed-seed generator, so --load reproduces these numbers exactly."""
+    model.eval()
+    x, c = data["x"], data["c"]
+    generator = torch.Generator().manual_seed(args.seed)
+    sums = torch.zeros(4, device=x.device)
+    for idx in common.batch_indices(len(x), batch_size, x.device):
+        images = as_float(x[idx])
+        logits, mu, logvar = model(images, c[idx] if c is not None else None, generator)
+        loss = vae_loss(logits, images, mu, logvar, args.kl_weight)
+        sums += torch.stack([loss["bce"].sum(), loss["kl"].sum(), loss["loss"].sum(),
+                             pixel_mse(logits, images).sum()])
+    return dict(zip(("bce", "kl", "loss", "mse"), (s / len(x) for s in sums.tolist())))
+
+
+def fit(model, train, test, args, stem, generator, classes):
+    """Adam at a constant --lr (so --resume with more --epochs continues the same run); one test
+    evaluation per epoch, recorded against the iteration count. `classes` is saved beside the
+    weights: --load checks that a conditional model is given the classes it learned."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    run = common.Run(args, stem, KIND, {"model": model}, {"optimizer": optimizer}, generator)
+    per_epoch = common.num_batches(len(train["x"]), args.batch_size)
+    for epoch in range(run.done + 1, args.epochs + 1):
+        terms = train_epoch(model, optimizer, train, args, epoch, generator)
+        test_metrics = evaluate(model, test, args)
+        record = {"iteration": epoch * per_epoch, **{f"train_{k}": v.mean().item() for k, v in terms.items()},
+                  **{f"test_{k}": v for k, v in test_metrics.items()}}
+        if run.end_epoch(epoch, record, losses={"bce": terms["bce"], "kl": terms["kl"]}, classes=classes):
+            break
+    return run
+
+
+# ----------------------------------------------------------------------------------------------
+# FIGURES
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def decode(model, z, c):
+    model.eval()
+    return torch.sigmoid(model.decode(z, c)).float().cpu()
+
+
+@torch.no_grad()
+def class_figures(model, data, classes, args, name, generator):
+    """Originals of one class beside their reconstructions and generated samples of that class;
+    prior samples of every class (conditional) or of the model (unconditional); the latent scatter."""
+    out = Path(args.out_dir)
+    device = data["x"].device
+    model.eval()
+    k = classes["names"].index(args.sample_class)
+    chosen = (data["y"] == k).nonzero().flatten()[:N_SHOWN]
+    originals = as_float(data["x"][chosen])
+    cond = data["c"][chosen] if model.cond_dim else None
+    mu, logvar = model.encode(originals, cond)
+    rows = {f"{args.sample_class}\n(originals)": originals.cpu(),
+            "reconstructions\n(decoded μ)": decode(model, mu, cond)}
+    if model.cond_dim:
+        z = torch.randn(len(chosen), args.latent_dim, generator=generator).to(device)
+        rows["generated: z ~ N(0, I)\ngiven the class"] = decode(model, z, classes["conditions"][k:k + 1].expand(len(z), -1).to(device))
+        how = "generated = decoded prior samples given the class"
+    else:
+        eps = torch.randn(mu.shape, generator=generator).to(device)
+        rows["generated: z ~ q(z|x)\nof each original"] = decode(model, mu + (0.5 * logvar).exp() * eps, None)
+        how = "unconditional model: generated = decoded draws z ~ q(z|x) of those originals"
+    common.plot_image_rows(out / f"{name}_class_samples.png", rows,
+                           title=f"{name}: class {args.sample_class!r}; {how}")
+
+
+@torch.no_grad()
+def sample_figure(model, classes, args, name, device, generator):
+    """The same prior draws z ~ N(0, I) decoded under every class (conditional: each row one
+    class, so what changes along a column is the class alone), or once (unconditional)."""
+    z = torch.randn(N_SHOWN, args.latent_dim, generator=generator).to(device)
+    if model.cond_dim:
+        rows = {cls: decode(model, z, classes["conditions"][k:k + 1].expand(len(z), -1).to(device))
+                for k, cls in enumerate(classes["names"])}
+        title = f"{name}: the same z ~ N(0, I) decoded given each class"
+    else:
+        rows = {"z ~ N(0, I)": decode(model, z, None)}
+        title = f"{name}: decoded prior samples"
+    common.plot_image_rows(Path(args.out_dir) / f"{name}_samples.png", rows, title=title)
+
+
+@torch.no_grad()
+def latent_means(model, data):
+    """μ of q(z|x[, c]) for every image of a split, on the CPU (N, latent_dim)."""
+    model.eval()
+    return torch.cat([model.encode(as_float(data["x"][idx]), data["c"][idx] if model.cond_dim else None)[0].float().cpu()
+                      for idx in common.batch_indices(len(data["x"]), 500, data["x"].device)])
+
+
+@torch.no_grad()
+def latent_figure(model, data, classes, args, name):
+    """μ of q(z|x) over the test set, projected on its first two principal components (the
+    latent is wider than 2), coloured by class."""
+    mus = latent_means(model, data)
+    centred = mus - mus.mean(0)
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    explained = (s[:2] ** 2 / (s ** 2).sum()).tolist()
+    common.plot_scatter(Path(args.out_dir) / f"{name}_latent.png", {"test set": centred @ v[:2].T},
+                        data["y"], classes["names"], title=f"{name}: means of q(z|x),\nfirst two "
+                        f"principal components of the {args.latent_dim}-d latent",
+                        xlabel=f"PC1 ({explained[0]:.0%} of the variance)",
+                        ylabel=f"PC2 ({explained[1]:.0%} of the variance)")
+
+
+def weight_figure(model, args, name, rows=128, columns=256):
+    """First-layer filters as RGB tiles (conv, resnet) or first-layer rows as images (mlp), and
+    three deeper weight matrices as heat maps (rows: output units, columns: inputs, times the
+    kernel positions for a convolution): their top-left `rows` x `columns` block, so that single
+    weights stay visible, coloured up to the 99th percentile of |w| (a few large weights would
+    otherwise wash the rest out)."""
+    def weighted(part, prefix):
+        return [(f"{prefix}.{n}", m) for n, m in part.named_modules()
+                if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+
+    encoder, decoder = weighted(model.encoder, "encoder"), weighted(model.decoder, "decoder")
+    first_name, first = encoder[0]
+    w = first.weight.detach().float().cpu()
+    if w.dim() == 2:  # mlp: each of the first 16 units' 12,288 weights as a 64x64 RGB image
+        tiles, what = w[:16].view(16, 3, args.image_size, args.image_size), "first 16 units' input weights"
+    else:
+        tiles, what = w, f"all {len(w)} {tuple(w.shape[2:])} filters"
+    low, high = tiles.flatten(1).min(1)[0], tiles.flatten(1).max(1)[0]
+    tiles = (tiles - low[:, None, None, None]) / (high - low).clamp_min(1e-12)[:, None, None, None]
+    grid = torchvision.utils.make_grid(tiles, nrow=8, padding=1, pad_value=1.0)
+    deeper = [encoder[len(encoder) // 2], ("to_mu", model.to_mu), decoder[len(decoder) // 2]]
+    fig, axes = plt.subplots(1, 4, figsize=(20, 5))
+    axes[0].imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    axes[0].set(title=f"{first_name}: {what}\n(each scaled to [0, 1])", xticks=[], yticks=[])
+    for ax, (layer_name, layer) in zip(axes[1:], deeper):
+        matrix = layer.weight.detach().float().cpu()
+        if isinstance(layer, nn.ConvTranspose2d):
+            matrix = matrix.transpose(0, 1)  # stored (in, out, k, k): rows are outputs here too
+        matrix = matrix.flatten(1)
+        shown = matrix[:rows, :columns]
+        scale = matrix.abs().flatten().quantile(0.99).item() if matrix.numel() < 2 ** 24 else matrix.abs().max().item()
+        image = ax.imshow(shown.numpy(), aspect="auto", cmap="RdBu_r", interpolation="nearest",
+                          vmin=-scale, vmax=scale)
+        part = "" if shown.shape == matrix.shape else f"\ntop-left {tuple(shown.shape)} block"
+        ax.set(title=f"{layer_name}: {tuple(layer.weight.shape)}{part}", ylabel="output unit",
+               xlabel="input unit" if isinstance(layer, nn.Linear) else "input channel × kernel position")
+        fig.colorbar(image, ax=ax, fraction=0.046, extend="both")
+    fig.suptitle(f"{name}: weights after training")
+    common.save_figure(fig, Path(args.out_dir) / f"{name}_weights.png")
+
+
+def loss_figure(history, final, name, args):
+    """BCE above each split's floor (what a decoder can still gain), per-pixel MSE and KL against
+    the iteration count, train and test, on log axes (epoch 1 is far above the rest)."""
+    iterations = [r["iteration"] for r in history]
+
+    def series(key, floor=False):
+        return {p: (iterations, [r[f"{p}_{key}"] - (final[f"{p}_bce_floor"] if floor else 0) for r in history])
+                for p in ("train", "test")}
+
+    common.plot_panels(Path(args.out_dir) / f"{name}_loss.png",
+                       {f"BCE − its floor, nats per image (floor: test {final['test_bce_floor']:.0f})":
+                            series("bce", floor=True),
+                        "MSE per pixel value": series("mse"),
+                        "KL(q(z|x) || N(0, I)), nats": series("kl")},
+                       xlabel="training iteration", markers=False, log_y=True,
+                       title=f"{name}: reconstruction error and KL (train: mean over each epoch's "
+                             f"batches while training; test: after the epoch)")
+
+
+def architectures_figure(out):
+    """Test BCE above the floor of the three unconditional architectures on one axis, when the
+    metrics of all three are in `out`."""
+    paths = {a: out / f"galaxy_vae_{a}_metrics.json" for a in ARCHS}
+    if not all(p.exists() for p in paths.values()):
+        return
+    curves = {}
+    for arch, path in paths.items():
+        metrics = json.loads(path.read_text())
+        if "train_bce_floor" not in metrics["final"]:
+            print(f"{path} predates the BCE floors; redo it with --load to draw galaxy_vae_architectures.png")
+            return
+        for p in ("train", "test"):
+            curves[f"{arch}, {p}"] = ([r["iteration"] for r in metrics["history"]],
+                                      [r[f"{p}_bce"] - metrics["final"][f"{p}_bce_floor"] for r in metrics["history"]])
+    common.plot_curves(out / "galaxy_vae_architectures.png", curves, "training iteration",
+                       "BCE − its floor, nats per image", "Galaxy VAEs: reconstruction error of the "
+                       "three architectures", markers=False, log_y=True)
+
+
+def active_dims(model, data, threshold=0.01):
+    """Latent dimensions the model uses: those whose μ varies across images, Var_x[μ_j] > 0.01
+    (Burda et al. 2016, Sec. 5.2). The others sit at the prior, μ ≈ 0 for every image."""
+    return int((latent_means(model, data).var(0) > threshold).sum())
+
+
+@torch.no_grad()
+def latent_probe(model, train, test, n_classes, steps=200):
+    """How much of the class a straight line through the latent space finds: multinomial logistic
+    regression on the standardised μ of the training set (class-weighted, so both classes count
+    alike; LBFGS), scored on the test set's μ. Returns accuracy and balanced accuracy (the mean
+    of the per-class recalls; 1/K for any constant guess)."""
+    mus = [latent_means(model, part).double() for part in (train, test)]
+    mean, std = mus[0].mean(0), mus[0].std(0).clamp_min(1e-8)
+    (x_train, x_test), (y_train, y_test) = [(m - mean) / std for m in mus], [p["y"].cpu() for p in (train, test)]
+    weights = len(y_train) / (n_classes * torch.bincount(y_train, minlength=n_classes).clamp_min(1).double())
+    linear = nn.Linear(x_train.shape[1], n_classes).double()
+    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=steps)
+
+    def closure():
+        optimizer.zero_grad()
+        with torch.enable_grad():
+            loss = F.cross_entropy(linear(x_train), y_train, weight=weights) + 1e-3 * linear.weight.pow(2).sum()
+            loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    predicted = linear(x_test).argmax(1)
+    recalls = [(predicted[y_test == k] == k).double().mean() for k in range(n_classes) if (y_test == k).any()]
+    return {"latent_probe_test_accuracy": (predicted == y_test).double().mean().item(),
+            "latent_probe_test_balanced_accuracy": torch.stack(recalls).mean().item()}
+
+
+# ----------------------------------------------------------------------------------------------
+# DATA: JPEGs → cached uint8 tensor; labels in either layout; a stratified split
+# ----------------------------------------------------------------------------------------------
+def report(problem, names, action):
+    """One counted warning line for a set of bad inputs: never a silent drop."""
+    if names:
+        first = ", ".join(str(n) for n in names[:5])
+        print(f"warning: {len(names)} {problem} (first: {first}{', ...' if len(names) > 5 else ''}); {action}")
+
+
+def decode_jpeg(task):
+    """(path, crop, size) → (RGB bytes of the centre crop resized to size x size, None) or
+    (None, the problem). Runs in a worker process; PIL only, no torch."""
+    path, crop, size = task
+    try:
+        with Image.open(path) as image:
+            if image.format != "JPEG":
+                return None, f"not a JPEG ({image.format})"
+            image = image.convert("RGB")  # decodes the whole file: a truncated one fails here
+            w, h = image.size
+            side = min(crop, w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
+            return image.tobytes(), None
+    except Exception as error:  # PIL raises many types for damaged files
+        return None, f"unreadable ({type(error).__name__})"
+
+
+def load_images(images_dir, crop, size, cache_dir, workers):
+    """All <id>.jpg of images_dir as uint8 (N, 3, size, size) with their ids, decoded once in
+    parallel and cached under a key of crop, size and the file list (names and sizes)."""
+    folder = Path(images_dir)
+    if not folder.is_dir():
+        common.fail(f"--images-dir {folder} is not a folder (expected Kaggle's images_training_rev1 "
+                    "with <GalaxyID>.jpg files)")
+    entries = sorted(folder.iterdir())
+    files = [p for p in entries if p.suffix.lower() in (".jpg", ".jpeg") and p.is_file()]
+    report(f"entries of {folder} are not .jpg files", [p.name for p in entries if p not in files], "ignored")
+    if not files:
+        common.fail(f"--images-dir {folder} holds no .jpg file")
+    key = hashlib.sha256(f"{crop},{size}\n".encode() + "\n".join(
+        f"{p.name}:{p.stat().st_size}" for p in files).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"galaxy_crop{crop}_size{size}_{key}.pt"
+    stored = None
+    if cache.exists():
+        try:
+            stored = torch.load(cache, weights_only=True)
+            print(f"read {len(stored['ids'])} decoded images from the cache {cache}")
+        except Exception as error:
+            print(f"warning: the cache {cache} is damaged ({type(error).__name__}); decoding again")
+    if stored is None:
+        tasks = [(str(p), crop, size) for p in files]
+        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+            decoded = list(common.progress(pool.map(decode_jpeg, tasks, chunksize=32), len(tasks),
+                                           f"decoding {len(tasks)} JPEGs ({workers} workers)"))
+        good = [(p.stem, data) for p, (data, _) in zip(files, decoded) if data is not None]
+        if not good:
+            report("image files cannot be used", [f"{p.name}: {why}" for p, (_, why) in zip(files, decoded)], "left out")
+            common.fail(f"--images-dir {folder}: no readable JPEG among {len(files)} files")
+        stored = {"ids": [i for i, _ in good],
+                  "images": (torch.frombuffer(bytearray(b"".join(d for _, d in good)), dtype=torch.uint8)
+                             .view(len(good), size, size, 3).permute(0, 3, 1, 2).contiguous()),
+                  "problems": [f"{p.name}: {why}" for p, (_, why) in zip(files, decoded) if why]}
+        try:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            common._atomic_write(cache, lambda tmp: torch.save(stored, tmp))
+            print(f"cached {len(good)} decoded images in {cache}")
+        except OSError as error:
+            print(f"warning: cannot write the cache in {cache_dir} ({error.strerror}); decoding again next run")
+    report("image files cannot be used", stored["problems"], "left out")
+    if not stored["ids"]:
+        common.fail(f"--images-dir {folder}: no readable JPEG among {len(files)} files")
+    return stored["images"], stored["ids"]
+
+
+def read_labels(path, scheme):
+    """{GalaxyID: (class name, condition vector)} and the description of the layout, from
+    Kaggle's 37-column probabilities or a GalaxyID,<label> file (told apart by the header)."""
+    path = Path(path)
+    if not path.is_file():
+        common.fail(f"--labels {path} is not a file")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as error:
+        common.fail(f"--labels {path} is not a text CSV file ({type(error).__name__})")
+    if not rows:
+        common.fail(f"--labels {path} is empty")
+    header, rows = [h.strip() for h in rows[0]], rows[1:]
+    kaggle = header == KAGGLE_COLUMNS
+    if not kaggle and not (len(header) == 2 and header[0] == "GalaxyID"):
+        common.fail(f"--labels {path}: unknown header {','.join(header)[:80]!r}; expected Kaggle's "
+                    "GalaxyID,Class1.1,...,Class11.6 or GalaxyID,<label>")
+    print(f"--labels {path}: " + (f"Kaggle's 37 probabilities, class = argmax of "
+                                  f"{'all 37' if scheme == 'argmax' else 'question 1'}"
+                                  if kaggle else f"one {header[1]!r} label per galaxy"))
+    labels, bad = {}, {"rows with the wrong number of fields": [], "rows repeat a GalaxyID": [],
+                       "rows hold a value that is not a number": [],
+                       "rows hold a probability outside [0, 1]": []}
+    for line, row in enumerate(rows, start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            bad["rows with the wrong number of fields"].append(f"line {line}")
+            continue
+        galaxy = row[0].strip()
+        if galaxy in labels:
+            bad["rows repeat a GalaxyID"].append(galaxy)
+            continue
+        if not kaggle:
+            labels[galaxy] = row[1].strip()
+            continue
+        try:
+            p = torch.tensor([float(v) for v in row[1:]])
+        except ValueError:
+            bad["rows hold a value that is not a number"].append(galaxy)
+            continue
+        if not ((p >= 0) & (p <= 1)).all():
+            bad["rows hold a probability outside [0, 1]"].append(galaxy)
+            continue
+        labels[galaxy] = p
+    for problem, names in bad.items():
+        report(f"{problem} in {path}", names, "skipped")
+    if not labels:
+        common.fail(f"--labels {path} holds no usable row")
+    return labels, kaggle
+
+
+def classes_of(labels, kaggle, scheme):
+    """Class names, {GalaxyID: class index} and the condition vector of each id."""
+    if not kaggle:
+        names = sorted(set(labels.values()))
+        index = {g: names.index(v) for g, v in labels.items()}
+        return names, index, {g: F.one_hot(torch.tensor(i), len(names)).float() for g, i in index.items()}
+    if scheme == "q1":
+        names = list(Q1_NAMES)
+        index = {g: int(p[:3].argmax()) for g, p in labels.items()}
+    else:
+        present = sorted({int(p.argmax()) for p in labels.values()})
+        names = [KAGGLE_COLUMNS[1 + i] for i in present]
+        index = {g: present.index(int(p.argmax())) for g, p in labels.items()}
+    return names, index, labels
+
+
+def load_galaxies(args, device):
+    """Images and (with --labels) classes: {"x", "y", "c", "ids"} and the class description
+    {"names", "conditions" (the mean condition of each class, what the conditional model is
+    given to generate that class)} or None."""
+    images, ids = load_images(args.images_dir, args.crop, args.image_size, args.cache_dir, args.workers)
+    if not args.labels:
+        print("no --labels: training unsupervised; the class figures (class samples, latent "
+              "colours) are skipped")
+        return {"x": images, "y": torch.zeros(len(ids), dtype=torch.long), "c": None, "ids": ids}, None
+    labels, kaggle = read_labels(args.labels, args.class_scheme)
+    have = set(ids)
+    report(f"label rows have no image in {args.images_dir}", [g for g in labels if g not in have], "skipped")
+    report(f"images have no label row in {args.labels}", [g for g in ids if g not in labels], "left out")
+    keep = [i for i, g in enumerate(ids) if g in labels]
+    if not keep:
+        common.fail(f"no image of {args.images_dir} has a row in {args.labels}")
+    ids = [ids[i] for i in keep]
+    names, index, conditions = classes_of({g: labels[g] for g in ids}, kaggle, args.class_scheme)
+    y = torch.tensor([index[g] for g in ids])
+    c = torch.stack([conditions[g] for g in ids])
+    counts = torch.bincount(y, minlength=len(names)).tolist()
+    print("classes: " + ", ".join(f"{n} {k}" for n, k in zip(names, counts)))
+    classes = {"names": names, "counts": counts, "layout": "kaggle37" if kaggle else "labels",
+               "conditions": torch.stack([c[y == k].mean(0) for k in range(len(names))])}
+    return {"x": images[keep], "y": y, "c": c, "ids": ids}, classes
+
+
+def split(data, fraction, seed, limit, device):
+    """A seeded class-stratified split: round(fraction · n) of each class to test. --limit keeps
+    the first N of each split. Every tensor moves to the device."""
+    generator = torch.Generator().manual_seed(seed)
+    test_idx = []
+    for k in data["y"].unique():
+        members = (data["y"] == k).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        test_idx.append(members[:round(fraction * len(members))])
+    is_test = torch.zeros(len(data["y"]), dtype=torch.bool)
+    is_test[torch.cat(test_idx)] = True
+    parts = []
+    for chosen in (~is_test, is_test):
+        idx = chosen.nonzero().flatten()[:limit]
+        parts.append({"x": data["x"][idx].to(device), "y": data["y"][idx].to(device),
+                      "c": data["c"][idx].to(device) if data["c"] is not None else None,
+                      "ids": [data["ids"][i] for i in idx]})
+    if not len(parts[1]["x"]) or not len(parts[0]["x"]):
+        common.fail(f"{len(data['y'])} images are too few to split with --test-fraction {fraction}")
+    return parts
+
+
+# ----------------------------------------------------------------------------------------------
+def final_metrics(model, train, test, classes, args, run):
+    """The run's final block: loss terms, BCE floor and the BCE above it on both splits, the
+    active latent dimensions and (with classes) the linear probe of μ."""
+    final = {"epochs_trained": run.history[-1]["epoch"], "parameters": sum(p.numel() for p in model.parameters())}
+    for part, data in (("train", train), ("test", test)):
+        final.update({f"{part}_{k}": v for k, v in evaluate(model, data, args).items()})
+        floors = [bce_floor(as_float(data["x"][idx])).sum() for idx in
+                  common.batch_indices(len(data["x"]), 500, data["x"].device)]
+        final[f"{part}_bce_floor"] = torch.stack(floors).sum().item() / len(data["x"])
+        final[f"{part}_bce_above_floor"] = final[f"{part}_bce"] - final[f"{part}_bce_floor"]
+    final["active_latent_dims"] = active_dims(model, test)
+    if classes:
+        final.update(latent_probe(model, train, test, len(classes["names"])))
+    return final
+
+
+def run_name(args):
+    return f"galaxy_vae_{args.arch}{'_cond' if args.conditional else ''}"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = common.pick_device(args.device, args.deterministic)
+    generator = common.seed_everything(args.seed)
+    out = common.out_dir(args)
+    checkpoint = None
+    if args.load:  # the architecture and preprocessing are the trained run's
+        checkpoint = common.load_checkpoint(args.load, KIND, "--load")
+        common.use_run_args(args, checkpoint, ("arch", "latent_dim", "conditional", "crop", "image_size",
+                                               "class_scheme", "kl_weight"), args.load)
+        if args.conditional and not args.labels:
+            common.fail(f"{args.load} is a conditional model: give --labels to condition it")
+    data, classes = load_galaxies(args, device)
+    if classes:  # checked before training, not after it
+        args.sample_class = args.sample_class or classes["names"][min(range(len(classes["names"])),
+                                                                      key=lambda k: classes["counts"][k])]
+        if args.sample_class not in classes["names"]:
+            common.fail(f"--sample-class {args.sample_class!r} is not one of {classes['names']}")
+    cond_dim = classes["conditions"].shape[1] if args.conditional else 0
+    name = run_name(args)
+    model = build_model(args, cond_dim).to(device)
+    if args.load:
+        trained = checkpoint.get("classes")
+        if args.conditional and trained["layout"] != classes["layout"]:
+            common.fail(f"{args.load} was conditioned on {trained['layout']} labels; --labels gives "
+                        f"{classes['layout']} labels")
+        if args.conditional and trained["layout"] == "labels" and trained["names"] != classes["names"]:
+            common.fail(f"{args.load} was conditioned on the classes {trained['names']}; "
+                        f"--labels gives {classes['names']}")
+        run = common.load_run(args.load, KIND, {"model": model}, checkpoint=checkpoint)
+    train, test = split(data, args.test_fraction, args.seed, args.limit, device)
+    print(f"{len(train['x'])} training and {len(test['x'])} test images, {tuple(train['x'].shape[1:])}; "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters")
+    if not args.load:
+        run = fit(model, train, test, args, out / name, generator, classes)
+    final = final_metrics(model, train, test, classes, args, run)
+    loss_figure(run.history, final, name, args)
+    weight_figure(model, args, name)
+    figure_generator = torch.Generator().manual_seed(args.seed + 1)
+    sample_figure(model, classes if model.cond_dim else None, args, name, device, figure_generator)
+    if classes:
+        class_figures(model, test, classes, args, name, figure_generator)
+        latent_figure(model, test, classes, args, name)
+    common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history, final,
+                        trained_with=run.trained_with,
+                        data={"images": len(data["ids"]), "train": len(train["x"]), "test": len(test["x"]),
+                              "classes": dict(zip(classes["names"], classes["counts"])) if classes else None})
+    architectures_figure(out)  # once the metrics of all three architectures are there
+
+
+if __name__ == "__main__":
+    common.run_main(main)
