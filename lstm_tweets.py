@@ -28,14 +28,18 @@ reported problem. Layouts recognised, and said when read:
   text and label with a header (either order: the names tell which is which); two columns without
   a header (the label column is the one holding labels); Sentiment140's six columns
   target,id,date,flag,user,text (labels 0/4; its test file's neutral 2s are reported and
-  skipped); ItemID,Sentiment,SentimentSource,SentimentText. Labels 0/1, 0/4 or
-  negative/positive. UTF-8 with or without a byte-order mark, LF or CRLF line ends.
+  skipped); ItemID,Sentiment,SentimentSource,SentimentText; SemEval-2017 task 4A's tab-separated
+  id<TAB>label<TAB>text (neutral rows skipped and counted, literal \\uXXXX escapes decoded, a
+  stray trailing tab counted). Labels 0/1, 0/4 or negative/positive. UTF-8 with or without a
+  byte-order mark, LF or CRLF line ends. --train-csv and --test-csv take one file or several.
   --text-column / --label-column override the detection (a header name or a 0-based position).
 
 No tweets ship with this repository: get Sentiment140 (Go, Bhayani & Huang, 2009;
 http://help.sentiment140.com/for-students), or use the course's tweets_train.csv / tweets_test.csv.
 
 Run:     python lstm_tweets.py --data-dir DIR      (reads DIR/tweets_train.csv, DIR/tweets_test.csv)
+         python lstm_tweets.py --train-csv ../shared/data/tweets/semeval2017/train/*.tsv \
+             --test-csv ../shared/data/tweets/semeval2017/SemEval2017-task4-test.subtask-A.english.txt
          python lstm_tweets.py --train-csv a.csv --test-csv b.csv --iterations 100000 --eval-every 1000
 Reload:  python lstm_tweets.py --train-csv a.csv --test-csv b.csv --load figures/lstm_tweets.pt
 Writes:  figures/lstm_tweets_curves.png, figures/lstm_tweets_metrics.json, figures/lstm_tweets.pt
@@ -68,8 +72,11 @@ def parse_args(argv=None):
                         help="minibatches to train on (the LSTM counts these, not epochs)")
     parser.add_argument("--eval-every", type=common.positive_int, default=1000,
                         help="measure train and test accuracy every N iterations (and at the last)")
-    parser.add_argument("--train-csv", help="training tweets (default: tweets_train.csv in --data-dir)")
-    parser.add_argument("--test-csv", help="test tweets (default: tweets_test.csv in --data-dir)")
+    parser.add_argument("--train-csv", nargs="+", metavar="FILE",
+                        help="training tweet files, read one by one and joined (default: "
+                             "tweets_train.csv in --data-dir)")
+    parser.add_argument("--test-csv", nargs="+", metavar="FILE",
+                        help="test tweet files (default: tweets_test.csv in --data-dir)")
     parser.add_argument("--text-column", help="the tweet's column: a header name or a 0-based "
                                               "position (default: detected)")
     parser.add_argument("--label-column", help="the label's column: a header name or a 0-based "
@@ -85,8 +92,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     common.check_common_args(parser, args)
     data_dir = Path(args.data_dir)
-    args.train_csv = args.train_csv or str(data_dir / "tweets_train.csv")
-    args.test_csv = args.test_csv or str(data_dir / "tweets_test.csv")
+    args.train_csv = args.train_csv or [str(data_dir / "tweets_train.csv")]
+    args.test_csv = args.test_csv or [str(data_dir / "tweets_test.csv")]
     return args
 
 
@@ -144,19 +151,29 @@ def batch(split, idx):
     return codes[idx, :width], common.to_device(batch_lengths, codes.device), labels[idx]
 
 
+def balanced_accuracy(hits, totals):
+    """The mean of the per-class recalls (hits[c] / totals[c]) over the classes present: 0.5 for
+    any constant guess on two classes, however imbalanced the split."""
+    present = totals > 0
+    return (hits[present] / totals[present]).mean().item()
+
+
 @torch.no_grad()
 def evaluate(model, split, batch_size=500):
-    """Mean negative log-likelihood and accuracy over every tweet of `split`."""
+    """Mean negative log-likelihood, accuracy and balanced accuracy over every tweet of `split`."""
     codes, _, labels = split
     model.eval()
-    loss_sum, correct = torch.zeros((), device=codes.device), torch.zeros((), device=codes.device)
+    loss_sum = torch.zeros((), device=codes.device)
+    hits, totals = torch.zeros(2, device=codes.device), torch.zeros(2, device=codes.device)
     for idx in common.batch_indices(len(labels), batch_size, "cpu"):
         x, lengths, y = batch(split, idx)
         log_probs = model(x, lengths)
         loss_sum += F.nll_loss(log_probs, y, reduction="sum")
-        correct += (log_probs.argmax(1) == y).sum()
+        totals += torch.bincount(y, minlength=2)
+        hits += torch.bincount(y[log_probs.argmax(1) == y], minlength=2)
     model.train()
-    return loss_sum.item() / len(labels), correct.item() / len(labels)
+    return {"loss": loss_sum.item() / len(labels), "acc": (hits.sum() / len(labels)).item(),
+            "balanced_acc": balanced_accuracy(hits.cpu(), totals.cpu())}
 
 
 def sample(split, n, seed):
@@ -199,8 +216,8 @@ def fit(model, train, train_sample, test, args, device, generator, out):
         if iteration % args.eval_every == 0 or iteration == args.iterations:
             since = losses[:iteration - start]
             record = {"batch_loss": since.mean().item()}
-            record["train_loss"], record["train_acc"] = evaluate(model, train_sample)
-            record["test_loss"], record["test_acc"] = evaluate(model, test)
+            for name, split in (("train", train_sample), ("test", test)):
+                record.update({f"{name}_{k}": v for k, v in evaluate(model, split).items()})
             start = iteration
             if run.end_epoch(iteration, record, losses={"nll": since}, order=order.int(),
                              position=position):
@@ -217,11 +234,15 @@ def plot_history(history, args, path):
         "accuracy": {"test (whole test file)": (its, [r["test_acc"] for r in history]),
                      f"training ({args.train_sample} fixed tweets)":
                          (its, [r["train_acc"] for r in history])},
+        "balanced accuracy (mean of the two class recalls)": {
+            "test": (its, [r["test_balanced_acc"] for r in history]),
+            f"training ({args.train_sample} fixed tweets)": (its, [r["train_balanced_acc"] for r in history])},
         "negative log-likelihood": {
             "test": (its, [r["test_loss"] for r in history]),
             f"training ({args.train_sample} fixed tweets)": (its, [r["train_loss"] for r in history]),
             f"minibatches (mean over {args.eval_every})": (its, [r["batch_loss"] for r in history])},
-    }, xlabel="iteration", title=f"Character LSTM on tweets ({Path(args.train_csv).name})",
+    }, xlabel="iteration", title=f"Character LSTM on tweets ({Path(args.train_csv[0]).name}"
+                                       f"{f' and {len(args.train_csv) - 1} more' if len(args.train_csv) > 1 else ''})",
         markers=len(history) <= 30)
 
 
@@ -245,6 +266,7 @@ class TweetFile:
     problems: dict = field(default_factory=dict)  # reason -> line numbers of skipped lines
     split_at_commas: list = field(default_factory=list)  # lines csv could not split (parse_line)
     lines: int = 0                                # lines in the file
+    notes: dict = field(default_factory=dict)     # quirk -> line numbers of tweets read despite it
 
 
 def normalise(value):
@@ -353,6 +375,8 @@ def read_tweet_csv(path, text_column=None, label_column=None):
     numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
     if not numbered:
         common.fail(f"{path} holds no tweets (it is empty)")
+    if looks_like_semeval(numbered[:1000]):
+        return read_semeval_tsv(path, numbered, lines)
     first_rows = [next(csv.reader([line]), []) for _, line in numbered[:1000]]
     header, n_columns, text_at, label_at, layout = detect_layout(first_rows, text_column,
                                                                  label_column, path)
@@ -393,6 +417,56 @@ def read_tweet_csv(path, text_column=None, label_column=None):
                      len(lines))
 
 
+SEMEVAL_LABELS = {"negative": 0, "positive": 1}  # "neutral" rows are skipped and counted
+ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")  # a literal \u2019 written into the text
+
+
+def looks_like_semeval(numbered):
+    """SemEval-2017 task 4A's layout: id<TAB>label<TAB>text, no header, labels
+    positive/negative/neutral (true of most of the first lines)."""
+    rows = [line.split("\t") for _, line in numbered]
+    return sum(len(r) >= 3 and normalise(r[1]) in ("positive", "negative", "neutral") for r in rows) > len(rows) / 2
+
+
+def read_semeval_tsv(path, numbered, lines):
+    """Tab-separated tweets as SemEval publishes them, quirks included: no CSV quoting (a double
+    quote opening a text is the tweet's own); a stray trailing tab is an empty extra field (the
+    tweet is read, the line counted); literal \\uXXXX escapes become the character they name
+    (then the usual non-ASCII rule); neutral rows are skipped and counted."""
+    texts, labels, problems, notes = [], [], {}, {}
+    blank = [n for n, line in enumerate(lines, start=1) if not line.strip()]
+    if blank:
+        problems["blank line"] = blank
+    for n, line in numbered:
+        fields = line.split("\t")
+        if len(fields) < 3:
+            problems.setdefault("not id<TAB>label<TAB>text", []).append(n)
+            continue
+        label, extra = normalise(fields[1]), fields[3:]
+        if extra and not any(extra):
+            notes.setdefault("a stray trailing tab (an empty extra field)", []).append(n)
+        text = "\t".join([fields[2]] + [f for f in extra if f])  # a tab inside a tweet stays
+        if label == "neutral":
+            problems.setdefault("neutral (a positive/negative classifier skips them)", []).append(n)
+            continue
+        if label not in SEMEVAL_LABELS:
+            problems.setdefault("label not positive/negative/neutral", []).append(n)
+            continue
+        if ESCAPE.search(text):
+            notes.setdefault("literal \\uXXXX escapes, read as the characters they name", []).append(n)
+            text = ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+        if not text.strip():
+            problems.setdefault("empty tweet", []).append(n)
+            continue
+        texts.append(text)
+        labels.append(SEMEVAL_LABELS[label])
+    if not texts:
+        common.fail(f"{path}: no line holds a positive or negative tweet (SemEval layout "
+                    "id<TAB>label<TAB>text)")
+    return TweetFile(texts, labels, "SemEval layout (id<TAB>label<TAB>text, no header); labels "
+                     "negative/positive, neutral skipped", problems, [], len(lines), notes)
+
+
 def count(n, noun):
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -412,6 +486,8 @@ def report(path, tweets):
         lines.append(f"  {count(len(tweets.split_at_commas), 'line')} with an unbalanced quote or "
                      f"an unquoted comma, read by cutting at the outer commas "
                      f"({line_numbers(tweets.split_at_commas)})")
+    for quirk, numbers in tweets.notes.items():
+        lines.append(f"  {count(len(numbers), 'line')} with {quirk} ({line_numbers(numbers)})")
     return "\n".join(lines)
 
 
@@ -436,12 +512,18 @@ def encode(texts, max_len):
                                           "truncated_tweets": truncated}
 
 
-def load_split(path, args, device):
-    """One file → (codes on device, lengths on the CPU, labels on device), reported as it goes.
-    The lengths stay on the CPU: batch() cuts each minibatch to its longest tweet from them."""
-    tweets = read_tweet_csv(path, args.text_column, args.label_column)
-    print(report(path, tweets))
-    texts, labels = tweets.texts[:args.limit], tweets.labels[:args.limit]
+def load_split(paths, args, device):
+    """Files → (codes on device, lengths on the CPU, labels on device), each reported as it is
+    read, joined in the order given. The lengths stay on the CPU: batch() cuts each minibatch to
+    its longest tweet from them."""
+    texts, labels = [], []
+    for path in paths:
+        tweets = read_tweet_csv(path, args.text_column, args.label_column)
+        print(report(path, tweets))
+        texts, labels = texts + tweets.texts, labels + tweets.labels
+    if len(paths) > 1:
+        print(f"  {count(len(texts), 'tweet')} from {len(paths)} files")
+    texts, labels = texts[:args.limit], labels[:args.limit]
     codes, lengths, counts = encode(texts, args.max_len)
     if counts["non_ascii_tweets"]:
         print(f"  {count(counts['non_ascii_tweets'], 'tweet')} with characters outside ASCII, "
@@ -468,18 +550,20 @@ def main(argv=None):
         run = common.load_run(args.load, KIND, {"model": model}, unit="iteration", checkpoint=checkpoint)
     else:
         run = fit(model, train, train_sample, test, args, device, generator, out)
-    train_loss, train_acc = evaluate(model, train_sample)
-    test_loss, test_acc = evaluate(model, test)
     final = {"iterations": run.history[-1]["iteration"], "train_tweets": len(train[2]),
-             "test_tweets": len(test[2]), "train_sample": len(train_sample[2]),
-             "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-             "test_acc": test_acc}
+             "test_tweets": len(test[2]), "train_sample": len(train_sample[2])}
+    for name, split in (("train", train_sample), ("test", test)):
+        final.update({f"{name}_{k}": v for k, v in evaluate(model, split).items()})
+    majority = int(train[2].float().mean().item() >= 0.5)  # the training set's majority class
+    final["test_majority_class_acc"] = (test[2] == majority).float().mean().item()
     plot_history(run.history, args, out / f"{KIND}_curves.png")
     common.save_metrics(out / f"{KIND}_metrics.json", args, device, run.seconds, run.history, final,
                         weights=str(args.load or out / f"{KIND}.pt"), trained_with=run.trained_with,
                         reading={"train": train_counts, "test": test_counts})
-    print(f"final: train acc {train_acc:.4f} ({len(train_sample[2])} tweets) | test acc "
-          f"{test_acc:.4f} | test loss {test_loss:.4f} | {run.seconds:.0f} s of training")
+    print(f"final: train acc {final['train_acc']:.4f} ({len(train_sample[2])} tweets) | test acc "
+          f"{final['test_acc']:.4f}, balanced {final['test_balanced_acc']:.4f} (always the training "
+          f"majority: {final['test_majority_class_acc']:.4f}) | test loss {final['test_loss']:.4f} | "
+          f"{run.seconds:.0f} s of training")
 
 
 if __name__ == "__main__":

@@ -351,3 +351,71 @@ def test_bad_flags_are_refused(flags, phrase, tmp_path):
 def test_unreadable_columns_are_one_line(tweet_files, tmp_path):
     result = run_script("lstm_tweets.py", *quick_args(tweet_files, tmp_path), "--text-column", "body")
     assert_one_line_error(result, "--text-column 'body': no such column")
+
+
+# --- SemEval's tab-separated files, with every quirk the real ones have ---------------------------
+SEMEVAL_LINES = [
+    "101\tpositive\tI\\u2019m so happy today",         # 1: a literal \u escape → ’ (then code 26)
+    "102\tneutral\tthe bus leaves at nine",              # 2: neutral, skipped
+    '103\tnegative\t"Arriving Tuesday" is awful news',   # 3: the opening quote is the tweet's
+    "104\tpositive\tgreat game\\u002c loved it\t",       # 4: escape (a comma) and a stray tab
+    "",                                                  # 5: blank
+    "105\tnegative\tworst day ever\t",                   # 6: stray tab
+    "106\tmixed\tnot a label we know",                   # 7: unknown label
+    "107\tpositive",                                     # 8: no text field
+    "108\tnegative\tlast line, no newline",              # 9: no newline after it
+]
+
+
+def test_semeval_tsv_with_every_quirk_counted(tmp_path):
+    path = tmp_path / "twitter-2016test-A.tsv"
+    path.write_text("\n".join(SEMEVAL_LINES))  # no newline at the end
+    tweets = read(path)
+    assert tweets.texts == ["I\u2019m so happy today", '"Arriving Tuesday" is awful news',
+                            "great game, loved it", "worst day ever", "last line, no newline"]
+    assert tweets.labels == [1, 0, 1, 0, 0] and tweets.lines == 9
+    assert tweets.problems == {"blank line": [5],
+                               "neutral (a positive/negative classifier skips them)": [2],
+                               "label not positive/negative/neutral": [7],
+                               "not id<TAB>label<TAB>text": [8]}
+    assert tweets.notes == {"literal \\uXXXX escapes, read as the characters they name": [1, 4],
+                            "a stray trailing tab (an empty extra field)": [4, 6]}
+    codes, lengths, counts = lstm_tweets.encode(tweets.texts, 280)
+    assert counts["non_ascii_tweets"] == 1 and codes[0, 1].item() == lstm_tweets.PLACEHOLDER
+    assert "SemEval layout" in lstm_tweets.report(path, tweets)
+
+
+def test_several_training_files_are_joined_in_order(tmp_path, capsys):
+    first, second = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    first.write_text("1\tpositive\tgood one\n2\tneutral\tmeh\n")
+    second.write_text("3\tnegative\tbad one\n4\tpositive\tnice\n")
+    args = lstm_tweets.parse_args(["--train-csv", str(first), str(second), "--test-csv", str(second),
+                                   "--device", "cpu"])
+    (codes, lengths, labels), _ = lstm_tweets.load_split(args.train_csv, args, "cpu")
+    assert labels.tolist() == [1, 0, 1] and lengths.tolist() == [8, 7, 4]
+    assert "3 tweets from 2 files" in capsys.readouterr().out
+
+
+def test_real_semeval_files_give_the_published_counts():
+    """The 11 real training files and the test file: every binary row read, every neutral row
+    and every \\u escape counted (the numbers of ../shared/data/tweets/README.md)."""
+    from conftest import SHARED_DATA
+    folder = SHARED_DATA / "tweets" / "semeval2017"
+    if not folder.is_dir():
+        pytest.skip(f"real tweets not found at {folder}")
+    train = [read(p) for p in sorted((folder / "train").glob("*.tsv"))]
+    test = read(folder / "SemEval2017-task4-test.subtask-A.english.txt")
+    assert len(train) == 11
+    labels = [y for t in train for y in t.labels]
+    assert (len(labels), sum(labels)) == (27_743, 19_903)
+    assert (len(test.labels), sum(test.labels)) == (6_347, 2_375)
+    escapes = "literal \\uXXXX escapes, read as the characters they name"
+    assert sum(len(t.notes.get(escapes, [])) for t in train + [test]) == 3_015
+
+
+def test_balanced_accuracy_by_hand():
+    # 8 negatives, 2 positives; a model right on 6 negatives and 1 positive:
+    # accuracy 7/10, balanced accuracy (6/8 + 1/2) / 2 = 0.625; always "negative": 0.5
+    assert lstm_tweets.balanced_accuracy(torch.tensor([6.0, 1.0]), torch.tensor([8.0, 2.0])) == 0.625
+    assert lstm_tweets.balanced_accuracy(torch.tensor([8.0, 0.0]), torch.tensor([8.0, 2.0])) == 0.5
+    assert lstm_tweets.balanced_accuracy(torch.tensor([3.0, 0.0]), torch.tensor([4.0, 0.0])) == 0.75  # one class present
