@@ -520,7 +520,7 @@ def out_dir(args):
     return path
 
 
-def _atomic_write(path, write):
+def atomic_write(path, write):
     """Write through a temporary file in the same folder, then rename: a run killed at any moment
     leaves the previous file intact and loadable."""
     path = Path(path)
@@ -535,7 +535,7 @@ def _atomic_write(path, write):
 def save_checkpoint(path, kind, **payload):
     """One dict: `kind` (which script and variant wrote it) plus model states, args, epoch,
     history, ... Loadable with weights_only=True: tensors, numbers, strings, lists, dicts."""
-    _atomic_write(path, lambda tmp: torch.save({"kind": kind, **payload}, tmp))
+    atomic_write(path, lambda tmp: torch.save({"kind": kind, **payload}, tmp))
 
 
 def load_checkpoint(path, kind, flag="--load"):
@@ -612,7 +612,7 @@ def save_metrics(path, args, device, seconds, history, final, **extra):
 
 def write_json(path, record):
     text = json.dumps(record, indent=2, default=str) + "\n"
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 # ----------------------------------------------------------------------------------------------

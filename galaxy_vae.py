@@ -199,10 +199,6 @@ class GalaxyVAE(nn.Module):
         return self.decode(z, c), mu, logvar
 
 
-def build_model(args, cond_dim):
-    return GalaxyVAE(args.arch, args.latent_dim, args.image_size, cond_dim)
-
-
 # ----------------------------------------------------------------------------------------------
 # LOSS
 # ----------------------------------------------------------------------------------------------
@@ -303,10 +299,16 @@ def decode(model, z, c):
     return torch.sigmoid(model.decode(z, c)).float().cpu()
 
 
+def class_condition(classes, k, n, device):
+    """What the conditional model is given to generate class k, n times: the class's mean
+    condition (its one-hot vector, or the mean of its galaxies' 37 probabilities)."""
+    return classes["conditions"][k:k + 1].expand(n, -1).to(device)
+
+
 @torch.no_grad()
 def class_figures(model, data, classes, args, name, generator):
-    """Originals of one class beside their reconstructions and generated samples of that class;
-    prior samples of every class (conditional) or of the model (unconditional); the latent scatter."""
+    """Originals of one class (--sample-class) beside their reconstructions and generated
+    samples of that class."""
     out = Path(args.out_dir)
     device = data["x"].device
     model.eval()
@@ -319,7 +321,7 @@ def class_figures(model, data, classes, args, name, generator):
             "reconstructions\n(decoded μ)": decode(model, mu, cond)}
     if model.cond_dim:
         z = torch.randn(len(chosen), args.latent_dim, generator=generator).to(device)
-        rows["generated: z ~ N(0, I)\ngiven the class"] = decode(model, z, classes["conditions"][k:k + 1].expand(len(z), -1).to(device))
+        rows["generated: z ~ N(0, I)\ngiven the class"] = decode(model, z, class_condition(classes, k, len(z), device))
         how = "generated = decoded prior samples given the class"
     else:
         eps = torch.randn(mu.shape, generator=generator).to(device)
@@ -335,7 +337,7 @@ def sample_figure(model, classes, args, name, device, generator):
     class, so what changes along a column is the class alone), or once (unconditional)."""
     z = torch.randn(N_SHOWN, args.latent_dim, generator=generator).to(device)
     if model.cond_dim:
-        rows = {cls: decode(model, z, classes["conditions"][k:k + 1].expand(len(z), -1).to(device))
+        rows = {cls: decode(model, z, class_condition(classes, k, len(z), device))
                 for k, cls in enumerate(classes["names"])}
         title = f"{name}: the same z ~ N(0, I) decoded given each class"
     else:
@@ -397,6 +399,7 @@ def weight_figure(model, args, name, rows=128, columns=256):
             matrix = matrix.transpose(0, 1)  # stored (in, out, k, k): rows are outputs here too
         matrix = matrix.flatten(1)
         shown = matrix[:rows, :columns]
+        # torch.quantile takes at most 2^24 values; a larger matrix is scaled to its largest |w|
         scale = matrix.abs().flatten().quantile(0.99).item() if matrix.numel() < 2 ** 24 else matrix.abs().max().item()
         image = ax.imshow(shown.numpy(), aspect="auto", cmap="RdBu_r", interpolation="nearest",
                           vmin=-scale, vmax=scale)
@@ -508,6 +511,21 @@ def decode_jpeg(task):
         return None, f"unreadable ({type(error).__name__})"
 
 
+def decode_all(files, crop, size, workers):
+    """Every file through decode_jpeg in `workers` processes, with a progress bar:
+    {"ids", "images" uint8 (N, 3, size, size), "problems" ["name: why", ...]}."""
+    tasks = [(str(p), crop, size) for p in files]
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        decoded = list(common.progress(pool.map(decode_jpeg, tasks, chunksize=32), len(tasks),
+                                       f"decoding {len(tasks)} JPEGs ({workers} workers)"))
+    good = [(p.stem, data) for p, (data, _) in zip(files, decoded) if data is not None]
+    pixels = bytearray(b"".join(data for _, data in good))
+    images = (torch.frombuffer(pixels, dtype=torch.uint8) if pixels else torch.empty(0, dtype=torch.uint8))
+    return {"ids": [galaxy for galaxy, _ in good],
+            "images": images.view(len(good), size, size, 3).permute(0, 3, 1, 2).contiguous(),
+            "problems": [f"{p.name}: {why}" for p, (_, why) in zip(files, decoded) if why]}
+
+
 def load_images(images_dir, crop, size, cache_dir, workers):
     """All <id>.jpg of images_dir as uint8 (N, 3, size, size) with their ids, decoded once in
     parallel and cached under a key of crop, size and the file list (names and sizes)."""
@@ -531,24 +549,14 @@ def load_images(images_dir, crop, size, cache_dir, workers):
         except Exception as error:
             print(f"warning: the cache {cache} is damaged ({type(error).__name__}); decoding again")
     if stored is None:
-        tasks = [(str(p), crop, size) for p in files]
-        with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-            decoded = list(common.progress(pool.map(decode_jpeg, tasks, chunksize=32), len(tasks),
-                                           f"decoding {len(tasks)} JPEGs ({workers} workers)"))
-        good = [(p.stem, data) for p, (data, _) in zip(files, decoded) if data is not None]
-        if not good:
-            report("image files cannot be used", [f"{p.name}: {why}" for p, (_, why) in zip(files, decoded)], "left out")
-            common.fail(f"--images-dir {folder}: no readable JPEG among {len(files)} files")
-        stored = {"ids": [i for i, _ in good],
-                  "images": (torch.frombuffer(bytearray(b"".join(d for _, d in good)), dtype=torch.uint8)
-                             .view(len(good), size, size, 3).permute(0, 3, 1, 2).contiguous()),
-                  "problems": [f"{p.name}: {why}" for p, (_, why) in zip(files, decoded) if why]}
-        try:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            common._atomic_write(cache, lambda tmp: torch.save(stored, tmp))
-            print(f"cached {len(good)} decoded images in {cache}")
-        except OSError as error:
-            print(f"warning: cannot write the cache in {cache_dir} ({error.strerror}); decoding again next run")
+        stored = decode_all(files, crop, size, workers)
+        if stored["ids"]:  # a folder with nothing readable is an error below, not a cache entry
+            try:
+                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+                common.atomic_write(cache, lambda tmp: torch.save(stored, tmp))
+                print(f"cached {len(stored['ids'])} decoded images in {cache}")
+            except OSError as error:
+                print(f"warning: cannot write the cache in {cache_dir} ({error.strerror}); decoding again next run")
     report("image files cannot be used", stored["problems"], "left out")
     if not stored["ids"]:
         common.fail(f"--images-dir {folder}: no readable JPEG among {len(files)} files")
@@ -556,8 +564,8 @@ def load_images(images_dir, crop, size, cache_dir, workers):
 
 
 def read_labels(path, scheme):
-    """{GalaxyID: (class name, condition vector)} and the description of the layout, from
-    Kaggle's 37-column probabilities or a GalaxyID,<label> file (told apart by the header)."""
+    """({GalaxyID: label string, or its 37 probabilities as a tensor}, whether the file is
+    Kaggle's 37-column layout), from either layout (told apart by the header)."""
     path = Path(path)
     if not path.is_file():
         common.fail(f"--labels {path} is not a file")
@@ -624,7 +632,7 @@ def classes_of(labels, kaggle, scheme):
     return names, index, labels
 
 
-def load_galaxies(args, device):
+def load_galaxies(args):
     """Images and (with --labels) classes: {"x", "y", "c", "ids"} and the class description
     {"names", "conditions" (the mean condition of each class, what the conditional model is
     given to generate that class)} or None."""
@@ -677,7 +685,7 @@ def split(data, fraction, seed, limit, device):
 def final_metrics(model, train, test, classes, args, run):
     """The run's final block: loss terms, BCE floor and the BCE above it on both splits, the
     active latent dimensions and (with classes) the linear probe of μ."""
-    final = {"epochs_trained": run.history[-1]["epoch"], "parameters": sum(p.numel() for p in model.parameters())}
+    final = {"epochs_trained": run.history[-1]["epoch"], "parameters": n_parameters(model)}
     for part, data in (("train", train), ("test", test)):
         final.update({f"{part}_{k}": v for k, v in evaluate(model, data, args).items()})
         floors = [bce_floor(as_float(data["x"][idx])).sum() for idx in
@@ -688,6 +696,10 @@ def final_metrics(model, train, test, classes, args, run):
     if classes:
         final.update(latent_probe(model, train, test, len(classes["names"])))
     return final
+
+
+def n_parameters(model):
+    return sum(p.numel() for p in model.parameters())
 
 
 def run_name(args):
@@ -706,7 +718,7 @@ def main(argv=None):
                                                "class_scheme", "kl_weight"), args.load)
         if args.conditional and not args.labels:
             common.fail(f"{args.load} is a conditional model: give --labels to condition it")
-    data, classes = load_galaxies(args, device)
+    data, classes = load_galaxies(args)
     if classes:  # checked before training, not after it
         args.sample_class = args.sample_class or classes["names"][min(range(len(classes["names"])),
                                                                       key=lambda k: classes["counts"][k])]
@@ -714,7 +726,7 @@ def main(argv=None):
             common.fail(f"--sample-class {args.sample_class!r} is not one of {classes['names']}")
     cond_dim = classes["conditions"].shape[1] if args.conditional else 0
     name = run_name(args)
-    model = build_model(args, cond_dim).to(device)
+    model = GalaxyVAE(args.arch, args.latent_dim, args.image_size, cond_dim).to(device)
     if args.load:
         trained = checkpoint.get("classes")
         if args.conditional and trained["layout"] != classes["layout"]:
@@ -726,7 +738,7 @@ def main(argv=None):
         run = common.load_run(args.load, KIND, {"model": model}, checkpoint=checkpoint)
     train, test = split(data, args.test_fraction, args.seed, args.limit, device)
     print(f"{len(train['x'])} training and {len(test['x'])} test images, {tuple(train['x'].shape[1:])}; "
-          f"{sum(p.numel() for p in model.parameters()):,} parameters")
+          f"{n_parameters(model):,} parameters")
     if not args.load:
         run = fit(model, train, test, args, out / name, generator, classes)
     final = final_metrics(model, train, test, classes, args, run)

@@ -230,6 +230,7 @@ def fit(model, train, train_sample, test, args, device, generator, out):
 # ----------------------------------------------------------------------------------------------
 def plot_history(history, args, path):
     its = [r["iteration"] for r in history]
+    files = Path(args.train_csv[0]).name + (f" and {len(args.train_csv) - 1} more" if len(args.train_csv) > 1 else "")
     common.plot_panels(path, {
         "accuracy": {"test (whole test file)": (its, [r["test_acc"] for r in history]),
                      f"training ({args.train_sample} fixed tweets)":
@@ -241,8 +242,7 @@ def plot_history(history, args, path):
             "test": (its, [r["test_loss"] for r in history]),
             f"training ({args.train_sample} fixed tweets)": (its, [r["train_loss"] for r in history]),
             f"minibatches (mean over {args.eval_every})": (its, [r["batch_loss"] for r in history])},
-    }, xlabel="iteration", title=f"Character LSTM on tweets ({Path(args.train_csv[0]).name}"
-                                       f"{f' and {len(args.train_csv) - 1} more' if len(args.train_csv) > 1 else ''})",
+    }, xlabel="iteration", title=f"Character LSTM on tweets ({files})",
         markers=len(history) <= 30)
 
 
@@ -520,7 +520,8 @@ def load_split(paths, args, device):
     for path in paths:
         tweets = read_tweet_csv(path, args.text_column, args.label_column)
         print(report(path, tweets))
-        texts, labels = texts + tweets.texts, labels + tweets.labels
+        texts.extend(tweets.texts)
+        labels.extend(tweets.labels)
     if len(paths) > 1:
         print(f"  {count(len(texts), 'tweet')} from {len(paths)} files")
     texts, labels = texts[:args.limit], labels[:args.limit]

@@ -12,9 +12,9 @@ the first --images of --images-dir:
 
 Run: python benchmarks/galaxy_decode.py --images-dir ../shared/data/galaxy/images_training_rev1
 """
-import concurrent.futures
 import sys
 import tempfile
+import types
 import time
 from pathlib import Path
 
@@ -48,14 +48,11 @@ def parse_args(argv=None):
 
 
 def decode_rate(files, crop, size, workers):
-    """Images per second of galaxy_vae.decode_jpeg over `files` with `workers` processes."""
-    tasks = [(str(p), crop, size) for p in files]
+    """Images per second of galaxy_vae's first pass (decode_all) over `files` with `workers`
+    processes, and what it decoded."""
     start = time.perf_counter()
-    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-        decoded = list(pool.map(galaxy_vae.decode_jpeg, tasks, chunksize=32))
-    seconds = time.perf_counter() - start
-    bad = sum(data is None for data, _ in decoded)
-    return len(files) / seconds, decoded, bad
+    decoded = galaxy_vae.decode_all(files, crop, size, workers)
+    return len(files) / (time.perf_counter() - start), decoded
 
 
 def step_ms(arch, amp, args, images, device):
@@ -63,7 +60,7 @@ def step_ms(arch, amp, args, images, device):
     model = galaxy_vae.GalaxyVAE(arch, 50, args.image_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
-    flags = type("Flags", (), {"amp": amp})()
+    flags = types.SimpleNamespace(amp=amp)  # what common.autocast reads
     times = []
     for step in range(args.steps + 2):
         idx = torch.randint(0, len(images), (args.batch_size,), generator=generator)
@@ -92,14 +89,12 @@ def main(argv=None):
     print(f"1. first-pass decode of {len(files)} JPEGs (crop {args.crop} → {args.image_size}):")
     baseline = None
     for workers in args.workers:
-        rate, decoded, bad = decode_rate(files, args.crop, args.image_size, workers)
+        rate, decoded = decode_rate(files, args.crop, args.image_size, workers)
+        bad = len(decoded["problems"])
         baseline = baseline or rate
         print(f"   {workers} worker{'s' * (workers > 1)}: {rate:7.1f} images/s ({rate / baseline:.2f}x the "
               f"first count) → {FULL_SET / rate / 60:.1f} min for {FULL_SET:,}" + (f"; {bad} unreadable" if bad else ""))
-    good = b"".join(data for data, _ in decoded if data is not None)
-    n = len(good) // (3 * args.image_size ** 2)
-    images = torch.frombuffer(bytearray(good), dtype=torch.uint8).view(n, args.image_size, args.image_size, 3)
-    images = images.permute(0, 3, 1, 2).contiguous()
+    images, n = decoded["images"], len(decoded["ids"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cache.pt"
         torch.save({"images": images}, path)

@@ -59,7 +59,7 @@ def parse(root, out, *extra):
 def test_labels_file_classes_and_stratified_split(galaxies, tmp_path, capsys):
     root, ids = galaxies
     args = parse(root, tmp_path, "--labels", root / "labels.csv", "--test-fraction", "0.25")
-    data, classes = gv.load_galaxies(args, "cpu")
+    data, classes = gv.load_galaxies(args)
     assert classes["names"] == ["other", "spiral_odd"] and classes["counts"] == [32, 16]
     assert data["x"].shape == (48, 3, 32, 32) and data["x"].dtype == torch.uint8
     assert torch.equal(data["c"], F.one_hot(data["y"], 2).float())
@@ -114,7 +114,7 @@ def test_kaggle_layout_argmax_and_q1(galaxies, tmp_path, capsys):
     root, ids = galaxies
     labels = kaggle_csv(tmp_path / "training_solutions_rev1.csv", ids)
     args = parse(root, tmp_path, "--labels", labels)
-    data, classes = gv.load_galaxies(args, "cpu")
+    data, classes = gv.load_galaxies(args)
     assert "Kaggle's 37 probabilities" in capsys.readouterr().out
     # the largest answers sit in answer columns 1, 8, 15, 22, 29 of the header above
     assert classes["names"] == ["Class1.1", "Class4.1", "Class6.2", "Class8.4", "Class10.1"]
@@ -122,7 +122,7 @@ def test_kaggle_layout_argmax_and_q1(galaxies, tmp_path, capsys):
     expected = [int(ids.index(g)) % 5 for g in data["ids"]]
     assert data["y"].tolist() == expected
     args = parse(root, tmp_path, "--labels", labels, "--class-scheme", "q1")
-    data, classes = gv.load_galaxies(args, "cpu")
+    data, classes = gv.load_galaxies(args)
     assert classes["names"] == list(gv.Q1_NAMES)
     # question 1 is columns 1-3; only galaxies with i % 5 == 0 have their 0.9 there (on Class1.1)
     assert all((y == 0) for y, g in zip(data["y"].tolist(), data["ids"]) if ids.index(g) % 5 == 0)
@@ -146,7 +146,7 @@ def test_every_bad_input_is_counted_and_named(galaxies, tmp_path, capsys):
     text[5] = text[5] + ",0.1"                                                             # 39 fields
     labels.write_text("\n".join(text + [text[6]]) + "\n")                                  # repeated id
     args = gv.parse_args(args_for(copy, tmp_path / "out", "--labels", labels))
-    data, classes = gv.load_galaxies(args, "cpu")
+    data, classes = gv.load_galaxies(args)
     out = capsys.readouterr().out
     for line in ("1 entries of", "3 image files cannot be used", "999001.jpg: unreadable",
                  "999002.jpg: not a JPEG (PNG)", "rows with the wrong number of fields",
@@ -339,7 +339,7 @@ def test_real_galaxy_images(tmp_path, capsys):
         shutil.copy(path, folder)
     args = gv.parse_args(["--images-dir", str(folder), "--labels", str(real / "labels.csv"),
                           "--cache-dir", str(tmp_path / "cache"), "--workers", "2"])
-    data, classes = gv.load_galaxies(args, "cpu")
+    data, classes = gv.load_galaxies(args)
     out = capsys.readouterr().out
     assert data["x"].shape == (120, 3, 64, 64) and sum(classes["counts"]) == 120
     assert "4880 label rows have no image" in out
@@ -360,7 +360,7 @@ class Pixels(torch.nn.Module):
 
 def test_latent_probe_finds_a_linear_class_and_not_a_random_one(galaxies, tmp_path):
     root, _ = galaxies
-    data, _ = gv.load_galaxies(parse(root, tmp_path, "--labels", root / "labels.csv"), "cpu")
+    data, _ = gv.load_galaxies(parse(root, tmp_path, "--labels", root / "labels.csv"))
     train, test = gv.split(data, 0.3, 0, None, "cpu")
     assert gv.latent_probe(Pixels(), train, test, 2)["latent_probe_test_balanced_accuracy"] == 1.0
     shuffled = [dict(part, y=part["y"][torch.randperm(len(part["y"]), generator=torch.Generator().manual_seed(1))])
@@ -378,7 +378,7 @@ def test_active_dims_counts_the_dimensions_whose_mean_varies(galaxies, tmp_path)
             return mu, torch.zeros_like(mu)
 
     root, _ = galaxies
-    data, _ = gv.load_galaxies(parse(root, tmp_path), "cpu")
+    data, _ = gv.load_galaxies(parse(root, tmp_path))
     assert gv.active_dims(Encoder(), data) == 2
 
 
