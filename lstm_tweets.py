@@ -16,6 +16,10 @@ Choices the assignment leaves open:
   prediction (a test checks this), and the state is the one packed sequences give (a test checks
   that against forward_packed). Packing is not used to train: packed sequences have open
   upstream bugs on Apple's MPS, and the padded batch is faster (benchmarks/lstm_speed.py).
+- Minibatches from length buckets (--bucket, bucketed_order): each pass is shuffled, cut into
+  buckets of 50 minibatches and each bucket sorted by length, so the 32 tweets of a minibatch
+  have similar lengths and the padded batch is little wider than its tweets. Every tweet still
+  comes once per pass in a random minibatch; --bucket 1 draws plain random minibatches.
 - Training accuracy is measured on a fixed random sample of --train-sample training tweets
   (default 2000), so an evaluation costs little next to 1000 iterations; test accuracy on the
   whole test file.
@@ -86,6 +90,12 @@ def parse_args(argv=None):
     parser.add_argument("--train-sample", type=common.positive_int, default=2000,
                         help="training accuracy is measured on this many training tweets, drawn "
                              "once with --seed")
+    parser.add_argument("--bucket", type=common.positive_int, default=50, metavar="BATCHES",
+                        help="draw minibatches from length buckets: each shuffled pass is cut "
+                             "into buckets of this many minibatches and each bucket sorted by "
+                             "length, so a minibatch holds tweets of similar length and little "
+                             "padding is read (the prediction is the same, see CharLSTM.forward); "
+                             "1 draws plain random minibatches")
     parser.add_argument("--hidden", type=common.positive_int, default=128, help="LSTM hidden size")
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
                         help="Adam, or plain SGD (the assignment allows either)")
@@ -151,6 +161,26 @@ def batch(split, idx):
     return codes[idx, :width], common.to_device(batch_lengths, codes.device), labels[idx]
 
 
+def bucketed_order(lengths, batch_size, bucket, generator):
+    """One pass over the training tweets, as fit() reads it: consecutive runs of batch_size
+    indices are the minibatches. The tweets are shuffled, cut into buckets of `bucket`
+    minibatches, each bucket sorted by length and cut into minibatches, and the minibatches
+    shuffled. Every tweet still comes once per pass, in a random minibatch of tweets of similar
+    length: the minibatch is cut to its longest tweet (batch()), so far less padding is read.
+    bucket = 1 is a plain shuffle. The last len % batch_size tweets, which fit() drops, are
+    chosen at random before sorting, so the drop does not favour short or long tweets."""
+    order = torch.randperm(len(lengths), generator=generator)
+    if bucket == 1:
+        return order
+    n_batches = len(order) // batch_size
+    kept, rest = order[:n_batches * batch_size], order[n_batches * batch_size:]
+    by_length = torch.cat([chunk[lengths[chunk].argsort(stable=True)]
+                           for chunk in kept.split(bucket * batch_size)])
+    minibatches = by_length.view(n_batches, batch_size)
+    shuffled = minibatches[torch.randperm(n_batches, generator=generator)].flatten()
+    return torch.cat([shuffled, rest])
+
+
 def balanced_accuracy(hits, totals):
     """The mean of the per-class recalls (hits[c] / totals[c]) over the classes present: 0.5 for
     any constant guess on two classes, however imbalanced the split."""
@@ -161,11 +191,11 @@ def balanced_accuracy(hits, totals):
 @torch.no_grad()
 def evaluate(model, split, batch_size=500):
     """Mean negative log-likelihood, accuracy and balanced accuracy over every tweet of `split`."""
-    codes, _, labels = split
+    codes, lengths, labels = split
     model.eval()
     loss_sum = torch.zeros((), device=codes.device)
     hits, totals = torch.zeros(2, device=codes.device), torch.zeros(2, device=codes.device)
-    for idx in common.batch_indices(len(labels), batch_size, "cpu"):
+    for idx in lengths.argsort().split(batch_size):  # by length: little padding is read
         x, lengths, y = batch(split, idx)
         log_probs = model(x, lengths)
         loss_sum += F.nll_loss(log_probs, y, reduction="sum")
@@ -197,14 +227,14 @@ def fit(model, train, train_sample, test, args, device, generator, out):
     if args.resume:  # the pass under way when the checkpoint was written, from where it stopped
         order, position = run.extra["order"].long(), run.extra["position"]
     else:
-        order, position = torch.randperm(n, generator=generator), 0
+        order, position = bucketed_order(train[1], args.batch_size, args.bucket, generator), 0
     model.train()
     losses = torch.empty(args.eval_every, device=device)  # minibatch losses since the last record
     start = run.done
     steps = range(run.done + 1, args.iterations + 1)
     for iteration in common.progress(steps, len(steps), "iterations"):
         if position + args.batch_size > n:  # a new pass; the tail of the last one is dropped
-            order, position = torch.randperm(n, generator=generator), 0
+            order, position = bucketed_order(train[1], args.batch_size, args.bucket, generator), 0
         codes, lengths, labels = batch(train, order[position:position + args.batch_size])
         position += args.batch_size
         with common.autocast(args, device):

@@ -419,3 +419,40 @@ def test_balanced_accuracy_by_hand():
     assert lstm_tweets.balanced_accuracy(torch.tensor([6.0, 1.0]), torch.tensor([8.0, 2.0])) == 0.625
     assert lstm_tweets.balanced_accuracy(torch.tensor([8.0, 0.0]), torch.tensor([8.0, 2.0])) == 0.5
     assert lstm_tweets.balanced_accuracy(torch.tensor([3.0, 0.0]), torch.tensor([4.0, 0.0])) == 0.75  # one class present
+
+
+def test_bucketed_order_is_a_pass_of_similar_length_minibatches():
+    """Every tweet once per pass; the dropped tail (len % batch) is not the longest tweets;
+    minibatches are much narrower than random ones; --bucket 1 is a plain shuffle."""
+    lengths = torch.randint(1, 281, (1000,), generator=torch.Generator().manual_seed(0))
+    order = lstm_tweets.bucketed_order(lengths, 32, 10, torch.Generator().manual_seed(1))
+    assert sorted(order.tolist()) == list(range(1000))
+    kept = order[:1000 // 32 * 32].view(-1, 32)
+    bucketed_width = lengths[kept].max(1).values.float().mean()
+    shuffled = lstm_tweets.bucketed_order(lengths, 32, 1, torch.Generator().manual_seed(1))
+    assert torch.equal(shuffled, torch.randperm(1000, generator=torch.Generator().manual_seed(1)))
+    random_width = lengths[shuffled[:1000 // 32 * 32].view(-1, 32)].max(1).values.float().mean()
+    assert bucketed_width < 0.6 * random_width  # random minibatches of 32 are padded to ~272
+    assert lengths[order[1000 // 32 * 32:]].float().mean() < 250  # a random tail, not the longest
+    # the minibatches are shuffled: not ordered by length across the pass
+    widths = lengths[kept].max(1).values
+    assert not torch.equal(widths, widths.sort().values)
+
+
+def test_bucketed_minibatches_give_every_tweet_the_packed_log_probs():
+    """Training reads bucketed minibatches through forward (batch() cuts each to its longest
+    tweet): every tweet's log-probs equal the packed reference, computed in one random batch."""
+    generator = torch.Generator().manual_seed(4)
+    device = torch.device(DEVICE)
+    model = lstm_tweets.CharLSTM().to(device)
+    n_tweets = torch.randint(1, 200, (96,), generator=generator).tolist()
+    codes, lengths = codes_of(*[random_tweet(n, generator) for n in n_tweets])
+    split = (codes.to(device), lengths, torch.zeros(96, dtype=torch.long, device=device))
+    order = lstm_tweets.bucketed_order(lengths, 8, 4, generator)
+    with torch.no_grad():
+        reference = model.forward_packed(split[0], lengths.to(device))
+        for idx in order.view(-1, 8):
+            x, batch_lengths, _ = lstm_tweets.batch(split, idx)
+            assert x.shape[1] == int(lengths[idx].max())  # cut to the minibatch's longest
+            assert torch.allclose(model(x, batch_lengths), reference[idx.to(device)],
+                                  rtol=1e-5, atol=1e-6)
