@@ -85,19 +85,13 @@ def classification_loss(logits, labels):
 # TRAINING
 # ----------------------------------------------------------------------------------------------
 def augment(x, generator, max_shift=2):
-    """Flip each image left-right with probability 1/2 and shift it by up to `max_shift` pixels
-    in each direction (zero fill). Random numbers come from `generator` (CPU) for reproducibility,
-    and reach the device through common.to_device, so the step never waits for the copy."""
-    B, _, H, W = x.shape
-    flip = common.to_device(torch.rand(B, generator=generator) < 0.5, x.device)
+    """Flip each image left-right with probability 1/2, then shift it by up to `max_shift` pixels
+    in each direction (zero fill, common.random_shift). Random numbers come from `generator`
+    (CPU) for reproducibility, and reach the device through common.to_device, so the step never
+    waits for the copy."""
+    flip = common.to_device(torch.rand(len(x), generator=generator) < 0.5, x.device)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    shifts = common.to_device(torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator),
-                              x.device)
-    padded = F.pad(x, [max_shift] * 4)                                  # (B, 1, H+4, W+4)
-    rows = shifts[0][:, None] + torch.arange(H, device=x.device)        # (B, H)
-    cols = shifts[1][:, None] + torch.arange(W, device=x.device)        # (B, W)
-    batch = torch.arange(B, device=x.device)[:, None, None]             # (B, 1, 1)
-    return padded[batch, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)  # (B, 1, H, W)
+    return common.random_shift(x, generator, max_shift)
 
 
 def train_epoch(model, optimizer, data, args, epoch, generator):

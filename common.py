@@ -28,6 +28,7 @@ matplotlib.use("Agg")  # figures go to files; no display is needed (or present o
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -161,9 +162,10 @@ def check_common_args(parser, args, load_files=1):
 def use_run_args(args, checkpoint, names, path):
     """For --load: take the flags in `names` (architecture, data selection) from the run that
     wrote `checkpoint`, saying which ones differ from the command line, so the figures and
-    numbers are that run's whatever the flags say now."""
+    numbers are that run's whatever the flags say now. A flag the run did not record (it came
+    later) keeps the command line's value."""
     for name in names:
-        if getattr(args, name) != checkpoint["args"][name]:
+        if name in checkpoint["args"] and getattr(args, name) != checkpoint["args"][name]:
             print(f"--{name.replace('_', '-')} {checkpoint['args'][name]} as in {path}")
             setattr(args, name, checkpoint["args"][name])
 
@@ -329,6 +331,20 @@ def batch_indices(n, batch_size, device, generator=None):
     order = to_device(order, device)
     for start in range(0, n, batch_size):
         yield order[start:start + batch_size]
+
+
+def random_shift(x, generator, max_shift=2, fill=0.0):
+    """Move each image of x (B, 1, H, W) by a random whole number of pixels, up to `max_shift`
+    in each direction, the uncovered border filled with `fill` (the background's value). The
+    shifts come from `generator` (CPU), for reproducibility, and reach the device through
+    to_device, so the step never waits for the copy."""
+    B, _, H, W = x.shape
+    shifts = to_device(torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator), x.device)
+    padded = F.pad(x, [max_shift] * 4, value=fill)                      # (B, 1, H+2s, W+2s)
+    rows = shifts[0][:, None] + torch.arange(H, device=x.device)        # (B, H)
+    cols = shifts[1][:, None] + torch.arange(W, device=x.device)        # (B, W)
+    batch = torch.arange(B, device=x.device)[:, None, None]             # (B, 1, 1)
+    return padded[batch, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)  # (B, 1, H, W)
 
 
 def num_batches(n, batch_size):

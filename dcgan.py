@@ -36,7 +36,7 @@ import common
 
 KIND = "dcgan"
 NZ = 100
-SNAPSHOT_EPOCHS = (1, 5, 10, 50, 100)  # the fixed noise is decoded after these (those <= --epochs)
+SNAPSHOT_EPOCHS = (1, 5, 10, 25, 50, 100)  # the fixed noise is decoded after these (those <= --epochs)
 N_FIXED_NOISE = 12
 
 

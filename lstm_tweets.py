@@ -20,9 +20,11 @@ Choices the assignment leaves open:
   buckets of 50 minibatches and each bucket sorted by length, so the 32 tweets of a minibatch
   have similar lengths and the padded batch is little wider than its tweets. Every tweet still
   comes once per pass in a random minibatch; --bucket 1 draws plain random minibatches.
+- The loss is the assignment's plain NLL, whatever the classes' shares; --class-weighted
+  weighs each tweet by N / (2 N_class) of the training set, so both classes count alike.
 - Training accuracy is measured on a fixed random sample of --train-sample training tweets
   (default 2000), so an evaluation costs little next to 1000 iterations; test accuracy on the
-  whole test file.
+  whole test file. The final block measures the whole training set too.
 - Characters outside ASCII (emoji, accents, undecodable bytes) all become code 26, ASCII's SUB
   ("substitute"), so the one-hot size stays 128; tweets longer than --max-len are cut.
 
@@ -96,6 +98,9 @@ def parse_args(argv=None):
                              "length, so a minibatch holds tweets of similar length and little "
                              "padding is read (the prediction is the same, see CharLSTM.forward); "
                              "1 draws plain random minibatches")
+    parser.add_argument("--class-weighted", action="store_true",
+                        help="weight each tweet's loss by N / (2 N_class) of the training set, so "
+                             "both classes count alike (default off: the assignment's plain NLL)")
     parser.add_argument("--hidden", type=common.positive_int, default=128, help="LSTM hidden size")
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
                         help="Adam, or plain SGD (the assignment allows either)")
@@ -140,10 +145,19 @@ class CharLSTM(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # LOSS
 # ----------------------------------------------------------------------------------------------
-def nll_loss(log_probs, labels):
+def nll_loss(log_probs, labels, class_weights=None):
     """The assignment's softmax + negative log-likelihood: L = -(1/B) Σ_b log p(y_b | tweet_b),
-    with log p the log-softmax of the two outputs. Averaged over the batch."""
-    return F.nll_loss(log_probs, labels, reduction="mean")
+    with log p the log-softmax of the two outputs. Averaged over the batch.
+
+    With class_weights w (--class-weighted), each tweet's term is weighted by its class's w and
+    the sum divided by the weights' sum: L = -Σ_b w[y_b] log p(y_b | tweet_b) / Σ_b w[y_b]."""
+    return F.nll_loss(log_probs, labels, weight=class_weights, reduction="mean")
+
+
+def inverse_frequency(labels):
+    """w_c = N / (2 N_c): each class weighs as much in the loss as the other, however rare."""
+    counts = torch.bincount(labels, minlength=2).float()
+    return len(labels) / (2 * counts)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,20 +204,24 @@ def balanced_accuracy(hits, totals):
 
 @torch.no_grad()
 def evaluate(model, split, batch_size=500):
-    """Mean negative log-likelihood, accuracy and balanced accuracy over every tweet of `split`."""
+    """Mean negative log-likelihood, accuracy, balanced accuracy and the recall of each class
+    (the share of its tweets predicted as it) over every tweet of `split`."""
     codes, lengths, labels = split
     model.eval()
     loss_sum = torch.zeros((), device=codes.device)
     hits, totals = torch.zeros(2, device=codes.device), torch.zeros(2, device=codes.device)
     for idx in lengths.argsort().split(batch_size):  # by length: little padding is read
-        x, lengths, y = batch(split, idx)
-        log_probs = model(x, lengths)
+        x, batch_lengths, y = batch(split, idx)
+        log_probs = model(x, batch_lengths)
         loss_sum += F.nll_loss(log_probs, y, reduction="sum")
         totals += torch.bincount(y, minlength=2)
         hits += torch.bincount(y[log_probs.argmax(1) == y], minlength=2)
     model.train()
+    hits, totals = hits.cpu(), totals.cpu()
+    recall = (hits / totals.clamp(min=1)).tolist()
     return {"loss": loss_sum.item() / len(labels), "acc": (hits.sum() / len(labels)).item(),
-            "balanced_acc": balanced_accuracy(hits.cpu(), totals.cpu())}
+            "balanced_acc": balanced_accuracy(hits, totals),
+            "negative_recall": recall[0], "positive_recall": recall[1]}
 
 
 def sample(split, n, seed):
@@ -224,6 +242,9 @@ def fit(model, train, train_sample, test, args, device, generator, out):
     run = common.Run(args, out / KIND, KIND, {"model": model}, {"optimizer": optimizer}, generator,
                      unit="iteration", total=args.iterations)
     n = len(train[2])
+    class_weights = inverse_frequency(train[2]) if args.class_weighted else None
+    if class_weights is not None:
+        print(f"--class-weighted: negative x{class_weights[0]:.3f}, positive x{class_weights[1]:.3f}")
     if args.resume:  # the pass under way when the checkpoint was written, from where it stopped
         order, position = run.extra["order"].long(), run.extra["position"]
     else:
@@ -238,7 +259,7 @@ def fit(model, train, train_sample, test, args, device, generator, out):
         codes, lengths, labels = batch(train, order[position:position + args.batch_size])
         position += args.batch_size
         with common.autocast(args, device):
-            loss = nll_loss(model(codes, lengths), labels)
+            loss = nll_loss(model(codes, lengths), labels, class_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -583,7 +604,7 @@ def main(argv=None):
         run = fit(model, train, train_sample, test, args, device, generator, out)
     final = {"iterations": run.history[-1]["iteration"], "train_tweets": len(train[2]),
              "test_tweets": len(test[2]), "train_sample": len(train_sample[2])}
-    for name, split in (("train", train_sample), ("test", test)):
+    for name, split in (("train", train_sample), ("train_all", train), ("test", test)):
         final.update({f"{name}_{k}": v for k, v in evaluate(model, split).items()})
     majority = int(train[2].float().mean().item() >= 0.5)  # the training set's majority class
     final["test_majority_class_acc"] = (test[2] == majority).float().mean().item()
@@ -591,7 +612,8 @@ def main(argv=None):
     common.save_metrics(out / f"{KIND}_metrics.json", args, device, run.seconds, run.history, final,
                         weights=str(args.load or out / f"{KIND}.pt"), trained_with=run.trained_with,
                         reading={"train": train_counts, "test": test_counts})
-    print(f"final: train acc {final['train_acc']:.4f} ({len(train_sample[2])} tweets) | test acc "
+    print(f"final: train acc {final['train_acc']:.4f} ({len(train_sample[2])} tweets), "
+          f"{final['train_all_acc']:.4f} (all {len(train[2])}) | test acc "
           f"{final['test_acc']:.4f}, balanced {final['test_balanced_acc']:.4f} (always the training "
           f"majority: {final['test_majority_class_acc']:.4f}) | test loss {final['test_loss']:.4f} | "
           f"{run.seconds:.0f} s of training")

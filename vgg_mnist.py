@@ -29,11 +29,15 @@ Training choices (the paper's where they carry over, each one a flag):
   weights in the FC layers (std 0.01, as torchvision's VGG) the signal shrinks in the
   4096-wide layers and, in a probe on the tenth of MNIST, the loss sat at ln 10 = 2.30 for a
   whole epoch; with He initialisation it was near 1.1 after 100 minibatches.
-- The only preprocessing is the paper's: the mean pixel of the training set is subtracted. No
-  augmentation: the paper's random crops and flips do not suit digits (a flipped 2 is no digit).
+- The only preprocessing is the paper's: the mean pixel of the training set is subtracted.
+- Augmentation, --shift N: each training image moved by up to N pixels in each direction (of
+  the 32x32 image), the digit's counterpart of the paper's random 224x224 crops; the paper's
+  flips do not suit digits (a flipped 2 is no digit). Off by default; the run that reached
+  0.995 used --shift 2 (README: what it bought).
 
 Run:     python vgg_mnist.py --data-dir ../shared/data --subset 0.1    (the assignment's CPU option)
-         python vgg_mnist.py --data-dir ../shared/data --device cuda    (all 60,000 images)
+         python vgg_mnist.py --data-dir ../shared/data --amp --shift 2  (all 60,000 images, 5
+                                                    epochs: test accuracy 0.995 on two CPU cores)
          python vgg_mnist.py --epochs 1 --eval-every-batches 20 ...     (curves within one epoch)
 Reload:  python vgg_mnist.py --data-dir ../shared/data --load figures/vgg_mnist_subset0.1.pt
 Writes:  figures/vgg_mnist[_subset<F>]_curves.png (test/train accuracy and loss),
@@ -50,7 +54,7 @@ KIND = "vgg_mnist"  # written into the checkpoint; --load refuses weights of any
 CONFIG_A = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]  # Table 1, column A
 SIDE = 32  # MNIST's 28x28 is resized to this (see the docstring: why 32)
 # --load takes these flags from the run that wrote the file: its model and its data selection
-RUN_ARGS = ("fc_width", "subset", "limit", "seed", "batch_size", "eval_every_batches")
+RUN_ARGS = ("fc_width", "subset", "limit", "seed", "batch_size", "eval_every_batches", "shift")
 
 
 def parse_args(argv=None):
@@ -63,6 +67,9 @@ def parse_args(argv=None):
                         help="record train/test accuracy and loss every N minibatches, counted "
                              "from each epoch's start, and at each epoch's end (instead of only "
                              "at each epoch's end); a record never spans two epochs")
+    parser.add_argument("--shift", type=common.nonnegative_int, default=0, metavar="PIXELS",
+                        help="move each training image by a random whole number of pixels, up to "
+                             "this many in each direction (0: no augmentation)")
     parser.add_argument("--fc-width", type=common.positive_int, default=4096,
                         help="width of the two hidden fully connected layers (the paper: 4096)")
     parser.add_argument("--dropout", type=common.nonnegative_float, default=0.5,
@@ -215,6 +222,7 @@ def fit(model, train, test, args, device, generator, stem):
     steps_per_epoch = common.num_batches(len(x), args.batch_size)
     total_steps = args.epochs * steps_per_epoch
     every = args.eval_every_batches or steps_per_epoch
+    background = x.amin().item()  # a black pixel minus the mean: what a shift uncovers
     model.train()
     for epoch in range(run.done + 1, args.epochs + 1):
         batch_losses = torch.empty(steps_per_epoch, device=device)
@@ -224,8 +232,11 @@ def fit(model, train, test, args, device, generator, stem):
             step = (epoch - 1) * steps_per_epoch + i + 1  # minibatches done after this one
             common.set_lr(optimizer, common.cosine_lr(args.lr, step - 1, total_steps,
                                                       warmup_steps=total_steps // 10))
+            inputs = x[idx]
+            if args.shift:  # augmentation: the digits moved a little
+                inputs = common.random_shift(inputs, generator, args.shift, background)
             with common.autocast(args, device):
-                loss = classification_loss(model(x[idx]), y[idx])
+                loss = classification_loss(model(inputs), y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -259,8 +270,9 @@ def plot_history(history, args, n_train, path):
     curves["training loss (cross-entropy)"] = {
         "whole training set, dropout off": (xs, [r["train_loss"] for r in history]),
         "mean minibatch loss, dropout on": (xs, [r["batch_loss"] for r in history])}
+    shifts = f", shifted up to {args.shift} px" if args.shift else ""
     common.plot_panels(path, curves, xlabel,
-                       f"VGG11 (config A) on MNIST 32x32, {n_train} training images", ncols=2)
+                       f"VGG11 (config A) on MNIST 32x32, {n_train} training images{shifts}", ncols=2)
 
 
 def main(argv=None):

@@ -12,6 +12,7 @@ these metrics gives the same moved numbers on this machine as this code does.
 Skipped without ../shared/data. Runs in the repository root, so paths recorded in the metrics
 (figures/cnn.pt) are the same strings.
 """
+import glob
 import importlib
 import json
 
@@ -44,6 +45,9 @@ COMMANDS = {
     "autoencoder_transfer": ("autoencoder", [
         "--experiment", "transfer", "--conv-weights", "figures/autoencoder_conv.pt",
         "--few-labels-weights", "figures/autoencoder_few_labels.pt"]),
+    "lstm_tweets": ("lstm_tweets", [
+        "--train-csv", "{data}/tweets/semeval2017/train/*.tsv",
+        "--test-csv", "{data}/tweets/semeval2017/SemEval2017-task4-test.subtask-A.english.txt"]),
 }
 ALSO_WRITTEN = {"joint_pretrain_frozen": ["joint_pretrain_finetuned"]}  # two models, one command
 
@@ -64,12 +68,20 @@ def test_load_reproduces_the_committed_final_block(name, shared_data, tmp_path, 
     script, flags = COMMANDS[name]
     monkeypatch.chdir(ROOT)
     load = [] if "--load" in flags else ["--load", f"figures/{name}.pt"]
+    flags = expand(flags, shared_data)
     importlib.import_module(script).main([*flags, *load, "--data-dir", str(shared_data),
                                           "--out-dir", str(tmp_path), "--device", "cpu"])
     for run in [name, *ALSO_WRITTEN.get(name, [])]:
         committed = json.loads((ROOT / "figures" / f"{run}_metrics.json").read_text())["final"]
         again = json.loads((tmp_path / f"{run}_metrics.json").read_text())["final"]
         assert_same(again, committed, run)
+
+
+def expand(flags, data):
+    """{data} becomes the shared data folder, and a pattern the files it names, sorted (as the
+    README's shell command gives them)."""
+    flags = [flag.format(data=data) for flag in flags]
+    return [path for flag in flags for path in (sorted(glob.glob(flag)) if "*" in flag else [flag])]
 
 
 def assert_same(again, committed, where):

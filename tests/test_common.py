@@ -305,6 +305,26 @@ def test_a_checkpoint_from_more_gpus_restores_the_ones_present(monkeypatch):
     assert restored == [0]
 
 
+def test_random_shift_moves_each_image_whole_and_fills_the_border():
+    """Each image is its own copy moved by (dy, dx) in [-2, 2]², computed here by slicing, with
+    the uncovered border at `fill`; the shifts vary across the batch."""
+    x = torch.rand(200, 1, 9, 7)
+    out = common.random_shift(x, torch.Generator().manual_seed(0), max_shift=2, fill=-3.0)
+    seen = set()
+    for image, moved in zip(x[:, 0], out[:, 0]):
+        matches = []
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                expected = torch.full((9, 7), -3.0)
+                expected[max(dy, 0):9 + min(dy, 0), max(dx, 0):7 + min(dx, 0)] = \
+                    image[max(-dy, 0):9 - max(dy, 0), max(-dx, 0):7 - max(dx, 0)]
+                if torch.equal(moved, expected):
+                    matches.append((dy, dx))
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) == 25  # every shift in [-2, 2]² drawn among 200 images
+
+
 def test_to_device_moves_the_same_values():
     values = torch.randn(5, generator=torch.Generator().manual_seed(0))
     moved = common.to_device(values, "cpu")

@@ -247,6 +247,18 @@ def test_nll_loss_is_mean_negative_log_probability():
     assert lstm_tweets.nll_loss(log_probs, labels).item() == pytest.approx(reference, rel=1e-6)
 
 
+
+def test_class_weighted_loss_by_hand():
+    """Four negatives and one positive: w = 5/8 and 5/2, and the loss is the weighted mean."""
+    labels = torch.tensor([0, 0, 1, 0, 0])
+    weights = lstm_tweets.inverse_frequency(labels)
+    assert weights.tolist() == pytest.approx([5 / 8, 5 / 2])
+    log_probs = torch.log_softmax(torch.randn(5, 2), 1)
+    w = [5 / 8, 5 / 8, 5 / 2, 5 / 8, 5 / 8]
+    reference = -sum(w[b] * log_probs[b, labels[b]].item() for b in range(5)) / sum(w)
+    assert lstm_tweets.nll_loss(log_probs, labels, weights).item() == pytest.approx(reference, rel=1e-6)
+
+
 # --- runs ----------------------------------------------------------------------------------------
 def synthetic_tweets(path, n, seed):
     """Easy synthetic tweets: positive ones end in ':)', negative ones in ':('. Tests only."""
@@ -291,6 +303,10 @@ def test_smoke_run_learns_then_load_repeats_the_numbers(tweet_files, tmp_path):
     assert [r["iteration"] for r in first["history"]] == [50, 100, 150]
     assert first["final"]["test_tweets"] == 100 and first["final"]["train_sample"] == 64
     assert first["final"]["test_acc"] >= 0.9  # the last two characters decide: easy, if read right
+    final = first["final"]
+    for split in ("train", "train_all", "test"):  # balanced accuracy = the mean class recall
+        recalls = final[f"{split}_negative_recall"], final[f"{split}_positive_recall"]
+        assert final[f"{split}_balanced_acc"] == pytest.approx(sum(recalls) / 2)
 
     reloaded = tmp_path / "reloaded"
     lstm_tweets.main(quick_args(tweet_files, reloaded, "--load", trained / "lstm_tweets.pt"))
@@ -343,6 +359,7 @@ def test_missing_tweet_files(tmp_path):
     (["--iterations", "0"], "argument --iterations: must be > 0, got 0"),
     (["--max-len", "-1"], "argument --max-len: must be > 0, got -1"),
     (["--optimizer", "rmsprop"], "--optimizer: invalid choice"),
+    (["--bucket", "0"], "argument --bucket: must be > 0, got 0"),
 ])
 def test_bad_flags_are_refused(flags, phrase, tmp_path):
     assert_one_line_error(run_script("lstm_tweets.py", "--out-dir", tmp_path, *flags), phrase)
@@ -456,3 +473,25 @@ def test_bucketed_minibatches_give_every_tweet_the_packed_log_probs():
             assert x.shape[1] == int(lengths[idx].max())  # cut to the minibatch's longest
             assert torch.allclose(model(x, batch_lengths), reference[idx.to(device)],
                                   rtol=1e-5, atol=1e-6)
+
+
+def test_class_weighted_trains_with_the_training_sets_inverse_frequencies(tweet_files, tmp_path,
+                                                                         monkeypatch):
+    """--class-weighted hands every step N / (2 N_c) of the training labels; without it, none."""
+    seen, real_loss = [], lstm_tweets.nll_loss
+
+    def recording(log_probs, labels, class_weights=None):
+        seen.append(None if class_weights is None else class_weights.cpu().tolist())
+        return real_loss(log_probs, labels, class_weights)
+
+    monkeypatch.setattr(lstm_tweets, "nll_loss", recording)
+    lstm_tweets.main(quick_args(tweet_files, tmp_path / "weighted", "--class-weighted",
+                                "--iterations", "3", "--eval-every", "3"))
+    labels = torch.tensor(lstm_tweets.read_tweet_csv(tweet_files[0]).labels)
+    counts = torch.bincount(labels, minlength=2).tolist()
+    expected = [len(labels) / (2 * counts[0]), len(labels) / (2 * counts[1])]
+    assert len(seen) == 3 and all(w == pytest.approx(expected) for w in seen)
+    seen.clear()
+    lstm_tweets.main(quick_args(tweet_files, tmp_path / "plain", "--iterations", "3",
+                                "--eval-every", "3"))
+    assert seen == [None, None, None]

@@ -197,6 +197,7 @@ def test_subset_run_has_its_own_files(synthetic_data, tmp_path):
 
 @pytest.mark.parametrize("extra, saved_epoch", [
     ([], 2),  # killed while recording epoch 3
+    (["--shift", "2"], 2),  # the shifts' random draws continue where they stopped
     (["--eval-every-batches", "2"], 1),  # records at steps 2, 3 | 5, 6 | ...: killed at step 5,
 ])                                       # within epoch 2, after the checkpoint of epoch 1
 def test_resume_after_a_kill_matches_an_uninterrupted_run(extra, saved_epoch, synthetic_data,
@@ -229,6 +230,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(extra, saved_epoch, sy
     (["--subset", "1.5"], "--subset is a fraction of the training set, in (0, 1]"),
     (["--dropout", "1"], "--dropout is a probability below 1"),
     (["--fc-width", "0"], "argument --fc-width: must be > 0, got 0"),
+    (["--shift", "-1"], "argument --shift: must be >= 0, got -1"),
     (["--eval-every-batches", "-5"], "argument --eval-every-batches: must be > 0, got -5"),
 ])
 def test_bad_flags_are_refused(flags, phrase, tmp_path):
