@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import os
+import platform
 import random
 import struct
 import sys
@@ -83,6 +84,21 @@ positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "> 0")
 nonnegative_float = _number(float, lambda v: v >= 0 and math.isfinite(v), ">= 0")
 
 
+def number_list(number):
+    """A comma-separated list type for the sweeps, e.g. `--sweep-kl 1,0.5,0.25`; each entry goes
+    through `number` (nonnegative_float, positive_int) and appears once."""
+
+    def parse(text):
+        values = [number(part.strip()) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        if len(set(values)) < len(values):
+            raise argparse.ArgumentTypeError(f"lists a value twice: {text}")
+        return values
+
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         """One line instead of argparse's usage block: the mistake, and where help is."""
@@ -144,10 +160,10 @@ def add_common_args(parser, *, epochs, batch_size, lr, patience=0, epochs_flag=T
     return g
 
 
-def check_common_args(parser, args, load_files=1):
+def check_common_args(parser, args, load_files=1, sweep=False):
     """Refuse flag combinations argparse cannot express alone. `load_files`: how many weights
     files --load takes in this command (one per model it trains); with one, args.load becomes
-    that one path."""
+    that one path, unless the command is a `sweep` (which indexes its members' files)."""
     if args.load and args.resume:
         parser.error("--load and --resume exclude each other: --load skips training")
     if args.amp and args.device == "mps":
@@ -155,7 +171,7 @@ def check_common_args(parser, args, load_files=1):
     if args.load and len(args.load) != load_files:
         parser.error(f"--load takes {load_files} weights file{'s' * (load_files > 1)} here "
                      f"(one per model this command trains), got {len(args.load)}")
-    if args.load and load_files == 1:
+    if args.load and load_files == 1 and not sweep:
         args.load = args.load[0]
 
 
@@ -187,7 +203,8 @@ def _mps_available():
 
 
 def pick_device(name, deterministic=False):
-    """'auto' → cuda, then mps, then cpu (and says which); an absent device is a one-line error.
+    """'auto' → cuda, then mps, then cpu; an absent device is a one-line error. Prints the run's
+    first log line: the Python, torch, torchvision and platform versions and the device.
 
     deterministic (--deterministic): on CUDA, the settings that make a run repeat bit for bit:
     cuDNN's deterministic algorithms without autotuning, torch.use_deterministic_algorithms (an
@@ -197,8 +214,7 @@ def pick_device(name, deterministic=False):
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
-        print(f"device: {name} (auto)")
-    elif name == "cuda" and not torch.cuda.is_available():
+    if name == "cuda" and not torch.cuda.is_available():
         fail("--device cuda: no CUDA device is available here (use --device cpu or auto)")
     elif name == "mps" and not _mps_available():
         fail("--device mps: no Apple MPS device is available here (use --device cpu or auto)")
@@ -207,7 +223,14 @@ def pick_device(name, deterministic=False):
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True)
+    print(" | ".join(f"{k} {v}" for k, v in versions().items()) + f" | device: {name}", flush=True)
     return torch.device(name)
+
+
+def versions():
+    """What the results were made with; every script's first log line and metrics JSON hold it."""
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "platform": platform.platform()}
 
 
 def seed_everything(seed):
@@ -622,8 +645,8 @@ def require_file(path, flag, command):
 
 def save_metrics(path, args, device, seconds, history, final, **extra):
     """The run's JSON record: args, device, wall seconds, one record per evaluation, final block."""
-    write_json(path, {"args": vars(args), "device": str(device), "wall_seconds": round(seconds, 2),
-                      "history": history, "final": final, **extra})
+    write_json(path, {"args": vars(args), "device": str(device), "versions": versions(),
+                      "wall_seconds": round(seconds, 2), "history": history, "final": final, **extra})
 
 
 def write_json(path, record):
@@ -644,8 +667,8 @@ def save_figure(fig, path):
 
 def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=False):
     """panels: {ylabel: {label: (xs, ys)}}, one axis per entry side by side (e.g. reconstruction
-    and KL, whose scales differ), or `ncols` to a row; a legend on every axis with two or more
-    curves. log_y: logarithmic y axes (a first epoch far above the rest hides the later ones)."""
+    and KL, whose scales differ), or `ncols` to a row; a legend on every axis. log_y: logarithmic
+    y axes (a first epoch far above the rest hides the later ones)."""
     ncols = ncols or len(panels)
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4 * nrows), squeeze=False)
@@ -657,8 +680,7 @@ def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=Fal
         ax.set(xlabel=xlabel, ylabel=ylabel, yscale="log" if log_y else "linear")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole numbers
         ax.grid(alpha=0.3)
-        if len(curves) > 1:
-            ax.legend()
+        ax.legend()
     fig.suptitle(textwrap.fill(title, 55 * ncols))  # ~55 characters fit above one panel
     save_figure(fig, path)
 
@@ -672,7 +694,7 @@ def epoch_series(history, key, prefixes=("train", "test"), suffix=""):
 
 
 def plot_curves(path, curves, xlabel, ylabel, title, markers=True, log_y=False):
-    """curves: {label: (xs, ys)} drawn on one axis, with a legend when there are two or more."""
+    """curves: {label: (xs, ys)} drawn on one axis, with a legend."""
     plot_panels(path, {ylabel: curves}, xlabel, title, markers, log_y=log_y)
 
 

@@ -7,20 +7,29 @@
                   then trained with the labels two ways: the encoder frozen (a linear classifier
                   on μ) and fine-tuned.
 
+--sweep-ce W1,W2,...  one joint model per cross-entropy weight, to test whether the classification
+                  term is drowned by the reconstruction (~224 nats per image against ~0.3), with a
+                  figure of test accuracy and reconstruction against the weight beside the CNN
+                  runs of --cnn-metrics (e.g. cnn.py trained with this script's recipe: plain
+                  Adam at a fixed rate, no augmentation).
+
 Each mode measures train and test accuracy at epoch 1, every --eval-every epochs and at the last
 one, and ends with a comparison figure of every model measured so far: cnn.py's CNN (read from
 figures/cnn_metrics.json), the joint model, and the frozen and fine-tuned pretrained classifiers.
 
 Run:     python joint.py --mode joint --data-dir ../shared/data
          python joint.py --mode pretrain --data-dir ../shared/data
+         python joint.py --sweep-ce 1,10,100,1000 --data-dir ../shared/data --out-dir figures/joint_ce
 Reload:  python joint.py --mode joint --load figures/joint.pt
          python joint.py --mode pretrain --load figures/joint_pretrain_frozen.pt
                                                 figures/joint_pretrain_finetuned.pt
          (one weights file per model the mode trains, in the order it trains them)
 Writes:  figures/<run>_*.png, figures/<run>_metrics.json, figures/<run>.pt (weights, for --load)
          and figures/<run>.ckpt (the full checkpoint, for --resume), <run> = joint,
-         joint_pretrain_frozen, joint_pretrain_finetuned; figures/joint_comparison.png and .json
+         joint_pretrain_frozen, joint_pretrain_finetuned, joint_ce<W>; figures/joint_comparison.png
+         and .json; joint_ce_sweep.png and .json
 """
+import argparse
 import json
 from pathlib import Path
 
@@ -56,12 +65,21 @@ def parse_args(argv=None):
     parser.add_argument("--latent-dim", type=common.positive_int, default=256, help="length of z")
     parser.add_argument("--eval-every", type=common.positive_int, default=10,
                         help="measure accuracies every N epochs (and at the first and last)")
+    parser.add_argument("--sweep-ce", type=common.number_list(common.positive_float), metavar="W1,W2,...",
+                        help="joint mode: one model per --ce-weight (same seed), and a figure of "
+                             "their test accuracy and reconstruction against the weight")
+    parser.add_argument("--cnn-metrics", nargs="+", metavar="FILE",
+                        help="--sweep-ce: cnn.py metrics files whose test accuracy the figure "
+                             "shows as reference lines (default: cnn_metrics.json in --out-dir, "
+                             "if there)")
     parser.add_argument("--vae-weights", metavar="FILE",
                         help="pretrain: the weights of `python vae.py --arch conv` "
                              "(default: vae_conv.pt in --out-dir)")
     args = parser.parse_args(argv)
-    common.check_common_args(parser, args,
-                             load_files=len(PRETRAINED) if args.mode == "pretrain" else 1)
+    if args.sweep_ce and args.mode != "joint":
+        parser.error("--sweep-ce sweeps the joint model's loss: it needs --mode joint")
+    models = len(PRETRAINED) if args.mode == "pretrain" else len(args.sweep_ce or [1])
+    common.check_common_args(parser, args, load_files=models, sweep=bool(args.sweep_ce))
     return args
 
 
@@ -256,22 +274,68 @@ def finish(model, loss_terms, data, args, name, run, **extra):
 # ----------------------------------------------------------------------------------------------
 # EXPERIMENTS
 # ----------------------------------------------------------------------------------------------
-def run_joint(args, data, generator):
+def run_joint(args, data, generator, name="joint"):
+    """Train (or --load) one joint model; its figures and metrics. Returns its final block."""
     model = JointVAE(args.latent_dim).to(data[0][0].device)
     if args.load:
-        run = common.load_run(args.load, "joint", {"model": model})
+        run = common.load_run(args.load, name, {"model": model})
     else:
-        run = fit(model, joint_terms, data, args, Path(args.out_dir) / "joint", generator,
+        run = fit(model, joint_terms, data, args, Path(args.out_dir) / name, generator,
                   model.parameters())
-    finish(model, joint_terms, data, args, "joint", run)
+    final = finish(model, joint_terms, data, args, name, run)
     history = run.history
     evals = [r for r in history if "test_ce" in r]
     panels = {name: {"train (epoch mean)": ([r["epoch"] for r in history], [r[f"train_{key}"] for r in history]),
                      "test": ([r["epoch"] for r in evals], [r[f"test_{key}"] for r in evals])}
               for key, name in (("ce", "cross-entropy"), ("recon", f"reconstruction ({args.recon})"),
                                 ("kl", "KL"))}
-    common.plot_panels(Path(args.out_dir) / "joint_loss.png", panels, xlabel="epoch",
-                       title="joint model: loss terms per example (unweighted)")
+    common.plot_panels(Path(args.out_dir) / f"{name}_loss.png", panels, xlabel="epoch",
+                       title=f"{name}: loss terms per example (unweighted; CE weight {args.ce_weight:g})")
+    return final
+
+
+def run_ce_sweep(args, data):
+    """One joint model per cross-entropy weight, each from the same seed (with --load, one
+    weights file per weight, in the sweep's order); their test accuracy and reconstruction
+    against the weight, beside the CNN runs of --cnn-metrics."""
+    out, finals = Path(args.out_dir), {}
+    for i, weight in enumerate(args.sweep_ce):
+        member = argparse.Namespace(**{**vars(args), "ce_weight": weight, "sweep_ce": None,
+                                       "load": args.load[i] if args.load else None})
+        finals[weight] = run_joint(member, data, common.seed_everything(args.seed), f"joint_ce{weight:g}")
+    weights = list(finals)
+    fig, (acc, recon) = plt.subplots(1, 2, figsize=(11, 4))
+    acc.plot(weights, [finals[w]["test_acc"] for w in weights], marker="o", label="joint model")
+    for label, value in cnn_references(args).items():
+        acc.axhline(value, linestyle="--", color=f"C{len(acc.lines)}", label=label)
+    recon.plot(weights, [finals[w]["test_recon"] for w in weights], marker="o", label="joint model")
+    for ax, ylabel in ((acc, "test accuracy"), (recon, f"test reconstruction ({args.recon}, per image)")):
+        ax.set(xscale="log", xlabel="weight of the cross-entropy (reconstruction and KL weighted 1)",
+               ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(f"joint model, {args.epochs} epochs: what the classification term's weight buys")
+    common.save_figure(fig, out / "joint_ce_sweep.png")
+    common.write_json(out / "joint_ce_sweep.json", {f"{w:g}": finals[w] for w in weights})
+
+
+def cnn_references(args):
+    """{label: test accuracy} of the cnn.py runs named by --cnn-metrics (default: cnn_metrics.json
+    in --out-dir, skipped when absent), each labelled by its training recipe."""
+    paths = args.cnn_metrics or [p for p in [Path(args.out_dir) / "cnn_metrics.json"] if p.is_file()]
+    references = {}
+    for path in map(Path, paths):
+        try:
+            record = json.loads(path.read_text())
+            recipe = record["args"]
+            accuracy = float(record["final"]["test_acc"])
+        except (OSError, ValueError, KeyError, TypeError):
+            common.fail(f"--cnn-metrics: {path} is not a cnn.py metrics file with a final test_acc")
+        optimizer = f"AdamW, weight decay {recipe['weight_decay']:g}" if recipe["weight_decay"] else "Adam"
+        schedule = recipe.get("schedule", "cosine")
+        references[f"CNN: {optimizer}, {schedule} lr {recipe['lr']:g}, "
+                    f"{'augmented' if recipe['augment'] else 'no augmentation'}"] = accuracy
+    return references
 
 
 def pretrained_vae_path(args):
@@ -338,6 +402,9 @@ def main(argv=None):
     generator = common.seed_everything(args.seed)
     common.out_dir(args)
     data = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
+    if args.sweep_ce:
+        run_ce_sweep(args, data)
+        return
     if args.mode == "joint":
         run_joint(args, data, generator)
     else:

@@ -43,26 +43,13 @@ N_FIXED_NOISE = 12
 CLASSIFIER = "vae_classifier"  # the classifier experiment's run name and checkpoint kind
 INIT_STARTS = ("classifier", "random")  # the two VAEs of init-from-classifier, in training order
 
+RECON_LABELS = {"bce": "BCE, summed over pixels", "mse": "squared error, summed over pixels",
+                "mse-mean": "squared error, mean over pixels"}
 LOAD_HELP = ("skip training: load weights files (<run>.pt, or the <run>.ckpt checkpoint) and redo "
              "the figures and metrics on the data given now; one file per model the command "
              "trains, in its order: one for a VAE or the classifier, one per member for a sweep "
              "(--sweep-kl 1,0.5: vae_mlp_kl1.pt vae_mlp_kl0.5.pt), two for init-from-classifier "
              "(vae_mlp_init_classifier.pt vae_mlp_init_random.pt)")
-
-
-def number_list(number):
-    """A comma-separated list type for the sweeps, e.g. `--sweep-kl 1,0.5,0.25`; each entry goes
-    through `number` (common.nonnegative_float, common.positive_int) and appears once."""
-
-    def parse(text):
-        values = [number(part.strip()) for part in text.split(",") if part.strip()]
-        if not values:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-        if len(set(values)) < len(values):
-            raise argparse.ArgumentTypeError(f"lists a value twice: {text}")
-        return values
-
-    return parse
 
 
 def parse_args(argv=None):
@@ -73,16 +60,18 @@ def parse_args(argv=None):
                              "(default: conv, and mlp for the two classifier experiments)")
     parser.add_argument("--experiment", choices=["vae", "classifier", "init-from-classifier"],
                         default="vae", help="what to train (the last two use the MLP encoder)")
-    parser.add_argument("--recon", choices=["bce", "mse"], default="bce",
-                        help="reconstruction loss, summed over pixels")
+    parser.add_argument("--recon", choices=["bce", "mse", "mse-mean"], default="bce",
+                        help="reconstruction loss: bce or mse summed over the pixels, or mse-mean, "
+                             "the squared error averaged over the pixels as PyTorch's default "
+                             "nn.MSELoss() computes it (the report's setup)")
     parser.add_argument("--kl-weight", type=common.nonnegative_float, default=1.0,
                         help="β, the weight of the KL term (1 = the plain ELBO)")
     parser.add_argument("--latent-dim", type=common.positive_int,
                         help="length of z (default: 256 for conv, 2 for mlp)")
     sweep = parser.add_mutually_exclusive_group()
-    sweep.add_argument("--sweep-kl", type=number_list(common.nonnegative_float),
+    sweep.add_argument("--sweep-kl", type=common.number_list(common.nonnegative_float),
                        metavar="W1,W2,...", help="train one model per KL weight and compare them")
-    sweep.add_argument("--sweep-latent", type=number_list(common.positive_int),
+    sweep.add_argument("--sweep-latent", type=common.number_list(common.positive_int),
                        metavar="D1,D2,...", help="train one model per latent size and compare them")
     parser.add_argument("--classifier-weights", metavar="FILE",
                         help="init-from-classifier: the weights of --experiment classifier "
@@ -93,7 +82,8 @@ def parse_args(argv=None):
         parser.error(f"--experiment {args.experiment} uses the MLP encoder: no --arch conv, no sweep")
     models = len(args.sweep_kl or args.sweep_latent or []) or (
         len(INIT_STARTS) if args.experiment == "init-from-classifier" else 1)
-    common.check_common_args(parser, args, load_files=models)
+    common.check_common_args(parser, args, load_files=models,
+                             sweep=bool(args.sweep_kl or args.sweep_latent))
     args.arch = args.arch or ("conv" if args.experiment == "vae" else "mlp")
     if args.latent_dim is None:
         args.latent_dim = 256 if args.arch == "conv" else 2
@@ -184,17 +174,20 @@ def build_vae(args):
 # LOSSES
 # ----------------------------------------------------------------------------------------------
 def reconstruction_loss(logits, x, kind):
-    """How far the decoded image is from x; summed over the 784 pixels, averaged over the batch.
+    """How far the decoded image is from x, averaged over the batch.
 
-    bce: -Σ_pixels [x log σ(l) + (1 - x) log(1 - σ(l))]  (Bernoulli decoder, Kingma & Welling
-         2014, Appendix C.1; from logits for numerical stability)
-    mse: Σ_pixels (σ(l) - x)²  (a Gaussian decoder with fixed variance, up to constants)
+    bce:      -Σ_pixels [x log σ(l) + (1 - x) log(1 - σ(l))]  (Bernoulli decoder, Kingma & Welling
+              2014, Appendix C.1; from logits for numerical stability)
+    mse:      Σ_pixels (σ(l) - x)²  (a Gaussian decoder with fixed variance, up to constants)
+    mse-mean: (1/784) Σ_pixels (σ(l) - x)², nn.MSELoss()'s default reduction: 1/784 of mse, so
+              next to a KL summed over z it acts as mse with the KL weighted 784 times more
     """
     if kind == "bce":
         per_pixel = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
     else:
         per_pixel = (torch.sigmoid(logits) - x) ** 2
-    return per_pixel.flatten(1).sum(1).mean()
+    per_image = per_pixel.flatten(1)
+    return (per_image.mean(1) if kind == "mse-mean" else per_image.sum(1)).mean()
 
 
 def kl_divergence(mu, logvar):
@@ -209,8 +202,8 @@ def vae_loss(recon, kl, kl_weight):
         loss = recon + kl_weight · KL
 
     the negative ELBO (Kingma & Welling 2014, Eq. 3) at kl_weight = 1, a β-VAE (Higgins et al.
-    2017) otherwise. `recon` (reconstruction_loss, summed over the pixels) and `kl`
-    (kl_divergence, summed over z) are per-example means: over a batch in training (tensors),
+    2017) otherwise. `recon` (reconstruction_loss) and `kl` (kl_divergence, summed over z) are
+    per-example means: over a batch in training (tensors),
     over a whole split in evaluation (numbers), and so is the loss. Returns {recon, kl, loss}."""
     return {"recon": recon, "kl": kl, "loss": recon + kl_weight * kl}
 
@@ -365,7 +358,7 @@ def plot_histograms(path, samples, xlabel, title, bins=50):
 def vae_figures(model, test, args, name, run, fixed_noise):
     out = Path(args.out_dir)
     x, y = test
-    recon_label = f"reconstruction ({args.recon}, summed over pixels)"
+    recon_label = f"reconstruction ({RECON_LABELS[args.recon]})"
     common.plot_panels(out / f"{name}_loss.png",
                        {recon_label: common.epoch_series(run.history, "recon"),
                         "KL(q(z|x) || N(0, I))": common.epoch_series(run.history, "kl")},
@@ -399,11 +392,13 @@ def vae_figures(model, test, args, name, run, fixed_noise):
             "active_units": int((mu.var(0) > 0.01).sum().item())}
 
 
-def plot_test_curves(path, runs, title):
-    """The test loss terms of several runs ({label: run}), reconstruction and KL side by side."""
-    panels = {panel: {label: common.epoch_series(run.history, key, ("test",))["test"]
-                      for label, run in runs.items()}
-              for key, panel in (("recon", "test reconstruction"), ("kl", "test KL"))}
+def plot_loss_curves(path, runs, title, splits=("test",)):
+    """The loss terms of several runs ({label: run}) on the given splits, reconstruction and KL
+    side by side (train: the mean over each epoch's minibatches; test: after the epoch)."""
+    panels = {panel: {f"{label}, {split}" if len(splits) > 1 else label:
+                      common.epoch_series(run.history, key, (split,))[split]
+                      for label, run in runs.items() for split in splits}
+              for key, panel in (("recon", "reconstruction"), ("kl", "KL"))}
     common.plot_panels(path, panels, xlabel="epoch", title=title, markers=False)
 
 
@@ -460,7 +455,7 @@ def run_sweep(args, data):
     out = Path(args.out_dir)
     common.plot_image_rows(out / f"{name}.png", rows, title=f"{name}: the same {N_FIXED_NOISE} "
                            "z ~ N(0, I) decoded by each final model")
-    plot_test_curves(out / f"{name}_loss.png", runs, title=f"{name}: test loss terms per example")
+    plot_loss_curves(out / f"{name}_loss.png", runs, title=f"{name}: test loss terms per example")
     common.save_metrics(out / f"{name}_metrics.json", args, data[0][0].device, seconds, [], summary)
 
 
@@ -501,7 +496,7 @@ def run_init_comparison(args, data):
     files (classifier-initialised, then random-start) and the classifier is not needed."""
     out, device = Path(args.out_dir), data[0][0].device
     classifier = None if args.load else load_classifier(args, device)
-    summary, runs, seconds = {}, {}, 0.0
+    summary, runs, snapshots, seconds = {}, {}, {}, 0.0
     for i, start in enumerate(INIT_STARTS):
         name = f"vae_mlp_init_{start}"
         generator = common.seed_everything(args.seed)
@@ -513,15 +508,22 @@ def run_init_comparison(args, data):
                 model.encoder.load_state_dict(classifier.encoder.state_dict())
             run = fit_vae(model, data, args, out / name, generator, fixed_noise_for(args, device))
         test = evaluate_vae(model, data[1][0], args)
-        summary[start] = {"epochs_trained": run.history[-1]["epoch"], "test_recon": test["recon"],
+        last = run.history[-1]  # its train terms: the means over the last epoch's minibatches
+        summary[start] = {"epochs_trained": last["epoch"], "train_recon": last["train_recon"],
+                          "train_kl": last["train_kl"], "test_recon": test["recon"],
                           "test_kl": test["kl"]}
         common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
                             summary[start], trained_with=run.trained_with)
-        runs["encoder from the classifier" if start == "classifier" else "random init"] = run
+        label = "encoder from the classifier" if start == "classifier" else "random init"
+        runs[label], snapshots[label] = run, run.extra.get("snapshots", {})
         seconds += run.seconds
-    plot_test_curves(out / "vae_mlp_init.png", runs,
+    plot_loss_curves(out / "vae_mlp_init.png", runs, splits=("train", "test"),
                      title=f"MLP VAE (z = {args.latent_dim}): encoder initialised from the "
                            "classifier vs at random")
+    common.plot_image_rows(out / "vae_mlp_init_samples.png",
+                           {f"{label}\nepoch {epoch}": images for label, by_epoch in snapshots.items()
+                            for epoch, images in sorted(by_epoch.items())},
+                           title=f"the same {N_FIXED_NOISE} z ~ N(0, I) decoded during training")
     common.save_metrics(out / "vae_mlp_init_metrics.json", args, device, seconds, [], summary)
 
 

@@ -3,12 +3,12 @@
 --model vae      A VAE on autoencoder.py's fc design (copied here so the file reads alone):
                  784-512-128 → μ, log σ² of z → 128-512-784 (pixel logits); loss BCE + KL.
 --model vaegan   The same encoder and decoder with a discriminator (Larsen et al. 2016,
-                 "Autoencoding beyond pixels using a learned similarity metric"), trained as
-                 their Algorithm 1 with the assignment's basic loss L = L_prior + L_GAN (Eq. 5,
-                 the GAN term over real images, reconstructions and prior samples).
---dis-l          Bonus 1: add L_llike^{Dis_l} (Eq. 7-8), the squared error between the
-                 discriminator's hidden features of x and of its reconstruction; the decoder
-                 minimises γ·L_llike − L_GAN (Eq. 9, --gamma). Dis_l is the discriminator's last
+                 "Autoencoding beyond pixels using a learned similarity metric", arXiv:1512.09300;
+                 equation numbers as there and as the assignment cites them), with the
+                 assignment's basic loss L = L_prior + L_GAN.
+--dis-l          Bonus 1: add L_llike^{Dis_l} (Eq. 6-7), the squared error between the
+                 discriminator's hidden features of x and of its reconstruction, for the paper's
+                 L = L_prior + L_llike^{Dis_l} + L_GAN (Eq. 8). Dis_l is the discriminator's last
                  hidden layer before its output block (fc: the 128-unit layer; conv: the third
                  convolution, as the paper's Sec. 4.1): deep enough to describe shape and texture
                  rather than pixels, while still a spatial (conv) or broad (fc) description.
@@ -19,6 +19,27 @@
                  neither pixels-through-features nor the GAN drowns the other.
 --arch conv      Bonus 2: the paper's Sec. 4.1 encoder, decoder and discriminator shrunk to 28x28
                  (5x5 convolutions with stride 2, BatchNorm, ReLU; see the classes below).
+
+What each network descends, per minibatch (x̃ = Dec(z), z ~ q(z|x); x_p = Dec(z_p), z_p ~ N(0, I);
+L_GAN = log Dis(x) + log(1 - Dis(x̃)) + log(1 - Dis(x_p)), Eq. 5 with the reconstructions added as
+in Algorithm 1; "fooling" = -log Dis(x̃) - log Dis(x_p)):
+
+  network   --dis-l (the paper's Algorithm 1)    basic loss, L = L_prior + L_GAN
+  Enc       L_prior + L_llike^{Dis_l}            L_prior + fooling      (departs, see below)
+  Dec       γ·L_llike^{Dis_l} + fooling (Eq. 9)  fooling
+  Dis       -L_GAN                               -L_GAN
+
+Each network takes the gradient of its own row only (`step`), as Algorithm 1 does. Two
+departures, on purpose:
+- "fooling" stands where the paper has -L_GAN for the encoder and decoder: the non-saturating
+  form of the generator's side (Goodfellow et al. 2014, Sec. 3), with the same fixed point and
+  useful gradients while Dis still wins (log(1 - Dis(x̃)) is flat there). Its log Dis(x) term
+  does not depend on Enc or Dec and is left out.
+- The basic encoder: Algorithm 1 gives the encoder L_prior + L_llike only, so with L_llike
+  dropped it would descend L_prior alone, and a KL alone is minimised by ignoring x. The
+  assignment's loss L = L_prior + L_GAN depends on Enc through x̃, so here the encoder descends
+  that L (its fooling term on x̃). Even so the basic model collapses (README): nothing in L
+  compares x̃ with x, and a posterior equal to the prior satisfies both terms.
 
 The decoders output pixel logits: the VAE's BCE is taken from the logits (the numerically stable
 form, see pixel_bce), and sigmoid(logits) is the image wherever a picture is drawn or the
@@ -198,13 +219,14 @@ def pixel_bce(logits, x):
 
 def dis_l_loss(features_reconstruction, features_real):
     """L_llike^{Dis_l} = -log N(Dis_l(x) | Dis_l(x̃), I) up to a constant = ½ Σ_f (Dis_l(x̃) -
-    Dis_l(x))² (Larsen et al. Eq. 7-8), summed over the features."""
+    Dis_l(x))² (Larsen et al. Eq. 6-7), summed over the features."""
     return 0.5 * (features_reconstruction - features_real).pow(2).sum(1).mean()
 
 
 def discriminator_loss(real_logits, reconstruction_logits, prior_logits):
     """-L_GAN = -[log Dis(x) + log(1 - Dis(x̃)) + log(1 - Dis(Dec(z_p)))] (Larsen et al. Eq. 5 with
-    the reconstructions added, Sec. 2.2): Dis maximises L_GAN by minimising this cross-entropy."""
+    the reconstructions added, as in their Algorithm 1): Dis maximises L_GAN by minimising this
+    cross-entropy (each term a batch mean)."""
     bce = F.binary_cross_entropy_with_logits
     return (bce(real_logits, torch.ones_like(real_logits))
             + bce(reconstruction_logits, torch.zeros_like(reconstruction_logits))
@@ -221,11 +243,8 @@ def fooling_loss(reconstruction_logits, prior_logits):
 
 
 def vaegan_losses(nets, x, args, generator):
-    """One forward pass of Algorithm 1; returns each network's loss and what is logged.
-
-    Enc minimises L_prior + L_llike (basic loss: L_prior + the fooling term, the part of L_GAN
-    that depends on it); Dec minimises γ·L_llike + fooling (basic: fooling); Dis minimises -L_GAN.
-    """
+    """One forward pass of Algorithm 1; returns each network's loss (the table in the module
+    docstring: "encoder", "decoder", and "dis" for the discriminator) and what is logged."""
     encoder, decoder, discriminator = nets["encoder"], nets["decoder"], nets["discriminator"]
     mu, logvar = encoder(x)
     reconstruction = decoder.image(reparameterize(mu, logvar, generator))           # x̃
@@ -285,7 +304,7 @@ def train_epoch(nets, optimizers, x, args, epoch, generator):
             terms = losses(nets, x[idx], args, generator)
         step(nets, optimizers, terms)
         for name, value in terms.items():
-            if name not in ("encoder", "decoder"):
+            if args.model == "vaegan" or name not in ("encoder", "decoder"):  # the VAE's = its loss
                 logged.setdefault(name, torch.empty(n_batches, device=x.device))[i] = value.detach()
     return logged
 
@@ -353,12 +372,20 @@ def figures(nets, test_x, args, name, history):
         panels = {"reconstruction (BCE, summed over pixels)": common.epoch_series(history, "recon"),
                   "KL(q(z|x) || N(0, I))": common.epoch_series(history, "prior")}
     else:
-        panels = {"encoder": curves(history, {"L_prior (KL)": "train_prior", "L_llike^Dis_l": "train_llike"}),
-                  "decoder": curves(history, {"fooling, -log Dis(x̃) - log Dis(x_p)": "train_fool",
-                                              "L_llike^Dis_l (weighted by γ in the update)": "train_llike"}),
-                  "discriminator": curves(history, {"-L_GAN": "train_dis"}),
+        encoder = "L_prior + L_llike" if args.dis_l else "L_prior + fooling"
+        decoder = "γ·L_llike + fooling" if args.dis_l else "fooling"
+        panels = {"encoder": curves(history, {f"objective: {encoder}": "train_encoder",
+                                              "L_prior (KL)": "train_prior", "L_llike^Dis_l": "train_llike",
+                                              **({} if args.dis_l else {"fooling": "train_fool"})}),
+                  "decoder": curves(history, {f"objective: {decoder}": "train_decoder",
+                                              **({"fooling, -log Dis(x̃) - log Dis(x_p)": "train_fool"}
+                                                 if args.dis_l else {})}),
+                  "discriminator": curves(history, {"objective: -L_GAN": "train_dis"}),
                   "mean Dis output": curves(history, {"real x": "train_d_x", "reconstruction x̃": "train_d_recon",
                                                       "prior sample x_p": "train_d_prior"})}
+        if args.dis_l:  # the decoder's share of L_llike, as it enters its objective
+            epochs = [r["epoch"] for r in history]
+            panels["decoder"]["γ·L_llike^Dis_l"] = (epochs, [args.gamma * r["train_llike"] for r in history])
     common.plot_panels(out / f"{name}_loss.png", panels, xlabel="epoch",
                        title=f"{name}: losses per network (means over each epoch)")
 

@@ -64,6 +64,28 @@ def test_classification_loss_is_mean_negative_log_softmax():
 
 
 # --- runs ----------------------------------------------------------------------------------------
+def test_joint_recipe_takes_plain_adam_steps_at_a_fixed_rate():
+    """--schedule constant --weight-decay 0 --no-augment (joint.py's recipe) against a loop written
+    with torch.optim.Adam on the same minibatches: the same parameters after an epoch."""
+    args = cnn.parse_args(["--schedule", "constant", "--weight-decay", "0", "--no-augment",
+                           "--lr", "1e-3", "--batch-size", "16"])
+    torch.manual_seed(0)
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    model, reference = cnn.CNN(), cnn.CNN()
+    reference.load_state_dict(model.state_dict())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    cnn.train_epoch(model, optimizer, (x, y), args, 1, torch.Generator().manual_seed(5))
+    adam = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    reference.train()
+    for idx in common.batch_indices(64, 16, x.device, torch.Generator().manual_seed(5)):
+        adam.zero_grad()
+        torch.nn.functional.cross_entropy(reference(x[idx]), y[idx]).backward()
+        adam.step()
+    assert optimizer.param_groups[0]["lr"] == 1e-3
+    for a, b in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_smoke_run_then_load_repeats_the_numbers(synthetic_data, tmp_path):
     trained = tmp_path / "trained"
     cnn.main(quick_args(synthetic_data, trained))

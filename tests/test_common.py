@@ -3,6 +3,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import urllib.error
 
 import pytest
@@ -145,7 +146,19 @@ def test_metrics_json_holds_args_history_and_final(tmp_path):
                         [{"epoch": 1}], {"test_acc": 0.5})
     record = json.loads((tmp_path / "m.json").read_text())
     assert record == {"args": {"epochs": 2, "lr": 0.1}, "device": "cpu", "wall_seconds": 1.23,
-                      "history": [{"epoch": 1}], "final": {"test_acc": 0.5}}
+                      "history": [{"epoch": 1}], "final": {"test_acc": 0.5}, "versions": VERSIONS}
+
+
+# what the assignment asks a report to mention, read here independently of common.versions
+VERSIONS = {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "platform": platform.platform()}
+
+
+def test_first_log_line_names_the_versions_and_the_device(capsys):
+    common.pick_device("cpu")
+    first = capsys.readouterr().out.splitlines()[0]
+    assert all(f"{name} {value}" in first for name, value in VERSIONS.items())
+    assert first.endswith("device: cpu")
 
 
 # --- training helpers --------------------------------------------------------------------------

@@ -103,6 +103,39 @@ def test_joint_run_then_load(synthetic_data, tmp_path):
     assert final(tmp_path / "b" / "joint_metrics.json") == final(tmp_path / "a" / "joint_metrics.json")
 
 
+def test_ce_sweep_trains_one_model_per_weight_then_load(synthetic_data, tmp_path, capsys):
+    cnn_metrics = tmp_path / "cnn_metrics.json"
+    cnn_metrics.write_text(json.dumps({"args": {"weight_decay": 0.0, "schedule": "constant", "lr": 1e-3,
+                                                "augment": False}, "final": {"test_acc": 0.9}}))
+    joint.main(quick_args(synthetic_data, tmp_path / "a", "--sweep-ce", "1,100", "--cnn-metrics", cnn_metrics))
+    sweep = json.loads((tmp_path / "a" / "joint_ce_sweep.json").read_text())
+    assert list(sweep) == ["1", "100"] and (tmp_path / "a" / "joint_ce_sweep.png").is_file()
+    for weight in ("1", "100"):
+        record = json.loads((tmp_path / "a" / f"joint_ce{weight}_metrics.json").read_text())
+        assert record["args"]["ce_weight"] == float(weight) and record["final"] == sweep[weight]
+        # the objective the member trained on: weight·CE + recon + KL, from its own terms
+        last = record["history"][-1]
+        assert last["test_total"] == pytest.approx(
+            float(weight) * last["test_ce"] + last["test_recon"] + last["test_kl"], rel=1e-5)
+    joint.main(quick_args(synthetic_data, tmp_path / "b", "--sweep-ce", "1,100", "--load",
+                          tmp_path / "a" / "joint_ce1.pt", tmp_path / "a" / "joint_ce100.pt"))
+    assert json.loads((tmp_path / "b" / "joint_ce_sweep.json").read_text()) == sweep
+    assert "--load takes 2 weights files" in error_of(quick_args(synthetic_data, tmp_path / "c", "--sweep-ce", "1,100",
+                                              "--load", tmp_path / "a" / "joint_ce1.pt"), capsys)
+    assert "needs --mode joint" in error_of(["--mode", "pretrain", "--sweep-ce", "1,10"], capsys)
+
+
+def test_cnn_reference_lines_are_labelled_by_recipe(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"args": {"weight_decay": 0.0, "schedule": "constant", "lr": 1e-3,
+                                         "augment": False}, "final": {"test_acc": 0.9}}))
+    args = joint.parse_args(["--sweep-ce", "1", "--cnn-metrics", str(path)])
+    assert joint.cnn_references(args) == {"CNN: Adam, constant lr 0.001, no augmentation": 0.9}
+    path.write_text("{}")
+    with pytest.raises(SystemExit, match="not a cnn.py metrics file"):
+        joint.cnn_references(args)
+
+
 def test_pretrain_reuses_vae_py_weights_and_freezes_the_encoder_then_load(synthetic_data, tmp_path, capsys):
     vae.main(quick_args(synthetic_data, tmp_path, "--arch", "conv"))
     vae_state = common.load_checkpoint(tmp_path / "vae_conv.pt", "vae_conv")["models"]["model"]

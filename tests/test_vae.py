@@ -84,6 +84,9 @@ def test_reconstruction_losses_sum_pixels_and_average_the_batch():
     mse = ((p - x) ** 2).sum((1, 2, 3)).mean()
     assert vae.reconstruction_loss(logits, x, "bce").item() == pytest.approx(bce.item(), rel=1e-5)
     assert vae.reconstruction_loss(logits, x, "mse").item() == pytest.approx(mse.item(), rel=1e-5)
+    # the report's setup: PyTorch's default nn.MSELoss(), a mean over the batch and the pixels
+    default_mse = torch.nn.MSELoss()(torch.sigmoid(logits), x)
+    assert vae.reconstruction_loss(logits, x, "mse-mean").item() == pytest.approx(default_mse.item(), rel=1e-6)
 
 
 def test_vae_loss_is_one_objective_for_training_and_evaluation():
@@ -195,6 +198,9 @@ def test_sweep_load_takes_one_file_per_member_in_order(synthetic_data, tmp_path,
     message = error_of([*sweep, "--load", kl1, tmp_path / "relabelled.pt"], capsys)
     assert f"{tmp_path / 'relabelled.pt'} was trained with --kl-weight 0.25" in message
     assert "the sweep's --kl-weight 0.5" in message
+    # a sweep of one member takes its one file as a list too
+    vae.main([*quick_args(synthetic_data, tmp_path / "one"), "--arch", "mlp", "--sweep-kl", "1", "--load", str(kl1)])
+    assert list(metrics(tmp_path / "one" / "vae_mlp_sweep_kl_metrics.json")["final"]) == ["β = 1"]
     assert not (tmp_path / "o" / "vae_mlp_kl1_metrics.json").exists()  # checked before any work
 
 
@@ -245,7 +251,12 @@ def test_init_from_classifier_then_load(synthetic_data, tmp_path):
                         "init-from-classifier", "--lr", "1e-9"))
     summary = metrics(tmp_path / "a" / "vae_mlp_init_metrics.json")["final"]
     assert set(summary) == {"classifier", "random"}
+    for start in ("classifier", "random"):  # the training numbers of the last epoch, as recorded
+        history = metrics(tmp_path / "a" / f"vae_mlp_init_{start}_metrics.json")["history"]
+        assert summary[start]["train_recon"] == history[-1]["train_recon"]
+        assert summary[start]["train_kl"] == history[-1]["train_kl"]
     assert (tmp_path / "a" / "vae_mlp_init.png").is_file()
+    assert (tmp_path / "a" / "vae_mlp_init_samples.png").is_file()
     # the classifier-initialised VAE really started from the classifier's encoder; the other did not
     start = classifier["models"]["model"]["encoder.1.weight"]
     weights = {s: common.load_checkpoint(tmp_path / "a" / f"vae_mlp_init_{s}.pt", f"vae_mlp_init_{s}")
