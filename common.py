@@ -667,8 +667,8 @@ def save_figure(fig, path):
 
 def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=False):
     """panels: {ylabel: {label: (xs, ys)}}, one axis per entry side by side (e.g. reconstruction
-    and KL, whose scales differ), or `ncols` to a row; a legend on every axis. log_y: logarithmic
-    y axes (a first epoch far above the rest hides the later ones)."""
+    and KL, whose scales differ), or `ncols` to a row; a legend on every axis with a named curve.
+    log_y: logarithmic y axes (a first epoch far above the rest hides the later ones)."""
     ncols = ncols or len(panels)
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4 * nrows), squeeze=False)
@@ -680,7 +680,8 @@ def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=Fal
         ax.set(xlabel=xlabel, ylabel=ylabel, yscale="log" if log_y else "linear")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole numbers
         ax.grid(alpha=0.3)
-        ax.legend()
+        if any(curves):  # every labelled curve is named ("" draws an axis's only curve unnamed)
+            ax.legend()
     fig.suptitle(textwrap.fill(title, 55 * ncols))  # ~55 characters fit above one panel
     save_figure(fig, path)
 

@@ -304,7 +304,7 @@ def run_ce_sweep(args, data):
                                        "load": args.load[i] if args.load else None})
         finals[weight] = run_joint(member, data, common.seed_everything(args.seed), f"joint_ce{weight:g}")
     weights = list(finals)
-    fig, (acc, recon) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (acc, recon) = plt.subplots(1, 2, figsize=(11, 5))
     acc.plot(weights, [finals[w]["test_acc"] for w in weights], marker="o", label="joint model")
     for label, value in cnn_references(args).items():
         acc.axhline(value, linestyle="--", color=f"C{len(acc.lines)}", label=label)
@@ -313,7 +313,7 @@ def run_ce_sweep(args, data):
         ax.set(xscale="log", xlabel="weight of the cross-entropy (reconstruction and KL weighted 1)",
                ylabel=ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18))  # below: no point hidden
     fig.suptitle(f"joint model, {args.epochs} epochs: what the classification term's weight buys")
     common.save_figure(fig, out / "joint_ce_sweep.png")
     common.write_json(out / "joint_ce_sweep.json", {f"{w:g}": finals[w] for w in weights})

@@ -10,13 +10,16 @@
 --experiment classifier             the encoder's architecture (784 → 500 → 10) as a classifier.
 --experiment init-from-classifier   an MLP VAE whose encoder starts from that classifier's weights
                                     (--classifier-weights; run the classifier experiment first),
-                                    against the same VAE from random initialisation.
+                                    against the same VAE from random initialisation: train and
+                                    test curves, and both decoding the same fixed noise.
 Every VAE's metrics also hold the sample quality of as many z ~ N(0, I) images as the test set
 has: the Fréchet distance in cnn.py's feature space and the class entropy (cnn.sample_quality).
 
 Run:     python vae.py --arch conv --data-dir ../shared/data
          python vae.py --arch mlp --epochs 100 --data-dir ../shared/data
          python vae.py --arch mlp --sweep-kl 1,0.5,0.25 --data-dir ../shared/data
+         python vae.py --arch mlp --recon mse-mean --sweep-kl 1,0.7,0.5,0.4,0.3,0.25,0.03,0.01
+                                                    (the report's loss and weights, and below)
          python vae.py --experiment classifier --data-dir ../shared/data
          python vae.py --experiment init-from-classifier --data-dir ../shared/data
 Reload:  python vae.py --arch conv --load figures/vae_conv.pt
@@ -449,7 +452,7 @@ def run_sweep(args, data):
         generator = common.seed_everything(args.seed)  # same initial state for every member
         final, run, samples = run_vae(member_args, data, generator, member, figures=False)
         label = f"β = {value:g}" if tag == "kl" else f"z = {value}"
-        rows[f"{label}\nrecon {final['test_recon']:.1f}\nKL {final['test_kl']:.1f}"] = samples
+        rows[f"{label}\nrecon {final['test_recon']:.4g}\nKL {final['test_kl']:.3g}"] = samples
         summary[label], runs[label] = final, run
         seconds += run.seconds
     out = Path(args.out_dir)
