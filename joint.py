@@ -285,10 +285,10 @@ def run_joint(args, data, generator, name="joint"):
     final = finish(model, joint_terms, data, args, name, run)
     history = run.history
     evals = [r for r in history if "test_ce" in r]
-    panels = {name: {"train (epoch mean)": ([r["epoch"] for r in history], [r[f"train_{key}"] for r in history]),
-                     "test": ([r["epoch"] for r in evals], [r[f"test_{key}"] for r in evals])}
-              for key, name in (("ce", "cross-entropy"), ("recon", f"reconstruction ({args.recon})"),
-                                ("kl", "KL"))}
+    panels = {ylabel: {"train (epoch mean)": ([r["epoch"] for r in history], [r[f"train_{key}"] for r in history]),
+                       "test": ([r["epoch"] for r in evals], [r[f"test_{key}"] for r in evals])}
+              for key, ylabel in (("ce", "cross-entropy"), ("recon", f"reconstruction ({args.recon})"),
+                                  ("kl", "KL"))}
     common.plot_panels(Path(args.out_dir) / f"{name}_loss.png", panels, xlabel="epoch",
                        title=f"{name}: loss terms per example (unweighted; CE weight {args.ce_weight:g})")
     return final
@@ -327,14 +327,13 @@ def cnn_references(args):
     for path in map(Path, paths):
         try:
             record = json.loads(path.read_text())
-            recipe = record["args"]
-            accuracy = float(record["final"]["test_acc"])
-        except (OSError, ValueError, KeyError, TypeError):
+            recipe, accuracy = record["args"], float(record["final"]["test_acc"])
+            optimizer = f"AdamW, weight decay {recipe['weight_decay']:g}" if recipe["weight_decay"] else "Adam"
+            label = (f"CNN: {optimizer}, {recipe.get('schedule', 'cosine')} lr {recipe['lr']:g}, "
+                     f"{'augmented' if recipe['augment'] else 'no augmentation'}")
+        except (OSError, ValueError, KeyError, TypeError):  # absent, not JSON, or another script's
             common.fail(f"--cnn-metrics: {path} is not a cnn.py metrics file with a final test_acc")
-        optimizer = f"AdamW, weight decay {recipe['weight_decay']:g}" if recipe["weight_decay"] else "Adam"
-        schedule = recipe.get("schedule", "cosine")
-        references[f"CNN: {optimizer}, {schedule} lr {recipe['lr']:g}, "
-                    f"{'augmented' if recipe['augment'] else 'no augmentation'}"] = accuracy
+        references[label] = accuracy
     return references
 
 

@@ -206,8 +206,8 @@ def vae_loss(recon, kl, kl_weight):
 
     the negative ELBO (Kingma & Welling 2014, Eq. 3) at kl_weight = 1, a β-VAE (Higgins et al.
     2017) otherwise. `recon` (reconstruction_loss) and `kl` (kl_divergence, summed over z) are
-    per-example means: over a batch in training (tensors),
-    over a whole split in evaluation (numbers), and so is the loss. Returns {recon, kl, loss}."""
+    per-example means: over a batch in training (tensors), over a whole split in evaluation
+    (numbers), and so is the loss. Returns {recon, kl, loss}."""
     return {"recon": recon, "kl": kl, "loss": recon + kl_weight * kl}
 
 

@@ -134,6 +134,10 @@ def test_cnn_reference_lines_are_labelled_by_recipe(tmp_path):
     path.write_text("{}")
     with pytest.raises(SystemExit, match="not a cnn.py metrics file"):
         joint.cnn_references(args)
+    # another script's metrics (a final test_acc, but no CNN recipe in its args): one line too
+    path.write_text(json.dumps({"args": {"lr": 1e-3}, "final": {"test_acc": 0.8}}))
+    with pytest.raises(SystemExit, match="not a cnn.py metrics file"):
+        joint.cnn_references(args)
 
 
 def test_pretrain_reuses_vae_py_weights_and_freezes_the_encoder_then_load(synthetic_data, tmp_path, capsys):
