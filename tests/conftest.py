@@ -24,6 +24,14 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))  # the scripts are top-level modules, not a package
 
 
+def readme_section(title):
+    """The README's section that starts with the heading `title`, up to the next "## " heading."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index(title)
+    end = text.find("\n## ", start + len(title))
+    return text[start:end if end != -1 else len(text)]
+
+
 def write_idx(path, tensor):
     """Write a uint8 tensor in the IDX format of the MNIST files (magic, sizes, raw bytes)."""
     magic = 0x0800 | tensor.dim()  # 0x08 = unsigned byte, then the number of dimensions

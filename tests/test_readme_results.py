@@ -1,0 +1,126 @@
+"""The README's results table, checked against the metrics files it links to.
+
+Each row of "## Results: every experiment in one table" names a metrics JSON; its result cell is
+a list of "label number" items separated by ";" and its time cell is "N s" or "N min". Every
+number must equal, at the precision written, the value of the `final` block (or, for "best ...",
+the best value in the run's history) and the run's wall time. So the table cannot drift from the
+committed runs, and a mislabelled number (a test loss called an accuracy) fails too.
+"""
+import json
+import math
+import re
+
+import pytest
+
+from conftest import ROOT, readme_section
+
+SECTION = "## Results: every experiment in one table"
+
+# A result label in the table -> the key (or keys, first present wins) in the metrics file.
+LABELS = {
+    "test accuracy": ("test_acc",),
+    "test balanced accuracy": ("test_balanced_acc",),
+    "test loss": ("test_loss",),
+    "test reconstruction": ("test_recon",),
+    "test KL": ("test_kl", "test_prior"),  # vaegan.py calls the KL term L_prior, as the paper does
+    "test MSE": ("test_mse",),
+    "test L1": ("test_l1",),
+    "Fréchet distance": ("frechet_distance",),
+    "epochs": ("epochs_trained",),
+    "test BCE above floor": ("test_bce_above_floor",),
+    "probe balanced accuracy": ("latent_probe_test_balanced_accuracy",),
+}
+
+
+def table_rows():
+    rows = []
+    for line in readme_section(SECTION).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[0] != "script" and not cells[1].startswith("---"):
+            rows.append(cells)
+    return rows
+
+
+def agrees(stated, value):
+    """stated (the README's text, e.g. "0.9319") equals value rounded to that many decimals."""
+    decimals = len(stated.split(".")[1]) if "." in stated else 0
+    return math.isclose(round(value, decimals), float(stated), abs_tol=10 ** -(decimals + 3))
+
+
+def check_row(cells):
+    """The mismatches of one table row, as readable strings (empty when the row agrees)."""
+    _script, run, result, time, _hardware, _command, link = cells
+    path = ROOT / re.fullmatch(r"\[json\]\((.+)\)", link).group(1)
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    problems = []
+    for item in result.split(";"):
+        match = re.fullmatch(r"(best )?(.+?) (-?[\d.]+)", item.strip())
+        assert match and match.group(2) in LABELS, f"{run}: unknown result item {item!r}"
+        best, label, stated = match.groups()
+        key = next(k for k in LABELS[label] if k in metrics["final"])
+        value = (max(r[key] for r in metrics["history"] if key in r) if best
+                 else metrics["final"][key])
+        if not agrees(stated, value):
+            problems.append(f"{run}: {item.strip()!r} but {path.name} has {key} = {value}")
+    number, unit = re.match(r"(\d+) (s|min)\b", time).groups()
+    seconds = metrics["wall_seconds"]
+    if int(number) != round(seconds if unit == "s" else seconds / 60):
+        problems.append(f"{run}: time {time!r} but {path.name} has wall_seconds = {seconds}")
+    return problems
+
+
+def test_the_table_lists_every_script():
+    scripts = {cells[0] for cells in table_rows()} - {""}
+    assert scripts == {"cnn.py", "vae.py", "joint.py", "autoencoder.py", "dcgan.py", "vaegan.py",
+                       "vgg_mnist.py", "lstm_tweets.py", "galaxy_vae.py"}
+
+
+@pytest.mark.parametrize("cells", table_rows(), ids=lambda cells: cells[1])
+def test_every_number_and_time_in_the_results_table_is_its_metrics_file(cells):
+    assert check_row(cells) == []
+
+
+def test_a_changed_number_or_label_is_caught():
+    """The check itself can fail: a digit changed, a label swapped and a time changed are found."""
+    cells = next(c for c in table_rows() if c[6] == "[json](figures/cnn_metrics.json)")
+    assert check_row(cells) == []
+    wrong_digit = cells[:2] + [cells[2].replace("0.9319", "0.9318")] + cells[3:]
+    wrong_label = cells[:2] + [cells[2].replace("test accuracy", "test loss", 1)] + cells[3:]
+    wrong_time = cells[:3] + ["8 min"] + cells[4:]
+    for wrong in (wrong_digit, wrong_label, wrong_time):
+        assert len(check_row(wrong)) == 1
+
+
+def github_anchor(heading):
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_inside_the_readme_reaches_a_heading():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)  # a "# comment" is no heading
+    anchors = {github_anchor(h) for h in re.findall(r"^#+ (.+)$", prose, flags=re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", text)
+    assert links and [link for link in links if link not in anchors] == []
+    assert github_anchor("## Benchmark: `--amp` (bf16 autocast)".lstrip("# ")) == \
+        "benchmark---amp-bf16-autocast"
+
+
+def test_every_name_a_section_points_to_is_defined_in_its_script():
+    """Each section's "Read in [`X.py`]" line names functions and classes: each must exist there."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = re.findall(r"^\*\*Read in \[`(\w+\.py)`\]\(\1\):\*\* (.+)$", text, flags=re.M)
+    assert len(lines) == 9
+    for script, names in lines:
+        source = (ROOT / script).read_text(encoding="utf-8")
+        for name in re.findall(r"`(\w+)`", names):
+            assert re.search(rf"^(def|class) {name}\b|^{name} = ", source, flags=re.M), \
+                f"{script} has no {name}"
+
+
+def test_every_file_the_readme_shows_or_links_exists():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    paths = re.findall(r"\]\(((?:figures|benchmarks|tests)/[^)#]+)\)", text)
+    paths += re.findall(r'<img src="([^"]+)"', text)
+    assert len(paths) > 50
+    assert [p for p in paths if not (ROOT / p).exists()] == []
