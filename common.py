@@ -116,8 +116,10 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def make_parser(description):
-    """An argparse parser whose --help shows every default and whose errors are one line."""
-    return _Parser(description=description, formatter_class=_HelpFormatter)
+    """An argparse parser whose --help shows every default and whose errors are one line. Flags
+    are spelled in full: an abbreviation that works today would change meaning or break when a
+    flag sharing its prefix is added."""
+    return _Parser(description=description, formatter_class=_HelpFormatter, allow_abbrev=False)
 
 
 LOAD_HELP = ("skip training: load this weights file (<run>.pt or the <run>.ckpt checkpoint) and "

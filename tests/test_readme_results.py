@@ -6,9 +6,11 @@ number must equal, at the precision written, the value of the `final` block (or,
 the best value in the run's history) and the run's wall time. So the table cannot drift from the
 committed runs, and a mislabelled number (a test loss called an accuracy) fails too.
 """
+import importlib
 import json
 import math
 import re
+import shlex
 
 import pytest
 
@@ -124,3 +126,32 @@ def test_every_file_the_readme_shows_or_links_exists():
     paths += re.findall(r'<img src="([^"]+)"', text)
     assert len(paths) > 50
     assert [p for p in paths if not (ROOT / p).exists()] == []
+
+
+def readme_commands():
+    """Every `python SCRIPT.py ...` line of the README's shell blocks (continuations joined,
+    shell variables expanded; lines that elide arguments with "..." left out) and every command of
+    the results table written out in full, as argument lists."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    variables, commands = {}, []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].strip()
+            if assignment := re.fullmatch(r'(\w+)="(.*)"', line):
+                variables[assignment[1]] = assignment[2]
+            elif line.startswith("python ") and "..." not in line and "-m pytest" not in line:
+                commands.append(re.sub(r"\$(\w+)", lambda m: variables[m[1]], line))
+    commands += [cells[5].strip("`") for cells in table_rows()
+                 if cells[5].startswith("`python") and "…" not in cells[5]]
+    return [shlex.split(command) for command in commands]
+
+
+@pytest.mark.parametrize("words", readme_commands(), ids=" ".join)
+def test_every_readme_command_parses(words):
+    """A flag renamed in a script (or mistyped here) fails: each command goes through the script's
+    own parse_args, which exits on an unknown flag or a bad value."""
+    assert words[0] == "python" and words[1].endswith(".py")
+    script = importlib.import_module(words[1][:-3].replace("/", "."))
+    script.parse_args(words[2:])
+    with pytest.raises(SystemExit):
+        script.parse_args([*words[2:], "--no-such-flag"])
