@@ -178,6 +178,29 @@ def test_cosine_lr_warms_up_linearly_to_the_peak():
     assert common.cosine_lr(1.0, 4, 100, warmup_steps=4) == 1.0
 
 
+def test_cosine_lr_after_warm_up_is_torch_cosine_over_the_remaining_steps():
+    """After `warmup_steps`, the decay is CosineAnnealingLR (eta_min = 0) over the steps that are
+    left, so the schedule reaches 0 exactly at `total_steps` and not before: the edges (the step
+    after warm-up, the last step, the end) are where an off-by-one would show."""
+    peak, warmup, total = 0.3, 6, 40
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup)
+    for step in range(warmup, total + 1):
+        assert common.cosine_lr(peak, step, total, warmup) == pytest.approx(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert common.cosine_lr(peak, total - 1, total, warmup) > 0
+    assert common.cosine_lr(peak, total, total, warmup) == 0
+
+
+def test_set_lr_sets_every_parameter_group():
+    groups = [{"params": [torch.zeros(1, requires_grad=True)], "lr": 0.1},
+              {"params": [torch.zeros(1, requires_grad=True)], "lr": 0.2}]
+    optimizer = torch.optim.SGD(groups)
+    common.set_lr(optimizer, 0.05)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.05, 0.05]
+
+
 @pytest.mark.parametrize("losses, patience, stop", [
     ([3, 2, 1], 1, False), ([3, 2, 2], 1, True), ([3, 2, 2.5, 2.1], 2, True),
     ([3, 2, 2.5, 1.9], 2, False), ([3, 4, 5, 6], 0, False), ([3], 1, False)])
