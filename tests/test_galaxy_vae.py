@@ -1,11 +1,14 @@
 """galaxy_vae.py: the loader (both label layouts, the cache, every bad input counted), the three
 architectures as the task names them, the loss against an independent computation, the
-conditional model, and a smoke run per architecture with --load giving the same final block.
+conditional model, a smoke run per architecture with --load giving the same final block, and the
+training step against a hand-written step on the documented loss (with --kl-weight 0.3, the
+condition, the [0, 1] scaling at the encoder's input, Adam at --lr, --amp, the split's knobs).
 
 Synthetic JPEGs and label files are written here (conftest.write_galaxies); one test reads 120 of
 the real images when ../shared/data is present. Runs use --image-size 32 to stay fast.
 """
 import concurrent.futures
+import copy
 import json
 import shutil
 
@@ -388,3 +391,266 @@ def test_an_unknown_sample_class_stops_before_training(galaxies, tmp_path):
                                                    "--sample-class", "barred", "--epochs", "1"))
     assert_one_line_error(result, "--sample-class 'barred' is not one of ['other', 'spiral_odd']")
     assert not (tmp_path / "galaxy_vae_conv.pt").exists()
+
+
+# --- the training step against a hand-written step on its objective ---------------------------
+# Tiny models (32x32 images, 3 latent dimensions) and a batch of 4 that is the whole data, so
+# train_epoch takes exactly one step. --kl-weight is 0.3, not the default 1: a step that ignores
+# it fails. The draws follow train_epoch's order on its generator: the shuffle (randperm), then
+# the reparameterisation noise (randn of μ's shape).
+KL_WEIGHT, LATENT, SIZE, BATCH, COND_DIM = 0.3, 3, 32, 4, 4
+
+
+def step_args(*extra):
+    return gv.parse_args(["--image-size", str(SIZE), "--latent-dim", str(LATENT), "--batch-size",
+                          str(BATCH), "--kl-weight", str(KL_WEIGHT), *map(str, extra)])
+
+
+def tiny_data(n=BATCH, conditional=False, seed=0):
+    """n random uint8 images holding both 0 and 255, and (conditional) n distinct one-hot
+    conditions, so a condition paired with another image's picture changes the loss."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, SIZE, SIZE), generator=generator, dtype=torch.uint8)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = 0, 255
+    c = torch.eye(COND_DIM)[torch.randperm(n, generator=generator) % COND_DIM] if conditional else None
+    return {"x": x, "y": torch.zeros(n, dtype=torch.long), "c": c}
+
+
+def objective_by_hand(model, images, cond, eps, kl_weight):
+    """The module docstring's loss built from the network's raw parts (encoder trunk, the two
+    linear heads, decoder), not through GalaxyVAE.forward/encode/decode nor vae_loss: the
+    condition concatenated to the encoder's features and to z (Sohn et al.), z = μ + σ·ε, BCE
+    written with F.logsigmoid and summed over pixels, the KL from torch.distributions, the sum
+    bce + kl_weight·kl averaged over the batch."""
+    features = model.encoder(images)
+    if cond is not None:
+        features = torch.cat([features, cond], 1)
+    mu, logvar = model.to_mu(features), model.to_logvar(features)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    logits = model.decoder(torch.cat([z, cond], 1) if cond is not None else z)
+    bce = -(images * F.logsigmoid(logits) + (1 - images) * F.logsigmoid(-logits)).flatten(1).sum(1)
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    prior = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    kl = torch.distributions.kl_divergence(q, prior).sum(1)
+    mse = (torch.sigmoid(logits) - images).pow(2).flatten(1).mean(1)
+    return {"bce": bce, "kl": kl, "mse": mse, "loss": (bce + kl_weight * kl).mean()}
+
+
+def away_from_the_prior(model):
+    """μ's bias set to 3: the KL term is then about ½·3²·3 ≈ 13.5 nats per image instead of ~0 at
+    initialisation, so a wrong KL weight moves the totals (BCE ≈ 2,000 nats) beyond float noise."""
+    with torch.no_grad():
+        model.to_mu.bias.fill_(3.0)
+    return model
+
+
+def close(a, b, rtol=1e-4):
+    """Equal up to float32 summation order: relative to the largest entry of b."""
+    return torch.allclose(a, b, rtol=rtol, atol=rtol * b.abs().max().item() + 1e-12)
+
+
+@pytest.mark.parametrize("arch, conditional", [("mlp", False), ("conv", False), ("resnet", False),
+                                               ("conv", True), ("mlp", True)])
+def test_one_training_step_descends_the_documented_loss(arch, conditional):
+    """train_epoch on one batch of 4 equals an SGD step on the docstring's objective written by
+    hand (objective_by_hand): the same gradient on every parameter, the parameters moved by
+    -lr·gradient, and the logged bce/kl/mse the batch means of those terms. Catches an ignored
+    --kl-weight, a summed or per-pixel-averaged loss, images not scaled to [0, 1] (as input or as
+    BCE target), a condition missing from encoder or decoder or not the image's own (the batch
+    is shuffled and every image has its own condition), and training in eval mode (BatchNorm
+    uses the batch's statistics in training: the model is handed over in eval mode)."""
+    cond_flags = ["--conditional", "--labels", "labels.csv"] if conditional else []
+    args = step_args("--arch", arch, *cond_flags)
+    torch.manual_seed(0)
+    model = away_from_the_prior(gv.GalaxyVAE(arch, LATENT, SIZE, COND_DIM if conditional else 0))
+    reference = copy.deepcopy(model).train()
+    data = tiny_data(conditional=conditional)
+
+    draws = torch.Generator().manual_seed(5)
+    order = torch.randperm(BATCH, generator=draws)
+    eps = torch.randn(BATCH, LATENT, generator=draws)
+    assert not torch.equal(order, torch.arange(BATCH))  # the shuffle matters to the pairing
+    images = data["x"][order].float() / 255
+    expected = objective_by_hand(reference, images, data["c"][order] if conditional else None, eps, KL_WEIGHT)
+    gradients = torch.autograd.grad(expected["loss"], list(reference.parameters()))
+
+    lr = 0.1
+    before = [p.detach().clone() for p in model.parameters()]
+    model.eval()  # train_epoch must switch to training mode itself
+    logged = gv.train_epoch(model, torch.optim.SGD(model.parameters(), lr=lr), data, args, 1,
+                            torch.Generator().manual_seed(5))
+    for (name, param), old, gradient in zip(model.named_parameters(), before, gradients):
+        assert close(param.grad, gradient), name
+        assert close(param.detach(), old - lr * gradient, rtol=1e-5), name
+    for term in ("bce", "kl", "mse"):
+        assert logged[term].shape == (1,) and close(logged[term], expected[term].mean().detach().view(1), 1e-5), term
+
+
+def test_images_reach_the_encoder_as_floats_in_0_1_in_training_evaluation_and_the_metrics():
+    """A forward pre-hook on the encoder records what it is given inside train_epoch, evaluate
+    and latent_means (which feeds active_dims and latent_probe): each time the uint8 images
+    divided by 255, float32, spanning [0, 1] (the data hold 0 and 255), never raw bytes or
+    another scaling on one of the paths."""
+    args = step_args("--arch", "mlp")
+    model = gv.GalaxyVAE("mlp", LATENT, SIZE)
+    data = tiny_data()
+    seen = []
+    model.encoder.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].detach().clone()))
+    gv.train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), data, args, 1,
+                   torch.Generator().manual_seed(5))
+    gv.evaluate(model, data, args)
+    gv.latent_means(model, data)
+    order = torch.randperm(BATCH, generator=torch.Generator().manual_seed(5))
+    scaled = data["x"].double() / 255
+    assert len(seen) == 3
+    for given, expected in zip(seen, (scaled[order], scaled, scaled)):
+        assert given.dtype == torch.float32 and given.min() == 0 and given.max() == 1
+        assert torch.allclose(given.double(), expected, atol=1e-7)
+
+
+def test_evaluate_averages_the_documented_terms_per_image_in_eval_mode():
+    """evaluate over 6 images in batches of 4 and 2 equals the hand-written terms (eval mode:
+    BatchNorm's running statistics; z drawn from a generator seeded with --seed, batch by batch)
+    summed over the split and divided by its size; loss = bce + 0.3·kl."""
+    args = step_args("--arch", "conv", "--seed", "7")
+    torch.manual_seed(0)
+    model = away_from_the_prior(gv.GalaxyVAE("conv", LATENT, SIZE))
+    reference = copy.deepcopy(model).eval()
+    data = tiny_data(n=6)
+    draws = torch.Generator().manual_seed(7)
+    sums = {"bce": 0.0, "kl": 0.0, "mse": 0.0}
+    with torch.no_grad():
+        for idx in (torch.arange(0, 4), torch.arange(4, 6)):
+            terms = objective_by_hand(reference, data["x"][idx].float() / 255, None,
+                                      torch.randn(len(idx), LATENT, generator=draws), KL_WEIGHT)
+            sums = {k: v + terms[k].sum().item() for k, v in sums.items()}
+    expected = {k: v / 6 for k, v in sums.items()}
+    expected["loss"] = expected["bce"] + KL_WEIGHT * expected["kl"]
+    model.train()  # evaluate must switch to eval mode itself
+    measured = gv.evaluate(model, data, args, batch_size=4)
+    assert measured.keys() == expected.keys()
+    for key, value in expected.items():
+        assert measured[key] == pytest.approx(value, rel=1e-5), key
+    assert measured["loss"] - measured["bce"] == pytest.approx(KL_WEIGHT * expected["kl"], rel=1e-3)
+
+
+def test_fit_trains_with_adam_at_a_constant_given_lr(tmp_path, monkeypatch):
+    """The optimizer fit hands to train_epoch, read at every epoch: Adam over every parameter of
+    the model in one group, at --lr 3e-4 (not the default 1e-3) in both epochs, with PyTorch's
+    default betas, eps, no weight decay, no amsgrad (the docstring: Adam at a constant --lr)."""
+    args = step_args("--arch", "mlp", "--lr", "3e-4", "--epochs", "2", "--out-dir", tmp_path)
+    model = gv.GalaxyVAE("mlp", LATENT, SIZE)
+    handed, real_train_epoch = [], gv.train_epoch
+
+    def recording_train_epoch(model, optimizer, *rest):
+        handed.append((optimizer, [dict(g) for g in optimizer.param_groups]))
+        return real_train_epoch(model, optimizer, *rest)
+
+    monkeypatch.setattr(gv, "train_epoch", recording_train_epoch)
+    gv.fit(model, tiny_data(), tiny_data(seed=1), args, tmp_path / "run", torch.Generator().manual_seed(0), None)
+    assert len(handed) == 2 and handed[0][0] is handed[1][0]
+    optimizer = handed[0][0]
+    assert type(optimizer) is torch.optim.Adam
+    for _, groups in handed:
+        (group,) = groups
+        assert group["lr"] == 3e-4 and group["betas"] == (0.9, 0.999) and group["eps"] == 1e-8
+        assert group["weight_decay"] == 0 and not group["amsgrad"]
+        assert {id(p) for p in group["params"]} == {id(p) for p in model.parameters()}
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_amp_runs_the_forward_pass_in_bfloat16_and_the_loss_in_float32(amp, monkeypatch):
+    """--amp: the first encoder layer computes in bfloat16 inside train_epoch (float32 without);
+    the loss that is back-propagated stays float32 and the weights' gradients float32."""
+    args = step_args("--arch", "mlp", *(["--amp"] if amp else []))
+    model = gv.GalaxyVAE("mlp", LATENT, SIZE)
+    first_linear = next(m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear))
+    dtypes, losses, real_loss = [], [], gv.vae_loss
+    first_linear.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    monkeypatch.setattr(gv, "vae_loss", lambda *a: losses.append(real_loss(*a)) or losses[-1])
+    gv.train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), tiny_data(), args, 1,
+                   torch.Generator().manual_seed(5))
+    assert dtypes == [torch.bfloat16 if amp else torch.float32]
+    assert losses[0]["loss"].dtype == torch.float32
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_split_holds_out_the_test_fraction_of_each_class_by_seed_and_limit_keeps_the_first():
+    """split on 40 galaxies (30 of class 0, 10 of class 1, interleaved), --test-fraction 0.3:
+    round(0.3·n) of each class held out, no galaxy in both parts, images, classes and conditions
+    kept with their galaxy; the seed picks the test set (same seed, same set; another seed,
+    another set); --limit 5 keeps the first 5 of each part of the unlimited split, so a limited
+    run never tests on a galaxy that the full run trains on."""
+    y = torch.tensor([1 if i % 4 == 0 else 0 for i in range(40)])
+    data = {"x": torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 3, 2, 2).clone(),
+            "y": y, "c": F.one_hot(y, 2).float(), "ids": [f"g{i}" for i in range(40)]}
+    train, test = gv.split(data, 0.3, 3, None, "cpu")
+    assert not set(train["ids"]) & set(test["ids"]) and len(train["ids"]) + len(test["ids"]) == 40
+    assert torch.bincount(test["y"], minlength=2).tolist() == [9, 3]
+    for part in (train, test):
+        index = torch.tensor([int(g[1:]) for g in part["ids"]])
+        assert torch.equal(part["x"][:, 0, 0, 0].long(), index) and torch.equal(part["y"], y[index])
+        assert torch.equal(part["c"], F.one_hot(y[index], 2).float())
+    assert gv.split(data, 0.3, 3, None, "cpu")[1]["ids"] == test["ids"]
+    assert gv.split(data, 0.3, 4, None, "cpu")[1]["ids"] != test["ids"]
+    limited_train, limited_test = gv.split(data, 0.3, 3, 5, "cpu")
+    assert limited_train["ids"] == train["ids"][:5] and limited_test["ids"] == test["ids"][:5]
+
+
+def test_main_splits_with_the_given_test_fraction_seed_and_limit(galaxies, tmp_path, monkeypatch):
+    """main hands --test-fraction, --seed and --limit to split (stopped there: no training)."""
+    root, _ = galaxies
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def recording_split(data, fraction, seed, limit, device):
+        calls.append((fraction, seed, limit))
+        raise Stop
+
+    monkeypatch.setattr(gv, "split", recording_split)
+    with pytest.raises(Stop):
+        gv.main(args_for(root, tmp_path, "--labels", root / "labels.csv", "--test-fraction", "0.3",
+                         "--seed", "4", "--limit", "7"))
+    assert calls == [(0.3, 4, 7)]
+
+
+def test_active_dims_against_the_variance_of_mu_computed_by_hand():
+    """active_dims of a conv model whose first three μ dimensions are made constant (zero weights),
+    the next two made to vary (weights scaled up 1000 times: variance about 0.3) and the last
+    one to vary a little (50 times: variance about 0.002, above 0.01 as a standard deviation but
+    not as a variance): the count of Var_x[μ_j] > 0.01 with μ computed by hand from the
+    eval-mode trunk on the scaled images, which is 2."""
+    torch.manual_seed(0)
+    model = gv.GalaxyVAE("conv", 6, SIZE)
+    with torch.no_grad():
+        model.to_mu.weight[:3] = 0
+        model.to_mu.weight[3:5] *= 1000
+        model.to_mu.weight[5] *= 50
+    reference = copy.deepcopy(model).eval()
+    data = tiny_data(n=8)
+    with torch.no_grad():
+        mu = reference.to_mu(reference.encoder(data["x"].float() / 255))
+    expected = int((mu.var(0) > 0.01).sum())
+    model.train()
+    assert gv.active_dims(model, data) == expected == 2
+    assert 1e-4 < mu.var(0)[5] < 1e-2  # the dimension that only a standard deviation would count
+
+
+def test_latent_probe_weights_the_classes_and_scores_accuracy_and_balanced_accuracy():
+    """A stand-in encoder whose μ is the image's mean colour, each image all black or all white,
+    so μ takes two values. Training: 40 black of class 0; 15 white of class 0 and 10 white of
+    class 1. Two points, two parameters: the fitted logits at each point follow the weighted
+    class counts there. Class-weighted (n / (K·n_k): 65/110 and 65/20) white means class 1
+    (15·0.59 < 10·3.25); unweighted it would be class 0 (15 > 10). Test: 8 black and 2 white of
+    class 0, 4 white of class 1 → predictions 0 for black, 1 for white: accuracy 12/14,
+    balanced accuracy (8/10 + 4/4)/2 = 0.9."""
+    def part(black0, white0, white1):
+        x = torch.zeros(black0 + white0 + white1, 3, 2, 2, dtype=torch.uint8)
+        x[black0:] = 255
+        return {"x": x, "c": None, "y": torch.tensor([0] * (black0 + white0) + [1] * white1)}
+
+    probe = gv.latent_probe(Pixels(), part(40, 15, 10), part(8, 2, 4), 2)
+    assert probe["latent_probe_test_accuracy"] == pytest.approx(12 / 14)
+    assert probe["latent_probe_test_balanced_accuracy"] == pytest.approx(0.9)
