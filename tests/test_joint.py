@@ -314,8 +314,8 @@ class OptimizerBuilt(Exception):
 
 
 def test_joint_fit_builds_plain_adam_over_every_parameter_at_the_set_lr(tmp_path, monkeypatch):
-    """--mode joint trains every parameter of the JointVAE with Adam at --lr (here 0.0123),
-    default betas, no weight decay. The spy's lr defaults to Adam's own default, so a call that
+    """--mode joint trains every parameter of the JointVAE (of --latent-dim 4) with Adam at --lr
+    (here 0.0123), default betas, no weight decay. The spy's lr defaults to Adam's own default, so a call that
     leaves out --lr records 0.001."""
     calls, models, real_joint_vae = [], [], joint.JointVAE
 
@@ -323,8 +323,8 @@ def test_joint_fit_builds_plain_adam_over_every_parameter_at_the_set_lr(tmp_path
         calls.append((list(params), lr, settings))
         raise OptimizerBuilt
 
-    def recorded_model(latent_dim):
-        models.append(real_joint_vae(latent_dim))
+    def recorded_model(*args, **kwargs):
+        models.append(real_joint_vae(*args, **kwargs))
         return models[-1]
 
     monkeypatch.setattr(torch.optim, "Adam", recorder)
@@ -336,6 +336,7 @@ def test_joint_fit_builds_plain_adam_over_every_parameter_at_the_set_lr(tmp_path
     [(params, lr, settings)], [model] = calls, models
     assert [id(p) for p in params] == [id(p) for p in model.parameters()]
     assert lr == 0.0123 and settings == {}
+    assert model.head.in_features == model.vae.to_mu.out_features == 4  # --latent-dim reaches it
 
 
 def test_pretrain_moves_only_what_each_variant_trains(tmp_path, monkeypatch):
@@ -352,21 +353,19 @@ def test_pretrain_moves_only_what_each_variant_trains(tmp_path, monkeypatch):
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([3, 1, 4, 1])
     started, trained, real_fit = {}, {}, joint.fit
 
-    def recording_fit(model, loss_terms, *rest):
-        started[rest[2].name], trained[rest[2].name] = copy.deepcopy(model), model
-        return real_fit(model, loss_terms, *rest)
+    def recording_fit(model, loss_terms, data, args, stem, generator, trainable):
+        started[stem.name], trained[stem.name] = copy.deepcopy(model), model
+        return real_fit(model, loss_terms, data, args, stem, generator, trainable)
 
     monkeypatch.setattr(joint, "fit", recording_fit)
     without_figures(monkeypatch)
     joint.run_pretrain(args, ((x, y), (x, y)))
+    vae_state = common.load_checkpoint(tmp_path / "vae_conv.pt", "vae_conv")["models"]["model"]
     trained_by_docstring = {"frozen": ("head.",), "finetuned": ("vae.encoder.", "vae.to_mu.", "head.")}
     for variant, prefixes in trained_by_docstring.items():
         name = f"joint_pretrain_{variant}"
-        reference = started[name]
-        assert reference.vae.state_dict().keys() and all(  # it started from vae.py's weights
-            torch.equal(v, w) for v, w in zip(reference.vae.state_dict().values(),
-                                              common.load_checkpoint(tmp_path / "vae_conv.pt", "vae_conv")
-                                              ["models"]["model"].values()))
+        reference = started[name]  # becomes the expected model after one hand-made Adam step
+        assert all(torch.equal(reference.vae.state_dict()[k], v) for k, v in vae_state.items())
         params = [p for n, p in reference.named_parameters() if n.startswith(prefixes)]
         order = torch.randperm(4, generator=torch.Generator().manual_seed(args.seed))
         grads = torch.autograd.grad(cross_entropy_by_hand(reference, x[order], y[order]), params)
@@ -406,8 +405,8 @@ def test_images_reach_the_encoder_in_0_1_and_are_their_own_target(mode, syntheti
     encoder_inputs, pairs = [], []
     real_joint_vae, real_reconstruction_loss = joint.JointVAE, joint.reconstruction_loss
 
-    def hooked_model(latent_dim):
-        model = real_joint_vae(latent_dim)
+    def hooked_model(*args, **kwargs):
+        model = real_joint_vae(*args, **kwargs)
         model.vae.encoder.register_forward_pre_hook(
             lambda module, inputs: encoder_inputs.append(inputs[0].detach().clone()))
         return model

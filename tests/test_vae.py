@@ -497,7 +497,8 @@ def test_images_reach_the_encoder_in_0_1_and_are_their_own_target(flags, synthet
     def record_input(module, inputs):
         encoder_inputs.append(inputs[0].detach().clone())
 
-    real_build_vae, real_classifier, real_reconstruction_loss = vae.build_vae, vae.MLPClassifier, vae.reconstruction_loss
+    real_build_vae, real_classifier = vae.build_vae, vae.MLPClassifier
+    real_reconstruction_loss = vae.reconstruction_loss
 
     def build_vae(args):
         model = real_build_vae(args)
