@@ -1,8 +1,11 @@
 """joint.py: the joint VAE-classifier and the pretrain-then-classify alternative."""
+import copy
 import json
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 import common
@@ -227,3 +230,200 @@ def test_foreign_weights_are_refused(synthetic_data, tmp_path):
     result = run_script("joint.py", *quick_args(synthetic_data, tmp_path / "o"), "--mode", "pretrain",
                         "--vae-weights", cnn_weights)
     assert_one_line_error(result, "holds 'cnn' weights, expected 'vae_conv'")
+
+
+# --- the training step against a hand-written step on its objective ------------------------------
+SHUFFLE_SEED = 5  # its randperm(4) is not the identity, so a target taken in the wrong order fails
+KNOBS = ["--ce-weight", "7", "--recon-weight", "0.4", "--kl-weight", "0.3", "--latent-dim", "4"]
+
+
+def joint_objective_by_hand(model, x, y, args, generator):
+    """The module's objective, ce_weight·CE(head(μ), y) + recon_weight·recon + kl_weight·KL per
+    example averaged over the batch, written again from the networks' raw outputs: CE from
+    log_softmax, BCE from F.logsigmoid, the KL from torch.distributions. Random numbers in the
+    order the step draws them: the batch order (randperm), then ε of the batch's shape."""
+    order = torch.randperm(len(x), generator=generator)
+    x, y = x[order], y[order]  # the one batch, in the step's order
+    h = model.vae.encoder(x)
+    mu, sigma = model.vae.to_mu(h), torch.exp(0.5 * model.vae.to_logvar(h))
+    logits = model.vae.decoder(mu + sigma * torch.randn(mu.shape, generator=generator))
+    if args.recon == "bce":
+        recon = -(x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).sum((1, 2, 3))
+    else:
+        recon = ((torch.sigmoid(logits) - x) ** 2).sum((1, 2, 3))
+    kl = kl_divergence(Normal(mu, sigma), Normal(0.0, 1.0)).sum(1)
+    ce = -F.log_softmax(model.head(mu), dim=1).gather(1, y[:, None]).squeeze(1)
+    return (args.ce_weight * ce + args.recon_weight * recon + args.kl_weight * kl).mean()
+
+
+def cross_entropy_by_hand(model, x, y):
+    """-(1/B) Σ log softmax(head(μ(x)))[y], the pretrained classifier's objective."""
+    logits = model.head(model.vae.to_mu(model.vae.encoder(x)))
+    return -F.log_softmax(logits, dim=1).gather(1, y[:, None]).mean()
+
+
+def gradients_by_hand(loss, model):
+    """{name: ∂loss/∂parameter}, zero for a parameter the loss does not reach."""
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    return {name: torch.zeros_like(p) if g is None else g
+            for (name, p), g in zip(model.named_parameters(), grads)}
+
+
+@pytest.mark.parametrize("recon", ["bce", "mse"])
+def test_joint_step_descends_the_documented_objective(recon):
+    """One step of train_epoch with joint_terms (what fit's loop runs in joint mode) on 4 images,
+    at CE weight 7, reconstruction weight 0.4, KL weight 0.3, gives every parameter (decoder and
+    head included) the gradient of the docstring's combined objective computed by hand; an SGD
+    of learning rate 0 keeps the weights and leaves the step's gradients in .grad."""
+    torch.manual_seed(0)
+    args = joint.parse_args([*KNOBS, "--recon", recon, "--batch-size", "4"])
+    model, x, y = joint.JointVAE(args.latent_dim), torch.rand(4, 1, 28, 28), torch.tensor([3, 1, 4, 1])
+    expected = gradients_by_hand(joint_objective_by_hand(
+        model, x, y, args, torch.Generator().manual_seed(SHUFFLE_SEED)), model)
+    joint.train_epoch(model, joint.joint_terms, torch.optim.SGD(model.parameters(), lr=0.0), x, y,
+                      args, "epoch 1", torch.Generator().manual_seed(SHUFFLE_SEED))
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_classifier_step_descends_the_cross_entropy_of_the_mean():
+    """One step of train_epoch with classifier_terms gives the gradient of CE(head(μ), y) alone,
+    whatever the joint weights say (here 7, 0.4, 0.3): the decoder and log-variance get none.
+    The batch is shuffled, so labels taken in another order than their images fail."""
+    torch.manual_seed(0)
+    args = joint.parse_args(["--mode", "pretrain", *KNOBS, "--batch-size", "4"])
+    model, x, y = joint.JointVAE(args.latent_dim), torch.rand(4, 1, 28, 28), torch.tensor([3, 1, 4, 1])
+    assert not torch.equal(torch.randperm(4, generator=torch.Generator().manual_seed(SHUFFLE_SEED)),
+                           torch.arange(4))
+    expected = gradients_by_hand(cross_entropy_by_hand(model, x, y), model)
+    joint.train_epoch(model, joint.classifier_terms, torch.optim.SGD(model.parameters(), lr=0.0),
+                      x, y, args, "epoch 1", torch.Generator().manual_seed(SHUFFLE_SEED))
+    for name, p in model.named_parameters():
+        grad = torch.zeros_like(p) if p.grad is None else p.grad
+        assert torch.allclose(grad, expected[name], rtol=1e-4, atol=1e-6), name
+
+
+def without_figures(monkeypatch):
+    """Figures are not what these tests check and cost most of a tiny run's time: each is closed
+    unwritten."""
+    monkeypatch.setattr(common, "save_figure", lambda fig, path: plt.close(fig))
+
+
+class OptimizerBuilt(Exception):
+    """Raised by the spy on torch.optim.Adam: the optimizer is what the test wanted, not the run."""
+
+
+def test_joint_fit_builds_plain_adam_over_every_parameter_at_the_set_lr(tmp_path, monkeypatch):
+    """--mode joint trains every parameter of the JointVAE (of --latent-dim 4) with Adam at --lr
+    (here 0.0123), default betas, no weight decay. The spy's lr defaults to Adam's own default, so a call that
+    leaves out --lr records 0.001."""
+    calls, models, real_joint_vae = [], [], joint.JointVAE
+
+    def recorder(params, lr=1e-3, **settings):
+        calls.append((list(params), lr, settings))
+        raise OptimizerBuilt
+
+    def recorded_model(*args, **kwargs):
+        models.append(real_joint_vae(*args, **kwargs))
+        return models[-1]
+
+    monkeypatch.setattr(torch.optim, "Adam", recorder)
+    monkeypatch.setattr(joint, "JointVAE", recorded_model)
+    args = joint.parse_args(["--out-dir", str(tmp_path), "--lr", "0.0123", "--latent-dim", "4"])
+    x, y = torch.rand(4, 1, 28, 28), torch.arange(4)
+    with pytest.raises(OptimizerBuilt):
+        joint.run_joint(args, ((x, y), (x, y)), torch.Generator())
+    [(params, lr, settings)], [model] = calls, models
+    assert [id(p) for p in params] == [id(p) for p in model.parameters()]
+    assert lr == 0.0123 and settings == {}
+    assert model.head.in_features == model.vae.to_mu.out_features == 4  # --latent-dim reaches it
+
+
+def test_pretrain_moves_only_what_each_variant_trains(tmp_path, monkeypatch):
+    """--mode pretrain, one epoch of one batch of 4 at --lr 0.05, through run_pretrain and fit:
+    each classifier ends exactly one Adam step (torch's Adam at the set lr, on the gradient of
+    the cross-entropy written by hand) from where it started, over the parameters its docstring
+    trains: the softmax layer alone when frozen (the encoder stays bit for bit), the encoder,
+    μ-layer and softmax layer when fine-tuned. The decoder and log-variance layer never move."""
+    torch.manual_seed(0)
+    common.save_checkpoint(tmp_path / "vae_conv.pt", "vae_conv", models={"model": joint.ConvVAE(4).state_dict()},
+                           epoch=1, history=[], seconds=0.0)
+    args = joint.parse_args(["--mode", "pretrain", "--out-dir", str(tmp_path), "--latent-dim", "4",
+                             "--epochs", "1", "--batch-size", "4", "--lr", "0.05"])
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([3, 1, 4, 1])
+    started, trained, real_fit = {}, {}, joint.fit
+
+    def recording_fit(model, loss_terms, data, args, stem, generator, trainable):
+        started[stem.name], trained[stem.name] = copy.deepcopy(model), model
+        return real_fit(model, loss_terms, data, args, stem, generator, trainable)
+
+    monkeypatch.setattr(joint, "fit", recording_fit)
+    without_figures(monkeypatch)
+    joint.run_pretrain(args, ((x, y), (x, y)))
+    vae_state = common.load_checkpoint(tmp_path / "vae_conv.pt", "vae_conv")["models"]["model"]
+    trained_by_docstring = {"frozen": ("head.",), "finetuned": ("vae.encoder.", "vae.to_mu.", "head.")}
+    for variant, prefixes in trained_by_docstring.items():
+        name = f"joint_pretrain_{variant}"
+        reference = started[name]  # becomes the expected model after one hand-made Adam step
+        assert all(torch.equal(reference.vae.state_dict()[k], v) for k, v in vae_state.items())
+        params = [p for n, p in reference.named_parameters() if n.startswith(prefixes)]
+        order = torch.randperm(4, generator=torch.Generator().manual_seed(args.seed))
+        grads = torch.autograd.grad(cross_entropy_by_hand(reference, x[order], y[order]), params)
+        for p, g in zip(params, grads):
+            p.grad = g
+        torch.optim.Adam(params, lr=0.05).step()
+        for (n, after), expected in zip(trained[name].named_parameters(), reference.parameters()):
+            if n.startswith(prefixes):
+                assert torch.allclose(after, expected, rtol=0, atol=1e-6), (variant, n)
+            else:
+                assert torch.equal(after, expected), (variant, n)  # not moved at all
+
+
+def test_each_ce_sweep_member_trains_with_its_own_weight(synthetic_data, tmp_path, monkeypatch):
+    """Each --sweep-ce member's training step sees that member's CE weight (not the base
+    --ce-weight 3) and the base reconstruction weight, KL weight and --recon."""
+    seen, real_train_epoch = [], joint.train_epoch
+
+    def recording(model, loss_terms, optimizer, x, y, args, *rest):
+        seen.append((loss_terms, args.ce_weight, args.recon_weight, args.kl_weight, args.recon))
+        return real_train_epoch(model, loss_terms, optimizer, x, y, args, *rest)
+
+    monkeypatch.setattr(joint, "train_epoch", recording)
+    without_figures(monkeypatch)
+    joint.main(["--data-dir", str(synthetic_data), "--out-dir", str(tmp_path), *DEVICE_FLAGS,
+                "--epochs", "1", "--limit", "16", "--sweep-ce", "0.5,7", "--ce-weight", "3",
+                "--recon-weight", "0.4", "--kl-weight", "0.3", "--recon", "mse", "--latent-dim", "4"])
+    assert seen == [(joint.joint_terms, 0.5, 0.4, 0.3, "mse"), (joint.joint_terms, 7.0, 0.4, 0.3, "mse")]
+
+
+@pytest.mark.parametrize("mode", ["joint", "pretrain"])
+def test_images_reach_the_encoder_in_0_1_and_are_their_own_target(mode, synthetic_data, tmp_path, monkeypatch):
+    """At the encoder's input, in training and in evaluation, the images are in [0, 1] (the range
+    vae.py's encoder was trained on and the Bernoulli decoder's targets must have), not rescaled
+    to [-1, 1] nor divided by 255 twice (the synthetic squares are brighter than 0.5); every
+    reconstruction loss compares the decoded image with the very batch the encoder has just seen."""
+    encoder_inputs, pairs = [], []
+    real_joint_vae, real_reconstruction_loss = joint.JointVAE, joint.reconstruction_loss
+
+    def hooked_model(*args, **kwargs):
+        model = real_joint_vae(*args, **kwargs)
+        model.vae.encoder.register_forward_pre_hook(
+            lambda module, inputs: encoder_inputs.append(inputs[0].detach().clone()))
+        return model
+
+    def reconstruction_loss(logits, x, kind):
+        pairs.append((encoder_inputs[-1], x.detach().clone()))
+        return real_reconstruction_loss(logits, x, kind)
+
+    monkeypatch.setattr(joint, "JointVAE", hooked_model)
+    monkeypatch.setattr(joint, "reconstruction_loss", reconstruction_loss)
+    without_figures(monkeypatch)
+    common.save_checkpoint(tmp_path / "vae_conv.pt", "vae_conv", models={"model": joint.ConvVAE(4).state_dict()},
+                           epoch=1, history=[], seconds=0.0)
+    joint.main(["--data-dir", str(synthetic_data), "--out-dir", str(tmp_path), *DEVICE_FLAGS, "--mode", mode,
+                "--epochs", "1", "--limit", "16", "--batch-size", "8", "--latent-dim", "4"])
+    assert len(encoder_inputs) >= 3  # two training batches and the evaluations
+    for images in encoder_inputs:
+        assert images.min() >= 0 and 0.5 < images.max() <= 1
+    if mode == "joint":
+        assert len(pairs) >= 3 and all(torch.equal(seen, target) for seen, target in pairs)

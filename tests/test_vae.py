@@ -1,8 +1,10 @@
 """vae.py: architectures, losses against independent computations, every mode with --load, bad input."""
 import json
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 import common
@@ -272,22 +274,31 @@ def test_init_from_classifier_then_load(synthetic_data, tmp_path):
 
 
 def test_encoder_copy_is_exact(synthetic_data, tmp_path, monkeypatch):
-    """The init experiment's VAE encoder equals the classifier's before its first step."""
+    """The init experiment's VAE encoder equals the classifier's before its first step, every
+    tensor of it (weights and biases), and nothing else is copied: the rest of that VAE equals
+    the random-start VAE, built from the same seed."""
     vae.main(quick_args(synthetic_data, tmp_path / "c", "--arch", "mlp", "--experiment", "classifier"))
     seen = []
     real_fit = vae.fit_vae
 
     def spy(model, *args, **kwargs):
-        seen.append({k: v.clone() for k, v in model.encoder.state_dict().items()})
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
         return real_fit(model, *args, **kwargs)
 
     monkeypatch.setattr(vae, "fit_vae", spy)
+    without_figures(monkeypatch)
     vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--experiment", "init-from-classifier",
                         "--classifier-weights", tmp_path / "c" / "vae_classifier.pt"))
     classifier = common.load_checkpoint(tmp_path / "c" / "vae_classifier.pt", "vae_classifier")["models"]["model"]
     # seen[0] is the classifier-initialised VAE, seen[1] the random one
-    assert torch.equal(seen[0]["1.weight"], classifier["encoder.1.weight"])
-    assert not torch.equal(seen[1]["1.weight"], classifier["encoder.1.weight"])
+    from_classifier, from_random = seen
+    encoder_keys = [k for k in from_classifier if k.startswith("encoder.")]
+    assert encoder_keys == ["encoder.1.weight", "encoder.1.bias"]
+    for key in encoder_keys:
+        assert torch.equal(from_classifier[key], classifier[key])
+        assert not torch.equal(from_random[key], classifier[key])
+    for key in from_classifier.keys() - set(encoder_keys):  # to_mu, to_logvar, decoder
+        assert torch.equal(from_classifier[key], from_random[key]), key
 
 
 # --- bad input -------------------------------------------------------------------------------------
@@ -337,3 +348,181 @@ def test_vae_metrics_hold_the_sample_quality_of_prior_samples(synthetic_data, cn
     final = metrics(tmp_path / "vae_mlp_metrics.json")["final"]
     assert final["frechet_distance"] > 0 and final["n_generated"] == 128
     assert 0 <= final["class_entropy_nats"] <= 2.31
+
+
+# --- the training step against a hand-written step on its objective ------------------------------
+SHUFFLE_SEED = 5  # its randperm(4) is not the identity, so a target taken in the wrong order fails
+
+
+def vae_objective_by_hand(model, x, args, generator):
+    """The module's objective, loss = recon + kl_weight·KL per example averaged over the batch,
+    written again from the networks' raw outputs: BCE from F.logsigmoid, the squared error from
+    the sigmoid, the KL from torch.distributions. Random numbers are drawn in the order the step
+    draws them: the batch order (randperm), then ε of the batch's shape."""
+    x = x[torch.randperm(len(x), generator=generator)]  # the one batch, in the step's order
+    h = model.encoder(x)
+    mu, sigma = model.to_mu(h), torch.exp(0.5 * model.to_logvar(h))
+    logits = model.decoder(mu + sigma * torch.randn(mu.shape, generator=generator))
+    if args.recon == "bce":
+        per_pixel = -(x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits))
+    else:
+        per_pixel = (torch.sigmoid(logits) - x) ** 2
+    recon = per_pixel.sum((1, 2, 3)) / (784 if args.recon == "mse-mean" else 1)  # (B,)
+    kl = kl_divergence(Normal(mu, sigma), Normal(0.0, 1.0)).sum(1)                # (B,)
+    return (recon + args.kl_weight * kl).mean()
+
+
+def gradients_by_hand(loss, model):
+    """{name: ∂loss/∂parameter}, zero for a parameter the loss does not reach."""
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    return {name: torch.zeros_like(p) if g is None else g
+            for (name, p), g in zip(model.named_parameters(), grads)}
+
+
+def assert_step_gradients_equal(train_step, model, expected):
+    """Run `train_step(optimizer)` with a plain SGD of learning rate 0, which leaves the weights
+    where they are and the gradients of the step's own loss in .grad, and compare those with
+    `expected` ({name: gradient})."""
+    train_step(torch.optim.SGD(model.parameters(), lr=0.0))
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, expected[name], rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("arch, recon", [("mlp", "bce"), ("mlp", "mse"), ("mlp", "mse-mean"),
+                                         ("conv", "bce"), ("conv", "mse")])
+def test_vae_step_descends_the_documented_objective(arch, recon):
+    """One step of train_vae_epoch (the function fit_vae's loop calls) on 4 images in [0, 1] at
+    --kl-weight 0.3 and --latent-dim 3 gives every parameter the gradient of the docstring's
+    objective computed by hand: a step that ignores the KL weight or --recon, samples ε from
+    another stream than the generator, scales the images or reconstructs another image fails."""
+    torch.manual_seed(0)
+    args = vae.parse_args(["--arch", arch, "--recon", recon, "--kl-weight", "0.3",
+                           "--latent-dim", "3", "--batch-size", "4"])
+    model, x = vae.build_vae(args), torch.rand(4, 1, 28, 28)
+    assert model.to_mu.out_features == 3  # --latent-dim reaches the model
+    expected = gradients_by_hand(
+        vae_objective_by_hand(model, x, args, torch.Generator().manual_seed(SHUFFLE_SEED)), model)
+    assert_step_gradients_equal(lambda optimizer: vae.train_vae_epoch(
+        model, optimizer, x, args, 1, torch.Generator().manual_seed(SHUFFLE_SEED)), model, expected)
+
+
+def test_classifier_step_descends_the_cross_entropy():
+    """One step of train_classifier_epoch on 4 labelled images gives the gradient of
+    -(1/B) Σ log softmax(head(encoder(x)))[y], written with log_softmax and gather; the batch
+    is shuffled (not the identity order), so labels taken in another order than their images fail."""
+    torch.manual_seed(0)
+    args = vae.parse_args(["--experiment", "classifier", "--batch-size", "4"])
+    model, x, y = vae.MLPClassifier(), torch.rand(4, 1, 28, 28), torch.tensor([3, 1, 4, 1])
+    assert not torch.equal(torch.randperm(4, generator=torch.Generator().manual_seed(SHUFFLE_SEED)),
+                           torch.arange(4))
+    log_probs = F.log_softmax(model.head(model.encoder(x)), dim=1)
+    expected = gradients_by_hand(-log_probs.gather(1, y[:, None]).mean(), model)
+    assert_step_gradients_equal(lambda optimizer: vae.train_classifier_epoch(
+        model, optimizer, x, y, args, 1, torch.Generator().manual_seed(SHUFFLE_SEED)), model, expected)
+
+
+def without_figures(monkeypatch):
+    """Figures are not what these tests check and cost most of a tiny run's time: each is closed
+    unwritten."""
+    monkeypatch.setattr(common, "save_figure", lambda fig, path: plt.close(fig))
+
+
+class OptimizerBuilt(Exception):
+    """Raised by the spy on torch.optim.Adam: the optimizer is what the test wanted, not the run."""
+
+
+def spy_on_adam(monkeypatch):
+    """Replace torch.optim.Adam by a recorder that stops the caller right after the call; returns
+    the list of (parameters, lr, other settings) it was called with. Its lr defaults to Adam's
+    own default, so a call that leaves out --lr records 0.001."""
+    calls = []
+
+    def recorder(params, lr=1e-3, **settings):
+        calls.append((list(params), lr, settings))
+        raise OptimizerBuilt
+
+    monkeypatch.setattr(torch.optim, "Adam", recorder)
+    return calls
+
+
+@pytest.mark.parametrize("experiment", ["vae", "classifier"])
+def test_fit_builds_plain_adam_over_every_parameter_at_the_set_lr(experiment, monkeypatch, tmp_path):
+    """fit_vae and fit_classifier train every parameter of their model with Adam at --lr (here
+    0.0123, not the default), default betas and no weight decay."""
+    args = vae.parse_args(["--arch", "mlp", "--experiment", experiment, "--lr", "0.0123"])
+    x, y = torch.rand(4, 1, 28, 28), torch.arange(4)
+    calls = spy_on_adam(monkeypatch)
+    with pytest.raises(OptimizerBuilt):
+        if experiment == "vae":
+            model = vae.MLPVAE()
+            vae.fit_vae(model, ((x, y), (x, y)), args, tmp_path / "vae_mlp", torch.Generator(),
+                        torch.zeros(2, 2))
+        else:
+            model = vae.MLPClassifier()
+            vae.fit_classifier(model, ((x, y), (x, y)), args, tmp_path / vae.CLASSIFIER, torch.Generator())
+    [(params, lr, settings)] = calls
+    assert [id(p) for p in params] == [id(p) for p in model.parameters()]
+    assert lr == 0.0123 and settings == {}
+
+
+@pytest.mark.parametrize("flags, members", [
+    (["--sweep-kl", "0.3,2", "--kl-weight", "0.7", "--latent-dim", "4"], [(0.3, 4), (2.0, 4)]),
+    (["--sweep-latent", "3,5", "--kl-weight", "0.7", "--latent-dim", "4"], [(0.7, 3), (0.7, 5)]),
+])
+def test_each_sweep_member_trains_with_its_own_value(flags, members, synthetic_data, tmp_path, monkeypatch):
+    """The step of each sweep member sees that member's KL weight (or latent size, in its model
+    and in its args) and the base value of the other knob, never the base value of the swept one."""
+    seen, real_train_epoch = [], vae.train_vae_epoch
+
+    def recording(model, optimizer, x, args, epoch, generator):
+        seen.append((args.kl_weight, args.latent_dim, model.to_mu.out_features))
+        return real_train_epoch(model, optimizer, x, args, epoch, generator)
+
+    monkeypatch.setattr(vae, "train_vae_epoch", recording)
+    without_figures(monkeypatch)
+    vae.main(["--data-dir", str(synthetic_data), "--out-dir", str(tmp_path), *DEVICE_FLAGS,
+              "--epochs", "1", "--limit", "16", "--arch", "mlp", *flags])
+    assert seen == [(kl_weight, latent, latent) for kl_weight, latent in members]
+
+
+@pytest.mark.parametrize("flags", [["--arch", "mlp"], ["--arch", "conv", "--latent-dim", "4"],
+                                   ["--experiment", "classifier"]], ids=["mlp", "conv", "classifier"])
+def test_images_reach_the_encoder_in_0_1_and_are_their_own_target(flags, synthetic_data, tmp_path, monkeypatch):
+    """At the encoder's input, in training and in evaluation, the images are in [0, 1] (the
+    range the Bernoulli decoder's targets must have), not rescaled to [-1, 1] nor divided by 255
+    twice (the synthetic squares are brighter than 0.5); every reconstruction loss compares the
+    decoded image with the very batch the encoder has just seen."""
+    encoder_inputs, pairs = [], []
+
+    def record_input(module, inputs):
+        encoder_inputs.append(inputs[0].detach().clone())
+
+    real_build_vae, real_classifier = vae.build_vae, vae.MLPClassifier
+    real_reconstruction_loss = vae.reconstruction_loss
+
+    def build_vae(args):
+        model = real_build_vae(args)
+        model.encoder.register_forward_pre_hook(record_input)
+        return model
+
+    def classifier():
+        model = real_classifier()
+        model.encoder.register_forward_pre_hook(record_input)
+        return model
+
+    def reconstruction_loss(logits, x, kind):
+        pairs.append((encoder_inputs[-1], x.detach().clone()))
+        return real_reconstruction_loss(logits, x, kind)
+
+    monkeypatch.setattr(vae, "build_vae", build_vae)
+    monkeypatch.setattr(vae, "MLPClassifier", classifier)
+    monkeypatch.setattr(vae, "reconstruction_loss", reconstruction_loss)
+    without_figures(monkeypatch)
+    vae.main(["--data-dir", str(synthetic_data), "--out-dir", str(tmp_path), *DEVICE_FLAGS,
+              "--epochs", "1", "--limit", "16", "--batch-size", "8", *flags])
+    assert len(encoder_inputs) >= 3  # two training batches and the evaluations
+    for images in encoder_inputs:
+        assert images.min() >= 0 and 0.5 < images.max() <= 1
+    if "classifier" not in flags:
+        assert len(pairs) >= 3  # two training batches and the evaluations
+        assert all(torch.equal(seen, target) for seen, target in pairs)
