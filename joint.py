@@ -78,6 +78,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.sweep_ce and args.mode != "joint":
         parser.error("--sweep-ce sweeps the joint model's loss: it needs --mode joint")
+    if args.sweep_ce and args.ce_weight != parser.get_default("ce_weight"):
+        parser.error("--sweep-ce sets each member's --ce-weight: give one or the other")
     models = len(PRETRAINED) if args.mode == "pretrain" else len(args.sweep_ce or [1])
     common.check_common_args(parser, args, load_files=models, sweep=bool(args.sweep_ce))
     return args
@@ -310,8 +312,9 @@ def run_ce_sweep(args, data):
         acc.axhline(value, linestyle="--", color=f"C{len(acc.lines)}", label=label)
     recon.plot(weights, [finals[w]["test_recon"] for w in weights], marker="o", label="joint model")
     for ax, ylabel in ((acc, "test accuracy"), (recon, f"test reconstruction ({args.recon}, per image)")):
-        ax.set(xscale="log", xlabel="weight of the cross-entropy (reconstruction and KL weighted 1)",
-               ylabel=ylabel)
+        ax.set(xscale="log", ylabel=ylabel,
+               xlabel=f"weight of the cross-entropy (reconstruction weighted {args.recon_weight:g}, "
+                      f"KL {args.kl_weight:g})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18))  # below: no point hidden
     fig.suptitle(f"joint model, {args.epochs} epochs: what the classification term's weight buys")

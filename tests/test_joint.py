@@ -126,6 +126,7 @@ def test_ce_sweep_trains_one_model_per_weight_then_load(synthetic_data, tmp_path
     assert "--load takes 2 weights files" in error_of(quick_args(synthetic_data, tmp_path / "c", "--sweep-ce", "1,100",
                                               "--load", tmp_path / "a" / "joint_ce1.pt"), capsys)
     assert "needs --mode joint" in error_of(["--mode", "pretrain", "--sweep-ce", "1,10"], capsys)
+    assert "give one or the other" in error_of(["--sweep-ce", "1,10", "--ce-weight", "3"], capsys)
 
 
 def test_cnn_reference_lines_are_labelled_by_recipe(tmp_path):
@@ -380,8 +381,8 @@ def test_pretrain_moves_only_what_each_variant_trains(tmp_path, monkeypatch):
 
 
 def test_each_ce_sweep_member_trains_with_its_own_weight(synthetic_data, tmp_path, monkeypatch):
-    """Each --sweep-ce member's training step sees that member's CE weight (not the base
-    --ce-weight 3) and the base reconstruction weight, KL weight and --recon."""
+    """Each --sweep-ce member's training step sees that member's CE weight (not the default
+    --ce-weight 1) and the base reconstruction weight, KL weight and --recon."""
     seen, real_train_epoch = [], joint.train_epoch
 
     def recording(model, loss_terms, optimizer, x, y, args, *rest):
@@ -391,7 +392,7 @@ def test_each_ce_sweep_member_trains_with_its_own_weight(synthetic_data, tmp_pat
     monkeypatch.setattr(joint, "train_epoch", recording)
     without_figures(monkeypatch)
     joint.main(["--data-dir", str(synthetic_data), "--out-dir", str(tmp_path), *DEVICE_FLAGS,
-                "--epochs", "1", "--limit", "16", "--sweep-ce", "0.5,7", "--ce-weight", "3",
+                "--epochs", "1", "--limit", "16", "--sweep-ce", "0.5,7",
                 "--recon-weight", "0.4", "--kl-weight", "0.3", "--recon", "mse", "--latent-dim", "4"])
     assert seen == [(joint.joint_terms, 0.5, 0.4, 0.3, "mse"), (joint.joint_terms, 7.0, 0.4, 0.3, "mse")]
 
