@@ -134,10 +134,15 @@ def evaluate(model, data, batch_size=1000):
     return loss_sum.item() / len(x), correct.item() / len(x)
 
 
+def make_optimizer(model, args):
+    """AdamW at --lr (the schedule's peak; train_epoch sets each step's rate) with --weight-decay."""
+    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+
 def fit(model, train, test, args, device, generator, out):
     """Train for args.epochs (or until --patience runs out); the bookkeeping (resume, checkpoint,
     log line, finite check) is common.Run's. Returns the Run (history, wall seconds)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(model, args)
     run = common.Run(args, out / KIND, KIND, {"model": model}, {"optimizer": optimizer}, generator)
     for epoch in range(run.done + 1, args.epochs + 1):
         batch_losses = train_epoch(model, optimizer, train, args, epoch, generator)

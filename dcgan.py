@@ -155,13 +155,18 @@ def generate(G, z):
     return (G(z) + 1).div(2).clamp(0, 1).cpu()
 
 
+def make_optimizers(G, D, args):
+    """One Adam per net, both at --lr with β1 = --beta1 (Radford et al. 2016, Sec. 4)."""
+    betas = (args.beta1, 0.999)
+    return (torch.optim.Adam(G.parameters(), lr=args.lr, betas=betas),
+            torch.optim.Adam(D.parameters(), lr=args.lr, betas=betas))
+
+
 def fit(G, D, x, args, generator, fixed_noise, out):
     """Train both nets for args.epochs, decoding the fixed noise after each of SNAPSHOT_EPOCHS;
     the bookkeeping (resume, checkpoint, log line, finite check) is common.Run's. Returns the Run,
     whose extra["snapshots"] holds {epoch: images}."""
-    betas = (args.beta1, 0.999)
-    opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=betas)
+    opt_g, opt_d = make_optimizers(G, D, args)
     run = common.Run(args, out / KIND, KIND, {"generator": G, "discriminator": D},
                      {"generator": opt_g, "discriminator": opt_d}, generator)
     snapshots = run.extra.get("snapshots", {})

@@ -327,13 +327,18 @@ def evaluate(nets, x, args):
             for k, values in (("recon", recon), ("prior", prior))}
 
 
+def make_optimizers(nets, args):
+    """One Adam per network, by name, at --lr; β1 = 0.5 for the VAE-GAN as dcgan.py (Radford et
+    al.), Adam's default 0.9 for the VAE."""
+    betas = (0.9, 0.999) if args.model == "vae" else (0.5, 0.999)
+    return {name: torch.optim.Adam(net.parameters(), lr=args.lr, betas=betas) for name, net in nets.items()}
+
+
 def fit(nets, train_x, test_x, args, generator, stem):
     """Train for args.epochs (or until --patience runs out, VAE only), evaluating on the test set
     after every epoch; the bookkeeping (resume, checkpoint, log line, finite check) is
     common.Run's. Returns the Run."""
-    betas = (0.9, 0.999) if args.model == "vae" else (0.5, 0.999)  # β1 = 0.5 as dcgan.py (Radford et al.)
-    optimizers = {name: torch.optim.Adam(net.parameters(), lr=args.lr, betas=betas)
-                  for name, net in nets.items()}
+    optimizers = make_optimizers(nets, args)
     run = common.Run(args, stem, stem.name, nets, optimizers, generator)
     for epoch in range(run.done + 1, args.epochs + 1):
         logged = train_epoch(nets, optimizers, train_x, args, epoch, generator)

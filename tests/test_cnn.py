@@ -1,8 +1,11 @@
 """cnn.py: architecture, training run, --load, --resume, determinism, bad input, real data."""
+import copy
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import cnn
 import common
@@ -61,6 +64,128 @@ def test_classification_loss_is_mean_negative_log_softmax():
     logits, labels = torch.randn(6, 10), torch.randint(0, 10, (6,))
     reference = -torch.log(torch.softmax(logits, 1)[torch.arange(6), labels]).mean()
     assert cnn.classification_loss(logits, labels).item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+# --- the training step against a hand-written step on its objective -----------------------------
+def augmented_by_hand(images, generator, max_shift=2):
+    """The module docstring's augmentation written out image by image: a left-right flip where a
+    uniform draw is below 1/2, then the 28x28 window cut at a random offset of 0..2·max_shift from
+    the image padded with max_shift zeros on every side. Drawn as cnn.augment draws: the B flip
+    draws first, then the (2, B) row and column offsets."""
+    flip = torch.rand(len(images), generator=generator) < 0.5
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, len(images)), generator=generator)
+    padded = F.pad(images, [max_shift] * 4)                         # (B, 1, 32, 32)
+    out = torch.empty_like(images)
+    for b in range(len(images)):
+        image = padded[b].flip(-1) if flip[b] else padded[b]      # a symmetric pad commutes with the flip
+        row, col = offsets[0, b], offsets[1, b]
+        out[b] = image[:, row:row + 28, col:col + 28]
+    return out
+
+
+def record_gradients(optimizer, params):
+    """A list that receives a copy of each parameter's .grad at every optimizer.step()."""
+    seen = []
+    optimizer.register_step_pre_hook(lambda opt, *_: seen.append([p.grad.clone() for p in params]))
+    return seen
+
+
+@pytest.fixture
+def float64():
+    """Float64 as the default dtype (network, data and augmentation draws alike) for the length
+    of a test: the script's step and the hand-written one sum in different orders, and Adam
+    divides each gradient by its own size, so float32 noise on a near-zero gradient can grow into
+    a visible difference of the update; in float64 the two agree to ~1e-12."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(default)
+
+
+def test_default_recipe_takes_one_adamw_step_on_the_cross_entropy_at_the_scheduled_rate(float64):
+    """The default recipe (cosine schedule, AdamW, augmentation) with a non-default --lr and
+    --weight-decay, one batch of 4 = one step per epoch, at epoch 3 of 4, against a step written
+    from the docstrings: the loss -(1/B) Σ log softmax(logits)[y] on the flipped and shifted batch
+    (augmented_by_hand), and AdamW's first step by hand, θ ← θ(1 - lr·wd) - lr·g/(|g| + ε) (the
+    weight decay decoupled: not inside g), at the cosine rate of step 2 of 4 after one warm-up
+    step: lr = peak·½(1 + cos(π·1/3)) = 0.75·peak. The gradients the optimizer sees are compared
+    too, since Adam's first step keeps only the sign of g."""
+    peak, weight_decay = 3e-3, 0.3
+    args = cnn.parse_args(["--epochs", "4", "--batch-size", "4", "--lr", str(peak),
+                           "--weight-decay", str(weight_decay)])
+    assert args.schedule == "cosine" and args.augment  # the defaults under test
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    model = cnn.CNN()
+    before = copy.deepcopy(model)
+    optimizer = cnn.make_optimizer(model, args)
+    seen = record_gradients(optimizer, list(model.parameters()))
+    cnn.train_epoch(model, optimizer, (x, y), args, 3, torch.Generator().manual_seed(7))
+
+    generator = torch.Generator().manual_seed(7)
+    order = torch.randperm(4, generator=generator)
+    logits = before(augmented_by_hand(x[order], generator))
+    loss = -F.log_softmax(logits, 1)[torch.arange(4), y[order]].mean()
+    grads = torch.autograd.grad(loss, list(before.parameters()))
+    lr = peak * 0.5 * (1 + math.cos(math.pi / 3))
+    assert len(seen) == 1
+    for after, start, grad, grad_seen in zip(model.parameters(), before.parameters(), grads, seen[0]):
+        assert torch.allclose(grad_seen, grad, rtol=1e-9, atol=1e-12)
+        expected = start * (1 - lr * weight_decay) - lr * grad / (grad.abs() + 1e-8)
+        assert torch.allclose(after, expected, rtol=0, atol=1e-12)
+
+
+def test_cosine_schedule_rate_at_each_step_warm_up_and_decay_edges():
+    """The rate in force at every optimizer step of a whole run (2 epochs of 3 batches, so 6
+    steps, 3 of them warm-up), written from the docstring: a linear warm-up over the first epoch,
+    peak·k/3 at its k-th step (first step peak/3, last warm-up step the peak), then a cosine from
+    the peak at the step after warm-up down towards 0 at the end of the run:
+    peak·½(1 + cos(π·j/3)) at the j-th step after warm-up (last step 0.25·peak)."""
+    peak = 1e-2
+    args = cnn.parse_args(["--epochs", "2", "--batch-size", "4", "--lr", str(peak), "--no-augment"])
+    torch.manual_seed(0)
+    x, y = torch.rand(12, 1, 28, 28), torch.randint(0, 10, (12,))
+    model = cnn.CNN()
+    optimizer = cnn.make_optimizer(model, args)
+    rates = []
+    optimizer.register_step_pre_hook(lambda opt, *_: rates.append(opt.param_groups[0]["lr"]))
+    generator = torch.Generator().manual_seed(0)
+    for epoch in (1, 2):
+        cnn.train_epoch(model, optimizer, (x, y), args, epoch, generator)
+    expected = [peak / 3, 2 * peak / 3, peak] + [peak * 0.5 * (1 + math.cos(math.pi * j / 3)) for j in range(3)]
+    assert rates == pytest.approx(expected, rel=1e-12)
+    assert rates[0] == pytest.approx(peak / 3) and rates[3] == pytest.approx(peak)
+    assert rates[-1] == pytest.approx(0.25 * peak)
+
+
+def test_adamw_is_built_with_the_configured_rate_and_decoupled_weight_decay():
+    """fit's optimizer: AdamW (decoupled decay, not Adam's L2 in the gradient) over every
+    parameter, at --lr with --weight-decay."""
+    args = cnn.parse_args(["--lr", "7e-4", "--weight-decay", "0.2"])
+    model = cnn.CNN()
+    optimizer = cnn.make_optimizer(model, args)
+    assert type(optimizer) is torch.optim.AdamW and len(optimizer.param_groups) == 1
+    group = optimizer.param_groups[0]
+    assert group["lr"] == 7e-4 and group["weight_decay"] == 0.2
+    assert [id(p) for p in group["params"]] == [id(p) for p in model.parameters()]
+
+
+def test_evaluate_sees_the_stored_images_unaugmented_in_eval_mode():
+    """At the network's input (a forward pre-hook) evaluate passes the split exactly as stored,
+    in order and in [0, 1] like training's inputs, with the model in eval mode; its numbers are
+    the mean cross-entropy and the accuracy over the whole split, computed here from the logits."""
+    torch.manual_seed(0)
+    x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    model = cnn.CNN()
+    seen = []
+    model.register_forward_pre_hook(lambda module, inputs: seen.append((module.training, inputs[0].clone())))
+    loss, accuracy = cnn.evaluate(model, (x, y), batch_size=4)
+    assert [training for training, _ in seen] == [False, False]
+    assert torch.equal(torch.cat([images for _, images in seen]), x)
+    with torch.no_grad():
+        logits = model(x)
+    assert loss == pytest.approx(-F.log_softmax(logits, 1)[torch.arange(6), y].mean().item(), rel=1e-5)
+    assert accuracy == pytest.approx((logits.argmax(1) == y).sum().item() / 6)
 
 
 # --- runs ----------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """dcgan.py: the report's architecture exactly, the losses' directions, smoke with --load,
 --resume, --amp, bad input."""
+import copy
 import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import common
 import dcgan
@@ -71,6 +73,108 @@ def test_training_step_runs_on_the_device_alone(monkeypatch):
     assert all(v.device == meta and v.shape == (2,) for v in terms.values())
     assert all(p.grad.device == meta for p in [*G.parameters(), *D.parameters()])
     assert copies == [(8,), (4, dcgan.NZ), (4, dcgan.NZ)]  # the order once, the noise every step
+
+
+# --- the training step against a hand-written step on its objective -----------------------------
+def record_gradients(optimizer, params):
+    """A list that receives a copy of each parameter's .grad at every optimizer.step()."""
+    seen = []
+    optimizer.register_step_pre_hook(lambda opt, *_: seen.append([p.grad.clone() for p in params]))
+    return seen
+
+
+def initialised_nets():
+    torch.manual_seed(0)
+    G, D = dcgan.Generator(), dcgan.Discriminator()
+    G.apply(dcgan.init_weights)
+    D.apply(dcgan.init_weights)
+    return G, D
+
+
+@pytest.fixture
+def float64():
+    """Float64 as the default dtype (networks, noise and data alike) for the length of a test: the
+    script's step and the hand-written one sum in different orders, and Adam divides each
+    gradient by its own size, so float32 noise on a near-zero gradient grows into a visible
+    difference after one step; in float64 the two agree to ~1e-12."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(default)
+
+
+def test_both_update_steps_descend_the_docstring_objectives(float64):
+    """Two batches of 4 through train_epoch, with --real-label 0.9, --beta1 0.3 and --lr 1e-3 (all
+    non-default), against a loop written from the docstrings with plain Adam(lr, (β1, 0.999)):
+    the same minibatch order and noise (drawn as the script draws: the order, then each batch's
+    z), real images scaled to [-1, 1];
+      D step: -[0.9·log D(x) + 0.1·log(1 - D(x))] - log(1 - D(G(z))), the fakes detached;
+      G step: the non-saturating -log D(G(z)) through the just-updated D, on the same fakes.
+    The gradient each optimizer sees at each step is compared (Adam's first step keeps only the
+    sign of g, so a loss of the wrong form could otherwise pass), then both nets' parameters after
+    the two steps (which need lr and β1)."""
+    args = dcgan.parse_args(["--batch-size", "4", "--lr", "1e-3", "--beta1", "0.3", "--real-label", "0.9"])
+    G, D = initialised_nets()
+    G_ref, D_ref = copy.deepcopy(G), copy.deepcopy(D)
+    x = torch.rand(8, 1, 28, 28)
+    opt_g, opt_d = dcgan.make_optimizers(G, D, args)
+    seen_g = record_gradients(opt_g, list(G.parameters()))
+    seen_d = record_gradients(opt_d, list(D.parameters()))
+    dcgan.train_epoch(G, D, opt_g, opt_d, x, args, 1, torch.Generator().manual_seed(5))
+
+    adam_g = torch.optim.Adam(G_ref.parameters(), lr=1e-3, betas=(0.3, 0.999))
+    adam_d = torch.optim.Adam(D_ref.parameters(), lr=1e-3, betas=(0.3, 0.999))
+    generator = torch.Generator().manual_seed(5)
+    order = torch.randperm(8, generator=generator)
+    for step, idx in enumerate(order.split(4)):
+        real = 2 * x[idx] - 1
+        z = torch.randn(4, dcgan.NZ, generator=generator)
+        fake = G_ref(z)
+        real_logits, fake_logits = D_ref(real), D_ref(fake.detach())
+        loss_d = (-(0.9 * F.logsigmoid(real_logits) + 0.1 * F.logsigmoid(-real_logits)).mean()
+                  - F.logsigmoid(-fake_logits).mean())
+        for net, loss, adam, seen in ((D_ref, loss_d, adam_d, seen_d), (G_ref, None, adam_g, seen_g)):
+            if loss is None:  # the G step, after the D step: through the updated D
+                loss = -F.logsigmoid(D_ref(fake)).mean()
+            grads = torch.autograd.grad(loss, list(net.parameters()))
+            for param, grad, grad_seen in zip(net.parameters(), grads, seen[step]):
+                assert torch.allclose(grad_seen, grad, rtol=1e-7, atol=1e-10), (type(net).__name__, step)
+                param.grad = grad
+            adam.step()
+    assert len(seen_d) == len(seen_g) == 2
+    for net, reference in ((G, G_ref), (D, D_ref)):
+        for param, expected in zip(net.parameters(), reference.parameters()):
+            assert torch.allclose(param, expected, rtol=0, atol=1e-9), type(net).__name__
+
+
+def test_both_optimizers_are_adam_at_the_configured_rate_and_beta1():
+    """fit's optimizers: one Adam per net over exactly that net's parameters, at --lr, with
+    betas (--beta1, 0.999)."""
+    args = dcgan.parse_args(["--lr", "3e-4", "--beta1", "0.2"])
+    G, D = dcgan.Generator(), dcgan.Discriminator()
+    for optimizer, net in zip(dcgan.make_optimizers(G, D, args), (G, D)):
+        assert type(optimizer) is torch.optim.Adam and len(optimizer.param_groups) == 1
+        group = optimizer.param_groups[0]
+        assert group["lr"] == 3e-4 and group["betas"] == (0.2, 0.999) and group["weight_decay"] == 0
+        assert [id(p) for p in group["params"]] == [id(p) for p in net.parameters()]
+
+
+def test_the_discriminator_sees_real_images_scaled_to_the_generators_range():
+    """At D's input (a forward pre-hook) during train_epoch: first the batch's real images mapped
+    from [0, 1] to [-1, 1] (the Tanh generator's range; pixels 0 and 1 reach -1 and 1), then the
+    fakes detached for the D step, then the same fakes still attached to G for the G step."""
+    args = dcgan.parse_args(["--batch-size", "4"])
+    G, D = initialised_nets()
+    x = torch.rand(4, 1, 28, 28)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = 0.0, 1.0
+    seen = []
+    D.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    dcgan.train_epoch(G, D, *dcgan.make_optimizers(G, D, args), x, args, 1, torch.Generator().manual_seed(5))
+    order = torch.randperm(4, generator=torch.Generator().manual_seed(5))
+    real, fake_for_d, fake_for_g = seen
+    assert torch.equal(real, 2 * x[order] - 1) and real.min() == -1 and real.max() == 1
+    assert not fake_for_d.requires_grad and fake_for_g.requires_grad
+    assert torch.equal(fake_for_d, fake_for_g.detach()) and fake_for_g.abs().max() <= 1
 
 
 def metrics(out_dir):

@@ -1,5 +1,6 @@
 """vaegan.py: the losses on hand-made batches, all four VAE-GAN combinations and the VAE with
 --load, --resume, --amp, bad input, and every model's training step on the meta device."""
+import copy
 import json
 
 import pytest
@@ -69,11 +70,10 @@ def test_shapes(arch):
     assert logits.shape == (4,) and features.shape == ((4, 128) if arch == "fc" else (4, 128 * 7 * 7))
 
 
-def objectives_by_hand(nets, x, args, seed):
+def objectives_by_hand(nets, x, args, generator):
     """The table of vaegan's docstring, written out again from the networks' raw outputs, with
-    the KL from torch.distributions and the logs from F.logsigmoid; ε and z_p are drawn in the
-    order the script draws them."""
-    generator = torch.Generator().manual_seed(seed)
+    the KL from torch.distributions and the logs from F.logsigmoid; ε and z_p are drawn from
+    `generator` in the order the script draws them."""
     encoder, decoder, discriminator = nets["encoder"], nets["decoder"], nets["discriminator"]
     mu, logvar = encoder(x)
     sigma = torch.exp(0.5 * logvar)
@@ -99,7 +99,7 @@ def test_each_network_descends_what_the_docstring_states(flags):
     args = vaegan.parse_args(flags)
     nets = vaegan.networks(args)
     x = torch.rand(16, 1, 28, 28)
-    expected = objectives_by_hand(nets, x, args, seed=3)
+    expected = objectives_by_hand(nets, x, args, torch.Generator().manual_seed(3))
     by_hand = {name: torch.autograd.grad(expected[name], list(net.parameters()), retain_graph=True)
                for name, net in nets.items()}
     frozen = {name: torch.optim.SGD(net.parameters(), lr=0.0) for name, net in nets.items()}
@@ -107,6 +107,130 @@ def test_each_network_descends_what_the_docstring_states(flags):
     for name, net in nets.items():
         for param, grad in zip(net.parameters(), by_hand[name]):
             assert torch.allclose(param.grad, grad, rtol=1e-4, atol=1e-6), name
+
+
+# --- the training step against a hand-written step on its objective -----------------------------
+@pytest.fixture
+def float64():
+    """Float64 as the default dtype (networks, noise and data alike) for the length of a test: the
+    script's step and the hand-written one sum in different orders, and Adam divides each
+    gradient by its own size, so float32 noise on a near-zero gradient grows into a visible
+    difference of the update; in float64 the two agree to ~1e-12."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(default)
+
+
+def vae_objective_by_hand(nets, x, generator):
+    """--model vae's loss, reconstruction + prior, from the raw outputs: the Bernoulli
+    -Σ_p [x log σ(l) + (1 - x) log σ(-l)] summed over pixels (F.logsigmoid) plus the KL to N(0, I)
+    (torch.distributions), each averaged over the batch; ε drawn as the script draws it."""
+    mu, logvar = nets["encoder"](x)
+    sigma = torch.exp(0.5 * logvar)
+    logits = nets["decoder"](mu + sigma * torch.randn(mu.shape, generator=generator))
+    reconstruction = -(x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).flatten(1).sum(1).mean()
+    prior = kl_divergence(Normal(mu, sigma), Normal(0, 1)).sum(1).mean()
+    return reconstruction + prior
+
+
+def record_gradients(optimizers, nets):
+    """{network: [its parameters' .grad]} copied when its optimizer steps (the last step's)."""
+    seen = {}
+    for name, optimizer in optimizers.items():
+        params = list(nets[name].parameters())
+        optimizer.register_step_pre_hook(
+            lambda opt, *_, name=name, params=params: seen.__setitem__(name, [p.grad.clone() for p in params]))
+    return seen
+
+
+@pytest.mark.parametrize("flags", [["--model", "vae"], [], ["--dis-l", "--gamma", "0.7"],
+                                   ["--arch", "conv", "--dis-l", "--gamma", "0.01"]],
+                         ids=["vae", "vaegan basic", "vaegan dis-l", "vaegan conv dis-l"])
+def test_a_training_epoch_descends_each_networks_objective(flags, float64):
+    """One batch of 4 through train_epoch, the loop's own path (which loss --model picks, the
+    --gamma it passes, the images as stored in [0, 1]), with fit's optimizers at a non-default
+    --lr: the gradient each network's optimizer sees equals the gradient of that network's
+    objective written by hand (the VAE: reconstruction + prior for encoder and decoder alike; the
+    VAE-GAN: its row of the docstring's table, objectives_by_hand), on the batch in the order and
+    with the noise the script draws (the order, then ε, then z_p); and each parameter moved by
+    Adam's first step at that rate, -lr·g/(|g| + ε)."""
+    args = vaegan.parse_args([*flags, "--batch-size", "4", "--lr", "5e-4"])
+    torch.manual_seed(0)
+    nets = vaegan.networks(args)
+    before = copy.deepcopy(nets)
+    x = torch.rand(4, 1, 28, 28)
+    optimizers = vaegan.make_optimizers(nets, args)
+    seen = record_gradients(optimizers, nets)
+    vaegan.train_epoch(nets, optimizers, x, args, 1, torch.Generator().manual_seed(3))
+
+    generator = torch.Generator().manual_seed(3)
+    batch = x[torch.randperm(4, generator=generator)]
+    for net in before.values():
+        net.train()
+    if args.model == "vae":
+        objective = vae_objective_by_hand(before, batch, generator)
+        expected = {"encoder": objective, "decoder": objective}
+    else:
+        expected = objectives_by_hand(before, batch, args, generator)
+    assert set(seen) == set(expected) == set(nets)
+    for name, net in before.items():
+        grads = torch.autograd.grad(expected[name], list(net.parameters()), retain_graph=True)
+        for grad_seen, grad, start, after in zip(seen[name], grads, net.parameters(), nets[name].parameters()):
+            # 1e-6 of the largest: pixel_bce is taken in float32 even here, on purpose (its docstring);
+            # 1e-12 for a conv bias before BatchNorm, whose gradient is 0 up to rounding
+            assert torch.allclose(grad_seen, grad, rtol=1e-6, atol=1e-6 * grad.abs().max() + 1e-12), name
+            assert torch.allclose(after, start - 5e-4 * grad / (grad.abs() + 1e-8), rtol=0, atol=5e-7), name
+
+
+@pytest.mark.parametrize("flags, lr, betas", [
+    (["--model", "vae"], 1e-3, (0.9, 0.999)),
+    ([], 2e-4, (0.5, 0.999)),
+    (["--dis-l", "--lr", "7e-4"], 7e-4, (0.5, 0.999)),
+], ids=["vae defaults", "vaegan defaults", "vaegan --lr"])
+def test_each_network_gets_its_own_adam_with_the_models_settings(flags, lr, betas):
+    """fit's optimizers: one Adam per network over exactly its parameters, at --lr (default 1e-3
+    for the VAE, 2e-4 for the VAE-GAN) with β1 0.9 for the VAE and 0.5 for the VAE-GAN (as
+    dcgan.py, Radford et al.)."""
+    args = vaegan.parse_args(flags)
+    nets = vaegan.networks(args)
+    optimizers = vaegan.make_optimizers(nets, args)
+    assert set(optimizers) == set(nets)
+    for name, optimizer in optimizers.items():
+        assert type(optimizer) is torch.optim.Adam and len(optimizer.param_groups) == 1
+        group = optimizer.param_groups[0]
+        assert group["lr"] == lr and group["betas"] == betas and group["weight_decay"] == 0, name
+        assert [id(p) for p in group["params"]] == [id(p) for p in nets[name].parameters()], name
+
+
+@pytest.mark.parametrize("model", ["vae", "vaegan"])
+def test_the_networks_see_images_in_zero_to_one(model):
+    """At each network's input (forward pre-hooks) during train_epoch: the encoder gets the batch
+    exactly as stored, in [0, 1] (the range the Bernoulli BCE and the sigmoid decoder are built
+    for, no [-1, 1] rescaling as in dcgan.py); the discriminator gets that batch, then the
+    reconstructions and the prior samples as images in [0, 1] (sigmoid of the decoder's logits);
+    evaluate's encoder gets the test images as stored too, in eval mode."""
+    args = vaegan.parse_args(["--model", model, "--batch-size", "4"])
+    torch.manual_seed(0)
+    nets = vaegan.networks(args)
+    x = torch.rand(4, 1, 28, 28)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = 0.0, 1.0
+    seen = {name: [] for name in nets}
+    for name, net in nets.items():
+        net.register_forward_pre_hook(
+            lambda module, inputs, name=name: seen[name].append((module.training, inputs[0].detach())))
+    vaegan.train_epoch(nets, vaegan.make_optimizers(nets, args), x, args, 1, torch.Generator().manual_seed(3))
+    batch = x[torch.randperm(4, generator=torch.Generator().manual_seed(3))]
+    (training, encoded), = seen["encoder"]
+    assert training and torch.equal(encoded, batch)
+    if model == "vaegan":
+        real, reconstruction, prior = (images for _, images in seen["discriminator"])
+        assert torch.equal(real, batch)
+        assert 0 <= min(reconstruction.min(), prior.min()) and max(reconstruction.max(), prior.max()) <= 1
+    seen["encoder"].clear()
+    vaegan.evaluate(nets, x, args)
+    (training, encoded), = seen["encoder"]
+    assert not training and torch.equal(encoded, x)
 
 
 def test_the_committed_vae_weights_load_into_the_logits_decoder():
