@@ -215,24 +215,24 @@ def test_the_padded_batch_read_at_each_last_character_equals_packing():
 
 
 def test_a_training_step_never_waits_for_the_host():
-    """fit's step, on PyTorch's meta device: batch() with CPU indices, forward with the lengths
-    on the device, NLL, backward, Adam. A CPU tensor meeting a device tensor, or a number read
-    back from the device (.item(), int(), .cpu(): packing would need one), fails here. fit itself
-    cannot run on meta: its records read the accuracies back as numbers."""
+    """fit's step, on PyTorch's meta device: batch() with CPU indices, then train_step (forward
+    with the lengths on the device, the class-weighted NLL, backward, make_optimizer's Adam).
+    A CPU tensor meeting a device tensor, or a number read back from the device (.item(),
+    int(), .cpu(): packing would need one), fails here. fit itself cannot run on meta: its
+    records read the accuracies back as numbers."""
     meta = torch.device("meta")
     codes, lengths = codes_of("a", "x" * 50, "hello :)", "no")
     split = (codes.to(meta), lengths, torch.tensor([0, 1, 1, 0]).to(meta))  # as load_split gives
     model = lstm_tweets.CharLSTM(hidden=16).to(meta)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    args = lstm_tweets.parse_args(["--hidden", "16", "--class-weighted"])
+    optimizer = lstm_tweets.make_optimizer(model, args)
+    class_weights = torch.empty(2, device=meta)  # on the device as fit's (bincount: no meta kernel)
     losses = torch.empty(2, device=meta)
     with NoHostTensors():
         for step, idx in enumerate([torch.tensor([2, 0]), torch.tensor([1, 3])]):
             codes, lengths, labels = lstm_tweets.batch(split, idx)
-            loss = lstm_tweets.nll_loss(model(codes, lengths), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses[step] = loss.detach()
+            losses[step] = lstm_tweets.train_step(model, optimizer, codes, lengths, labels,
+                                                  class_weights, args, meta)
     assert codes.shape == (2, 50) and lengths.device == meta  # cut to the longest of the batch
     assert all(p.grad.device == meta for p in model.parameters())
     with pytest.raises(AssertionError, match="meets meta tensors and CPU tensors"):
@@ -541,21 +541,25 @@ def test_two_steps_descend_the_class_weighted_nll_at_each_last_character(optimiz
     step_optimizer = lstm_tweets.make_optimizer(model, args)
     class_weights = lstm_tweets.inverse_frequency(TRAIN_LABELS)
     assert torch.allclose(class_weights, WEIGHTS_BY_HAND)
+    step_grads = []  # the gradients the optimizer steps with, as it starts each step
+    step_optimizer.register_step_pre_hook(
+        lambda *_: step_grads.append([p.grad.clone() for p in model.parameters()]))
     adam_state = {}
     for tweets, labels in STEP_BATCHES:
         codes, lengths = codes_of(*tweets)
         labels = torch.tensor(labels)
         reference.load_state_dict(model.state_dict())
-        loss = weighted_nll_by_hand(reference.forward_packed(codes, lengths), labels, WEIGHTS_BY_HAND)
+        log_probs = reference.forward_packed(codes, lengths)  # read at each last character
+        loss = weighted_nll_by_hand(log_probs, labels, WEIGHTS_BY_HAND)
         grads = torch.autograd.grad(loss, list(reference.parameters()))
         lstm_tweets.train_step(model, step_optimizer, codes, lengths, labels, class_weights, args,
                                torch.device("cpu"))
-        for param, grad in zip(model.parameters(), grads):
-            assert torch.allclose(param.grad, grad, rtol=1e-4, atol=1e-7)
+        used = step_grads[-1]
+        for step_grad, grad in zip(used, grads):
+            assert torch.allclose(step_grad, grad, rtol=1e-4, atol=1e-7)
         # the update from the step's own gradient: Adam divides by sqrt(v), so a gradient of
         # 1e-9 from the padded path and 1.001e-9 from the packed one would move a weight apart
         before = [p.detach() for p in reference.parameters()]
-        used = [p.grad for p in model.parameters()]
         expected = (adam_by_hand(before, used, adam_state, args.lr) if optimizer == "adam"
                     else [p - args.lr * g for p, g in zip(before, used)])
         for param, stepped in zip(model.parameters(), expected):
@@ -569,8 +573,8 @@ def test_make_optimizer_is_the_flags_optimizer_at_the_flags_rate():
     adam = lstm_tweets.make_optimizer(model, lstm_tweets.parse_args(["--lr", "0.003"]))
     assert type(adam) is torch.optim.Adam and len(adam.param_groups) == 1
     group = adam.param_groups[0]
-    assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (0.003, (0.9, 0.999),
-                                                                                  1e-8, 0)
+    assert (group["lr"], group["betas"], group["eps"]) == (0.003, (0.9, 0.999), 1e-8)
+    assert group["weight_decay"] == 0
     assert not group["amsgrad"]
     sgd = lstm_tweets.make_optimizer(model, lstm_tweets.parse_args(["--optimizer", "sgd",
                                                                     "--lr", "0.02"]))

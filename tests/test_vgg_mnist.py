@@ -91,24 +91,22 @@ def test_classification_loss_is_mean_negative_log_softmax():
 
 def test_a_training_step_never_waits_for_the_host():
     """fit's step, on PyTorch's meta device, with a narrow head (--fc-width 32): an epoch's
-    indices from common.batch_indices, the learning-rate schedule, forward, cross-entropy,
-    backward, SGD with momentum and weight decay, the loss kept on the device. A CPU tensor
+    indices from common.batch_indices, the learning-rate schedule, train_step (forward,
+    cross-entropy, backward, make_optimizer's SGD), the loss kept on the device. A CPU tensor
     meeting a device tensor, or a number read back from the device (.item()), fails here. fit
     itself cannot run on meta: its records read the accuracies back as numbers."""
     meta = torch.device("meta")
     model = vgg_mnist.VGG11(fc_width=32).to(meta)
     x, y = torch.empty(8, 1, 32, 32, device=meta), torch.zeros(8, dtype=torch.long, device=meta)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    args = vgg_mnist.parse_args(["--fc-width", "32"])
+    optimizer = vgg_mnist.make_optimizer(model, args)
     batch_losses = torch.empty(2, device=meta)
     with NoHostTensors():
         batches = common.batch_indices(len(x), 4, meta, torch.Generator().manual_seed(0))
         for i, idx in enumerate(batches):
             common.set_lr(optimizer, common.cosine_lr(0.01, i, 2, warmup_steps=1))
-            loss = vgg_mnist.classification_loss(model(x[idx]), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            batch_losses[i] = loss.detach()
+            loss = vgg_mnist.train_step(model, optimizer, x[idx], y[idx], args, meta)
+            batch_losses[i] = loss
     assert loss.shape == () and batch_losses.device == meta
     assert all(p.grad.device == meta for p in model.parameters())
 
@@ -294,6 +292,9 @@ def test_two_steps_descend_the_mean_cross_entropy_with_momentum_and_weight_decay
     model = vgg_mnist.VGG11(args.fc_width, args.dropout)
     reference = copy.deepcopy(model)  # in training mode as well: dropout on
     optimizer = vgg_mnist.make_optimizer(model, args)
+    step_grads = []  # the gradients the optimizer steps with, as it starts each step
+    optimizer.register_step_pre_hook(
+        lambda *_: step_grads.append([p.grad.clone() for p in model.parameters()]))
     data = torch.Generator().manual_seed(1)
     buffers = [None] * len(list(reference.parameters()))
     for step in range(2):
@@ -306,14 +307,15 @@ def test_two_steps_descend_the_mean_cross_entropy_with_momentum_and_weight_decay
                                args.lr, args.momentum, args.weight_decay)
         torch.manual_seed(10 + step)
         vgg_mnist.train_step(model, optimizer, x, y, args, torch.device("cpu"))
-        for param, grad, stepped in zip(model.parameters(), grads, expected):
-            assert torch.allclose(param.grad, grad, rtol=1e-4, atol=1e-7)
+        for step_grad, grad in zip(step_grads[-1], grads):
+            assert torch.allclose(step_grad, grad, rtol=1e-4, atol=1e-7)
+        for param, stepped in zip(model.parameters(), expected):
             assert torch.allclose(param, stepped, rtol=1e-5, atol=1e-8)
 
 
 def test_make_optimizer_is_plain_sgd_with_the_flags_values():
-    """What the two-step test cannot tell apart from its own hand-written SGD: a Nesterov or
-    damped variant would change step 2 there; here the settings are named outright."""
+    """The optimizer's settings named outright (the two-step test shows their effect): SGD,
+    one parameter group, --lr, --momentum and --weight-decay, no dampening, no Nesterov."""
     args = vgg_mnist.parse_args(STEP_FLAGS)
     optimizer = vgg_mnist.make_optimizer(vgg_mnist.VGG11(fc_width=8), args)
     assert type(optimizer) is torch.optim.SGD and len(optimizer.param_groups) == 1
@@ -356,40 +358,46 @@ def shifted_by_hand(image, rows, cols, fill, pad=2):
 def test_the_network_sees_mean_subtracted_32x32_images_shifted_in_training_only(
         synthetic_data, tmp_path, monkeypatch):
     """A forward pre-hook on the network main builds records every input it is given. Training
-    (dropout on): each epoch's images, each once, each moved by at most --shift 2 pixels, minus
-    the mean pixel of the resized training images. Evaluation (dropout off): the training and
-    the test images, unmoved, minus that SAME constant. The network has the flags' --fc-width
-    and --dropout. The reference: the raw files through F.interpolate, the mean taken here."""
+    (dropout on, also after a mid-epoch record): each epoch's images, each once, each moved by
+    at most --shift 2 pixels, minus the mean pixel of the resized training images. Evaluation
+    (dropout off): the training and the test images, unmoved, minus that SAME constant. The
+    network has the flags' --fc-width and --dropout. The reference: the raw files through
+    F.interpolate, the mean taken here."""
     seen, built = [], []
     real_make_optimizer = vgg_mnist.make_optimizer
 
     def recording_make_optimizer(model, args):
-        model.register_forward_pre_hook(lambda m, inputs: seen.append((m.training, inputs[0].clone())))
+        model.register_forward_pre_hook(
+            lambda module, inputs: seen.append((module.training, inputs[0].clone())))
         built.append(model)
         return real_make_optimizer(model, args)
 
     monkeypatch.setattr(vgg_mnist, "make_optimizer", recording_make_optimizer)
     vgg_mnist.main(quick_args(synthetic_data, tmp_path, "--epochs", "1", "--limit", "8",
                               "--batch-size", "4", "--fc-width", "8", "--dropout", "0.3",
-                              "--shift", "2"))
+                              "--shift", "2", "--eval-every-batches", "1"))
     (model,) = built
     assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.3, 0.3]
     assert [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] == [8, 8, 10]
 
-    (train_x, _), (test_x, _) = common.load_mnist_like("mnist", synthetic_data, torch.device("cpu"), 8)
+    cpu = torch.device("cpu")
+    (train_x, _), (test_x, _) = common.load_mnist_like("mnist", synthetic_data, cpu, 8)
     train_x, test_x = (F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
                        for x in (train_x, test_x))
     mean = train_x.mean()
     train_x, test_x = train_x - mean, test_x - mean
-    # two training steps of 4, then measure's and main's evaluations: train, test, train, test
-    assert [(training, len(x)) for training, x in seen] == [(True, 4), (True, 4)] + [(False, 8)] * 4
-    for _, x in seen[2:]:
-        assert torch.allclose(x, train_x, atol=1e-6) or torch.allclose(x, test_x, atol=1e-6)
-    assert torch.allclose(seen[2][1], train_x, atol=1e-6) and torch.allclose(seen[3][1], test_x, atol=1e-6)
+    # --eval-every-batches 1: a step of 4, a record (train, test), the second step (dropout on
+    # again after the evaluation), the epoch's record, main's final evaluation
+    assert [(training, len(x)) for training, x in seen] == [(True, 4), (False, 8), (False, 8),
+                                                            (True, 4)] + [(False, 8)] * 4
+    evaluated = [x for training, x in seen if not training]
+    for x, expected in zip(evaluated, [train_x, test_x] * 3):
+        assert torch.allclose(x, expected, atol=1e-6)
 
     trained_on, moved = [], 0
-    for image in torch.cat([seen[0][1], seen[1][1]]):
-        matches = [(i, rows, cols) for i in range(8) for rows in range(-2, 3) for cols in range(-2, 3)
+    for image in torch.cat([x for training, x in seen if training]):
+        matches = [(i, rows, cols)
+                   for i in range(8) for rows in range(-2, 3) for cols in range(-2, 3)
                    if torch.allclose(image, shifted_by_hand(train_x[i], rows, cols, train_x.min()),
                                      atol=1e-6)]
         assert matches, "a training input that is no training image moved by at most 2 pixels"
