@@ -631,7 +631,8 @@ def test_the_network_sees_each_tweets_ascii_codes_cut_at_max_len(tweet_files, tm
     real_make_optimizer = lstm_tweets.make_optimizer
 
     def recording_make_optimizer(model, args):
-        model.register_forward_pre_hook(lambda m, inputs: seen.append((m.training, *inputs)))
+        model.register_forward_pre_hook(
+            lambda m, inputs: seen.append((m.training, *(t.cpu() for t in inputs))))
         built.append(real_make_optimizer(model, args))
         assert model.lstm.hidden_size == 8
         return built[-1]

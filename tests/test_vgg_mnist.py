@@ -368,7 +368,7 @@ def test_the_network_sees_mean_subtracted_32x32_images_shifted_in_training_only(
 
     def recording_make_optimizer(model, args):
         model.register_forward_pre_hook(
-            lambda module, inputs: seen.append((module.training, inputs[0].clone())))
+            lambda module, inputs: seen.append((module.training, inputs[0].detach().cpu().clone())))
         built.append(model)
         return real_make_optimizer(model, args)
 
