@@ -232,13 +232,30 @@ def sample(split, n, seed):
     return codes[on_device], lengths[chosen], labels[on_device]
 
 
+def make_optimizer(model, args):
+    """--optimizer at --lr: Adam (default betas and eps) or plain SGD (no momentum)."""
+    make = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[args.optimizer]
+    return make(model.parameters(), lr=args.lr)
+
+
+def train_step(model, optimizer, codes, lengths, labels, class_weights, args, device):
+    """One minibatch (as batch() cuts it): nll_loss of the model's log-probs, weighted by
+    class_weights (None: the plain mean), its gradient, the optimizer's step. Returns the loss,
+    left on the device."""
+    with common.autocast(args, device):
+        loss = nll_loss(model(codes, lengths), labels, class_weights)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def fit(model, train, train_sample, test, args, device, generator, out):
     """args.iterations minibatches, drawn in shuffled passes over the training tweets; every
     --eval-every iterations the accuracies and losses are recorded and a checkpoint is written,
     with the current pass's order and position, so --resume continues the same stream. The
     bookkeeping (resume, checkpoint, log line, finite check) is common.Run's. Returns the Run."""
-    make = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[args.optimizer]
-    optimizer = make(model.parameters(), lr=args.lr)
+    optimizer = make_optimizer(model, args)
     run = common.Run(args, out / KIND, KIND, {"model": model}, {"optimizer": optimizer}, generator,
                      unit="iteration", total=args.iterations)
     n = len(train[2])
@@ -258,12 +275,8 @@ def fit(model, train, train_sample, test, args, device, generator, out):
             order, position = bucketed_order(train[1], args.batch_size, args.bucket, generator), 0
         codes, lengths, labels = batch(train, order[position:position + args.batch_size])
         position += args.batch_size
-        with common.autocast(args, device):
-            loss = nll_loss(model(codes, lengths), labels, class_weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses[iteration - start - 1] = loss.detach()
+        losses[iteration - start - 1] = train_step(model, optimizer, codes, lengths, labels,
+                                                   class_weights, args, device)
         if iteration % args.eval_every == 0 or iteration == args.iterations:
             since = losses[:iteration - start]
             record = {"batch_loss": since.mean().item()}

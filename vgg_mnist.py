@@ -210,13 +210,30 @@ def run_name(args):
     return KIND if args.subset == 1 else f"{KIND}_subset{args.subset:g}"
 
 
+def make_optimizer(model, args):
+    """SGD with --momentum and --weight-decay (the paper's L2 penalty, applied by the optimizer);
+    fit sets every step's learning rate from the schedule, which peaks at --lr."""
+    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                           weight_decay=args.weight_decay)
+
+
+def train_step(model, optimizer, inputs, labels, args, device):
+    """One minibatch: classification_loss of the model's logits (in training mode: dropout on),
+    its gradient, the optimizer's step. Returns the loss, left on the device."""
+    with common.autocast(args, device):
+        loss = classification_loss(model(inputs), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def fit(model, train, test, args, device, generator, stem):
     """Train for args.epochs (or until --patience runs out), recording the curves at the end of
     every epoch and, with --eval-every-batches N, after every N minibatches of an epoch; a
     checkpoint after every epoch. The bookkeeping (resume, checkpoint, log line, finite check)
     is common.Run's. Returns the Run."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
+    optimizer = make_optimizer(model, args)
     run = common.Run(args, stem, KIND, {"model": model}, {"optimizer": optimizer}, generator)
     x, y = train
     steps_per_epoch = common.num_batches(len(x), args.batch_size)
@@ -235,12 +252,7 @@ def fit(model, train, test, args, device, generator, stem):
             inputs = x[idx]
             if args.shift:  # augmentation: the digits moved a little
                 inputs = common.random_shift(inputs, generator, args.shift, background)
-            with common.autocast(args, device):
-                loss = classification_loss(model(inputs), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            batch_losses[i] = loss.detach()
+            batch_losses[i] = train_step(model, optimizer, inputs, y[idx], args, device)
             if (i + 1) % every == 0 and i + 1 < steps_per_epoch:  # a record within the epoch
                 common.check_finite(epoch, run.weights_path, cross_entropy=batch_losses[:i + 1])
                 record = measure(model, train, test, step, batch_losses[recorded:i + 1])

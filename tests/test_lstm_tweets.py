@@ -215,24 +215,24 @@ def test_the_padded_batch_read_at_each_last_character_equals_packing():
 
 
 def test_a_training_step_never_waits_for_the_host():
-    """fit's step, on PyTorch's meta device: batch() with CPU indices, forward with the lengths
-    on the device, NLL, backward, Adam. A CPU tensor meeting a device tensor, or a number read
-    back from the device (.item(), int(), .cpu(): packing would need one), fails here. fit itself
-    cannot run on meta: its records read the accuracies back as numbers."""
+    """fit's step, on PyTorch's meta device: batch() with CPU indices, then train_step (forward
+    with the lengths on the device, the class-weighted NLL, backward, make_optimizer's Adam).
+    A CPU tensor meeting a device tensor, or a number read back from the device (.item(),
+    int(), .cpu(): packing would need one), fails here. fit itself cannot run on meta: its
+    records read the accuracies back as numbers."""
     meta = torch.device("meta")
     codes, lengths = codes_of("a", "x" * 50, "hello :)", "no")
     split = (codes.to(meta), lengths, torch.tensor([0, 1, 1, 0]).to(meta))  # as load_split gives
     model = lstm_tweets.CharLSTM(hidden=16).to(meta)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    args = lstm_tweets.parse_args(["--hidden", "16", "--class-weighted"])
+    optimizer = lstm_tweets.make_optimizer(model, args)
+    class_weights = torch.empty(2, device=meta)  # on the device as fit's (bincount: no meta kernel)
     losses = torch.empty(2, device=meta)
     with NoHostTensors():
         for step, idx in enumerate([torch.tensor([2, 0]), torch.tensor([1, 3])]):
             codes, lengths, labels = lstm_tweets.batch(split, idx)
-            loss = lstm_tweets.nll_loss(model(codes, lengths), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses[step] = loss.detach()
+            losses[step] = lstm_tweets.train_step(model, optimizer, codes, lengths, labels,
+                                                  class_weights, args, meta)
     assert codes.shape == (2, 50) and lengths.device == meta  # cut to the longest of the batch
     assert all(p.grad.device == meta for p in model.parameters())
     with pytest.raises(AssertionError, match="meets meta tensors and CPU tensors"):
@@ -495,3 +495,165 @@ def test_class_weighted_trains_with_the_training_sets_inverse_frequencies(tweet_
     lstm_tweets.main(quick_args(tweet_files, tmp_path / "plain", "--iterations", "3",
                                 "--eval-every", "3"))
     assert seen == [None, None, None]
+
+
+# --- the training step against a hand-written step on its objective -----------------------------
+# Training labels with unequal counts, 5 negatives and 3 positives: by the docstring,
+# w_c = N / (2 N_c) = 8/10 and 8/6. The step's minibatches hold 3 and 1 (so sum w != B).
+TRAIN_LABELS = torch.tensor([0, 1, 0, 0, 1, 0, 1, 0])
+WEIGHTS_BY_HAND = torch.tensor([8 / 10, 8 / 6])
+STEP_BATCHES = [(("so happy :)", "no", "worst day ever", "meh"), [1, 0, 0, 0]),
+                (("rain again", "ok", "love it!!", "bad bad bad bad"), [0, 0, 1, 0])]
+
+
+def weighted_nll_by_hand(log_probs, labels, weights):
+    """The docstring's L = -Σ_b w[y_b] log p(y_b | tweet_b) / Σ_b w[y_b], from the log-probs."""
+    w = weights[labels]
+    return -(w * log_probs[torch.arange(len(labels)), labels]).sum() / w.sum()
+
+
+def adam_by_hand(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8):
+    """Kingma & Ba's Adam (Algorithm 1): m, v moving averages, bias-corrected; `state` (a dict,
+    empty before the first step) updated in place. Returns the parameters after the step."""
+    state["t"] = state.get("t", 0) + 1
+    t, stepped = state["t"], []
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        m = betas[0] * state.get(("m", i), 0) + (1 - betas[0]) * grad
+        v = betas[1] * state.get(("v", i), 0) + (1 - betas[1]) * grad ** 2
+        state["m", i], state["v", i] = m, v
+        m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
+        stepped.append(param - lr * m_hat / (v_hat.sqrt() + eps))
+    return stepped
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_two_steps_descend_the_class_weighted_nll_at_each_last_character(optimizer):
+    """Two calls of train_step (with make_optimizer's optimizer, the class weights of
+    inverse_frequency, tweets of unequal lengths padded to the longest) equal two hand-written
+    steps: the gradient of the docstring's weighted NLL written from log-probs that the packed
+    forward reads at each tweet's own last character, then Adam or plain SGD at --lr written
+    out. SGD shows the weights' normalisation (Adam's first steps hardly see a scale)."""
+    args = lstm_tweets.parse_args(["--optimizer", optimizer, "--lr", "0.03", "--hidden", "8",
+                                   "--class-weighted"])
+    torch.manual_seed(0)
+    model = lstm_tweets.CharLSTM(args.hidden)
+    reference = lstm_tweets.CharLSTM(args.hidden)
+    step_optimizer = lstm_tweets.make_optimizer(model, args)
+    class_weights = lstm_tweets.inverse_frequency(TRAIN_LABELS)
+    assert torch.allclose(class_weights, WEIGHTS_BY_HAND)
+    step_grads = []  # the gradients the optimizer steps with, as it starts each step
+    step_optimizer.register_step_pre_hook(
+        lambda *_: step_grads.append([p.grad.clone() for p in model.parameters()]))
+    adam_state = {}
+    for tweets, labels in STEP_BATCHES:
+        codes, lengths = codes_of(*tweets)
+        labels = torch.tensor(labels)
+        reference.load_state_dict(model.state_dict())
+        log_probs = reference.forward_packed(codes, lengths)  # read at each last character
+        loss = weighted_nll_by_hand(log_probs, labels, WEIGHTS_BY_HAND)
+        grads = torch.autograd.grad(loss, list(reference.parameters()))
+        lstm_tweets.train_step(model, step_optimizer, codes, lengths, labels, class_weights, args,
+                               torch.device("cpu"))
+        used = step_grads[-1]
+        for step_grad, grad in zip(used, grads):
+            assert torch.allclose(step_grad, grad, rtol=1e-4, atol=1e-7)
+        # the update from the step's own gradient: Adam divides by sqrt(v), so a gradient of
+        # 1e-9 from the padded path and 1.001e-9 from the packed one would move a weight apart
+        before = [p.detach() for p in reference.parameters()]
+        expected = (adam_by_hand(before, used, adam_state, args.lr) if optimizer == "adam"
+                    else [p - args.lr * g for p, g in zip(before, used)])
+        for param, stepped in zip(model.parameters(), expected):
+            assert torch.allclose(param, stepped, rtol=1e-5, atol=1e-7)
+
+
+def test_make_optimizer_is_the_flags_optimizer_at_the_flags_rate():
+    """--optimizer adam: Adam at --lr with the defaults of Kingma & Ba (betas 0.9, 0.999, eps
+    1e-8), as the two-step test writes it; --optimizer sgd: plain SGD, no momentum."""
+    model = lstm_tweets.CharLSTM(8)
+    adam = lstm_tweets.make_optimizer(model, lstm_tweets.parse_args(["--lr", "0.003"]))
+    assert type(adam) is torch.optim.Adam and len(adam.param_groups) == 1
+    group = adam.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"]) == (0.003, (0.9, 0.999), 1e-8)
+    assert group["weight_decay"] == 0
+    assert not group["amsgrad"]
+    sgd = lstm_tweets.make_optimizer(model, lstm_tweets.parse_args(["--optimizer", "sgd",
+                                                                    "--lr", "0.02"]))
+    assert type(sgd) is torch.optim.SGD
+    assert (sgd.param_groups[0]["lr"], sgd.param_groups[0]["momentum"]) == (0.02, 0)
+
+
+def test_fit_steps_through_whole_passes_of_bucketed_minibatches(tmp_path, monkeypatch):
+    """fit's stream with a recording train_step: 12 tweets (lengths 1..12, so a length names a
+    tweet), --batch-size 3, 8 iterations = 2 passes of 4 minibatches. Every tweet exactly once
+    per pass, cut to the minibatch's longest, with its own label; the minibatches are those of
+    bucketed_order with --bucket 2 and --batch-size 3 from fit's generator (the knobs reach it);
+    every step gets the class weights N / (2 N_c) of the training labels, by hand 12/16, 12/8."""
+    args = lstm_tweets.parse_args(["--batch-size", "3", "--bucket", "2", "--iterations", "8",
+                                   "--eval-every", "8", "--class-weighted", "--hidden", "8",
+                                   "--out-dir", str(tmp_path)])
+    tweets = [chr(ord("a") + i) * (i + 1) for i in range(12)]           # "a", "bb", "ccc", ...
+    codes, lengths = codes_of(*tweets)
+    labels = torch.tensor([1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0])         # 8 negatives, 4 positives
+    steps = []
+
+    def recording_step(model, optimizer, codes, lengths, labels, class_weights, args, device):
+        steps.append((codes, lengths, labels, class_weights))
+        return torch.zeros(())
+
+    monkeypatch.setattr(lstm_tweets, "train_step", recording_step)
+    train = (codes, lengths, labels)
+    lstm_tweets.fit(lstm_tweets.CharLSTM(8), train, train, train, args, torch.device("cpu"),
+                    torch.Generator().manual_seed(5), tmp_path)
+    assert len(steps) == 8
+    for batch_codes, batch_lengths, batch_labels, class_weights in steps:
+        tweet = batch_lengths - 1                                          # which tweets
+        assert torch.equal(batch_labels, labels[tweet])
+        assert batch_codes.shape == (3, int(batch_lengths.max()))
+        for row, i in zip(batch_codes, tweet.tolist()):
+            assert row.tolist() == [ord(tweets[i][0])] * (i + 1) + [0] * (len(row) - i - 1)
+        assert class_weights.tolist() == pytest.approx([12 / 16, 12 / 8])
+    seen = torch.stack([s[1] - 1 for s in steps])                         # (8, 3) tweet indices
+    assert sorted(seen[:4].flatten().tolist()) == list(range(12))         # the first pass
+    assert sorted(seen[4:].flatten().tolist()) == list(range(12))         # the second
+    generator = torch.Generator().manual_seed(5)
+    passes = [lstm_tweets.bucketed_order(lengths, 3, 2, generator) for _ in range(2)]
+    assert torch.equal(seen.flatten(), torch.cat(passes))
+
+
+def test_the_network_sees_each_tweets_ascii_codes_cut_at_max_len(tweet_files, tmp_path,
+                                                               monkeypatch):
+    """A forward pre-hook on the network main builds records every (codes, lengths) it is given:
+    in training (train mode) rows of the training tweets only, in evaluation (eval mode) of the
+    training or test tweets; each row is the tweet's ASCII codes cut at --max-len 6, zeros
+    after its length, and the batch is as wide as its longest row. The network has --hidden 8;
+    the optimizer is --optimizer sgd at --lr 0.02. Reference: the files read with csv here."""
+    seen, built = [], []
+    real_make_optimizer = lstm_tweets.make_optimizer
+
+    def recording_make_optimizer(model, args):
+        model.register_forward_pre_hook(
+            lambda m, inputs: seen.append((m.training, *(t.cpu() for t in inputs))))
+        built.append(real_make_optimizer(model, args))
+        assert model.lstm.hidden_size == 8
+        return built[-1]
+
+    monkeypatch.setattr(lstm_tweets, "make_optimizer", recording_make_optimizer)
+    lstm_tweets.main(quick_args(tweet_files, tmp_path, "--max-len", "6", "--hidden", "8",
+                                "--iterations", "2", "--eval-every", "2", "--batch-size", "4",
+                                "--optimizer", "sgd", "--lr", "0.02"))
+    (optimizer,) = built
+    assert type(optimizer) is torch.optim.SGD and optimizer.param_groups[0]["lr"] == 0.02
+
+    def cut_codes(path):
+        with open(path, newline="") as file:
+            return {tuple(ord(c) for c in row["text"][:6]) for row in csv.DictReader(file)}
+
+    train_rows, test_rows = cut_codes(tweet_files[0]), cut_codes(tweet_files[1])
+    assert [training for training, _, _ in seen][:2] == [True, True]
+    assert not any(training for training, _, _ in seen[2:])
+    for training, codes, lengths in seen:
+        assert codes.shape[1] == int(lengths.max()) <= 6
+        for row, length in zip(codes.tolist(), lengths.tolist()):
+            assert row[length:] == [0] * (len(row) - length)
+            assert tuple(row[:length]) in (train_rows if training else train_rows | test_rows)
+    assert len(seen[0][1]) == len(seen[1][1]) == 4

@@ -1,9 +1,12 @@
 """vgg_mnist.py: configuration A, the 32x32 input, the balanced subset, runs, --load, --resume."""
+import copy
 import json
+import math
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import common
 import vgg_mnist
@@ -88,24 +91,22 @@ def test_classification_loss_is_mean_negative_log_softmax():
 
 def test_a_training_step_never_waits_for_the_host():
     """fit's step, on PyTorch's meta device, with a narrow head (--fc-width 32): an epoch's
-    indices from common.batch_indices, the learning-rate schedule, forward, cross-entropy,
-    backward, SGD with momentum and weight decay, the loss kept on the device. A CPU tensor
+    indices from common.batch_indices, the learning-rate schedule, train_step (forward,
+    cross-entropy, backward, make_optimizer's SGD), the loss kept on the device. A CPU tensor
     meeting a device tensor, or a number read back from the device (.item()), fails here. fit
     itself cannot run on meta: its records read the accuracies back as numbers."""
     meta = torch.device("meta")
     model = vgg_mnist.VGG11(fc_width=32).to(meta)
     x, y = torch.empty(8, 1, 32, 32, device=meta), torch.zeros(8, dtype=torch.long, device=meta)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    args = vgg_mnist.parse_args(["--fc-width", "32"])
+    optimizer = vgg_mnist.make_optimizer(model, args)
     batch_losses = torch.empty(2, device=meta)
     with NoHostTensors():
         batches = common.batch_indices(len(x), 4, meta, torch.Generator().manual_seed(0))
         for i, idx in enumerate(batches):
             common.set_lr(optimizer, common.cosine_lr(0.01, i, 2, warmup_steps=1))
-            loss = vgg_mnist.classification_loss(model(x[idx]), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            batch_losses[i] = loss.detach()
+            loss = vgg_mnist.train_step(model, optimizer, x[idx], y[idx], args, meta)
+            batch_losses[i] = loss
     assert loss.shape == () and batch_losses.device == meta
     assert all(p.grad.device == meta for p in model.parameters())
 
@@ -254,3 +255,183 @@ def test_weights_of_another_script_are_refused(synthetic_data, tmp_path):
     result = run_script("vgg_mnist.py", *quick_args(synthetic_data, tmp_path / "out"),
                         "--load", foreign)
     assert_one_line_error(result, "holds 'cnn' weights, expected 'vgg_mnist'")
+
+
+# --- the training step against a hand-written step on its objective -----------------------------
+# Non-default values of every knob the step reads, so a knob the step ignores changes the numbers.
+STEP_FLAGS = ["--lr", "0.05", "--momentum", "0.7", "--weight-decay", "0.01", "--dropout", "0.3",
+              "--fc-width", "8"]
+
+
+def mean_cross_entropy_by_hand(logits, labels):
+    """The docstring's objective, L = -(1/B) Σ_b log softmax(logits_b)[y_b], from the logits."""
+    return -torch.log_softmax(logits, dim=1)[torch.arange(len(labels)), labels].mean()
+
+
+def sgd_by_hand(params, grads, buffers, lr, momentum, weight_decay):
+    """PyTorch's SGD as its documentation writes it (dampening 0, no Nesterov): the parameters
+    after one step, with `buffers` (None before the first step) updated in place:
+    g = grad + weight_decay * p; b = g on the first step, momentum * b + g after; p - lr * b."""
+    stepped = []
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        g = grad + weight_decay * param
+        buffers[i] = g if buffers[i] is None else momentum * buffers[i] + g
+        stepped.append(param - lr * buffers[i])
+    return stepped
+
+
+def test_two_steps_descend_the_mean_cross_entropy_with_momentum_and_weight_decay():
+    """Two calls of train_step with the optimizer make_optimizer builds equal two hand-written
+    steps: the gradient of the mean cross-entropy written from the logits, with dropout on
+    (the same masks: the global generator seeded alike), then SGD with --momentum and
+    --weight-decay at --lr written out. The second step is where momentum shows. The reference
+    network takes the script's weights before each step (ReLU kinks would turn float32
+    rounding between the two into visible gradient differences by step 2)."""
+    args = vgg_mnist.parse_args(STEP_FLAGS)
+    torch.manual_seed(0)
+    model = vgg_mnist.VGG11(args.fc_width, args.dropout)
+    reference = copy.deepcopy(model)  # in training mode as well: dropout on
+    optimizer = vgg_mnist.make_optimizer(model, args)
+    step_grads = []  # the gradients the optimizer steps with, as it starts each step
+    optimizer.register_step_pre_hook(
+        lambda *_: step_grads.append([p.grad.clone() for p in model.parameters()]))
+    data = torch.Generator().manual_seed(1)
+    buffers = [None] * len(list(reference.parameters()))
+    for step in range(2):
+        x, y = torch.randn(4, 1, 32, 32, generator=data), torch.randint(0, 10, (4,), generator=data)
+        reference.load_state_dict(model.state_dict())
+        torch.manual_seed(10 + step)  # the dropout masks
+        loss = mean_cross_entropy_by_hand(reference(x), y)
+        grads = torch.autograd.grad(loss, list(reference.parameters()))
+        expected = sgd_by_hand([p.detach() for p in reference.parameters()], grads, buffers,
+                               args.lr, args.momentum, args.weight_decay)
+        torch.manual_seed(10 + step)
+        vgg_mnist.train_step(model, optimizer, x, y, args, torch.device("cpu"))
+        for step_grad, grad in zip(step_grads[-1], grads):
+            assert torch.allclose(step_grad, grad, rtol=1e-4, atol=1e-7)
+        for param, stepped in zip(model.parameters(), expected):
+            assert torch.allclose(param, stepped, rtol=1e-5, atol=1e-8)
+
+
+def test_make_optimizer_is_plain_sgd_with_the_flags_values():
+    """The optimizer's settings named outright (the two-step test shows their effect): SGD,
+    one parameter group, --lr, --momentum and --weight-decay, no dampening, no Nesterov."""
+    args = vgg_mnist.parse_args(STEP_FLAGS)
+    optimizer = vgg_mnist.make_optimizer(vgg_mnist.VGG11(fc_width=8), args)
+    assert type(optimizer) is torch.optim.SGD and len(optimizer.param_groups) == 1
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.05, 0.7, 0.01)
+    assert group["dampening"] == 0 and not group["nesterov"]
+
+
+def test_fit_sets_each_steps_learning_rate_by_warm_up_then_cosine(tmp_path, monkeypatch):
+    """20 steps (2 epochs of 10 single-image minibatches): a linear warm-up over the first 10%
+    (2 steps: peak/2, then peak), then a cosine decay from the peak towards 0 at the end, as the
+    docstring states; written out here. Checks the edges: first step, the step after warm-up,
+    the last step (not 0: the decay ends after it), and that the schedule spans both epochs."""
+    args = vgg_mnist.parse_args(["--epochs", "2", "--batch-size", "1", "--lr", "0.2",
+                                 "--fc-width", "8", "--out-dir", str(tmp_path)])
+    learning_rates = []
+
+    def recording_step(model, optimizer, inputs, labels, args, device):
+        learning_rates.append([group["lr"] for group in optimizer.param_groups])
+        return torch.zeros(())
+
+    monkeypatch.setattr(vgg_mnist, "train_step", recording_step)
+    x, y = torch.randn(10, 1, 32, 32), torch.arange(10)
+    vgg_mnist.fit(vgg_mnist.VGG11(fc_width=8), (x, y), (x[:2], y[:2]), args, torch.device("cpu"),
+                  torch.Generator().manual_seed(0), tmp_path / "vgg_mnist")
+    expected = [0.2 * (k + 1) / 2 if k < 2 else 0.2 * 0.5 * (1 + math.cos(math.pi * (k - 2) / 18))
+                for k in range(20)]
+    assert [lrs[0] for lrs in learning_rates] == pytest.approx(expected)
+    assert expected[0] == pytest.approx(0.1) and expected[2] == pytest.approx(0.2)
+    assert all(len(lrs) == 1 for lrs in learning_rates)
+
+
+def shifted_by_hand(image, rows, cols, fill, pad=2):
+    """image (1, 32, 32) moved by (rows, cols) pixels, what it uncovers set to `fill`."""
+    padded = torch.full((1, 32 + 2 * pad, 32 + 2 * pad), fill)
+    padded[:, pad:pad + 32, pad:pad + 32] = image
+    return padded[:, pad + rows:pad + rows + 32, pad + cols:pad + cols + 32]
+
+
+def test_the_network_sees_mean_subtracted_32x32_images_shifted_in_training_only(
+        synthetic_data, tmp_path, monkeypatch):
+    """A forward pre-hook on the network main builds records every input it is given. Training
+    (dropout on, also after a mid-epoch record): each epoch's images, each once, each moved by
+    at most --shift 2 pixels, minus the mean pixel of the resized training images. Evaluation
+    (dropout off): the training and the test images, unmoved, minus that SAME constant. The
+    network has the flags' --fc-width and --dropout. The reference: the raw files through
+    F.interpolate, the mean taken here."""
+    seen, built = [], []
+    real_make_optimizer = vgg_mnist.make_optimizer
+
+    def recording_make_optimizer(model, args):
+        model.register_forward_pre_hook(
+            lambda module, inputs: seen.append((module.training, inputs[0].detach().cpu().clone())))
+        built.append(model)
+        return real_make_optimizer(model, args)
+
+    monkeypatch.setattr(vgg_mnist, "make_optimizer", recording_make_optimizer)
+    vgg_mnist.main(quick_args(synthetic_data, tmp_path, "--epochs", "1", "--limit", "8",
+                              "--batch-size", "4", "--fc-width", "8", "--dropout", "0.3",
+                              "--shift", "2", "--eval-every-batches", "1"))
+    (model,) = built
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.3, 0.3]
+    assert [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] == [8, 8, 10]
+
+    cpu = torch.device("cpu")
+    (train_x, _), (test_x, _) = common.load_mnist_like("mnist", synthetic_data, cpu, 8)
+    train_x, test_x = (F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+                       for x in (train_x, test_x))
+    mean = train_x.mean()
+    train_x, test_x = train_x - mean, test_x - mean
+    # --eval-every-batches 1: a step of 4, a record (train, test), the second step (dropout on
+    # again after the evaluation), the epoch's record, main's final evaluation
+    assert [(training, len(x)) for training, x in seen] == [(True, 4), (False, 8), (False, 8),
+                                                            (True, 4)] + [(False, 8)] * 4
+    evaluated = [x for training, x in seen if not training]
+    for x, expected in zip(evaluated, [train_x, test_x] * 3):
+        assert torch.allclose(x, expected, atol=1e-6)
+
+    trained_on, moved = [], 0
+    for image in torch.cat([x for training, x in seen if training]):
+        matches = [(i, rows, cols)
+                   for i in range(8) for rows in range(-2, 3) for cols in range(-2, 3)
+                   if torch.allclose(image, shifted_by_hand(train_x[i], rows, cols, train_x.min()),
+                                     atol=1e-6)]
+        assert matches, "a training input that is no training image moved by at most 2 pixels"
+        trained_on.append(matches[0][0])
+        moved += (matches[0][1], matches[0][2]) != (0, 0)
+    assert sorted(trained_on) == list(range(8))  # the epoch: each training image once
+    assert moved >= 4  # 24 of the 25 shifts move the image
+
+
+def test_subset_is_balanced_drawn_from_the_training_split_and_sets_the_mean(synthetic_data):
+    """prepare with --subset 0.5: 5 images of each class (round(0.5 * 96 / 10)), each one of the
+    training split's with its own label, none twice; the test split whole; both splits minus
+    the same constant, the mean pixel of the resized subset; another --seed, another subset."""
+    cpu = torch.device("cpu")
+    args = vgg_mnist.parse_args(["--data-dir", str(synthetic_data), "--limit", "96",
+                                 "--subset", "0.5", "--seed", "3"])
+    (train_x, train_y), (test_x, test_y) = vgg_mnist.prepare(args, cpu)
+    (raw_train_x, raw_train_y), (raw_test_x, raw_test_y) = common.load_mnist_like(
+        "mnist", synthetic_data, cpu, 96)
+    resized_train, resized_test = (F.interpolate(x, size=(32, 32), mode="bilinear",
+                                                 align_corners=False)
+                                   for x in (raw_train_x, raw_test_x))
+    subtracted = resized_test - test_x
+    assert torch.equal(test_y, raw_test_y)
+    assert torch.allclose(subtracted, subtracted.mean().expand_as(subtracted), atol=1e-6)
+
+    assert torch.bincount(train_y, minlength=10).tolist() == [5] * 10
+    distance = (train_x.flatten(1)[:, None] + subtracted.mean()
+                - resized_train.flatten(1)[None]).abs().amax(-1)           # (50, 96)
+    match = distance.argmin(1)
+    assert distance.min(1).values.max() < 1e-5 and len(match.unique()) == 50
+    assert torch.equal(raw_train_y[match], train_y)
+    assert subtracted.mean().item() == pytest.approx(resized_train[match].mean().item(), abs=1e-6)
+
+    other = vgg_mnist.prepare(vgg_mnist.parse_args(["--data-dir", str(synthetic_data), "--limit",
+                                                    "96", "--subset", "0.5", "--seed", "4"]), cpu)
+    assert not torch.equal(other[0][0], train_x)
