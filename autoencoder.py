@@ -336,6 +336,14 @@ def make_optimizer(model, args, pretrained_encoder=False):
                              {"params": head, "lr": args.lr}])
 
 
+def set_encoder_lr(optimizer, args, epoch):
+    """transfer: the pretrained encoder's group (make_optimizer's first) at a zero learning rate
+    in epochs 1..--freeze-epochs, at --lr × --encoder-lr-factor after. Freezing = a zero learning
+    rate, so Adam's state stays aligned."""
+    optimizer.param_groups[0]["lr"] = (0.0 if epoch <= args.freeze_epochs
+                                       else args.lr * args.encoder_lr_factor)
+
+
 def train_epoch(model, optimizer, x, y, loss, args, epoch, generator):
     """One pass over (x, y) in shuffled batches, stepping on `loss`; returns each term's
     per-batch values ({term: (batches,) tensor}), kept on the device: nothing here waits for it."""
@@ -364,9 +372,8 @@ def fit(model, data, args, generator, pretrained_encoder=False):
     run = common.Run(args, Path(args.out_dir) / name, name, {"model": model},
                      {"optimizer": optimizer}, generator)
     for epoch in range(run.done + 1, args.epochs + 1):
-        if pretrained_encoder:  # freezing = a zero learning rate, so Adam's state stays aligned
-            optimizer.param_groups[0]["lr"] = (0.0 if epoch <= args.freeze_epochs
-                                               else args.lr * args.encoder_lr_factor)
+        if pretrained_encoder:
+            set_encoder_lr(optimizer, args, epoch)
         terms = train_epoch(model, optimizer, train_x, train_y, loss, args, epoch, generator)
         record = None
         if epoch in (1, args.epochs) or epoch % args.eval_every == 0:

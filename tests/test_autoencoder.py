@@ -1,7 +1,10 @@
 """autoencoder.py: architectures, losses and latent-spread numbers against independent
 computations, the 100-label subset, the frozen encoder, every experiment with --load, the weights
 an experiment builds on (never trained behind the user's back), --resume, bad input, every
-model's training step on the meta device and float64 only on the CPU."""
+model's training step on the meta device and float64 only on the CPU; each experiment's training
+step against a hand-written Adam step on its documented objective, the freezing edge, --amp, and
+what fit hands train_epoch (network, frozen parts, learning rates, loss, data and its range)."""
+import copy
 import json
 import math
 import shutil
@@ -11,7 +14,8 @@ import torch
 
 import autoencoder
 import common
-from conftest import DEVICE, DEVICE_FLAGS, assert_one_line_error, run_script, synthetic_split, write_idx, guard_host_copies
+from conftest import (DEVICE, DEVICE_FLAGS, assert_one_line_error, run_script, synthetic_split, write_idx,
+                      guard_host_copies, write_mnist_like)
 
 
 def quick_args(data_dir, out_dir, *extra):
@@ -391,3 +395,287 @@ def test_resume_without_a_checkpoint_is_one_line(synthetic_data, tmp_path, capsy
     message = one_line_error(capsys, quick_args(synthetic_data, tmp_path, "--experiment", "conv",
                                                 "--resume"))
     assert "--resume" in message and str(tmp_path / "autoencoder_conv.ckpt") in message, message
+
+
+# --- the training step against a hand-written step on its objective ------------------------------
+# Each experiment's objective as its docstrings state it, written from the raw network outputs with
+# torch primitives (not the script's loss functions): MSE and L1 "averaged over the pixels and over
+# the batch", cross-entropy "-(1/B) Σ_b log softmax(logits_b)[y_b]". The normalised bottleneck is
+# standardised by hand with the batch's mean and (biased) variance, BatchNorm's ε = 1e-5 under the
+# root, as FCAutoencoder's docstring says training does; nothing else in these models depends on
+# train/eval mode except the conv decoder's BatchNorm, which a train-mode forward covers.
+def mse_by_hand(model, x, y):
+    return (model(x) - x).pow(2).sum() / x.numel()  # x.numel() = B·784
+
+
+def l1_by_hand(model, x, y):
+    return (model(x) - x).abs().sum() / x.numel()
+
+
+def normalized_mse_by_hand(model, x, y):
+    h = model.encoder[:-1](x)                                            # (B, 2) before the BatchNorm
+    code = (h - h.mean(0)) / (h.var(0, unbiased=False) + 1e-5).sqrt()   # each neuron standardised
+    return (model.decoder(code) - x).pow(2).sum() / x.numel()
+
+
+def cross_entropy_by_hand(model, x, y):
+    log_probabilities = model(x).log_softmax(1)                         # (B, 10)
+    return -log_probabilities.gather(1, y[:, None]).sum() / len(y)
+
+
+def frozen_encoder(model):
+    """classifier-decoder's model as run_classifier_decoder sets it up: the encoder fixed."""
+    model.encoder.requires_grad_(False)
+    return model
+
+
+# flags -> (the model that experiment trains, its objective by hand)
+STEPS = {
+    "fc": (lambda: autoencoder.FCAutoencoder(), mse_by_hand),
+    "normalized": (lambda: autoencoder.FCAutoencoder(normalize=True), normalized_mse_by_hand),
+    "conv": (lambda: autoencoder.ConvAutoencoder(12), l1_by_hand),
+    "conv --no-fc": (lambda: autoencoder.ConvAutoencoder(12, fc=False), l1_by_hand),
+    "classifier": (lambda: autoencoder.Classifier(12), cross_entropy_by_hand),
+    "classifier-decoder": (lambda: frozen_encoder(autoencoder.ConvAutoencoder(12)), l1_by_hand),
+    "few-labels": (lambda: autoencoder.Classifier(12), cross_entropy_by_hand),
+    "transfer": (lambda: autoencoder.Classifier(12), cross_entropy_by_hand),
+}
+LR, ENCODER_LR_FACTOR = 3e-3, 0.25  # not the defaults (1e-3, 1.0): a step that ignores one fails
+
+
+def adam_by_hand(params, grads, lrs, state, betas=(0.9, 0.999), eps=1e-8):
+    """One step of Adam as Kingma & Ba's Algorithm 1 writes it (torch's defaults for β and ε),
+    in place on `params` ({name: tensor}); lrs: {name: learning rate}; state: {} at the start."""
+    state["t"] = t = state.get("t", 0) + 1
+    for name, g in grads.items():
+        m, v = state.get(("m", name), 0 * g), state.get(("v", name), 0 * g)
+        m, v = betas[0] * m + (1 - betas[0]) * g, betas[1] * v + (1 - betas[1]) * g * g
+        state[("m", name)], state[("v", name)] = m, v
+        m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
+        params[name] -= lrs[name] * m_hat / (v_hat.sqrt() + eps)
+
+
+def steps_by_hand(model, objective, x, y, lr_of, epochs):
+    """`epochs` full-batch Adam steps on `objective` of a copy of `model`; lr_of(name, epoch)
+    is each parameter's learning rate. Returns the copy's parameters and gradients after each
+    step: [({name: value}, {name: grad})]."""
+    model = copy.deepcopy(model).train()
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    state, after = {}, []
+    for epoch in range(1, epochs + 1):
+        grads = dict(zip(trainable, torch.autograd.grad(objective(model, x, y), list(trainable.values()))))
+        with torch.no_grad():
+            adam_by_hand(trainable, grads, {name: lr_of(name, epoch) for name in trainable}, state)
+        after.append(({n: p.detach().clone() for n, p in model.named_parameters()}, grads))
+    return after
+
+
+def steps_of_the_script(model, args, x, y, epochs):
+    """The same steps through the script: make_optimizer, set_encoder_lr (transfer), train_epoch
+    with this experiment's loss, as fit calls them. Returns [({name: value}, {name: grad})]."""
+    transfer = args.experiment == "transfer"
+    optimizer = autoencoder.make_optimizer(model, args, pretrained_encoder=transfer)
+    after = []
+    for epoch in range(1, epochs + 1):
+        if transfer:
+            autoencoder.set_encoder_lr(optimizer, args, epoch)
+        autoencoder.train_epoch(model, optimizer, x, y, autoencoder.EXPERIMENTS[args.experiment].loss,
+                                args, epoch, torch.Generator().manual_seed(0))
+        after.append(({n: p.detach().clone() for n, p in model.named_parameters()},
+                      {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    return after
+
+
+def tiny_batch():
+    """4 images and labels in float64 (so the comparisons are exact to rounding)."""
+    generator = torch.Generator().manual_seed(1)
+    return (torch.rand(4, 1, 28, 28, generator=generator, dtype=torch.float64),
+            torch.tensor([3, 1, 4, 1]))
+
+
+def assert_same_steps(script, by_hand):
+    """Gradients and parameters equal after every step. The parameters to within LR × 1e-6: a
+    conv bias right before a BatchNorm has a gradient of 0 up to rounding (~1e-17, the
+    normalisation removes it), which Adam's g / (|g| + ε) blows up to ~1e-11."""
+    for epoch, ((params, grads), (params_hand, grads_hand)) in enumerate(zip(script, by_hand), 1):
+        assert set(grads) == set(grads_hand), f"epoch {epoch}: gradients of {set(grads) ^ set(grads_hand)}"
+        for name in grads_hand:
+            assert torch.allclose(grads[name], grads_hand[name], rtol=1e-6, atol=1e-12), (epoch, name)
+        for name in params_hand:
+            assert torch.allclose(params[name], params_hand[name], rtol=0, atol=LR * 1e-6), (epoch, name)
+
+
+@pytest.mark.parametrize("flags", STEPS)
+def test_one_training_step_is_adam_on_the_documented_objective(flags):
+    """One step of train_epoch (a batch of 4 = --batch-size, so one batch) with the optimizer
+    make_optimizer builds: the gradients equal those of the experiment's objective written by
+    hand, and the parameters move as one hand-written Adam step with --lr 3e-3 moves them (the
+    transfer encoder's at --lr × --encoder-lr-factor 0.25; classifier-decoder's frozen encoder
+    not at all). A wrong loss kind, reduction, target or train/eval mode changes the gradients;
+    an ignored --lr or a factor on the wrong group changes the update."""
+    args = autoencoder.parse_args(["--experiment", *flags.split(), "--batch-size", "4", "--lr", str(LR),
+                                   *(["--encoder-lr-factor", str(ENCODER_LR_FACTOR)]
+                                     if flags == "transfer" else [])])
+    build, objective = STEPS[flags]
+    torch.manual_seed(0)
+    model = build().double()
+    x, y = tiny_batch()
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def lr_of(name, epoch):
+        return LR * ENCODER_LR_FACTOR if flags == "transfer" and name.startswith("encoder.") else LR
+
+    by_hand = steps_by_hand(model, objective, x, y, lr_of, epochs=1)
+    script = steps_of_the_script(model, args, x, y, epochs=1)
+    assert_same_steps(script, by_hand)
+    moved = {n for n, p in script[0][0].items() if not torch.equal(p, initial[n])}
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert moved == expected  # every trainable parameter moves, nothing else
+
+
+def test_freezing_holds_the_encoder_through_epoch_n_and_releases_it_at_n_plus_1():
+    """transfer with --freeze-epochs 2 --encoder-lr-factor 0.25: in epochs 1 and 2 the pretrained
+    encoder does not move while the head does; in epoch 3 both move, the encoder at --lr × 0.25.
+    Three epochs (one full-batch step each) against hand-written Adam, whose moments keep
+    accumulating the encoder's gradients while its learning rate is 0 (the docstring's
+    "Adam's state stays aligned"); the gradients of every epoch also match, so no accumulation
+    across steps either."""
+    args = autoencoder.parse_args(["--experiment", "transfer", "--batch-size", "4", "--lr", str(LR),
+                                   "--freeze-epochs", "2", "--encoder-lr-factor", str(ENCODER_LR_FACTOR)])
+    torch.manual_seed(0)
+    model = autoencoder.Classifier(12).double()
+    x, y = tiny_batch()
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def lr_of(name, epoch):
+        if name.startswith("encoder."):
+            return 0.0 if epoch <= 2 else LR * ENCODER_LR_FACTOR
+        return LR
+
+    by_hand = steps_by_hand(model, cross_entropy_by_hand, x, y, lr_of, epochs=3)
+    script = steps_of_the_script(model, args, x, y, epochs=3)
+    assert_same_steps(script, by_hand)
+    before = initial
+    for epoch, (params, _) in enumerate(script, 1):
+        moved = {n.split(".")[0] for n, p in params.items() if not torch.equal(p, before[n])}
+        assert moved == ({"head"} if epoch <= 2 else {"encoder", "head"}), epoch
+        before = params
+
+
+def test_amp_runs_the_forward_pass_in_bfloat16():
+    """--amp: train_epoch's forward pass runs under bf16 autocast (the first convolution's output
+    is bfloat16), and in float32 without it; the weights stay float32 either way."""
+    x, y = (t.float() if t.is_floating_point() else t for t in tiny_batch())
+    for flags, dtype in (([], torch.float32), (["--amp"], torch.bfloat16)):
+        args = autoencoder.parse_args(["--experiment", "conv", "--batch-size", "4", *flags])
+        torch.manual_seed(0)
+        model = autoencoder.ConvAutoencoder(12)
+        seen = []
+        model.encoder.net[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+        autoencoder.train_epoch(model, autoencoder.make_optimizer(model, args), x, y, "l1", args, 1,
+                                torch.Generator().manual_seed(0))
+        assert seen == [dtype], flags
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+class StopTraining(Exception):
+    """Raised by the recording train_epoch once it has seen what a test needs."""
+
+
+def record_training(monkeypatch, epochs=2):
+    """Wrap train_epoch, the function fit calls each epoch: record what it is handed (the
+    model, its state, which parameters train, the optimizer's learning rate per parameter, the
+    data, the loss) and, through a forward pre-hook, every batch that reaches the model's input in
+    training (train_epoch) and in eval mode (evaluate after epoch 1); stop the run at the entry
+    of epoch `epochs`."""
+    calls, inputs = [], []
+    real_train_epoch = autoencoder.train_epoch
+
+    def recording(model, optimizer, x, y, loss, args, epoch, generator):
+        lrs = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+        calls.append({"epoch": epoch, "loss": loss, "x": x.cpu(), "y": y.cpu(),
+                      "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                      "trainable": {n for n, p in model.named_parameters() if p.requires_grad},
+                      "lr": {n: lrs.get(id(p)) for n, p in model.named_parameters()}})
+        if epoch == 1:
+            model.register_forward_pre_hook(lambda module, args_: inputs.append(
+                (module.training, args_[0].min().item(), args_[0].max().item())))
+        if len(calls) == epochs:
+            raise StopTraining
+        return real_train_epoch(model, optimizer, x, y, loss, args, epoch, generator)
+
+    monkeypatch.setattr(autoencoder, "train_epoch", recording)
+    return calls, inputs
+
+
+@pytest.fixture(scope="module")
+def unlike_datasets(tmp_path_factory):
+    """A --data-dir whose synthetic Fashion-MNIST differs from its synthetic MNIST (other noise
+    seeds), so a test sees which of the two an experiment reads."""
+    root = tmp_path_factory.mktemp("unlike")
+    write_mnist_like(root, "MNIST")
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n, seed in (("train", 512, 3), ("t10k", 256, 4)):
+        images, labels = synthetic_split(n, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+# the loss and data set each experiment's docstring names: assignment B's MSE on Fashion-MNIST,
+# assignment E's mean L1 and cross-entropy on MNIST
+DOCUMENTED_LOSS = {"fc": "mse", "normalized": "mse", "conv": "l1", "conv --no-fc": "l1",
+                   "classifier": "ce", "classifier-decoder": "l1", "few-labels": "ce", "transfer": "ce"}
+DOCUMENTED_DATASET = {"fc": "fashion-mnist", "normalized": "fashion-mnist"}  # the rest: mnist
+# the pretrained encoder an experiment starts from: the dependency whose encoder it takes
+PRETRAINED_ENCODER = {"classifier-decoder": "classifier", "transfer": "conv"}
+
+
+@pytest.mark.parametrize("flags", STEPS)
+def test_each_experiment_trains_the_documented_network_on_the_documented_data(
+        flags, trained, unlike_datasets, tmp_path, monkeypatch):
+    """What fit hands train_epoch, through main: the network of the module docstring, freshly
+    initialised from the seed except the encoder it takes over (classifier-decoder's from the
+    classifier, frozen; transfer's from the conv autoencoder, at lr 0 in epoch 1 with
+    --freeze-epochs 1 and at --lr × --encoder-lr-factor in epoch 2); the documented loss;
+    the documented data set's whole (--limit) training set, or its first 100 images with their
+    own labels for few-labels and transfer; and, at the network's input, pixels in [0, 1] in training and in
+    evaluation (the range the sigmoid decoders reproduce and the transfer encoder was trained on)."""
+    experiment = flags.split()[0]
+    extra = ["--lr", "2e-3", *(["--freeze-epochs", "1", "--encoder-lr-factor", "0.5"]
+                               if experiment == "transfer" else [])]
+    calls, inputs = record_training(monkeypatch)
+    with pytest.raises(StopTraining):
+        autoencoder.main(quick_args(unlike_datasets, tmp_path, "--experiment", *flags.split(), *extra,
+                                    *dependency_flags(experiment, trained)))
+    first, second = calls
+
+    torch.manual_seed(0)  # --seed's default: the initial weights of a fresh model
+    expected = STEPS[flags][0]().state_dict()
+    if experiment in PRETRAINED_ENCODER:
+        dependency = autoencoder.EXPERIMENTS[PRETRAINED_ENCODER[experiment]].run
+        weights = torch.load(trained / f"{dependency}.pt", weights_only=True)["models"]["model"]
+        expected.update({k: v for k, v in weights.items() if k.startswith("encoder.")})
+    assert first["state"].keys() == expected.keys()
+    assert all(torch.equal(first["state"][k], expected[k].cpu()) for k in expected), flags
+
+    names = set(first["lr"])
+    encoder = {n for n in names if n.startswith("encoder.")}
+    assert first["trainable"] == (names - encoder if experiment == "classifier-decoder" else names)
+    for call, encoder_lr in zip(calls, (0.0, 2e-3 * 0.5)):  # transfer: frozen, then --lr × factor
+        assert {call["lr"][n] for n in first["trainable"] - encoder} == {2e-3}, call["epoch"]
+        if experiment == "transfer":
+            assert {call["lr"][n] for n in encoder} == {encoder_lr}, call["epoch"]
+        elif experiment != "classifier-decoder":
+            assert {call["lr"][n] for n in encoder} == {2e-3}, call["epoch"]
+
+    assert first["loss"] == second["loss"] == DOCUMENTED_LOSS[flags]
+    dataset = DOCUMENTED_DATASET.get(experiment, "mnist")
+    train_x, train_y = common.load_mnist_like(dataset, unlike_datasets, "cpu", 128)[0]
+    n = autoencoder.N_LABELLED if experiment in ("few-labels", "transfer") else len(train_x)
+    assert torch.equal(first["x"], train_x[:n]) and torch.equal(first["y"], train_y[:n])
+
+    assert {training for training, _, _ in inputs} == {True, False}  # train_epoch and evaluate
+    assert all(0.0 <= low and high <= 1.0 for _, low, high in inputs), inputs
+    assert all(high > 0.5 for _, _, high in inputs), inputs  # scaled once by 1/255, not twice
