@@ -140,6 +140,10 @@ def parse_args(argv=None):
                      "--latent-dim is for the MNIST experiments")
     if args.no_fc and args.experiment != "conv":
         parser.error("--no-fc is an architecture study of --experiment conv only")
+    for flag in ("freeze_epochs", "encoder_lr_factor"):
+        if getattr(args, flag) != parser.get_default(flag) and args.experiment != "transfer":
+            parser.error(f"--{flag.replace('_', '-')} sets the pretrained encoder's learning rate: "
+                         "--experiment transfer only")
     args.latent_dim = args.latent_dim or LATENT_DIM
     if args.no_fc and args.latent_dim % 4:
         parser.error(f"--no-fc needs --latent-dim divisible by 4 (a (d/4)x2x2 map), got {args.latent_dim}")

@@ -315,6 +315,8 @@ def test_real_fashion_mnist_fc_learns(shared_data, tmp_path):
     (["--latent-dim", "0", "--experiment", "conv"], ["--latent-dim", "> 0"]),
     (["--latent-dim", "8"], ["two-neuron bottleneck"]),
     (["--no-fc", "--experiment", "classifier"], ["--no-fc"]),
+    (["--freeze-epochs", "2", "--experiment", "few-labels"], ["--freeze-epochs", "transfer only"]),
+    (["--encoder-lr-factor", "0.1"], ["--encoder-lr-factor", "transfer only"]),
     (["--no-fc", "--experiment", "conv", "--latent-dim", "10"], ["divisible by 4"]),
     (["--experiment", "naive", "--load", "figures/autoencoder_fc.pt"],
      ["--load", "naive", "--fc-weights"]),
