@@ -178,3 +178,41 @@ def write_galaxies(root, n=48, size=96, seed=0):
         rows.append(f"{galaxy},{'spiral_odd' if spiral else 'other'}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return ids
+
+
+# --- hand-written training steps: what the tests of each script's step compare against ----------
+@pytest.fixture
+def float64():
+    """Float64 as the default dtype (networks, noise and data alike) for the length of a test: the
+    script's step and the hand-written one sum in different orders, and Adam divides each
+    gradient by its own size, so float32 noise on a near-zero gradient grows into a visible
+    difference of the update; in float64 the two agree to ~1e-12."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(default)
+
+
+def record_gradients(optimizer, params):
+    """A list that receives a copy of each of `params`' .grad at every optimizer.step(): the
+    gradients the step really used, whatever the loop did before it."""
+    seen = []
+    optimizer.register_step_pre_hook(lambda *_: seen.append([p.grad.clone() for p in params]))
+    return seen
+
+
+def adam_by_hand(params, grads, state, lrs, betas=(0.9, 0.999), eps=1e-8):
+    """One step of Adam as Kingma & Ba's Algorithm 1 writes it (torch's default β and ε): moving
+    averages m and v, bias-corrected. params, grads: lists of tensors; lrs: one learning rate, or
+    one per parameter; state: {} before the first step, updated in place. Returns the parameters
+    after the step (new tensors)."""
+    state["t"] = t = state.get("t", 0) + 1
+    lrs = lrs if isinstance(lrs, (list, tuple)) else [lrs] * len(params)
+    stepped = []
+    for i, (param, grad, lr) in enumerate(zip(params, grads, lrs)):
+        m = betas[0] * state.get(("m", i), 0) + (1 - betas[0]) * grad
+        v = betas[1] * state.get(("v", i), 0) + (1 - betas[1]) * grad ** 2
+        state["m", i], state["v", i] = m, v
+        m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
+        stepped.append(param - lr * m_hat / (v_hat.sqrt() + eps))
+    return stepped

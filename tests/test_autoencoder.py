@@ -14,8 +14,8 @@ import torch
 
 import autoencoder
 import common
-from conftest import (DEVICE, DEVICE_FLAGS, assert_one_line_error, run_script, synthetic_split, write_idx,
-                      guard_host_copies, write_mnist_like)
+from conftest import (DEVICE, DEVICE_FLAGS, adam_by_hand, assert_one_line_error, run_script, synthetic_split,
+                      write_idx, guard_host_copies, write_mnist_like)
 
 
 def quick_args(data_dir, out_dir, *extra):
@@ -445,17 +445,6 @@ STEPS = {
 LR, ENCODER_LR_FACTOR = 3e-3, 0.25  # not the defaults (1e-3, 1.0): a step that ignores one fails
 
 
-def adam_by_hand(params, grads, lrs, state, betas=(0.9, 0.999), eps=1e-8):
-    """One step of Adam as Kingma & Ba's Algorithm 1 writes it (torch's defaults for β and ε),
-    in place on `params` ({name: tensor}); lrs: {name: learning rate}; state: {} at the start."""
-    state["t"] = t = state.get("t", 0) + 1
-    for name, g in grads.items():
-        m, v = state.get(("m", name), 0 * g), state.get(("v", name), 0 * g)
-        m, v = betas[0] * m + (1 - betas[0]) * g, betas[1] * v + (1 - betas[1]) * g * g
-        state[("m", name)], state[("v", name)] = m, v
-        m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
-        params[name] -= lrs[name] * m_hat / (v_hat.sqrt() + eps)
-
 
 def steps_by_hand(model, objective, x, y, lr_of, epochs):
     """`epochs` full-batch Adam steps on `objective` of a copy of `model`; lr_of(name, epoch)
@@ -467,7 +456,10 @@ def steps_by_hand(model, objective, x, y, lr_of, epochs):
     for epoch in range(1, epochs + 1):
         grads = dict(zip(trainable, torch.autograd.grad(objective(model, x, y), list(trainable.values()))))
         with torch.no_grad():
-            adam_by_hand(trainable, grads, {name: lr_of(name, epoch) for name in trainable}, state)
+            stepped = adam_by_hand(list(trainable.values()), list(grads.values()), state,
+                                   [lr_of(name, epoch) for name in trainable])
+            for param, value in zip(trainable.values(), stepped):
+                param.copy_(value)
         after.append(({n: p.detach().clone() for n, p in model.named_parameters()}, grads))
     return after
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import cnn
 import common
-from conftest import DEVICE_FLAGS, assert_one_line_error, run_script, guard_host_copies
+from conftest import DEVICE_FLAGS, assert_one_line_error, guard_host_copies, record_gradients, run_script
 
 
 def quick_args(data_dir, out_dir, *extra):
@@ -81,25 +81,6 @@ def augmented_by_hand(images, generator, max_shift=2):
         row, col = offsets[0, b], offsets[1, b]
         out[b] = image[:, row:row + 28, col:col + 28]
     return out
-
-
-def record_gradients(optimizer, params):
-    """A list that receives a copy of each parameter's .grad at every optimizer.step()."""
-    seen = []
-    optimizer.register_step_pre_hook(lambda opt, *_: seen.append([p.grad.clone() for p in params]))
-    return seen
-
-
-@pytest.fixture
-def float64():
-    """Float64 as the default dtype (network, data and augmentation draws alike) for the length
-    of a test: the script's step and the hand-written one sum in different orders, and Adam
-    divides each gradient by its own size, so float32 noise on a near-zero gradient can grow into
-    a visible difference of the update; in float64 the two agree to ~1e-12."""
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(default)
 
 
 def test_default_recipe_takes_one_adamw_step_on_the_cross_entropy_at_the_scheduled_rate(float64):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import common
 import dcgan
-from conftest import DEVICE_FLAGS, assert_one_line_error, run_script, guard_host_copies
+from conftest import DEVICE_FLAGS, assert_one_line_error, guard_host_copies, record_gradients, run_script
 
 
 def quick_args(data_dir, out_dir, *extra):
@@ -76,11 +76,6 @@ def test_training_step_runs_on_the_device_alone(monkeypatch):
 
 
 # --- the training step against a hand-written step on its objective -----------------------------
-def record_gradients(optimizer, params):
-    """A list that receives a copy of each parameter's .grad at every optimizer.step()."""
-    seen = []
-    optimizer.register_step_pre_hook(lambda opt, *_: seen.append([p.grad.clone() for p in params]))
-    return seen
 
 
 def initialised_nets():
@@ -89,18 +84,6 @@ def initialised_nets():
     G.apply(dcgan.init_weights)
     D.apply(dcgan.init_weights)
     return G, D
-
-
-@pytest.fixture
-def float64():
-    """Float64 as the default dtype (networks, noise and data alike) for the length of a test: the
-    script's step and the hand-written one sum in different orders, and Adam divides each
-    gradient by its own size, so float32 noise on a near-zero gradient grows into a visible
-    difference after one step; in float64 the two agree to ~1e-12."""
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(default)
 
 
 def test_both_update_steps_descend_the_docstring_objectives(float64):

@@ -8,7 +8,8 @@ import torch
 
 import common
 import lstm_tweets
-from conftest import DEVICE, DEVICE_FLAGS, NoHostTensors, assert_one_line_error, run_script
+from conftest import (DEVICE, DEVICE_FLAGS, NoHostTensors, adam_by_hand, assert_one_line_error,
+                      record_gradients, run_script)
 
 TWEETS = ["I love this phone", "worst day ever", "so happy today :)", "I hate waiting",
           "what a great game", "this is awful", "best coffee, ever", "my cat is sick"]
@@ -512,19 +513,6 @@ def weighted_nll_by_hand(log_probs, labels, weights):
     return -(w * log_probs[torch.arange(len(labels)), labels]).sum() / w.sum()
 
 
-def adam_by_hand(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8):
-    """Kingma & Ba's Adam (Algorithm 1): m, v moving averages, bias-corrected; `state` (a dict,
-    empty before the first step) updated in place. Returns the parameters after the step."""
-    state["t"] = state.get("t", 0) + 1
-    t, stepped = state["t"], []
-    for i, (param, grad) in enumerate(zip(params, grads)):
-        m = betas[0] * state.get(("m", i), 0) + (1 - betas[0]) * grad
-        v = betas[1] * state.get(("v", i), 0) + (1 - betas[1]) * grad ** 2
-        state["m", i], state["v", i] = m, v
-        m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
-        stepped.append(param - lr * m_hat / (v_hat.sqrt() + eps))
-    return stepped
-
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_two_steps_descend_the_class_weighted_nll_at_each_last_character(optimizer):
@@ -541,9 +529,7 @@ def test_two_steps_descend_the_class_weighted_nll_at_each_last_character(optimiz
     step_optimizer = lstm_tweets.make_optimizer(model, args)
     class_weights = lstm_tweets.inverse_frequency(TRAIN_LABELS)
     assert torch.allclose(class_weights, WEIGHTS_BY_HAND)
-    step_grads = []  # the gradients the optimizer steps with, as it starts each step
-    step_optimizer.register_step_pre_hook(
-        lambda *_: step_grads.append([p.grad.clone() for p in model.parameters()]))
+    step_grads = record_gradients(step_optimizer, list(model.parameters()))
     adam_state = {}
     for tweets, labels in STEP_BATCHES:
         codes, lengths = codes_of(*tweets)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import common
 import vgg_mnist
-from conftest import DEVICE_FLAGS, NoHostTensors, assert_one_line_error, run_script
+from conftest import DEVICE_FLAGS, NoHostTensors, assert_one_line_error, record_gradients, run_script
 
 # Table 1 of Simonyan & Zisserman (2015), column A, written out here independently of the script
 TABLE_1_A = [("conv", 64), ("pool",), ("conv", 128), ("pool",), ("conv", 256), ("conv", 256),
@@ -292,9 +292,7 @@ def test_two_steps_descend_the_mean_cross_entropy_with_momentum_and_weight_decay
     model = vgg_mnist.VGG11(args.fc_width, args.dropout)
     reference = copy.deepcopy(model)  # in training mode as well: dropout on
     optimizer = vgg_mnist.make_optimizer(model, args)
-    step_grads = []  # the gradients the optimizer steps with, as it starts each step
-    optimizer.register_step_pre_hook(
-        lambda *_: step_grads.append([p.grad.clone() for p in model.parameters()]))
+    step_grads = record_gradients(optimizer, list(model.parameters()))
     data = torch.Generator().manual_seed(1)
     buffers = [None] * len(list(reference.parameters()))
     for step in range(2):
