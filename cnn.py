@@ -139,20 +139,32 @@ def make_optimizer(model, args):
     return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
 
-def fit(model, train, test, args, device, generator, out):
-    """Train for args.epochs (or until --patience runs out); the bookkeeping (resume, checkpoint,
-    log line, finite check) is common.Run's. Returns the Run (history, wall seconds)."""
+def fit(model, train, test, args, generator, stem):
+    """Train for args.epochs, or until the test loss has not improved for --patience evaluations;
+    <stem>.ckpt and <stem>.pt after every epoch. Returns the Run (history, wall seconds)."""
     optimizer = make_optimizer(model, args)
-    run = common.Run(args, out / KIND, KIND, {"model": model}, {"optimizer": optimizer}, generator)
+    run = common.Run(args, stem, KIND, {"model": model}, {"optimizer": optimizer}, generator)
     for epoch in range(run.done + 1, args.epochs + 1):
         batch_losses = train_epoch(model, optimizer, train, args, epoch, generator)
+        common.check_finite(epoch, run.weights_path, cross_entropy=batch_losses)
         record = {"train_loss": batch_losses.mean().item()}
         if epoch == 1 or epoch % args.eval_every == 0 or epoch == args.epochs:
             _, record["train_acc"] = evaluate(model, train)
             record["test_loss"], record["test_acc"] = evaluate(model, test)
-        if run.end_epoch(epoch, record, losses={"cross_entropy": batch_losses}):
+        run.log(epoch, record)
+        run.save(epoch)
+        if common.stop_early(run.history, "test_loss", args.patience):
             break
     return run
+
+
+def run_name(args):
+    """What this run's files are called: with --load, the loaded file's own name; otherwise "cnn"
+    plus every knob that differs from the defaults (cnn_lr0.003, cnn_no-augment): a quick edit
+    writes beside the committed run (common.run_name)."""
+    if args.load:
+        return Path(args.load).stem
+    return common.run_name(KIND, args, vars(parse_args([])), {"weight_decay": "wd", "schedule": ""})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,14 +240,14 @@ def sample_quality(samples, real_test, real_train, args):
 # ----------------------------------------------------------------------------------------------
 # FIGURES
 # ----------------------------------------------------------------------------------------------
-def plot_history(history, out):
+def plot_history(history, out, name):
     evals = [r for r in history if "test_acc" in r]
     epochs = [r["epoch"] for r in evals]
-    common.plot_curves(out / "cnn_accuracy.png",
+    common.plot_curves(out / f"{name}_accuracy.png",
                        {"train": (epochs, [r["train_acc"] for r in evals]),
                         "test": (epochs, [r["test_acc"] for r in evals])},
                        xlabel="epoch", ylabel="accuracy", title="CNN on Fashion-MNIST: accuracy")
-    common.plot_curves(out / "cnn_loss.png",
+    common.plot_curves(out / f"{name}_loss.png",
                        {"train (mean over the epoch, augmented)":
                             ([r["epoch"] for r in history], [r["train_loss"] for r in history]),
                         "test": (epochs, [r["test_loss"] for r in evals])},
@@ -246,20 +258,20 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
-    out = common.out_dir(args)
+    out, name = common.out_dir(args), run_name(args)
     model = CNN().to(device)
     if args.load:  # read before the data, so a wrong file fails at once
         run = common.load_run(args.load, KIND, {"model": model})
     train, test = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
     if not args.load:
-        run = fit(model, train, test, args, device, generator, out)
+        run = fit(model, train, test, args, generator, out / name)
     train_loss, train_acc = evaluate(model, train)
     test_loss, test_acc = evaluate(model, test)
     final = {"epochs_trained": run.history[-1]["epoch"], "train_loss": train_loss,
              "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
-    plot_history(run.history, out)
-    common.save_metrics(out / f"{KIND}_metrics.json", args, device, run.seconds, run.history, final,
-                        weights=str(args.load or out / f"{KIND}.pt"), trained_with=run.trained_with)
+    plot_history(run.history, out, name)
+    common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history, final,
+                        weights=str(args.load or out / f"{name}.pt"), trained_with=run.trained_with)
     print(f"final: train acc {train_acc:.4f} | test acc {test_acc:.4f} | "
           f"test loss {test_loss:.4f} | {run.seconds:.0f} s of training")
 

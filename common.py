@@ -3,9 +3,9 @@ metrics, plots.
 
 Nothing here knows about a model, a loss or a metric; those live in the script that uses them, so
 each script reads on its own. What is here is what two or more scripts need in exactly the same
-way. The centre of it is `Run`: the bookkeeping of a training run (resume or start, timer, finite
-check, checkpoint, metrics record, log line, patience), so that a script's `fit` shows only its
-loop and its optimizer step.
+way: the pieces of a training loop's bookkeeping (`Run` starts or resumes a run, logs a record
+and saves the two files; `check_finite` and `stop_early` are the other two calls a loop makes),
+and `run_name`, which names a run after the knobs that differ from the defaults.
 
 Sections: errors and flags · device and seed · data · the training run · checkpoints and metrics ·
 figures.
@@ -396,35 +396,46 @@ def set_lr(optimizer, lr):
 
 
 # ----------------------------------------------------------------------------------------------
+# Data: tweet files (lstm_tweets.py)
+# ----------------------------------------------------------------------------------------------
+# (issue 24: the tweet-file layouts move here)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: galaxy images and labels (galaxy_vae.py)
+# ----------------------------------------------------------------------------------------------
+# (issue 24: the JPEG decoding, the cache and the label files move here)
+
+
+# ----------------------------------------------------------------------------------------------
 # The training run: everything around a script's loop, one call away
 # ----------------------------------------------------------------------------------------------
 class Run:
-    """The bookkeeping of one training run. A script's fit reads:
+    """The record of one training run: its history, wall seconds and the two files it writes.
+    A script's fit shows each piece of bookkeeping as its own call:
 
         run = common.Run(args, out / "cnn", "cnn", {"model": model}, {"optimizer": opt}, generator)
         for epoch in range(run.done + 1, args.epochs + 1):
-            ...                                     # the loop and the optimizer step
-            if run.end_epoch(epoch, record, losses={"cross_entropy": batch_losses}):
-                break                               # --patience says stop
+            losses = train_epoch(...)                                  # the loop and the step
+            common.check_finite(epoch, run.weights_path, cross_entropy=losses)
+            run.log(epoch, {"train_loss": ..., "test_loss": ...})     # history and log line
+            run.save(epoch)                                            # <stem>.ckpt and <stem>.pt
+            if common.stop_early(run.history, "test_loss", args.patience):
+                break
 
     Start: a fresh run, or with --resume the checkpoint <stem>.ckpt put back (models, optimizers,
-    random streams, history, anything saved beside them in `run.extra`); nothing to resume is a
-    one-line error. end_epoch: the finite check of the per-batch losses (naming epoch, batch and
-    term), the record's wall seconds, its log line, the checkpoint, and the --patience verdict.
-
-    Two files per run, both written atomically after every epoch: <stem>.ckpt, the full
-    checkpoint --resume needs (with optimizer states and random streams: kept in --out-dir, not
+    random streams, history, and what was saved beside them, in `run.extra`); nothing to resume
+    is a one-line error. Two files, both written atomically by save: <stem>.ckpt, the full
+    checkpoint --resume needs (optimizer states and random streams: kept in --out-dir, not
     committed), and <stem>.pt, the weights-only file --load reads (model states, args, history).
     """
 
-    def __init__(self, args, stem, kind, models, optimizers, generator, unit="epoch",
-                 total=None, patience_key="test_loss"):
+    def __init__(self, args, stem, kind, models, optimizers, generator, unit="epoch", total=None):
         self.args, self.kind, self.unit = args, kind, unit
         self.weights_path = Path(f"{stem}.pt")
         self.checkpoint_path = Path(f"{stem}.ckpt")
         self.models, self.optimizers, self.generator = models, optimizers, generator
         self.total = total if total is not None else args.epochs
-        self.patience_key = patience_key
         self.history, self.seconds, self.done, self.extra = [], 0.0, 0, {}
         self.trained_with = vars(args)
         if args.resume:
@@ -436,29 +447,25 @@ class Run:
         first_model = next(iter(models.values()))
         self.timer = Timer(next(first_model.parameters()).device)
 
-    def log(self, record):
-        """Append one evaluation record ({unit: n, values ...}), stamped with the wall seconds
-        since the last one; print its summary line. A value that is not finite (a NaN test loss)
-        stops the run here, before anything is saved. Returns True when --patience says stop."""
+    def log(self, step, record):
+        """Append one evaluation record ({unit: step, values ...}) stamped with the wall seconds
+        since the last one, and print its summary line. A value that is not finite (a NaN test
+        loss) stops the run here, before anything is saved."""
         for key, value in record.items():
             if isinstance(value, float) and not math.isfinite(value):
-                fail(f"{key.replace('_', ' ')} became {value} at {self.unit} {record[self.unit]} "
-                     f"(evaluation) — stopping; the last good weights stay in {self.weights_path}")
-        record["seconds"] = round(self.timer.seconds(), 2)
+                fail(f"{key.replace('_', ' ')} became {value} at {self.unit} {step} (evaluation) "
+                     f"— stopping; the last good weights stay in {self.weights_path}")
+        record = {self.unit: step, **record, "seconds": round(self.timer.seconds(), 2)}
         self.timer = Timer(self.timer.device)
         self.seconds += record["seconds"]
         self.history.append(record)
-        print(summary_line(record[self.unit], self.total, record["seconds"], unit=self.unit,
+        print(summary_line(step, self.total, record["seconds"], unit=self.unit,
                            **{k: v for k, v in record.items() if k not in (self.unit, "seconds")}),
               flush=True)  # progress reaches a log file as it happens
-        losses = [r[self.patience_key] for r in self.history if self.patience_key in r]
-        if self.patience_key in record and patience_exhausted(losses, self.args.patience):
-            print(f"stopping: the test loss has not improved for {self.args.patience} evaluations")
-            return True
-        return False
 
     def save(self, step, **extra):
-        """Write <stem>.ckpt (for --resume) and <stem>.pt (for --load) after `step`."""
+        """Write <stem>.ckpt (for --resume) and <stem>.pt (for --load) after `step`; `extra` (e.g.
+        sample snapshots a figure needs again after --load) is kept in run.extra and saved too."""
         self.extra.update(extra)
         shared = dict(args=vars(self.args), epoch=step, history=self.history,
                       seconds=self.seconds, **self.extra)
@@ -467,15 +474,13 @@ class Run:
                         optimizers={n: o.state_dict() for n, o in self.optimizers.items()}, **shared)
         save_checkpoint(self.weights_path, self.kind, models=models, **shared)
 
-    def end_epoch(self, epoch, record=None, losses=None, **extra):
-        """After an epoch: check the per-batch `losses` ({term: 1-D device tensor}), log `record`
-        (a dict of this epoch's numbers; None on an epoch without evaluation), save the two
-        files with `extra` (e.g. sample snapshots a figure needs again after --load). Returns
-        True when --patience says stop."""
+    def end_epoch(self, epoch, record=None, losses=None, patience_key="test_loss", **extra):
+        """TEMPORARY, while issue 24 converts the scripts: the four calls in one."""
         check_finite(epoch, self.weights_path, unit=self.unit, **(losses or {}))
-        stop = self.log({self.unit: epoch, **record}) if record is not None else False
+        if record is not None:
+            self.log(epoch, record)
         self.save(epoch, **extra)
-        return stop
+        return record is not None and stop_early(self.history, patience_key, self.args.patience)
 
 
 _RUN_KEYS = ("kind", "args", "epoch", "history", "seconds", "models", "optimizers", "rng")
@@ -522,6 +527,16 @@ def patience_exhausted(test_losses, patience):
     return min(test_losses[-patience:]) >= min(test_losses[:-patience])
 
 
+def stop_early(history, key, patience):
+    """--patience: True (and says why) when the number `key` of the history's records (those that
+    hold it: evaluations) has not improved on its best for `patience` evaluations; 0 = never."""
+    values = [record[key] for record in history if key in record]
+    if history and key in history[-1] and patience_exhausted(values, patience):
+        print(f"stopping: {key.replace('_', ' ')} has not improved for {patience} evaluations")
+        return True
+    return False
+
+
 def summary_line(epoch, epochs, seconds, unit="epoch", **values):
     """`epoch 3/50 | train loss 0.312 | test acc 0.912 | 4.2 s` (None values are left out)."""
     parts = [f"{unit} {epoch}/{epochs}"]
@@ -559,6 +574,39 @@ def out_dir(args):
     except OSError as error:
         fail(f"--out-dir {path} cannot be created ({error.strerror or type(error).__name__})")
     return path
+
+
+# Flags that do not change what a run computes: they stay out of its name.
+NOT_IN_NAME = ("device", "data_dir", "out_dir", "load", "resume", "deterministic")
+# Short tags of the shared flags in a run's name (a script adds its own, e.g. kl_weight → "kl").
+COMMON_TAGS = {"epochs": "e", "batch_size": "bs", "lr": "lr", "seed": "seed", "amp": "amp",
+               "patience": "patience", "limit": "limit"}
+
+
+def run_name(base, args, defaults, tags=None, skip=()):
+    """The name a run's files carry: `base` (the script and its variant, e.g. "vae_mlp"), then one
+    tag per flag whose value differs from `defaults` (the variant's parse_args([]) values), in the
+    order of the flags: vae_mlp_kl0.5, galaxy_vae_conv_e1_z32, lstm_tweets_h64. So a changed knob
+    writes beside the committed run, never over it, and the default command rewrites it (that is
+    reproduction). Flags of NOT_IN_NAME and `skip` (paths, flags already in `base`, sweep lists)
+    stay out. A tag is tags[flag] (COMMON_TAGS for the shared flags; the flag's own name
+    otherwise) followed by the value: a number as written by :g, a choice after a dash; a switch
+    is its tag when on, "no-" and its tag when a default-on switch is off."""
+    tags = {**COMMON_TAGS, **(tags or {})}
+    parts = [base]
+    for flag, value in vars(args).items():
+        if flag in NOT_IN_NAME or flag in skip or value == defaults.get(flag, value):
+            continue
+        tag = tags.get(flag, flag.replace("_", "-"))
+        if isinstance(value, bool):
+            parts.append(tag if value else f"no-{tag}")
+        elif isinstance(value, (int, float)):
+            parts.append(f"{tag}{value:g}")
+        elif isinstance(value, str):
+            parts.append(f"{tag}-{value}" if tag else value)
+        else:  # a list (a sweep's values, several files): the script names it itself
+            raise ValueError(f"run_name: --{flag} holds {value!r}; skip it and name it in the script")
+    return "_".join(parts)
 
 
 def atomic_write(path, write):

@@ -219,21 +219,24 @@ def evaluate(model, loss_terms, x, y, args, batch_size=1000):
 
 
 def fit(model, loss_terms, data, args, stem, generator, trainable):
-    """Minimise loss_terms(...)["total"] over the `trainable` parameters for args.epochs (or until
-    --patience says stop); the bookkeeping is common.Run's. Returns the Run."""
+    """Minimise loss_terms(...)["total"] over the `trainable` parameters for args.epochs, or until
+    the test total has not improved for --patience evaluations; <stem>.ckpt and <stem>.pt after
+    every epoch. Returns the Run."""
     (train_x, train_y), (test_x, test_y) = data
     optimizer = torch.optim.Adam(trainable, lr=args.lr)
-    run = common.Run(args, stem, stem.name, {"model": model}, {"optimizer": optimizer}, generator,
-                     patience_key="test_total")
+    run = common.Run(args, stem, stem.name, {"model": model}, {"optimizer": optimizer}, generator)
     for epoch in range(run.done + 1, args.epochs + 1):
         per_batch = train_epoch(model, loss_terms, optimizer, train_x, train_y, args,
                                 f"{stem.name} epoch {epoch}", generator)
+        common.check_finite(epoch, run.weights_path, **per_batch)
         record = {f"train_{k}": v.mean().item() for k, v in per_batch.items()}
         if epoch == 1 or epoch % args.eval_every == 0 or epoch == args.epochs:
             record["train_acc"] = evaluate(model, loss_terms, train_x, train_y, args)["acc"]
             record.update({f"test_{k}": v for k, v in
                            evaluate(model, loss_terms, test_x, test_y, args).items()})
-        if run.end_epoch(epoch, record, losses=per_batch):
+        run.log(epoch, record)
+        run.save(epoch)
+        if common.stop_early(run.history, "test_total", args.patience):
             break
     return run
 

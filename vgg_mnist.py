@@ -229,10 +229,10 @@ def train_step(model, optimizer, inputs, labels, args, device):
 
 
 def fit(model, train, test, args, device, generator, stem):
-    """Train for args.epochs (or until --patience runs out), recording the curves at the end of
-    every epoch and, with --eval-every-batches N, after every N minibatches of an epoch; a
-    checkpoint after every epoch. The bookkeeping (resume, checkpoint, log line, finite check)
-    is common.Run's. Returns the Run."""
+    """Train for args.epochs, or until the test loss has not improved for --patience records;
+    the curves recorded at the end of every epoch and, with --eval-every-batches N, after every N
+    minibatches of an epoch; <stem>.ckpt and <stem>.pt after every epoch (and where --patience
+    stops the run). Returns the Run."""
     optimizer = make_optimizer(model, args)
     run = common.Run(args, stem, KIND, {"model": model}, {"optimizer": optimizer}, generator)
     x, y = train
@@ -257,11 +257,15 @@ def fit(model, train, test, args, device, generator, stem):
                 common.check_finite(epoch, run.weights_path, cross_entropy=batch_losses[:i + 1])
                 record = measure(model, train, test, step, batch_losses[recorded:i + 1])
                 recorded = i + 1
-                if run.log({"epoch": epoch, **record}):
-                    run.save(epoch)  # --patience stopped the run within this epoch
+                run.log(epoch, record)
+                if common.stop_early(run.history, "test_loss", args.patience):
+                    run.save(epoch)  # stopped within this epoch
                     return run
+        common.check_finite(epoch, run.weights_path, cross_entropy=batch_losses)
         record = measure(model, train, test, step, batch_losses[recorded:])
-        if run.end_epoch(epoch, record, losses={"cross_entropy": batch_losses}):
+        run.log(epoch, record)
+        run.save(epoch)
+        if common.stop_early(run.history, "test_loss", args.patience):
             break
     return run
 

@@ -104,7 +104,7 @@ def cnn_weights(synthetic_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("cnn")
     cnn.main(["--data-dir", str(synthetic_data), "--out-dir", str(out), *DEVICE_FLAGS,
               "--epochs", "2", "--limit", "256"])
-    return out / "cnn.pt"
+    return out / "cnn_e2_limit256.pt"  # named after its knobs (common.run_name)
 
 
 class NoHostTensors(TorchDispatchMode):

@@ -12,13 +12,17 @@ import common
 from conftest import DEVICE_FLAGS, assert_one_line_error, guard_host_copies, record_gradients, run_script
 
 
+RUN = "cnn_e2_limit256"  # quick_args' run: its name carries the knobs that differ from the defaults
+
+
 def quick_args(data_dir, out_dir, *extra):
     return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), *DEVICE_FLAGS,
             "--epochs", "2", "--limit", "256", *map(str, extra)]
 
 
 def metrics(out_dir):
-    return json.loads((out_dir / "cnn_metrics.json").read_text())
+    (path,) = out_dir.glob("cnn*_metrics.json")  # the one run in out_dir, whatever its knobs
+    return json.loads(path.read_text())
 
 
 def without_times(history):
@@ -195,18 +199,31 @@ def test_joint_recipe_takes_plain_adam_steps_at_a_fixed_rate():
 def test_smoke_run_then_load_repeats_the_numbers(synthetic_data, tmp_path):
     trained = tmp_path / "trained"
     cnn.main(quick_args(synthetic_data, trained))
-    for name in ("cnn_accuracy.png", "cnn_loss.png", "cnn.pt", "cnn_metrics.json"):
-        assert (trained / name).is_file(), name
+    for name in ("accuracy.png", "loss.png", "metrics.json"):
+        assert (trained / f"{RUN}_{name}").is_file(), name
+    assert (trained / f"{RUN}.pt").is_file() and (trained / f"{RUN}.ckpt").is_file()
     first = metrics(trained)
     assert [r["epoch"] for r in first["history"]] == [1, 2]
     assert first["final"]["test_acc"] > 0.3  # synthetic classes are easy: clearly above 0.1
 
     reloaded = tmp_path / "reloaded"
-    cnn.main(quick_args(synthetic_data, reloaded, "--load", trained / "cnn.pt"))
-    assert (reloaded / "cnn_accuracy.png").is_file() and not (reloaded / "cnn.pt").exists()
+    cnn.main(quick_args(synthetic_data, reloaded, "--load", trained / f"{RUN}.pt"))
+    assert (reloaded / f"{RUN}_accuracy.png").is_file()  # --load keeps the file's own name
+    assert not list(reloaded.glob("*.pt"))
     again = metrics(reloaded)
     assert again["final"] == first["final"]
     assert again["history"] == first["history"]
+
+
+def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
+    """The default command keeps the committed name (reproduction); a changed knob writes beside
+    it; flags that do not change the result stay out; --load keeps the loaded file's name."""
+    name = lambda *flags: cnn.run_name(cnn.parse_args(list(flags)))
+    assert name() == name("--device", "cpu", "--out-dir", "elsewhere", "--data-dir", "x") == "cnn"
+    assert name("--lr", "3e-3", "--epochs", "1", "--limit", "2000") == "cnn_e1_lr0.003_limit2000"
+    assert name("--no-augment", "--weight-decay", "0", "--schedule", "constant") == "cnn_wd0_no-augment_constant"
+    assert name("--lr", "2e-3") == "cnn"  # the default's value, spelled out
+    assert name("--load", "runs/cnn_e5.pt", "--epochs", "9") == "cnn_e5"
 
 
 def test_same_seed_gives_identical_metrics(synthetic_data, tmp_path):
@@ -232,7 +249,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         cnn.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3"))
     monkeypatch.undo()
-    assert common.load_checkpoint(tmp_path / "split" / "cnn.pt", "cnn")["epoch"] == 2
+    assert common.load_checkpoint(tmp_path / "split" / "cnn_e3_limit256.pt", "cnn")["epoch"] == 2
     cnn.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", "--resume"))
 
     whole, split = metrics(tmp_path / "whole"), metrics(tmp_path / "split")
@@ -251,7 +268,7 @@ def test_nan_loss_stops_with_epoch_and_batch(synthetic_data, tmp_path, monkeypat
     monkeypatch.setattr(cnn, "classification_loss", lambda logits, labels: logits.sum() * float("nan"))
     with pytest.raises(SystemExit, match="cross_entropy loss became nan at epoch 1, batch 1"):
         cnn.main(quick_args(synthetic_data, tmp_path))
-    assert not (tmp_path / "cnn.pt").exists()  # nothing non-finite was saved
+    assert not list(tmp_path.glob("*.pt"))  # nothing non-finite was saved
 
 
 # --- devices, proven on PyTorch's meta device (shapes without values) ---------------------------

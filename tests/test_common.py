@@ -208,6 +208,18 @@ def test_patience(losses, patience, stop):
     assert common.patience_exhausted(losses, patience) is stop
 
 
+def test_stop_early_watches_the_named_number_of_the_evaluations(capsys):
+    """Records without the number (epochs without evaluation) neither count nor stop; the line
+    printed names the number watched."""
+    history = [{"epoch": 1, "test_total": 3.0}, {"epoch": 2}, {"epoch": 3, "test_total": 3.5,
+                                                               "test_loss": 0.1}]
+    assert not common.stop_early(history[:2], "test_total", 1)  # the last record has no test_total
+    assert common.stop_early(history, "test_total", 1)
+    assert "test total has not improved for 1 evaluations" in capsys.readouterr().out
+    assert not common.stop_early(history, "test_total", 0)  # 0 = never
+    assert not common.stop_early(history, "test_loss", 1)   # one value: nothing to compare with
+
+
 def test_check_finite_names_epoch_batch_and_term():
     common.check_finite(1, recon=torch.tensor([1.0, 2.0]))  # finite: nothing happens
     with pytest.raises(SystemExit) as stop:
@@ -268,8 +280,9 @@ def toy_fit(args, stem, stop_after=None):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        run.end_epoch(epoch, {"train_loss": loss.item(), "test_loss": loss.item()},
-                      losses={"mse": loss.detach()[None]}, note=f"after {epoch}")
+        common.check_finite(epoch, run.weights_path, mse=loss.detach()[None])
+        run.log(epoch, {"train_loss": loss.item(), "test_loss": loss.item()})
+        run.save(epoch, note=f"after {epoch}")
         if epoch == stop_after:
             break
     return run, model
@@ -302,7 +315,7 @@ def test_a_nan_in_evaluation_stops_before_saving(tmp_path):
     run = common.Run(args, tmp_path / "toy", "toy", {"model": torch.nn.Linear(1, 1)}, {},
                      torch.Generator())
     with pytest.raises(SystemExit) as stop:
-        run.end_epoch(2, {"train_loss": 0.5, "test_loss": float("nan")})
+        run.log(2, {"train_loss": 0.5, "test_loss": float("nan")})
     assert "test loss became nan at epoch 2 (evaluation)" in str(stop.value)
     assert not (tmp_path / "toy.pt").exists()
 
