@@ -253,8 +253,8 @@ def train_step(model, optimizer, codes, lengths, labels, class_weights, args, de
 def fit(model, train, train_sample, test, args, device, generator, out):
     """args.iterations minibatches, drawn in shuffled passes over the training tweets; every
     --eval-every iterations the accuracies and losses are recorded and a checkpoint is written,
-    with the current pass's order and position, so --resume continues the same stream. The
-    bookkeeping (resume, checkpoint, log line, finite check) is common.Run's. Returns the Run."""
+    with the current pass's order and position, so --resume continues the same stream; stops
+    early when the test loss has not improved for --patience evaluations. Returns the Run."""
     optimizer = make_optimizer(model, args)
     run = common.Run(args, out / KIND, KIND, {"model": model}, {"optimizer": optimizer}, generator,
                      unit="iteration", total=args.iterations)
@@ -283,8 +283,10 @@ def fit(model, train, train_sample, test, args, device, generator, out):
             for name, split in (("train", train_sample), ("test", test)):
                 record.update({f"{name}_{k}": v for k, v in evaluate(model, split).items()})
             start = iteration
-            if run.end_epoch(iteration, record, losses={"nll": since}, order=order.int(),
-                             position=position):
+            common.check_finite(iteration, run.weights_path, unit="iteration", nll=since)
+            run.log(iteration, record)
+            run.save(iteration, order=order.int(), position=position)  # where --resume goes on
+            if common.stop_early(run.history, "test_loss", args.patience):
                 break
     return run
 
