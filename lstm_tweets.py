@@ -74,6 +74,7 @@ def parse_args(argv=None):
     parser = common.make_parser(__doc__.splitlines()[0])
     common.add_common_args(parser, epochs=None, batch_size=32, lr=1e-4, epochs_flag=False,
                            data_help="folder holding tweets_train.csv and tweets_test.csv")
+    parser.add_argument("--hidden", type=common.positive_int, default=128, help="LSTM hidden size")
     parser.add_argument("--iterations", type=common.positive_int, default=100_000,
                         help="minibatches to train on (the LSTM counts these, not epochs)")
     parser.add_argument("--eval-every", type=common.positive_int, default=1000,
@@ -101,7 +102,6 @@ def parse_args(argv=None):
     parser.add_argument("--class-weighted", action="store_true",
                         help="weight each tweet's loss by N / (2 N_class) of the training set, so "
                              "both classes count alike (default off: the assignment's plain NLL)")
-    parser.add_argument("--hidden", type=common.positive_int, default=128, help="LSTM hidden size")
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
                         help="Adam, or plain SGD (the assignment allows either)")
     args = parser.parse_args(argv)
@@ -250,13 +250,13 @@ def train_step(model, optimizer, codes, lengths, labels, class_weights, args, de
     return loss.detach()
 
 
-def fit(model, train, train_sample, test, args, device, generator, out):
+def fit(model, train, train_sample, test, args, device, generator, stem):
     """args.iterations minibatches, drawn in shuffled passes over the training tweets; every
     --eval-every iterations the accuracies and losses are recorded and a checkpoint is written,
     with the current pass's order and position, so --resume continues the same stream; stops
     early when the test loss has not improved for --patience evaluations. Returns the Run."""
     optimizer = make_optimizer(model, args)
-    run = common.Run(args, out / KIND, KIND, {"model": model}, {"optimizer": optimizer}, generator,
+    run = common.Run(args, stem, KIND, {"model": model}, {"optimizer": optimizer}, generator,
                      unit="iteration", total=args.iterations)
     n = len(train[2])
     class_weights = inverse_frequency(train[2]) if args.class_weighted else None
@@ -289,6 +289,22 @@ def fit(model, train, train_sample, test, args, device, generator, out):
             if common.stop_early(run.history, "test_loss", args.patience):
                 break
     return run
+
+
+# The flags' short tags in a run's name; the data files and their columns stay out of it.
+NAME_TAGS = {"hidden": "h", "iterations": "it", "eval_every": "eval", "max_len": "maxlen",
+             "train_sample": "sample", "bucket": "bucket", "class_weighted": "weighted",
+             "optimizer": ""}
+DATA_FLAGS = ("train_csv", "test_csv", "text_column", "label_column")
+
+
+def run_name(args):
+    """What this run's files are called: with --load, the loaded file's own name; otherwise
+    "lstm_tweets" plus every knob that differs from the defaults (lstm_tweets_h64,
+    lstm_tweets_lr0.001_it30000_weighted): a quick edit writes beside the committed run."""
+    if args.load:
+        return Path(args.load).stem
+    return common.run_name(KIND, args, vars(parse_args([])), NAME_TAGS, skip=DATA_FLAGS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -605,7 +621,7 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
-    out = common.out_dir(args)
+    out, name = common.out_dir(args), run_name(args)
     checkpoint = common.load_checkpoint(args.load, KIND) if args.load else None
     if checkpoint:  # read first: a wrong file fails at once, and its run's flags decide the model
         common.use_run_args(args, checkpoint, RUN_ARGS, args.load)
@@ -616,16 +632,16 @@ def main(argv=None):
     if args.load:
         run = common.load_run(args.load, KIND, {"model": model}, unit="iteration", checkpoint=checkpoint)
     else:
-        run = fit(model, train, train_sample, test, args, device, generator, out)
+        run = fit(model, train, train_sample, test, args, device, generator, out / name)
     final = {"iterations": run.history[-1]["iteration"], "train_tweets": len(train[2]),
              "test_tweets": len(test[2]), "train_sample": len(train_sample[2])}
-    for name, split in (("train", train_sample), ("train_all", train), ("test", test)):
-        final.update({f"{name}_{k}": v for k, v in evaluate(model, split).items()})
+    for prefix, split in (("train", train_sample), ("train_all", train), ("test", test)):
+        final.update({f"{prefix}_{k}": v for k, v in evaluate(model, split).items()})
     majority = int(train[2].float().mean().item() >= 0.5)  # the training set's majority class
     final["test_majority_class_acc"] = (test[2] == majority).float().mean().item()
-    plot_history(run.history, args, out / f"{KIND}_curves.png")
-    common.save_metrics(out / f"{KIND}_metrics.json", args, device, run.seconds, run.history, final,
-                        weights=str(args.load or out / f"{KIND}.pt"), trained_with=run.trained_with,
+    plot_history(run.history, args, out / f"{name}_curves.png")
+    common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history, final,
+                        weights=str(args.load or out / f"{name}.pt"), trained_with=run.trained_with,
                         reading={"train": train_counts, "test": test_counts})
     print(f"final: train acc {final['train_acc']:.4f} ({len(train_sample[2])} tweets), "
           f"{final['train_all_acc']:.4f} (all {len(train[2])}) | test acc "
