@@ -1,4 +1,7 @@
-"""lstm_tweets.py: every tweet-file layout, what real files do wrong, the model, runs, --load."""
+"""lstm_tweets.py: every tweet-file layout, what real files do wrong, the model, runs, --load.
+
+The tweet-file readers live in common.py (read_tweet_csv, report, read_tweet_files: file formats
+are data loading); their tests stay here, calling common.X, beside the script that reads tweets."""
 import csv
 import io
 import json
@@ -25,7 +28,7 @@ def write(path, rows, bom=False, newline="\n"):
 
 
 def read(path, **columns):
-    return lstm_tweets.read_tweet_csv(path, columns.get("text"), columns.get("label"))
+    return common.read_tweet_csv(path, columns.get("text"), columns.get("label"))
 
 
 # --- every layout, with the expected row count -------------------------------------------------
@@ -103,7 +106,7 @@ def test_an_unbalanced_quote_loses_no_following_line(tmp_path):
     assert tweets.texts[3] == '"omg i cant believe it' and tweets.labels[3] == 1
     assert tweets.texts[4:] == TWEETS[3:] and tweets.labels[4:] == LABELS[3:]
     assert tweets.split_at_commas == [4, 8]  # 8: "best coffee, ever,1", a comma left unquoted
-    assert "unbalanced quote" in lstm_tweets.report(path, tweets)
+    assert "unbalanced quote" in common.report(path, tweets)
 
 
 def test_commas_inside_an_unquoted_tweet(tmp_path):
@@ -122,7 +125,7 @@ def test_bad_label_rows_are_counted_reported_and_skipped(tmp_path):
     assert tweets.texts == TWEETS and tweets.labels == LABELS
     assert tweets.problems == {"blank line": [5], "missing label (too few columns)": [3],
                                "label not 0/1 ('maybe' x1)": [4], "empty tweet": [6]}
-    text = lstm_tweets.report(path, tweets)
+    text = common.report(path, tweets)
     assert "8 tweets from 13 lines" in text
     assert "skipped 1 line: label not 0/1 ('maybe' x1) (line 4)" in text
 
@@ -423,7 +426,7 @@ def test_semeval_tsv_with_every_quirk_counted(tmp_path):
                             "a stray trailing tab (an empty extra field)": [4, 6]}
     codes, lengths, counts = lstm_tweets.encode(tweets.texts, 280)
     assert counts["non_ascii_tweets"] == 1 and codes[0, 1].item() == lstm_tweets.PLACEHOLDER
-    assert "SemEval layout" in lstm_tweets.report(path, tweets)
+    assert "SemEval layout" in common.report(path, tweets)
 
 
 def test_several_training_files_are_joined_in_order(tmp_path, capsys):
@@ -511,7 +514,7 @@ def test_class_weighted_trains_with_the_training_sets_inverse_frequencies(tweet_
     monkeypatch.setattr(lstm_tweets, "nll_loss", recording)
     lstm_tweets.main(quick_args(tweet_files, tmp_path / "weighted", "--class-weighted",
                                 "--iterations", "3", "--eval-every", "3"))
-    labels = torch.tensor(lstm_tweets.read_tweet_csv(tweet_files[0]).labels)
+    labels = torch.tensor(common.read_tweet_csv(tweet_files[0]).labels)
     counts = torch.bincount(labels, minlength=2).tolist()
     expected = [len(labels) / (2 * counts[0]), len(labels) / (2 * counts[1])]
     assert len(seen) == 3 and all(w == pytest.approx(expected) for w in seen)
