@@ -12,15 +12,19 @@ figures.
 """
 import argparse
 import contextlib
+import csv
 import json
 import math
 import os
 import platform
 import random
+import re
 import struct
 import sys
 import textwrap
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -398,7 +402,269 @@ def set_lr(optimizer, lr):
 # ----------------------------------------------------------------------------------------------
 # Data: tweet files (lstm_tweets.py)
 # ----------------------------------------------------------------------------------------------
-# (issue 24: the tweet-file layouts move here)
+# Every line of a tweet file is read on its own, so an unbalanced quote inside a tweet can never
+# swallow the lines after it; every line becomes one tweet or a counted, reported problem. The
+# layouts, detected and said when read: text and label with a header (either order: the names tell
+# which is which); two columns without a header (the label column is the one holding labels);
+# Sentiment140's six columns target,id,date,flag,user,text (labels 0/4; its test file's neutral 2s
+# are reported and skipped); ItemID,Sentiment,SentimentSource,SentimentText; SemEval-2017 task
+# 4A's tab-separated id<TAB>label<TAB>text (neutral rows skipped and counted, literal \uXXXX
+# escapes decoded, a stray trailing tab counted). Labels 0/1, 0/4 or negative/positive. UTF-8 with
+# or without a byte-order mark, LF or CRLF line ends. A script's --text-column / --label-column
+# override the detection (a header name or a 0-based position).
+TEXT_NAMES = ("text", "tweet", "sentimenttext", "content", "message")  # header names, by priority
+LABEL_NAMES = ("label", "sentiment", "target", "polarity", "class")
+LABEL_SCHEMES = {"0/1": {"0": 0, "1": 1}, "0/4": {"0": 0, "4": 1},
+                 "negative/positive": {"negative": 0, "positive": 1}}
+SHOWN_LINES = 5       # how many line numbers a report names for each kind of problem
+
+
+@dataclass
+class TweetFile:
+    """What read_tweet_csv found: the tweets, and an account of every line that is not one."""
+    texts: list
+    labels: list
+    layout: str                                   # which layout was detected, in words
+    problems: dict = field(default_factory=dict)  # reason -> line numbers of skipped lines
+    split_at_commas: list = field(default_factory=list)  # lines csv could not split (parse_line)
+    lines: int = 0                                # lines in the file
+    notes: dict = field(default_factory=dict)     # quirk -> line numbers of tweets read despite it
+
+
+def normalise(value):
+    return value.strip().strip('"').strip().lower()
+
+
+def parse_line(line, n_columns, text_column):
+    """The fields of one line, and whether they had to be cut at the outer commas.
+
+    csv reads the line on its own, so a quote can never reach into the next line. When that gives
+    the wrong number of fields (a quote left open inside a tweet, or a comma in an unquoted
+    tweet), every column but the text is short and comma-free: the commas before and after the
+    text column separate them, and the text is everything in between. Returns None when the
+    line has too few commas to hold all columns."""
+    fields = next(csv.reader([line]), [])
+    if len(fields) == n_columns:
+        return fields, False
+    parts = line.split(",")
+    if len(parts) < n_columns:
+        return None
+    after = n_columns - text_column - 1
+    end = len(parts) - after
+    text = ",".join(parts[text_column:end])
+    if len(text) >= 2 and text.startswith('"') and text.endswith('"'):
+        text = text[1:-1].replace('""', '"')  # a properly quoted field; a lone quote is the tweet's
+    return [p.strip('"') for p in parts[:text_column]] + [text] + [p.strip('"') for p in parts[end:]], True
+
+
+def column_index(choice, header, n_columns, flag):
+    """--text-column / --label-column as a position: a 0-based number or a header name."""
+    if choice.isdigit():
+        if int(choice) >= n_columns:
+            fail(f"{flag} {choice}: the file has {n_columns} columns (0 to {n_columns - 1})")
+        return int(choice)
+    names = [normalise(name) for name in header or []]
+    if normalise(choice) not in names:
+        fail(f"{flag} {choice!r}: no such column in the header "
+                    f"({', '.join(header) if header else 'the file has no header'})")
+    return names.index(normalise(choice))
+
+
+def label_scheme(values):
+    """Which label scheme these (normalised) label values follow: 0/1, 0/4 or negative/positive;
+    decided by the majority, so a few odd labels are reported instead of changing the scheme."""
+    counts = Counter(values)
+    words = counts["negative"] + counts["positive"]
+    digits = counts["0"] + counts["1"] + counts["4"]
+    if words > digits:
+        return "negative/positive"
+    return "0/4" if counts["4"] > counts["1"] else "0/1"
+
+
+def detect_layout(rows, text_column=None, label_column=None, path=""):
+    """(header or None, n_columns, text column, label column, description) from the first rows
+    (each a list of fields as csv parsed its line)."""
+    n_columns = Counter(len(r) for r in rows).most_common(1)[0][0]
+    names = [normalise(v) for v in rows[0]]
+    named = [normalise(c) for c in (text_column, label_column) if c and not c.isdigit()]
+    known = any(n in TEXT_NAMES + LABEL_NAMES for n in names)
+    header = rows[0] if known or (named and all(n in names for n in named)) else None
+    data = rows[1:] if header else rows
+    if header:
+        n_columns = len(header)
+        guess_text = next((names.index(n) for n in TEXT_NAMES if n in names), None)
+        guess_label = next((names.index(n) for n in LABEL_NAMES if n in names), None)
+        shape = f"header {','.join(header)}"
+    elif n_columns == 6:
+        guess_text, guess_label, shape = 5, 0, "Sentiment140 layout (target,id,date,flag,user,text; no header)"
+    elif n_columns == 4:
+        guess_text, guess_label, shape = 3, 1, "ItemID,Sentiment,SentimentSource,SentimentText (no header)"
+    else:
+        valid = set().union(*LABEL_SCHEMES.values())
+        looks_like_label = [sum(len(r) == n_columns and normalise(r[c]) in valid for r in data)
+                            for c in range(n_columns)]
+        guess_label = max(reversed(range(n_columns)), key=lambda c: looks_like_label[c])
+        lengths = [sum(len(r[c]) for r in data if len(r) == n_columns) for c in range(n_columns)]
+        guess_text = max((c for c in range(n_columns) if c != guess_label), key=lengths.__getitem__,
+                         default=None)
+        shape = f"{n_columns} columns, no header"
+    text = guess_text if text_column is None else column_index(text_column, header, n_columns, "--text-column")
+    label = guess_label if label_column is None else column_index(label_column, header, n_columns, "--label-column")
+    if text is None or label is None or text == label:
+        fail(f"{path}: cannot tell which column holds the tweet and which the label "
+                    f"({shape}); name them with --text-column and --label-column")
+    return header, n_columns, text, label, f"{shape}: text in column {text}, label in column {label}"
+
+
+def read_tweet_csv(path, text_column=None, label_column=None):
+    """Read one tweet file, whatever its layout (the comment above), line by line: every line
+    becomes one tweet or one counted problem (blank line, missing label, label outside the
+    scheme, empty tweet). A file with no tweet at all is an error."""
+    path = Path(path)
+    if not path.exists():
+        fail(f"no tweet file at {path}: get Sentiment140 (http://help.sentiment140.com/"
+                    "for-students) or the course's tweets_train.csv / tweets_test.csv and pass "
+                    "--train-csv and --test-csv (or --data-dir)")
+    if path.is_dir():
+        fail(f"{path} is a folder, not a tweet file (--train-csv and --test-csv name files)")
+    data = path.read_bytes()
+    if b"\x00" in data[:4096]:  # text never holds NUL; binary files almost always do
+        fail(f"{path} is a binary file, not a text file of tweets")
+    text = data.decode("utf-8-sig", errors="replace")  # drops a byte-order mark
+    lines = [line.removesuffix("\r") for line in text.split("\n")]  # LF or CRLF
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line starts no new one
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    if not numbered:
+        fail(f"{path} holds no tweets (it is empty)")
+    if looks_like_semeval(numbered[:1000]):
+        return read_semeval_tsv(path, numbered, lines)
+    first_rows = [next(csv.reader([line]), []) for _, line in numbered[:1000]]
+    header, n_columns, text_at, label_at, layout = detect_layout(first_rows, text_column,
+                                                                 label_column, path)
+    if header:
+        numbered = numbered[1:]
+    problems = {}
+    blank = [n for n, line in enumerate(lines, start=1) if not line.strip()]
+    if blank:
+        problems["blank line"] = blank
+    parsed, split_at_commas = [], []
+    for n, line in numbered:
+        result = parse_line(line, n_columns, text_at)
+        if result is None:
+            problems.setdefault("missing label (too few columns)", []).append(n)
+            continue
+        fields, was_split = result
+        if was_split:
+            split_at_commas.append(n)
+        parsed.append((n, fields[text_at], normalise(fields[label_at])))
+    scheme = label_scheme([label for _, _, label in parsed])
+    mapping = LABEL_SCHEMES[scheme]
+    texts, labels, bad_lines, bad_values = [], [], [], Counter()
+    for n, tweet, label in parsed:
+        if label not in mapping:
+            bad_lines.append(n)
+            bad_values[label] += 1
+        elif not tweet:
+            problems.setdefault("empty tweet", []).append(n)
+        else:
+            texts.append(tweet)
+            labels.append(mapping[label])
+    if bad_lines:
+        seen = ", ".join(f"{value!r} x{count}" for value, count in bad_values.most_common(3))
+        problems[f"label not {scheme} ({seen})"] = bad_lines
+    if not texts:
+        fail(f"{path}: no line holds a tweet with a {scheme} label ({layout})")
+    return TweetFile(texts, labels, f"{layout}; labels {scheme}", problems, split_at_commas,
+                     len(lines))
+
+
+SEMEVAL_LABELS = {"negative": 0, "positive": 1}  # "neutral" rows are skipped and counted
+ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")  # a literal \u2019 written into the text
+
+
+def looks_like_semeval(numbered):
+    """SemEval-2017 task 4A's layout: id<TAB>label<TAB>text, no header, labels
+    positive/negative/neutral (true of most of the first lines)."""
+    rows = [line.split("\t") for _, line in numbered]
+    return sum(len(r) >= 3 and normalise(r[1]) in ("positive", "negative", "neutral") for r in rows) > len(rows) / 2
+
+
+def read_semeval_tsv(path, numbered, lines):
+    """Tab-separated tweets as SemEval publishes them, quirks included: no CSV quoting (a double
+    quote opening a text is the tweet's own); a stray trailing tab is an empty extra field (the
+    tweet is read, the line counted); literal \\uXXXX escapes become the character they name
+    (then the script's rule for characters outside ASCII); neutral rows are skipped and counted."""
+    texts, labels, problems, notes = [], [], {}, {}
+    blank = [n for n, line in enumerate(lines, start=1) if not line.strip()]
+    if blank:
+        problems["blank line"] = blank
+    for n, line in numbered:
+        fields = line.split("\t")
+        if len(fields) < 3:
+            problems.setdefault("not id<TAB>label<TAB>text", []).append(n)
+            continue
+        label, extra = normalise(fields[1]), fields[3:]
+        if extra and not any(extra):
+            notes.setdefault("a stray trailing tab (an empty extra field)", []).append(n)
+        text = "\t".join([fields[2]] + [f for f in extra if f])  # a tab inside a tweet stays
+        if label == "neutral":
+            problems.setdefault("neutral (a positive/negative classifier skips them)", []).append(n)
+            continue
+        if label not in SEMEVAL_LABELS:
+            problems.setdefault("label not positive/negative/neutral", []).append(n)
+            continue
+        if ESCAPE.search(text):
+            notes.setdefault("literal \\uXXXX escapes, read as the characters they name", []).append(n)
+            text = ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+        if not text.strip():
+            problems.setdefault("empty tweet", []).append(n)
+            continue
+        texts.append(text)
+        labels.append(SEMEVAL_LABELS[label])
+    if not texts:
+        fail(f"{path}: no line holds a positive or negative tweet (SemEval layout "
+                    "id<TAB>label<TAB>text)")
+    return TweetFile(texts, labels, "SemEval layout (id<TAB>label<TAB>text, no header); labels "
+                     "negative/positive, neutral skipped", problems, [], len(lines), notes)
+
+
+def count(n, noun):
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def line_numbers(numbers):
+    more = " ..." if len(numbers) > SHOWN_LINES else ""
+    return f"line{'s' if len(numbers) > 1 else ''} " + ", ".join(map(str, numbers[:SHOWN_LINES])) + more
+
+
+def report(path, tweets):
+    """What was read and what was not, in a few lines for the log."""
+    lines = [f"{path}: {count(len(tweets.texts), 'tweet')} from {count(tweets.lines, 'line')}; "
+             f"{tweets.layout}"]
+    for reason, numbers in tweets.problems.items():
+        lines.append(f"  skipped {count(len(numbers), 'line')}: {reason} ({line_numbers(numbers)})")
+    if tweets.split_at_commas:
+        lines.append(f"  {count(len(tweets.split_at_commas), 'line')} with an unbalanced quote or "
+                     f"an unquoted comma, read by cutting at the outer commas "
+                     f"({line_numbers(tweets.split_at_commas)})")
+    for quirk, numbers in tweets.notes.items():
+        lines.append(f"  {count(len(numbers), 'line')} with {quirk} ({line_numbers(numbers)})")
+    return "\n".join(lines)
+
+
+def read_tweet_files(paths, text_column=None, label_column=None):
+    """Tweet files read one by one (read_tweet_csv), each one's report printed as it is read,
+    joined in the order given: (texts, labels)."""
+    texts, labels = [], []
+    for path in paths:
+        tweets = read_tweet_csv(path, text_column, label_column)
+        print(report(path, tweets))
+        texts.extend(tweets.texts)
+        labels.extend(tweets.labels)
+    if len(paths) > 1:
+        print(f"  {count(len(texts), 'tweet')} from {len(paths)} files")
+    return texts, labels
 
 
 # ----------------------------------------------------------------------------------------------

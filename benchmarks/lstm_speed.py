@@ -79,7 +79,8 @@ def main(argv=None):
         lstm_tweets.main(["--train-csv", str(train), "--test-csv", str(test), "--out-dir",
                           str(folder / "out"), "--device", device.type, "--iterations",
                           str(args.iterations), "--eval-every", str(args.iterations)])
-        metrics = json.loads((folder / "out" / "lstm_tweets_metrics.json").read_text())
+        (path,) = (folder / "out").glob("lstm_tweets*_metrics.json")  # named after its knobs
+        metrics = json.loads(path.read_text())
         seconds = metrics["wall_seconds"]
         split, _ = lstm_tweets.load_split([train], lstm_tweets.parse_args(["--train-csv", str(train)]),
                                           device)

@@ -1,4 +1,7 @@
-"""lstm_tweets.py: every tweet-file layout, what real files do wrong, the model, runs, --load."""
+"""lstm_tweets.py: every tweet-file layout, what real files do wrong, the model, runs, --load.
+
+The tweet-file readers live in common.py (read_tweet_csv, report, read_tweet_files: file formats
+are data loading); their tests stay here, calling common.X, beside the script that reads tweets."""
 import csv
 import io
 import json
@@ -25,7 +28,7 @@ def write(path, rows, bom=False, newline="\n"):
 
 
 def read(path, **columns):
-    return lstm_tweets.read_tweet_csv(path, columns.get("text"), columns.get("label"))
+    return common.read_tweet_csv(path, columns.get("text"), columns.get("label"))
 
 
 # --- every layout, with the expected row count -------------------------------------------------
@@ -103,7 +106,7 @@ def test_an_unbalanced_quote_loses_no_following_line(tmp_path):
     assert tweets.texts[3] == '"omg i cant believe it' and tweets.labels[3] == 1
     assert tweets.texts[4:] == TWEETS[3:] and tweets.labels[4:] == LABELS[3:]
     assert tweets.split_at_commas == [4, 8]  # 8: "best coffee, ever,1", a comma left unquoted
-    assert "unbalanced quote" in lstm_tweets.report(path, tweets)
+    assert "unbalanced quote" in common.report(path, tweets)
 
 
 def test_commas_inside_an_unquoted_tweet(tmp_path):
@@ -122,7 +125,7 @@ def test_bad_label_rows_are_counted_reported_and_skipped(tmp_path):
     assert tweets.texts == TWEETS and tweets.labels == LABELS
     assert tweets.problems == {"blank line": [5], "missing label (too few columns)": [3],
                                "label not 0/1 ('maybe' x1)": [4], "empty tweet": [6]}
-    text = lstm_tweets.report(path, tweets)
+    text = common.report(path, tweets)
     assert "8 tweets from 13 lines" in text
     assert "skipped 1 line: label not 0/1 ('maybe' x1) (line 4)" in text
 
@@ -287,8 +290,12 @@ def quick_args(files, out_dir, *extra):
             "--train-sample", "64", *map(str, extra)]
 
 
+RUN = "lstm_tweets_lr0.01_it150_eval50_sample64"  # quick_args' run, named after its knobs
+
+
 def metrics(out_dir):
-    return json.loads((out_dir / "lstm_tweets_metrics.json").read_text())
+    (path,) = out_dir.glob("lstm_tweets*_metrics.json")  # the one run in out_dir, whatever its knobs
+    return json.loads(path.read_text())
 
 
 def without_times(history):
@@ -298,8 +305,8 @@ def without_times(history):
 def test_smoke_run_learns_then_load_repeats_the_numbers(tweet_files, tmp_path):
     trained = tmp_path / "trained"
     lstm_tweets.main(quick_args(tweet_files, trained))
-    for name in ("lstm_tweets_curves.png", "lstm_tweets.pt", "lstm_tweets.ckpt", "lstm_tweets_metrics.json"):
-        assert (trained / name).is_file(), name
+    for name in ("_curves.png", ".pt", ".ckpt", "_metrics.json"):
+        assert (trained / f"{RUN}{name}").is_file(), name
     first = metrics(trained)
     assert [r["iteration"] for r in first["history"]] == [50, 100, 150]
     assert first["final"]["test_tweets"] == 100 and first["final"]["train_sample"] == 64
@@ -310,10 +317,29 @@ def test_smoke_run_learns_then_load_repeats_the_numbers(tweet_files, tmp_path):
         assert final[f"{split}_balanced_acc"] == pytest.approx(sum(recalls) / 2)
 
     reloaded = tmp_path / "reloaded"
-    lstm_tweets.main(quick_args(tweet_files, reloaded, "--load", trained / "lstm_tweets.pt"))
-    assert not (reloaded / "lstm_tweets.pt").exists()
+    lstm_tweets.main(quick_args(tweet_files, reloaded, "--load", trained / f"{RUN}.pt"))
+    assert (reloaded / f"{RUN}_curves.png").is_file()  # --load keeps the file's own name
+    assert not list(reloaded.glob("*.pt"))
     again = metrics(reloaded)
     assert again["final"] == first["final"] and again["history"] == first["history"]
+
+
+def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
+    """The default command keeps the committed name (reproduction); a changed knob writes beside
+    it; flags that do not change the result, the data files and their columns stay out; --load
+    keeps the loaded file's name."""
+    name = lambda *flags: lstm_tweets.run_name(lstm_tweets.parse_args(list(flags)))
+    semeval = ["--train-csv", "a.tsv", "b.tsv", "--test-csv", "c.txt"]
+    assert name() == name(*semeval, "--device", "cpu", "--out-dir", "elsewhere", "--data-dir", "x",
+                          "--text-column", "body", "--label-column", "1") == "lstm_tweets"
+    assert name(*semeval, "--hidden", "64", "--iterations", "200", "--eval-every", "100") == \
+        "lstm_tweets_h64_it200_eval100"
+    assert name("--class-weighted", "--lr", "1e-3", "--iterations", "30000") == \
+        "lstm_tweets_lr0.001_it30000_weighted"
+    assert name("--optimizer", "sgd", "--bucket", "1", "--max-len", "140", "--train-sample", "500") \
+        == "lstm_tweets_maxlen140_sample500_bucket1_sgd"
+    assert name("--lr", "1e-4", "--hidden", "128") == "lstm_tweets"  # the defaults, spelled out
+    assert name("--load", "runs/lstm_tweets_h64.pt", "--hidden", "32") == "lstm_tweets_h64"
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tweet_files, tmp_path, monkeypatch):
@@ -330,7 +356,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tweet_files, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         lstm_tweets.main(quick_args(tweet_files, tmp_path / "split"))
     monkeypatch.undo()
-    saved = common.load_checkpoint(tmp_path / "split" / "lstm_tweets.ckpt", "lstm_tweets")
+    saved = common.load_checkpoint(tmp_path / "split" / f"{RUN}.ckpt", "lstm_tweets")
     assert saved["epoch"] == 100 and saved["position"] > 0  # the pass under way, and where in it
     lstm_tweets.main(quick_args(tweet_files, tmp_path / "split", "--resume"))
     whole, split = metrics(tmp_path / "whole"), metrics(tmp_path / "split")
@@ -347,7 +373,7 @@ def test_amp_trains_in_bfloat16_to_finite_losses(tweet_files, tmp_path):
 # --- bad input -----------------------------------------------------------------------------------
 def test_resume_without_a_checkpoint(tweet_files, tmp_path):
     result = run_script("lstm_tweets.py", *quick_args(tweet_files, tmp_path), "--resume")
-    assert_one_line_error(result, "--resume: no checkpoint at", "lstm_tweets.ckpt")
+    assert_one_line_error(result, "--resume: no checkpoint at", f"{RUN}.ckpt")
 
 
 def test_missing_tweet_files(tmp_path):
@@ -400,7 +426,7 @@ def test_semeval_tsv_with_every_quirk_counted(tmp_path):
                             "a stray trailing tab (an empty extra field)": [4, 6]}
     codes, lengths, counts = lstm_tweets.encode(tweets.texts, 280)
     assert counts["non_ascii_tweets"] == 1 and codes[0, 1].item() == lstm_tweets.PLACEHOLDER
-    assert "SemEval layout" in lstm_tweets.report(path, tweets)
+    assert "SemEval layout" in common.report(path, tweets)
 
 
 def test_several_training_files_are_joined_in_order(tmp_path, capsys):
@@ -488,7 +514,7 @@ def test_class_weighted_trains_with_the_training_sets_inverse_frequencies(tweet_
     monkeypatch.setattr(lstm_tweets, "nll_loss", recording)
     lstm_tweets.main(quick_args(tweet_files, tmp_path / "weighted", "--class-weighted",
                                 "--iterations", "3", "--eval-every", "3"))
-    labels = torch.tensor(lstm_tweets.read_tweet_csv(tweet_files[0]).labels)
+    labels = torch.tensor(common.read_tweet_csv(tweet_files[0]).labels)
     counts = torch.bincount(labels, minlength=2).tolist()
     expected = [len(labels) / (2 * counts[0]), len(labels) / (2 * counts[1])]
     assert len(seen) == 3 and all(w == pytest.approx(expected) for w in seen)
@@ -589,7 +615,7 @@ def test_fit_steps_through_whole_passes_of_bucketed_minibatches(tmp_path, monkey
     monkeypatch.setattr(lstm_tweets, "train_step", recording_step)
     train = (codes, lengths, labels)
     lstm_tweets.fit(lstm_tweets.CharLSTM(8), train, train, train, args, torch.device("cpu"),
-                    torch.Generator().manual_seed(5), tmp_path)
+                    torch.Generator().manual_seed(5), tmp_path / "run")
     assert len(steps) == 8
     for batch_codes, batch_lengths, batch_labels, class_weights in steps:
         tweet = batch_lengths - 1                                          # which tweets
