@@ -253,21 +253,25 @@ def evaluate_vae(model, x, args, batch_size=1000):
     return vae_loss(recon / len(x), kl / len(x), args.kl_weight)
 
 
-def fit_vae(model, data, args, stem, generator, fixed_noise):
-    """Train for args.epochs (or until --patience says stop); the bookkeeping is common.Run's.
-    Decodes `fixed_noise` after each epoch in SNAPSHOT_EPOCHS, kept beside the weights so that
-    --load redraws them. Returns the Run."""
+def fit_vae(model, data, args, stem, kind, generator, fixed_noise):
+    """Train for args.epochs, or until the test loss has not improved for --patience epochs;
+    <stem>.ckpt and <stem>.pt (checkpoint kind `kind`) after every epoch. Decodes `fixed_noise`
+    after each epoch in SNAPSHOT_EPOCHS, kept beside the weights so that --load redraws them.
+    Returns the Run."""
     (train_x, _), (test_x, _) = data
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    run = common.Run(args, stem, stem.name, {"model": model}, {"optimizer": optimizer}, generator)
+    run = common.Run(args, stem, kind, {"model": model}, {"optimizer": optimizer}, generator)
     snapshots = run.extra.get("snapshots", {})
     for epoch in range(run.done + 1, args.epochs + 1):
         losses = train_vae_epoch(model, optimizer, train_x, args, epoch, generator)
+        common.check_finite(epoch, run.weights_path, **losses)
         record = {f"train_{k}": v.mean().item() for k, v in losses.items()}
         record.update({f"test_{k}": v for k, v in evaluate_vae(model, test_x, args).items()})
         if epoch in SNAPSHOT_EPOCHS:
             snapshots[epoch] = decode_images(model, fixed_noise)
-        if run.end_epoch(epoch, record, losses=losses, snapshots=snapshots):
+        run.log(epoch, record)
+        run.save(epoch, snapshots=snapshots)
+        if common.stop_early(run.history, "test_loss", args.patience):
             break
     return run
 
@@ -306,18 +310,20 @@ def evaluate_classifier(model, x, y, batch_size=1000):
 
 
 def fit_classifier(model, data, args, stem, generator):
-    """Minimise the cross-entropy for args.epochs, measuring both splits after every epoch.
-    Returns the Run."""
+    """Minimise the cross-entropy for args.epochs, or until the test cross-entropy has not
+    improved for --patience epochs, measuring both splits after every epoch. Returns the Run."""
     (train_x, train_y), (test_x, test_y) = data
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    run = common.Run(args, stem, stem.name, {"model": model}, {"optimizer": optimizer}, generator)
+    run = common.Run(args, stem, CLASSIFIER, {"model": model}, {"optimizer": optimizer}, generator)
     for epoch in range(run.done + 1, args.epochs + 1):
         losses = train_classifier_epoch(model, optimizer, train_x, train_y, args, epoch, generator)
+        common.check_finite(epoch, run.weights_path, ce=losses)
         test = evaluate_classifier(model, test_x, test_y)
         record = {"train_ce": losses.mean().item(), "test_ce": test["ce"], "test_acc": test["acc"],
-                  "train_acc": evaluate_classifier(model, train_x, train_y)["acc"],
-                  "test_loss": test["ce"]}  # what --patience watches
-        if run.end_epoch(epoch, record, losses={"ce": losses}):
+                  "train_acc": evaluate_classifier(model, train_x, train_y)["acc"]}
+        run.log(epoch, record)
+        run.save(epoch)
+        if common.stop_early(run.history, "test_ce", args.patience):
             break
     return run
 
@@ -418,7 +424,7 @@ def run_vae(args, data, generator, name, figures=True):
     if args.load:
         run = common.load_run(args.load, name, {"model": model})
     else:
-        run = fit_vae(model, data, args, out / name, generator, fixed_noise)
+        run = fit_vae(model, data, args, out / name, name, generator, fixed_noise)
     final = {"epochs_trained": run.history[-1]["epoch"],
              **{f"test_{k}": v for k, v in evaluate_vae(model, data[1][0], args).items()}}
     if figures:
@@ -509,7 +515,8 @@ def run_init_comparison(args, data):
         else:
             if start == "classifier":
                 model.encoder.load_state_dict(classifier.encoder.state_dict())
-            run = fit_vae(model, data, args, out / name, generator, fixed_noise_for(args, device))
+            run = fit_vae(model, data, args, out / name, name, generator,
+                              fixed_noise_for(args, device))
         test = evaluate_vae(model, data[1][0], args)
         last = run.history[-1]  # its train terms: the means over the last epoch's minibatches
         summary[start] = {"epochs_trained": last["epoch"], "train_recon": last["train_recon"],

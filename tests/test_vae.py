@@ -455,8 +455,8 @@ def test_fit_builds_plain_adam_over_every_parameter_at_the_set_lr(experiment, mo
     with pytest.raises(OptimizerBuilt):
         if experiment == "vae":
             model = vae.MLPVAE()
-            vae.fit_vae(model, ((x, y), (x, y)), args, tmp_path / "vae_mlp", torch.Generator(),
-                        torch.zeros(2, 2))
+            vae.fit_vae(model, ((x, y), (x, y)), args, tmp_path / "vae_mlp", "vae_mlp",
+                        torch.Generator(), torch.zeros(2, 2))
         else:
             model = vae.MLPClassifier()
             vae.fit_classifier(model, ((x, y), (x, y)), args, tmp_path / vae.CLASSIFIER, torch.Generator())
