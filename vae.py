@@ -16,18 +16,19 @@ Every VAE's metrics also hold the sample quality of as many z ~ N(0, I) images a
 has: the Fréchet distance in cnn.py's feature space and the class entropy (cnn.sample_quality).
 
 Run:     python vae.py --arch conv --data-dir ../shared/data
-         python vae.py --arch mlp --epochs 100 --data-dir ../shared/data
+         python vae.py --arch mlp --data-dir ../shared/data
          python vae.py --arch mlp --sweep-kl 1,0.5,0.25 --data-dir ../shared/data
          python vae.py --arch mlp --recon mse-mean --sweep-kl 1,0.7,0.5,0.4,0.3,0.25,0.03,0.01
                                                     (the report's loss and weights, and below)
          python vae.py --experiment classifier --data-dir ../shared/data
          python vae.py --experiment init-from-classifier --data-dir ../shared/data
 Reload:  python vae.py --arch conv --load figures/vae_conv.pt
-         python vae.py --arch mlp --sweep-kl 1,0.5 --load figures/vae_mlp_kl1.pt figures/vae_mlp_kl0.5.pt
+         python vae.py --arch mlp --sweep-kl 1,0.5 --load figures/vae_mlp.pt figures/vae_mlp_kl0.5.pt
          (one weights file per model the command trains, in the order it trains them)
 Writes:  figures/<run>_*.png, figures/<run>_metrics.json, figures/<run>.pt (weights, for --load)
          and figures/<run>.ckpt (the full checkpoint, for --resume), <run> = vae_conv, vae_mlp,
-         vae_mlp_kl0.5, vae_classifier, vae_mlp_init_classifier, ...; a sweep or the init
+         vae_mlp_kl0.5, vae_classifier, vae_mlp_init_classifier, ... (the knobs that differ from
+         the defaults: run_name); a sweep or the init
          comparison adds its comparison figures and summary metrics.
 """
 import argparse
@@ -45,24 +46,32 @@ SNAPSHOT_EPOCHS = (1, 5, 10, 50, 100)  # when the fixed noise is decoded (those 
 N_FIXED_NOISE = 12
 CLASSIFIER = "vae_classifier"  # the classifier experiment's run name and checkpoint kind
 INIT_STARTS = ("classifier", "random")  # the two VAEs of init-from-classifier, in training order
+# --epochs by default: 30 for the conv VAE and the classifier, 100 for the MLP VAE (the report's
+# main run), 50 for init-from-classifier (the report compares the two starts at epoch 50)
+EPOCHS = {"conv": 30, "mlp": 100, "classifier": 30, "init-from-classifier": 50}
+# a run's name: tags of the knobs that differ from the defaults (vae_mlp_kl0.5, vae_mlp_e50_mse-mean)
+TAGS = {"kl_weight": "kl", "latent_dim": "z", "recon": ""}
+NOT_NAMED = ("arch", "experiment", "sweep_kl", "sweep_latent", "classifier_weights", "cnn_weights")
 
 RECON_LABELS = {"bce": "BCE, summed over pixels", "mse": "squared error, summed over pixels",
                 "mse-mean": "squared error, mean over pixels"}
 LOAD_HELP = ("skip training: load weights files (<run>.pt, or the <run>.ckpt checkpoint) and redo "
              "the figures and metrics on the data given now; one file per model the command "
              "trains, in its order: one for a VAE or the classifier, one per member for a sweep "
-             "(--sweep-kl 1,0.5: vae_mlp_kl1.pt vae_mlp_kl0.5.pt), two for init-from-classifier "
+             "(--sweep-kl 1,0.5: vae_mlp.pt vae_mlp_kl0.5.pt), two for init-from-classifier "
              "(vae_mlp_init_classifier.pt vae_mlp_init_random.pt)")
 
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__.splitlines()[0])
-    common.add_common_args(parser, epochs=30, batch_size=128, lr=1e-3, load_help=LOAD_HELP)
+    common.add_common_args(parser, epochs=None, batch_size=128, lr=1e-3, load_help=LOAD_HELP)
     parser.add_argument("--arch", choices=["conv", "mlp"],
                         help="conv: assignment A's VAE; mlp: assignment C's 784-500-z VAE "
                              "(default: conv, and mlp for the two classifier experiments)")
     parser.add_argument("--experiment", choices=["vae", "classifier", "init-from-classifier"],
-                        default="vae", help="what to train (the last two use the MLP encoder)")
+                        default="vae", help="what to train (the last two use the MLP encoder); "
+                        "default --epochs: 30 for --arch conv, 100 for --arch mlp, 30 for the "
+                        "classifier, 50 for init-from-classifier")
     parser.add_argument("--recon", choices=["bce", "mse", "mse-mean"], default="bce",
                         help="reconstruction loss: bce or mse summed over the pixels, or mse-mean, "
                              "the squared error averaged over the pixels as PyTorch's default "
@@ -90,7 +99,25 @@ def parse_args(argv=None):
     args.arch = args.arch or ("conv" if args.experiment == "vae" else "mlp")
     if args.latent_dim is None:
         args.latent_dim = 256 if args.arch == "conv" else 2
+    args.epochs = args.epochs or EPOCHS[args.arch if args.experiment == "vae" else args.experiment]
     return args
+
+
+def run_name(args, base=None, skip=()):
+    """What a run's files are called: with --load of one file, that file's own name; otherwise
+    `base` (vae_conv, vae_mlp, vae_classifier, vae_mlp_init, vae_mlp_sweep_kl, ...) plus every knob
+    that differs from its experiment's defaults (vae_mlp_kl0.5, vae_conv_e300_patience5), so a
+    quick edit writes beside the committed run (common.run_name). The checkpoint kind stays the
+    model's identity (vae_mlp), whatever the name."""
+    if args.load and not isinstance(args.load, list):
+        return Path(args.load).stem
+    variant = ["--arch", args.arch] if args.experiment == "vae" else []
+    defaults = vars(parse_args(["--experiment", args.experiment, *variant]))
+    if args.experiment == "classifier":  # it has no decoder, no KL and no z
+        skip = (*skip, "recon", "kl_weight", "latent_dim")
+    base = base or {"vae": f"vae_{args.arch}", "classifier": CLASSIFIER,
+                    "init-from-classifier": "vae_mlp_init"}[args.experiment]
+    return common.run_name(base, args, defaults, TAGS, (*NOT_NAMED, *skip))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,17 +441,18 @@ def plot_loss_curves(path, runs, title, splits=("test",)):
 # ----------------------------------------------------------------------------------------------
 # EXPERIMENTS
 # ----------------------------------------------------------------------------------------------
-def run_vae(args, data, generator, name, figures=True):
+def run_vae(args, data, generator, figures=True):
     """Train one VAE (or with --load, load its weights file args.load), draw its figures (unless
-    a sweep draws its own), write its metrics. Returns (final block, the run, the fixed noise
-    decoded by the final model)."""
+    a sweep draws its own), write its metrics, all under run_name(args). Returns (final block,
+    the run, the fixed noise decoded by the final model)."""
     out, device = Path(args.out_dir), data[0][0].device
+    name, kind = run_name(args), f"vae_{args.arch}"
     model = build_vae(args).to(device)
     fixed_noise = fixed_noise_for(args, device)
     if args.load:
-        run = common.load_run(args.load, name, {"model": model})
+        run = common.load_run(args.load, kind, {"model": model})
     else:
-        run = fit_vae(model, data, args, out / name, name, generator, fixed_noise)
+        run = fit_vae(model, data, args, out / name, kind, generator, fixed_noise)
     final = {"epochs_trained": run.history[-1]["epoch"],
              **{f"test_{k}": v for k, v in evaluate_vae(model, data[1][0], args).items()}}
     if figures:
@@ -442,21 +470,20 @@ def run_sweep(args, data):
     With --load, args.load holds one weights file per member, in the sweep's order."""
     knob, values, tag = (("kl_weight", args.sweep_kl, "kl") if args.sweep_kl
                          else ("latent_dim", args.sweep_latent, "z"))
-    name = f"vae_{args.arch}_sweep_{tag}"
-    members = [f"vae_{args.arch}_{tag}{value:g}" for value in values]
-    for path, member, value in zip(args.load or [], members, values):  # all checked before any work
-        trained = common.load_checkpoint(path, member)["args"][knob]
+    name = run_name(args, f"vae_{args.arch}_sweep_{tag}", skip=(knob,))  # its own files
+    for path, value in zip(args.load or [], values):  # all checked before any work
+        trained = common.load_checkpoint(path, f"vae_{args.arch}")["args"][knob]
         if trained != value:
             flag = f"--{knob.replace('_', '-')}"
             common.fail(f"--load: {path} was trained with {flag} {trained:g}, but stands for the "
                         f"sweep's {flag} {value:g} (one file per member, in the sweep's order)")
     summary, rows, runs, seconds = {}, {}, {}, 0.0
-    for i, (member, value) in enumerate(zip(members, values)):
+    for i, value in enumerate(values):  # each member is the run `--<knob> <value>` alone would be
         member_args = argparse.Namespace(**{**vars(args), knob: value, "sweep_kl": None,
                                             "sweep_latent": None,
                                             "load": args.load[i] if args.load else None})
         generator = common.seed_everything(args.seed)  # same initial state for every member
-        final, run, samples = run_vae(member_args, data, generator, member, figures=False)
+        final, run, samples = run_vae(member_args, data, generator, figures=False)
         label = f"β = {value:g}" if tag == "kl" else f"z = {value}"
         rows[f"{label}\nrecon {final['test_recon']:.4g}\nKL {final['test_kl']:.3g}"] = samples
         summary[label], runs[label] = final, run
@@ -470,22 +497,22 @@ def run_sweep(args, data):
 
 def run_classifier(args, data, generator):
     """Assignment C, task 2-4: the encoder's architecture trained as a 10-way classifier."""
-    out, device = Path(args.out_dir), data[0][0].device
+    out, device, name = Path(args.out_dir), data[0][0].device, run_name(args)
     model = MLPClassifier().to(device)
     if args.load:
         run = common.load_run(args.load, CLASSIFIER, {"model": model})
     else:
-        run = fit_classifier(model, data, args, out / CLASSIFIER, generator)
+        run = fit_classifier(model, data, args, out / name, generator)
     train, test = evaluate_classifier(model, *data[0]), evaluate_classifier(model, *data[1])
     final = {"epochs_trained": run.history[-1]["epoch"], "train_ce": train["ce"],
              "train_acc": train["acc"], "test_ce": test["ce"], "test_acc": test["acc"]}
-    common.plot_panels(out / f"{CLASSIFIER}_curves.png",
+    common.plot_panels(out / f"{name}_curves.png",
                        {"cross-entropy": common.epoch_series(run.history, "ce"),
                         "accuracy": common.epoch_series(run.history, "acc")},
                        xlabel="epoch", title="MLP classifier 784-500-10 on Fashion-MNIST")
-    common.save_metrics(out / f"{CLASSIFIER}_metrics.json", args, device, run.seconds,
+    common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds,
                         run.history, final, trained_with=run.trained_with)
-    print(f"{CLASSIFIER}: test acc {test['acc']:.4f}")
+    print(f"{name}: test acc {test['acc']:.4f}")
 
 
 def load_classifier(args, device):
@@ -507,16 +534,17 @@ def run_init_comparison(args, data):
     classifier = None if args.load else load_classifier(args, device)
     summary, runs, snapshots, seconds = {}, {}, {}, 0.0
     for i, start in enumerate(INIT_STARTS):
-        name = f"vae_mlp_init_{start}"
+        kind = f"vae_mlp_init_{start}"
+        name = Path(args.load[i]).stem if args.load else run_name(args, kind)
         generator = common.seed_everything(args.seed)
         model = build_vae(args).to(device)
         if args.load:
-            run = common.load_run(args.load[i], name, {"model": model})
+            run = common.load_run(args.load[i], kind, {"model": model})
         else:
             if start == "classifier":
                 model.encoder.load_state_dict(classifier.encoder.state_dict())
-            run = fit_vae(model, data, args, out / name, name, generator,
-                              fixed_noise_for(args, device))
+            run = fit_vae(model, data, args, out / name, kind, generator,
+                          fixed_noise_for(args, device))
         test = evaluate_vae(model, data[1][0], args)
         last = run.history[-1]  # its train terms: the means over the last epoch's minibatches
         summary[start] = {"epochs_trained": last["epoch"], "train_recon": last["train_recon"],
@@ -527,14 +555,15 @@ def run_init_comparison(args, data):
         label = "encoder from the classifier" if start == "classifier" else "random init"
         runs[label], snapshots[label] = run, run.extra.get("snapshots", {})
         seconds += run.seconds
-    plot_loss_curves(out / "vae_mlp_init.png", runs, splits=("train", "test"),
+    name = run_name(args)  # the comparison's own files: vae_mlp_init plus the knobs
+    plot_loss_curves(out / f"{name}.png", runs, splits=("train", "test"),
                      title=f"MLP VAE (z = {args.latent_dim}): encoder initialised from the "
                            "classifier vs at random")
-    common.plot_image_rows(out / "vae_mlp_init_samples.png",
+    common.plot_image_rows(out / f"{name}_samples.png",
                            {f"{label}\nepoch {epoch}": images for label, by_epoch in snapshots.items()
                             for epoch, images in sorted(by_epoch.items())},
                            title=f"the same {N_FIXED_NOISE} z ~ N(0, I) decoded during training")
-    common.save_metrics(out / "vae_mlp_init_metrics.json", args, device, seconds, [], summary)
+    common.save_metrics(out / f"{name}_metrics.json", args, device, seconds, [], summary)
 
 
 def main(argv=None):
@@ -550,7 +579,7 @@ def main(argv=None):
     elif args.sweep_kl or args.sweep_latent:
         run_sweep(args, data)
     else:
-        run_vae(args, data, generator, f"vae_{args.arch}")
+        run_vae(args, data, generator)
 
 
 if __name__ == "__main__":
