@@ -1,34 +1,22 @@
 """Variational autoencoders on Fashion-MNIST: assignment A task 2 (conv) and assignment C task 2 (MLP).
 
---arch conv   Encoder as cnn.py (Conv 32/64/128, 3x3, stride 2) → mean and log-variance of length
-              256; the decoder mirrors it with ConvTranspose2d. Figures: loss curves, histogram of
-              the 2-norms of the encodings, originals above their reconstructions.
---arch mlp    784 → 500 (LeakyReLU) → z, and back; z = 2 by default as in the report. Figures: 12
-              fixed noise vectors decoded after epochs 1, 5, 10, 50, 100, loss curves, and for z = 2
-              the means of the test set coloured by class.
---sweep-kl / --sweep-latent  one model per KL weight / latent size, one comparison figure.
---experiment classifier             the encoder's architecture (784 → 500 → 10) as a classifier.
---experiment init-from-classifier   an MLP VAE whose encoder starts from that classifier's weights
-                                    (--classifier-weights; run the classifier experiment first),
-                                    against the same VAE from random initialisation: train and
-                                    test curves, and both decoding the same fixed noise.
-Every VAE's metrics also hold the sample quality of as many z ~ N(0, I) images as the test set
-has: the Fréchet distance in cnn.py's feature space and the class entropy (cnn.sample_quality).
+--arch conv   cnn.py's encoder (Conv 32/64/128, 3x3, stride 2) → μ and log σ² of length 256, and
+              a decoder that mirrors it with ConvTranspose2d. Figures: the loss terms, the 2-norms
+              of the encodings, test images above their reconstructions, fixed noise decoded.
+--arch mlp    the report's VAE, 784 → 500 (LeakyReLU) → z = 2 and back; for z = 2 also the test
+              set's means μ coloured by class.
+--sweep-kl / --sweep-latent   one MLP VAE per KL weight / latent size, all from the same seed; the
+              final models decode the same noise side by side.
+--experiment classifier / init-from-classifier   the encoder's architecture (784 → 500 → 10) as a
+              classifier; then the MLP VAE with its encoder copied from that classifier, against
+              the same VAE from a random start.
+Design: one objective, vae_loss = recon + β·KL (each per example, averaged over the batch), for
+training and evaluation alike; --recon sets the reconstruction term's form and reduction, which
+decides where a KL weight collapses the code (README). Test losses sample z from a fixed-seed
+generator, so --load repeats them; every VAE's metrics hold the sample quality of as many
+z ~ N(0, I) draws as the test set has (cnn.sample_quality).
 
-Run:     python vae.py --arch conv --data-dir ../shared/data
-         python vae.py --arch mlp --epochs 100 --data-dir ../shared/data
-         python vae.py --arch mlp --sweep-kl 1,0.5,0.25 --data-dir ../shared/data
-         python vae.py --arch mlp --recon mse-mean --sweep-kl 1,0.7,0.5,0.4,0.3,0.25,0.03,0.01
-                                                    (the report's loss and weights, and below)
-         python vae.py --experiment classifier --data-dir ../shared/data
-         python vae.py --experiment init-from-classifier --data-dir ../shared/data
-Reload:  python vae.py --arch conv --load figures/vae_conv.pt
-         python vae.py --arch mlp --sweep-kl 1,0.5 --load figures/vae_mlp_kl1.pt figures/vae_mlp_kl0.5.pt
-         (one weights file per model the command trains, in the order it trains them)
-Writes:  figures/<run>_*.png, figures/<run>_metrics.json, figures/<run>.pt (weights, for --load)
-         and figures/<run>.ckpt (the full checkpoint, for --resume), <run> = vae_conv, vae_mlp,
-         vae_mlp_kl0.5, vae_classifier, vae_mlp_init_classifier, ...; a sweep or the init
-         comparison adds its comparison figures and summary metrics.
+Run: python vae.py --arch mlp --data-dir ../shared/data        (the README has every command)
 """
 import argparse
 from pathlib import Path
@@ -45,28 +33,30 @@ SNAPSHOT_EPOCHS = (1, 5, 10, 50, 100)  # when the fixed noise is decoded (those 
 N_FIXED_NOISE = 12
 CLASSIFIER = "vae_classifier"  # the classifier experiment's run name and checkpoint kind
 INIT_STARTS = ("classifier", "random")  # the two VAEs of init-from-classifier, in training order
-
+# default --epochs: the report's MLP VAE ran 100, and compared the two init starts at epoch 50
+EPOCHS = {"conv": 30, "mlp": 100, "classifier": 30, "init-from-classifier": 50}
+TAGS = {"kl_weight": "kl", "latent_dim": "z", "recon": ""}  # run names: vae_mlp_e50_mse-mean_kl0.5
+NOT_NAMED = ("arch", "experiment", "sweep_kl", "sweep_latent", "classifier_weights", "cnn_weights")
 RECON_LABELS = {"bce": "BCE, summed over pixels", "mse": "squared error, summed over pixels",
                 "mse-mean": "squared error, mean over pixels"}
-LOAD_HELP = ("skip training: load weights files (<run>.pt, or the <run>.ckpt checkpoint) and redo "
-             "the figures and metrics on the data given now; one file per model the command "
-             "trains, in its order: one for a VAE or the classifier, one per member for a sweep "
-             "(--sweep-kl 1,0.5: vae_mlp_kl1.pt vae_mlp_kl0.5.pt), two for init-from-classifier "
-             "(vae_mlp_init_classifier.pt vae_mlp_init_random.pt)")
+LOAD_HELP = ("skip training: load weights files (<run>.pt or <run>.ckpt) and redo the figures and "
+             "metrics; one per model the command trains, in its order: one per member for a sweep "
+             "(--sweep-kl 1,0.5: vae_mlp.pt vae_mlp_kl0.5.pt), two for init-from-classifier")
 
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__.splitlines()[0])
-    common.add_common_args(parser, epochs=30, batch_size=128, lr=1e-3, load_help=LOAD_HELP)
+    common.add_common_args(parser, epochs=None, batch_size=128, lr=1e-3, load_help=LOAD_HELP)
     parser.add_argument("--arch", choices=["conv", "mlp"],
                         help="conv: assignment A's VAE; mlp: assignment C's 784-500-z VAE "
                              "(default: conv, and mlp for the two classifier experiments)")
     parser.add_argument("--experiment", choices=["vae", "classifier", "init-from-classifier"],
-                        default="vae", help="what to train (the last two use the MLP encoder)")
+                        default="vae", help="what to train (the last two use the MLP encoder); "
+                        "default --epochs: conv 30, mlp 100, classifier 30, init-from-classifier "
+                        "50")
     parser.add_argument("--recon", choices=["bce", "mse", "mse-mean"], default="bce",
                         help="reconstruction loss: bce or mse summed over the pixels, or mse-mean, "
-                             "the squared error averaged over the pixels as PyTorch's default "
-                             "nn.MSELoss() computes it (the report's setup)")
+                             "averaged over them as nn.MSELoss() does (the report's setup)")
     parser.add_argument("--kl-weight", type=common.nonnegative_float, default=1.0,
                         help="β, the weight of the KL term (1 = the plain ELBO)")
     parser.add_argument("--latent-dim", type=common.positive_int,
@@ -90,6 +80,7 @@ def parse_args(argv=None):
     args.arch = args.arch or ("conv" if args.experiment == "vae" else "mlp")
     if args.latent_dim is None:
         args.latent_dim = 256 if args.arch == "conv" else 2
+    args.epochs = args.epochs or EPOCHS[args.arch if args.experiment == "vae" else args.experiment]
     return args
 
 
@@ -98,8 +89,7 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------------------------
 def reparameterize(mu, logvar, generator):
     """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4): sampling as a differentiable
-    function of μ and σ. ε is drawn on the CPU generator so runs repeat on any device, and reaches
-    μ's device through common.to_device, so the step never waits for the copy."""
+    function of μ and σ; ε comes from the CPU `generator`, so a run repeats on any device."""
     eps = common.to_device(torch.randn(mu.shape, generator=generator), mu.device)
     return mu + torch.exp(0.5 * logvar) * eps
 
@@ -217,7 +207,7 @@ def classification_loss(logits, labels):
 
 
 # ----------------------------------------------------------------------------------------------
-# TRAINING: the VAEs
+# TRAINING AND EVALUATION: the VAEs
 # ----------------------------------------------------------------------------------------------
 def train_vae_epoch(model, optimizer, x, args, epoch, generator):
     """One pass minimising vae_loss; returns its recon and kl terms per batch (device tensors)."""
@@ -240,8 +230,7 @@ def train_vae_epoch(model, optimizer, x, args, epoch, generator):
 @torch.no_grad()
 def evaluate_vae(model, x, args, batch_size=1000):
     """vae_loss over a whole split, in eval mode: {recon, kl, loss} per example. z is sampled
-    with a fixed-seed generator, so --load reproduces these numbers exactly. The sums stay on
-    the device and are read once, at the end."""
+    with a fixed-seed generator, so --load reproduces these numbers exactly."""
     model.eval()
     generator = torch.Generator().manual_seed(args.seed)
     sums = torch.zeros(2, device=x.device)  # recon, kl: summed over the examples
@@ -253,27 +242,53 @@ def evaluate_vae(model, x, args, batch_size=1000):
     return vae_loss(recon / len(x), kl / len(x), args.kl_weight)
 
 
-def fit_vae(model, data, args, stem, generator, fixed_noise):
-    """Train for args.epochs (or until --patience says stop); the bookkeeping is common.Run's.
-    Decodes `fixed_noise` after each epoch in SNAPSHOT_EPOCHS, kept beside the weights so that
-    --load redraws them. Returns the Run."""
+@torch.no_grad()
+def latent_statistics(model, x, seed):
+    """The encodings of a whole split (task A 2: "the 2-norms of the encoding vectors"): the means
+    μ, one z ~ q(z|x) per image and as many z ~ N(0, I), each from a fixed-seed generator; their
+    mean norms and the active units (Burda et al. 2016, Sec. 5.2: latent dimensions whose mean
+    moves with the input, Var_x[μ_j] > 0.01). Returns ({mu, z, prior}: (N, z) each, statistics)."""
+    model.eval()
+    # μ and log σ² per chunk of 1000 images; zip(*...) pairs up the chunks' μs and log σ²s to join
+    mu, logvar = map(torch.cat, zip(*(model.encode(x[idx])
+                                      for idx in common.batch_indices(len(x), 1000, x.device))))
+    z = reparameterize(mu, logvar, torch.Generator().manual_seed(seed))
+    prior = torch.randn(mu.shape, generator=torch.Generator().manual_seed(seed + 2))
+    return {"mu": mu, "z": z, "prior": prior}, {
+        "mu_norm_mean": mu.norm(dim=1).mean().item(), "z_norm_mean": z.norm(dim=1).mean().item(),
+        "active_units": int((mu.var(0) > 0.01).sum().item())}
+
+
+def prior_samples(model, n, args, device):
+    """n images decoded from z ~ N(0, I) (their own seeded stream), for the sample-quality metric."""
+    z = torch.randn(n, args.latent_dim, generator=torch.Generator().manual_seed(args.seed + 3))
+    return torch.cat([decode_images(model, chunk.to(device)) for chunk in z.split(1000)])
+
+
+def fit_vae(model, data, args, stem, kind, generator, fixed_noise):
+    """Train for args.epochs, or until the test loss has not improved for --patience epochs.
+    `fixed_noise` decoded after each epoch of SNAPSHOT_EPOCHS is saved with the weights, for
+    --load to redraw. Returns the Run."""
     (train_x, _), (test_x, _) = data
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    run = common.Run(args, stem, stem.name, {"model": model}, {"optimizer": optimizer}, generator)
+    run = common.Run(args, stem, kind, {"model": model}, {"optimizer": optimizer}, generator)
     snapshots = run.extra.get("snapshots", {})
     for epoch in range(run.done + 1, args.epochs + 1):
         losses = train_vae_epoch(model, optimizer, train_x, args, epoch, generator)
+        common.check_finite(epoch, run.weights_path, **losses)
         record = {f"train_{k}": v.mean().item() for k, v in losses.items()}
         record.update({f"test_{k}": v for k, v in evaluate_vae(model, test_x, args).items()})
         if epoch in SNAPSHOT_EPOCHS:
             snapshots[epoch] = decode_images(model, fixed_noise)
-        if run.end_epoch(epoch, record, losses=losses, snapshots=snapshots):
+        run.log(epoch, record)
+        run.save(epoch, snapshots=snapshots)
+        if common.stop_early(run.history, "test_loss", args.patience):
             break
     return run
 
 
 # ----------------------------------------------------------------------------------------------
-# TRAINING: the classifier (assignment C, task 2-4)
+# TRAINING AND EVALUATION: the classifier (assignment C, task 2-4)
 # ----------------------------------------------------------------------------------------------
 def train_classifier_epoch(model, optimizer, x, y, args, epoch, generator):
     """One pass minimising the cross-entropy; returns it per batch (a device tensor)."""
@@ -293,8 +308,7 @@ def train_classifier_epoch(model, optimizer, x, y, args, epoch, generator):
 
 @torch.no_grad()
 def evaluate_classifier(model, x, y, batch_size=1000):
-    """Mean cross-entropy and accuracy over a whole split, in eval mode; the sums stay on the
-    device and are read once, at the end."""
+    """Mean cross-entropy and accuracy over a whole split, in eval mode."""
     model.eval()
     sums = torch.zeros(2, device=x.device)  # cross-entropy, correct predictions: summed
     for idx in common.batch_indices(len(x), batch_size, x.device):
@@ -306,20 +320,38 @@ def evaluate_classifier(model, x, y, batch_size=1000):
 
 
 def fit_classifier(model, data, args, stem, generator):
-    """Minimise the cross-entropy for args.epochs, measuring both splits after every epoch.
-    Returns the Run."""
+    """Minimise the cross-entropy for args.epochs, or until the test cross-entropy has not
+    improved for --patience epochs, measuring both splits after every epoch. Returns the Run."""
     (train_x, train_y), (test_x, test_y) = data
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    run = common.Run(args, stem, stem.name, {"model": model}, {"optimizer": optimizer}, generator)
+    run = common.Run(args, stem, CLASSIFIER, {"model": model}, {"optimizer": optimizer}, generator)
     for epoch in range(run.done + 1, args.epochs + 1):
         losses = train_classifier_epoch(model, optimizer, train_x, train_y, args, epoch, generator)
+        common.check_finite(epoch, run.weights_path, ce=losses)
         test = evaluate_classifier(model, test_x, test_y)
         record = {"train_ce": losses.mean().item(), "test_ce": test["ce"], "test_acc": test["acc"],
-                  "train_acc": evaluate_classifier(model, train_x, train_y)["acc"],
-                  "test_loss": test["ce"]}  # what --patience watches
-        if run.end_epoch(epoch, record, losses={"ce": losses}):
+                  "train_acc": evaluate_classifier(model, train_x, train_y)["acc"]}
+        run.log(epoch, record)
+        run.save(epoch)
+        if common.stop_early(run.history, "test_ce", args.patience):
             break
     return run
+
+
+def run_name(args, base=None, skip=()):
+    """What a run's files are called: with --load of one file, that file's own name; otherwise
+    `base` (vae_conv, vae_mlp, vae_classifier, vae_mlp_init, vae_mlp_sweep_kl, ...) plus every knob
+    that differs from its experiment's defaults (vae_mlp_kl0.5, vae_conv_e300_patience5): a quick
+    edit writes beside the committed run. The checkpoint kind stays the model's (vae_mlp)."""
+    if args.load and not isinstance(args.load, list):
+        return Path(args.load).stem
+    variant = ["--arch", args.arch] if args.experiment == "vae" else []
+    defaults = vars(parse_args(["--experiment", args.experiment, *variant]))
+    if args.experiment == "classifier":  # it has no decoder, no KL and no z
+        skip = (*skip, "recon", "kl_weight", "latent_dim")
+    base = base or {"vae": f"vae_{args.arch}", "classifier": CLASSIFIER,
+                    "init-from-classifier": "vae_mlp_init"}[args.experiment]
+    return common.run_name(base, args, defaults, TAGS, (*NOT_NAMED, *skip))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,12 +361,6 @@ def fit_classifier(model, data, args, stem, generator):
 def decode_images(model, z):
     model.eval()
     return torch.sigmoid(model.decode(z)).cpu()  # (N, 1, 28, 28) in [0, 1]
-
-
-def prior_samples(model, n, args, device):
-    """n images decoded from z ~ N(0, I) (their own seeded stream), for the sample-quality metric."""
-    z = torch.randn(n, args.latent_dim, generator=torch.Generator().manual_seed(args.seed + 3))
-    return torch.cat([decode_images(model, chunk.to(device)) for chunk in z.split(1000)])
 
 
 def fixed_noise_for(args, device):
@@ -358,7 +384,7 @@ def plot_histograms(path, samples, xlabel, title, bins=50):
 
 
 @torch.no_grad()
-def vae_figures(model, test, args, name, run, fixed_noise):
+def vae_figures(model, test, args, name, run, fixed_noise, latents):
     out = Path(args.out_dir)
     x, y = test
     recon_label = f"reconstruction ({RECON_LABELS[args.recon]})"
@@ -368,18 +394,14 @@ def vae_figures(model, test, args, name, run, fixed_noise):
                        xlabel="epoch", title=f"{name}: loss terms per example (β = {args.kl_weight:g})")
     model.eval()
     originals = x[:4]
-    mu, logvar = model.encode(originals)
+    mu, _ = model.encode(originals)
     common.plot_image_rows(out / f"{name}_reconstructions.png",
                            {"test image": originals, "decoded\nfrom z = μ": decode_images(model, mu)},
                            title=f"{name}: reconstructions")
-    mu, logvar = map(torch.cat, zip(*(model.encode(x[idx])
-                                      for idx in common.batch_indices(len(x), 1000, x.device))))
-    z = reparameterize(mu, logvar, torch.Generator().manual_seed(args.seed))
-    prior = torch.randn(mu.shape, generator=torch.Generator().manual_seed(args.seed + 2))
     plot_histograms(out / f"{name}_norms.png",
-                    {"‖μ‖, encoder means": mu.norm(dim=1),
-                     "‖z‖, z ~ q(z|x)": z.norm(dim=1),
-                     "‖z‖, z ~ N(0, I) prior": prior.norm(dim=1)},
+                    {"‖μ‖, encoder means": latents["mu"].norm(dim=1),
+                     "‖z‖, z ~ q(z|x)": latents["z"].norm(dim=1),
+                     "‖z‖, z ~ N(0, I) prior": latents["prior"].norm(dim=1)},
                     xlabel="2-norm", title=f"{name}: norms over the {len(x)} test images")
     rows = {f"epoch {e}": images for e, images in sorted(run.extra.get("snapshots", {}).items())}
     last = run.history[-1]["epoch"]
@@ -387,17 +409,15 @@ def vae_figures(model, test, args, name, run, fixed_noise):
     common.plot_image_rows(out / f"{name}_samples.png", rows,
                            title=f"{name}: the same {N_FIXED_NOISE} z ~ N(0, I) decoded during training")
     if args.latent_dim == 2:
-        common.plot_scatter(out / f"{name}_latent.png", {"": mu}, y,
+        common.plot_scatter(out / f"{name}_latent.png", {"": latents["mu"]}, y,
                             common.class_names("fashion-mnist"),
                             title=f"{name}: encoder means μ of the test set")
-    # active units (Burda et al. 2016, Sec. 5.2): latent dimensions whose mean moves with the input
-    return {"mu_norm_mean": mu.norm(dim=1).mean().item(), "z_norm_mean": z.norm(dim=1).mean().item(),
-            "active_units": int((mu.var(0) > 0.01).sum().item())}
 
 
 def plot_loss_curves(path, runs, title, splits=("test",)):
     """The loss terms of several runs ({label: run}) on the given splits, reconstruction and KL
     side by side (train: the mean over each epoch's minibatches; test: after the epoch)."""
+    # {panel title: {curve label: (epochs, values)}}: one curve per run and split in each panel
     panels = {panel: {f"{label}, {split}" if len(splits) > 1 else label:
                       common.epoch_series(run.history, key, (split,))[split]
                       for label, run in runs.items() for split in splits}
@@ -408,21 +428,24 @@ def plot_loss_curves(path, runs, title, splits=("test",)):
 # ----------------------------------------------------------------------------------------------
 # EXPERIMENTS
 # ----------------------------------------------------------------------------------------------
-def run_vae(args, data, generator, name, figures=True):
+def run_vae(args, data, generator, figures=True):
     """Train one VAE (or with --load, load its weights file args.load), draw its figures (unless
-    a sweep draws its own), write its metrics. Returns (final block, the run, the fixed noise
-    decoded by the final model)."""
+    a sweep draws its own), write its metrics, all under run_name(args). Returns (final block,
+    the run, the fixed noise decoded by the final model)."""
     out, device = Path(args.out_dir), data[0][0].device
+    name, kind = run_name(args), f"vae_{args.arch}"
     model = build_vae(args).to(device)
     fixed_noise = fixed_noise_for(args, device)
     if args.load:
-        run = common.load_run(args.load, name, {"model": model})
+        run = common.load_run(args.load, kind, {"model": model})
     else:
-        run = fit_vae(model, data, args, out / name, generator, fixed_noise)
+        run = fit_vae(model, data, args, out / name, kind, generator, fixed_noise)
     final = {"epochs_trained": run.history[-1]["epoch"],
              **{f"test_{k}": v for k, v in evaluate_vae(model, data[1][0], args).items()}}
-    if figures:
-        final.update(vae_figures(model, data[1], args, name, run, fixed_noise))
+    if figures:  # (a sweep draws its own comparison instead)
+        latents, statistics = latent_statistics(model, data[1][0], args.seed)
+        final.update(statistics)
+        vae_figures(model, data[1], args, name, run, fixed_noise, latents)
     final.update(cnn.sample_quality(prior_samples(model, len(data[1][0]), args, device),
                                     data[1][0], data[0][0], args))
     common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
@@ -436,21 +459,20 @@ def run_sweep(args, data):
     With --load, args.load holds one weights file per member, in the sweep's order."""
     knob, values, tag = (("kl_weight", args.sweep_kl, "kl") if args.sweep_kl
                          else ("latent_dim", args.sweep_latent, "z"))
-    name = f"vae_{args.arch}_sweep_{tag}"
-    members = [f"vae_{args.arch}_{tag}{value:g}" for value in values]
-    for path, member, value in zip(args.load or [], members, values):  # all checked before any work
-        trained = common.load_checkpoint(path, member)["args"][knob]
+    name = run_name(args, f"vae_{args.arch}_sweep_{tag}", skip=(knob,))  # its own files
+    for path, value in zip(args.load or [], values):  # all checked before any work
+        trained = common.load_checkpoint(path, f"vae_{args.arch}")["args"][knob]
         if trained != value:
             flag = f"--{knob.replace('_', '-')}"
             common.fail(f"--load: {path} was trained with {flag} {trained:g}, but stands for the "
                         f"sweep's {flag} {value:g} (one file per member, in the sweep's order)")
     summary, rows, runs, seconds = {}, {}, {}, 0.0
-    for i, (member, value) in enumerate(zip(members, values)):
+    for i, value in enumerate(values):  # each member is the run `--<knob> <value>` alone would be
         member_args = argparse.Namespace(**{**vars(args), knob: value, "sweep_kl": None,
                                             "sweep_latent": None,
                                             "load": args.load[i] if args.load else None})
         generator = common.seed_everything(args.seed)  # same initial state for every member
-        final, run, samples = run_vae(member_args, data, generator, member, figures=False)
+        final, run, samples = run_vae(member_args, data, generator, figures=False)
         label = f"β = {value:g}" if tag == "kl" else f"z = {value}"
         rows[f"{label}\nrecon {final['test_recon']:.4g}\nKL {final['test_kl']:.3g}"] = samples
         summary[label], runs[label] = final, run
@@ -464,22 +486,22 @@ def run_sweep(args, data):
 
 def run_classifier(args, data, generator):
     """Assignment C, task 2-4: the encoder's architecture trained as a 10-way classifier."""
-    out, device = Path(args.out_dir), data[0][0].device
+    out, device, name = Path(args.out_dir), data[0][0].device, run_name(args)
     model = MLPClassifier().to(device)
     if args.load:
         run = common.load_run(args.load, CLASSIFIER, {"model": model})
     else:
-        run = fit_classifier(model, data, args, out / CLASSIFIER, generator)
+        run = fit_classifier(model, data, args, out / name, generator)
     train, test = evaluate_classifier(model, *data[0]), evaluate_classifier(model, *data[1])
     final = {"epochs_trained": run.history[-1]["epoch"], "train_ce": train["ce"],
              "train_acc": train["acc"], "test_ce": test["ce"], "test_acc": test["acc"]}
-    common.plot_panels(out / f"{CLASSIFIER}_curves.png",
+    common.plot_panels(out / f"{name}_curves.png",
                        {"cross-entropy": common.epoch_series(run.history, "ce"),
                         "accuracy": common.epoch_series(run.history, "acc")},
                        xlabel="epoch", title="MLP classifier 784-500-10 on Fashion-MNIST")
-    common.save_metrics(out / f"{CLASSIFIER}_metrics.json", args, device, run.seconds,
+    common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds,
                         run.history, final, trained_with=run.trained_with)
-    print(f"{CLASSIFIER}: test acc {test['acc']:.4f}")
+    print(f"{name}: test acc {test['acc']:.4f}")
 
 
 def load_classifier(args, device):
@@ -499,35 +521,36 @@ def run_init_comparison(args, data):
     files (classifier-initialised, then random-start) and the classifier is not needed."""
     out, device = Path(args.out_dir), data[0][0].device
     classifier = None if args.load else load_classifier(args, device)
-    summary, runs, snapshots, seconds = {}, {}, {}, 0.0
+    summary, runs, seconds = {}, {}, 0.0
     for i, start in enumerate(INIT_STARTS):
-        name = f"vae_mlp_init_{start}"
+        kind = f"vae_mlp_init_{start}"
+        name = Path(args.load[i]).stem if args.load else run_name(args, kind)
         generator = common.seed_everything(args.seed)
         model = build_vae(args).to(device)
         if args.load:
-            run = common.load_run(args.load[i], name, {"model": model})
+            run = common.load_run(args.load[i], kind, {"model": model})
         else:
-            if start == "classifier":
+            if start == "classifier":  # the one difference between the two
                 model.encoder.load_state_dict(classifier.encoder.state_dict())
-            run = fit_vae(model, data, args, out / name, generator, fixed_noise_for(args, device))
-        test = evaluate_vae(model, data[1][0], args)
-        last = run.history[-1]  # its train terms: the means over the last epoch's minibatches
+            run = fit_vae(model, data, args, out / name, kind, generator,
+                          fixed_noise_for(args, device))
+        test, last = evaluate_vae(model, data[1][0], args), run.history[-1]  # last: train means
         summary[start] = {"epochs_trained": last["epoch"], "train_recon": last["train_recon"],
                           "train_kl": last["train_kl"], "test_recon": test["recon"],
                           "test_kl": test["kl"]}
         common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
                             summary[start], trained_with=run.trained_with)
-        label = "encoder from the classifier" if start == "classifier" else "random init"
-        runs[label], snapshots[label] = run, run.extra.get("snapshots", {})
+        runs["encoder from the classifier" if start == "classifier" else "random init"] = run
         seconds += run.seconds
-    plot_loss_curves(out / "vae_mlp_init.png", runs, splits=("train", "test"),
+    name = run_name(args)  # the comparison's own files: vae_mlp_init plus the knobs
+    plot_loss_curves(out / f"{name}.png", runs, splits=("train", "test"),
                      title=f"MLP VAE (z = {args.latent_dim}): encoder initialised from the "
                            "classifier vs at random")
-    common.plot_image_rows(out / "vae_mlp_init_samples.png",
-                           {f"{label}\nepoch {epoch}": images for label, by_epoch in snapshots.items()
-                            for epoch, images in sorted(by_epoch.items())},
+    common.plot_image_rows(out / f"{name}_samples.png",
+                           {f"{label}\nepoch {epoch}": images for label, run in runs.items()
+                            for epoch, images in sorted(run.extra.get("snapshots", {}).items())},
                            title=f"the same {N_FIXED_NOISE} z ~ N(0, I) decoded during training")
-    common.save_metrics(out / "vae_mlp_init_metrics.json", args, device, seconds, [], summary)
+    common.save_metrics(out / f"{name}_metrics.json", args, device, seconds, [], summary)
 
 
 def main(argv=None):
@@ -543,7 +566,7 @@ def main(argv=None):
     elif args.sweep_kl or args.sweep_latent:
         run_sweep(args, data)
     else:
-        run_vae(args, data, generator, f"vae_{args.arch}")
+        run_vae(args, data, generator)
 
 
 if __name__ == "__main__":

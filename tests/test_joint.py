@@ -146,8 +146,9 @@ def test_cnn_reference_lines_are_labelled_by_recipe(tmp_path):
 
 def test_pretrain_reuses_vae_py_weights_and_freezes_the_encoder_then_load(synthetic_data, tmp_path, capsys):
     vae.main(quick_args(synthetic_data, tmp_path, "--arch", "conv"))
-    vae_state = common.load_checkpoint(tmp_path / "vae_conv.pt", "vae_conv")["models"]["model"]
-    joint.main(quick_args(synthetic_data, tmp_path, "--mode", "pretrain"))
+    vae_weights = tmp_path / "vae_conv_e2_limit128.pt"  # vae.py names a run after its knobs
+    vae_state = common.load_checkpoint(vae_weights, "vae_conv")["models"]["model"]
+    joint.main(quick_args(synthetic_data, tmp_path, "--mode", "pretrain", "--vae-weights", vae_weights))
     assert "pretrained VAE: " in capsys.readouterr().out
     frozen = common.load_checkpoint(tmp_path / "joint_pretrain_frozen.pt", "joint_pretrain_frozen")
     tuned = common.load_checkpoint(tmp_path / "joint_pretrain_finetuned.pt", "joint_pretrain_finetuned")
@@ -155,7 +156,7 @@ def test_pretrain_reuses_vae_py_weights_and_freezes_the_encoder_then_load(synthe
         assert torch.equal(frozen["models"]["model"][f"vae.{key}"], vae_state[key])  # untouched
         assert not torch.equal(tuned["models"]["model"][f"vae.{key}"], vae_state[key])  # trained
     assert json.loads((tmp_path / "joint_pretrain_frozen_metrics.json").read_text())[
-        "vae_weights"] == str(tmp_path / "vae_conv.pt")
+        "vae_weights"] == str(vae_weights)
     # --load takes the two classifiers' weights files, frozen then fine-tuned; no VAE is needed
     runs = ("joint_pretrain_frozen", "joint_pretrain_finetuned")
     joint.main(quick_args(synthetic_data, tmp_path / "b", "--mode", "pretrain",

@@ -12,6 +12,9 @@ import vae
 from conftest import DEVICE_FLAGS, assert_one_line_error, run_script, count_reads, guard_host_copies
 
 
+QUICK = "e2_limit128"  # the knobs of quick_args that differ from the defaults: in every run's name
+
+
 def quick_args(data_dir, out_dir, *extra):
     return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), *DEVICE_FLAGS,
             "--epochs", "2", "--limit", "128", *map(str, extra)]
@@ -155,7 +158,7 @@ def test_evaluation_sums_on_the_device_and_reads_once(monkeypatch):
     ("mlp", ["loss", "reconstructions", "norms", "samples", "latent"]),
 ])
 def test_vae_run_then_load(synthetic_data, tmp_path, arch, figures):
-    run = f"vae_{arch}"
+    run = f"vae_{arch}_{QUICK}"
     vae.main(quick_args(synthetic_data, tmp_path / "a", "--arch", arch))
     for name in [f"{run}_{f}.png" for f in figures] + [f"{run}.pt", f"{run}_metrics.json"]:
         assert (tmp_path / "a" / name).is_file(), name
@@ -165,36 +168,72 @@ def test_vae_run_then_load(synthetic_data, tmp_path, arch, figures):
     assert (tmp_path / "b" / f"{run}_samples.png").is_file()
 
 
+def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
+    """The default command keeps the committed name (reproduction); a changed knob writes beside
+    it; flags that do not change the result stay out; --load keeps the loaded file's name."""
+    name = lambda *flags: vae.run_name(vae.parse_args(list(flags)))  # noqa: E731
+    assert name() == name("--arch", "conv", "--epochs", "30", "--device", "cpu", "--out-dir", "x",
+                          "--data-dir", "y", "--cnn-weights", "z.pt") == "vae_conv"
+    assert name("--arch", "mlp", "--epochs", "100") == "vae_mlp"  # 100: --arch mlp's default
+    assert name("--arch", "mlp", "--kl-weight", "0.5", "--epochs", "1", "--limit", "2000") == \
+        "vae_mlp_e1_limit2000_kl0.5"
+    assert name("--arch", "conv", "--epochs", "300", "--patience", "5") == "vae_conv_e300_patience5"
+    assert name("--arch", "mlp", "--recon", "mse-mean", "--latent-dim", "64", "--epochs", "50") == \
+        "vae_mlp_e50_mse-mean_z64"
+    assert name("--experiment", "classifier", "--kl-weight", "0.5") == "vae_classifier"  # no KL there
+    assert name("--experiment", "init-from-classifier", "--epochs", "50",
+                "--classifier-weights", "c.pt") == "vae_mlp_init"  # 50: this experiment's default
+    assert name("--arch", "mlp", "--load", "runs/vae_mlp_e5.pt", "--epochs", "9") == "vae_mlp_e5"
+
+
+def test_a_quick_edit_writes_beside_the_default_run(synthetic_data, tmp_path):
+    default_run = {tmp_path / f"vae_mlp{end}": end.encode()
+                   for end in (".pt", "_metrics.json", "_samples.png", "_loss.png")}
+    for path, content in default_run.items():
+        path.write_bytes(content)
+    vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--kl-weight", "0.5"))
+    assert all(path.read_bytes() == content for path, content in default_run.items())
+    assert (tmp_path / f"vae_mlp_{QUICK}_kl0.5.pt").is_file()
+
+
 def test_amp_run_trains_with_finite_losses(synthetic_data, tmp_path):
     vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--epochs", "1", "--amp"))
-    final = metrics(tmp_path / "vae_mlp_metrics.json")["final"]
+    final = metrics(tmp_path / "vae_mlp_e1_amp_limit128_metrics.json")["final"]
     assert 0 < final["test_recon"] < float("inf") and final["test_kl"] >= 0
 
 
 def test_kl_sweep_then_load(synthetic_data, tmp_path):
+    """Each member is named as its single run would be (the β = 1 member is the plain quick run);
+    the sweep's own files carry the sweep's name; a member's file also loads on its own."""
+    sweep, members = f"vae_mlp_sweep_kl_{QUICK}", [f"vae_mlp_{QUICK}", f"vae_mlp_{QUICK}_kl0.25"]
     vae.main(quick_args(synthetic_data, tmp_path / "a", "--arch", "mlp", "--sweep-kl", "1,0.25"))
-    first = metrics(tmp_path / "a" / "vae_mlp_sweep_kl_metrics.json")
+    first = metrics(tmp_path / "a" / f"{sweep}_metrics.json")
     assert list(first["final"]) == ["β = 1", "β = 0.25"]
-    assert (tmp_path / "a" / "vae_mlp_sweep_kl.png").is_file()
-    assert (tmp_path / "a" / "vae_mlp_kl0.25.pt").is_file()
+    assert (tmp_path / "a" / f"{sweep}.png").is_file()
+    assert all((tmp_path / "a" / f"{member}.pt").is_file() for member in members)
     vae.main(quick_args(synthetic_data, tmp_path / "b", "--arch", "mlp", "--sweep-kl", "1,0.25",
-                        "--load", tmp_path / "a" / "vae_mlp_kl1.pt", tmp_path / "a" / "vae_mlp_kl0.25.pt"))
-    assert metrics(tmp_path / "b" / "vae_mlp_sweep_kl_metrics.json")["final"] == first["final"]
-    for member in ("vae_mlp_kl1", "vae_mlp_kl0.25"):  # every member's metrics are redone too
+                        "--load", *[tmp_path / "a" / f"{member}.pt" for member in members]))
+    assert metrics(tmp_path / "b" / f"{sweep}_metrics.json")["final"] == first["final"]
+    for member in members:  # every member's metrics are redone too
         again, before = metrics(tmp_path / "b" / f"{member}_metrics.json"), metrics(tmp_path / "a" / f"{member}_metrics.json")
         assert again["final"] == before["final"] and again["history"] == before["history"]
-    assert (tmp_path / "b" / "vae_mlp_sweep_kl.png").is_file()
+    assert (tmp_path / "b" / f"{sweep}.png").is_file()
+    # a member's weights are vae_mlp weights, whatever their name: they load alone too
+    vae.main(quick_args(synthetic_data, tmp_path / "c", "--arch", "mlp", "--kl-weight", "0.25",
+                        "--load", tmp_path / "a" / f"{members[1]}.pt"))
+    alone = metrics(tmp_path / "c" / f"{members[1]}_metrics.json")["final"]
+    assert {k: alone[k] for k in first["final"]["β = 0.25"]} == first["final"]["β = 0.25"]
 
 
 def test_sweep_load_takes_one_file_per_member_in_order(synthetic_data, tmp_path, capsys):
     vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--epochs", "1", "--sweep-kl", "1,0.5"))
-    kl1, kl05 = tmp_path / "vae_mlp_kl1.pt", tmp_path / "vae_mlp_kl0.5.pt"
+    kl1, kl05 = tmp_path / "vae_mlp_e1_limit128.pt", tmp_path / "vae_mlp_e1_limit128_kl0.5.pt"
     sweep = [*quick_args(synthetic_data, tmp_path / "o"), "--arch", "mlp", "--sweep-kl", "1,0.5"]
     assert "--load takes 2 weights files here" in error_of([*sweep, "--load", kl1], capsys)
-    message = error_of([*sweep, "--load", kl05, kl1], capsys)
-    assert f"{kl05} holds 'vae_mlp_kl0.5' weights, expected 'vae_mlp_kl1'" in message
+    message = error_of([*sweep, "--load", kl05, kl1], capsys)  # both vae_mlp weights: the order is read from their args
+    assert f"{kl05} was trained with --kl-weight 0.5, but stands for the sweep's --kl-weight 1" in message
     # a file whose name fits its place but whose run had another KL weight
-    checkpoint = common.load_checkpoint(kl05, "vae_mlp_kl0.5")
+    checkpoint = common.load_checkpoint(kl05, "vae_mlp")
     checkpoint["args"]["kl_weight"] = 0.25
     common.save_checkpoint(tmp_path / "relabelled.pt", **checkpoint)
     message = error_of([*sweep, "--load", kl1, tmp_path / "relabelled.pt"], capsys)
@@ -202,14 +241,14 @@ def test_sweep_load_takes_one_file_per_member_in_order(synthetic_data, tmp_path,
     assert "the sweep's --kl-weight 0.5" in message
     # a sweep of one member takes its one file as a list too
     vae.main([*quick_args(synthetic_data, tmp_path / "one"), "--arch", "mlp", "--sweep-kl", "1", "--load", str(kl1)])
-    assert list(metrics(tmp_path / "one" / "vae_mlp_sweep_kl_metrics.json")["final"]) == ["β = 1"]
-    assert not (tmp_path / "o" / "vae_mlp_kl1_metrics.json").exists()  # checked before any work
+    assert list(metrics(tmp_path / "one" / f"vae_mlp_sweep_kl_{QUICK}_metrics.json")["final"]) == ["β = 1"]
+    assert not list((tmp_path / "o").glob("*_metrics.json"))  # checked before any work
 
 
 def test_sweep_resume_is_strict_for_every_member(synthetic_data, tmp_path, capsys):
     message = error_of([*quick_args(synthetic_data, tmp_path), "--arch", "mlp", "--sweep-kl", "1,0.5",
                         "--resume"], capsys)
-    assert "--resume: no checkpoint at" in message and "vae_mlp_kl1.ckpt" in message
+    assert "--resume: no checkpoint at" in message and f"vae_mlp_{QUICK}.ckpt" in message
 
 
 def test_load_help_says_one_file_per_model(capsys):
@@ -221,19 +260,21 @@ def test_load_help_says_one_file_per_model(capsys):
 
 def test_latent_sweep(synthetic_data, tmp_path):
     vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--sweep-latent", "2,8"))
-    final = metrics(tmp_path / "vae_mlp_sweep_z_metrics.json")["final"]
+    final = metrics(tmp_path / f"vae_mlp_sweep_z_{QUICK}_metrics.json")["final"]
     assert list(final) == ["z = 2", "z = 8"]
-    checkpoint = common.load_checkpoint(tmp_path / "vae_mlp_z8.pt", "vae_mlp_z8")
+    checkpoint = common.load_checkpoint(tmp_path / f"vae_mlp_{QUICK}_z8.pt", "vae_mlp")
     assert checkpoint["models"]["model"]["to_mu.weight"].shape == (8, 500)
 
 
 def test_classifier_then_load(synthetic_data, tmp_path):
+    run = f"vae_classifier_{QUICK}"
     vae.main(quick_args(synthetic_data, tmp_path / "a", "--arch", "mlp", "--experiment", "classifier"))
-    first = metrics(tmp_path / "a" / "vae_classifier_metrics.json")
+    first = metrics(tmp_path / "a" / f"{run}_metrics.json")
     assert first["final"]["test_acc"] > 0.3  # synthetic classes are easy; chance is 0.1
+    assert (tmp_path / "a" / f"{run}_curves.png").is_file()
     vae.main(quick_args(synthetic_data, tmp_path / "b", "--arch", "mlp", "--experiment", "classifier",
-                        "--load", tmp_path / "a" / "vae_classifier.pt"))
-    assert metrics(tmp_path / "b" / "vae_classifier_metrics.json")["final"] == first["final"]
+                        "--load", tmp_path / "a" / f"{run}.pt"))
+    assert metrics(tmp_path / "b" / f"{run}_metrics.json")["final"] == first["final"]
 
 
 def test_init_from_classifier_needs_the_classifier_weights(synthetic_data, tmp_path, capsys):
@@ -247,30 +288,31 @@ def test_init_from_classifier_needs_the_classifier_weights(synthetic_data, tmp_p
 
 def test_init_from_classifier_then_load(synthetic_data, tmp_path):
     vae.main(quick_args(synthetic_data, tmp_path / "a", "--arch", "mlp", "--experiment", "classifier"))
-    classifier = common.load_checkpoint(tmp_path / "a" / "vae_classifier.pt", "vae_classifier")
+    classifier_weights = tmp_path / "a" / f"vae_classifier_{QUICK}.pt"
+    classifier = common.load_checkpoint(classifier_weights, "vae_classifier")
     # a learning rate so small that training cannot move the weights far from where they started
-    vae.main(quick_args(synthetic_data, tmp_path / "a", "--arch", "mlp", "--experiment",
-                        "init-from-classifier", "--lr", "1e-9"))
-    summary = metrics(tmp_path / "a" / "vae_mlp_init_metrics.json")["final"]
+    init = ["--experiment", "init-from-classifier", "--lr", "1e-9"]
+    vae.main(quick_args(synthetic_data, tmp_path / "a", *init, "--classifier-weights", classifier_weights))
+    knobs = "e2_lr1e-09_limit128"  # the --classifier-weights path stays out of the names
+    summary = metrics(tmp_path / "a" / f"vae_mlp_init_{knobs}_metrics.json")["final"]
     assert set(summary) == {"classifier", "random"}
     for start in ("classifier", "random"):  # the training numbers of the last epoch, as recorded
-        history = metrics(tmp_path / "a" / f"vae_mlp_init_{start}_metrics.json")["history"]
+        history = metrics(tmp_path / "a" / f"vae_mlp_init_{start}_{knobs}_metrics.json")["history"]
         assert summary[start]["train_recon"] == history[-1]["train_recon"]
         assert summary[start]["train_kl"] == history[-1]["train_kl"]
-    assert (tmp_path / "a" / "vae_mlp_init.png").is_file()
-    assert (tmp_path / "a" / "vae_mlp_init_samples.png").is_file()
+    assert (tmp_path / "a" / f"vae_mlp_init_{knobs}.png").is_file()
+    assert (tmp_path / "a" / f"vae_mlp_init_{knobs}_samples.png").is_file()
     # the classifier-initialised VAE really started from the classifier's encoder; the other did not
     start = classifier["models"]["model"]["encoder.1.weight"]
-    weights = {s: common.load_checkpoint(tmp_path / "a" / f"vae_mlp_init_{s}.pt", f"vae_mlp_init_{s}")
+    weights = {s: common.load_checkpoint(tmp_path / "a" / f"vae_mlp_init_{s}_{knobs}.pt", f"vae_mlp_init_{s}")
                ["models"]["model"]["encoder.1.weight"] for s in ("classifier", "random")}
     moved = {s: (w - start).abs().max().item() for s, w in weights.items()}
     # (the random start is the classifier's own initialisation, same seed, so the classifier's
     # two epochs of training are what sets it apart)
     assert moved["classifier"] < 1e-6 < 1e-4 < moved["random"], moved
-    vae.main(quick_args(synthetic_data, tmp_path / "b", "--arch", "mlp", "--experiment",
-                        "init-from-classifier", "--lr", "1e-9", "--load",
-                        tmp_path / "a" / "vae_mlp_init_classifier.pt", tmp_path / "a" / "vae_mlp_init_random.pt"))
-    assert metrics(tmp_path / "b" / "vae_mlp_init_metrics.json")["final"] == summary
+    vae.main(quick_args(synthetic_data, tmp_path / "b", *init, "--load",
+                        *[tmp_path / "a" / f"vae_mlp_init_{s}_{knobs}.pt" for s in ("classifier", "random")]))
+    assert metrics(tmp_path / "b" / f"vae_mlp_init_{knobs}_metrics.json")["final"] == summary
 
 
 def test_encoder_copy_is_exact(synthetic_data, tmp_path, monkeypatch):
@@ -288,8 +330,8 @@ def test_encoder_copy_is_exact(synthetic_data, tmp_path, monkeypatch):
     monkeypatch.setattr(vae, "fit_vae", spy)
     without_figures(monkeypatch)
     vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--experiment", "init-from-classifier",
-                        "--classifier-weights", tmp_path / "c" / "vae_classifier.pt"))
-    classifier = common.load_checkpoint(tmp_path / "c" / "vae_classifier.pt", "vae_classifier")["models"]["model"]
+                        "--classifier-weights", tmp_path / "c" / f"vae_classifier_{QUICK}.pt"))
+    classifier = common.load_checkpoint(tmp_path / "c" / f"vae_classifier_{QUICK}.pt", "vae_classifier")["models"]["model"]
     # seen[0] is the classifier-initialised VAE, seen[1] the random one
     from_classifier, from_random = seen
     encoder_keys = [k for k in from_classifier if k.startswith("encoder.")]
@@ -337,15 +379,15 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_pa
         vae.main(quick_args(synthetic_data, tmp_path / "split", "--arch", "mlp", "--epochs", "3"))
     monkeypatch.undo()
     vae.main(quick_args(synthetic_data, tmp_path / "split", "--arch", "mlp", "--epochs", "3", "--resume"))
-    whole = metrics(tmp_path / "whole" / "vae_mlp_metrics.json")
-    split = metrics(tmp_path / "split" / "vae_mlp_metrics.json")
+    whole = metrics(tmp_path / "whole" / "vae_mlp_e3_limit128_metrics.json")
+    split = metrics(tmp_path / "split" / "vae_mlp_e3_limit128_metrics.json")
     strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
     assert strip(split["history"]) == strip(whole["history"]) and split["final"] == whole["final"]
 
 
 def test_vae_metrics_hold_the_sample_quality_of_prior_samples(synthetic_data, cnn_weights, tmp_path):
     vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--cnn-weights", cnn_weights))
-    final = metrics(tmp_path / "vae_mlp_metrics.json")["final"]
+    final = metrics(tmp_path / f"vae_mlp_{QUICK}_metrics.json")["final"]
     assert final["frechet_distance"] > 0 and final["n_generated"] == 128
     assert 0 <= final["class_entropy_nats"] <= 2.31
 
@@ -455,8 +497,8 @@ def test_fit_builds_plain_adam_over_every_parameter_at_the_set_lr(experiment, mo
     with pytest.raises(OptimizerBuilt):
         if experiment == "vae":
             model = vae.MLPVAE()
-            vae.fit_vae(model, ((x, y), (x, y)), args, tmp_path / "vae_mlp", torch.Generator(),
-                        torch.zeros(2, 2))
+            vae.fit_vae(model, ((x, y), (x, y)), args, tmp_path / "vae_mlp", "vae_mlp",
+                        torch.Generator(), torch.zeros(2, 2))
         else:
             model = vae.MLPClassifier()
             vae.fit_classifier(model, ((x, y), (x, y)), args, tmp_path / vae.CLASSIFIER, torch.Generator())
