@@ -104,12 +104,13 @@ def time_step(step, steps):
     return {amp: sorted(t)[len(t) // 2] for amp, t in times.items()}
 
 
-# Short real-data runs through the scripts themselves: (script, flags, metrics file, final key)
+# Short real-data runs through the scripts themselves: (script, flags, final key); each writes its
+# one run into a folder of its own, under the name its knobs give it (common.run_name)
 RUNS = [
-    (vgg_mnist, ["--subset", "0.05", "--epochs", "3"], "vgg_mnist_subset0.05", "test_acc"),
-    (vae, ["--arch", "conv", "--epochs", "1", "--limit", "10000"], "vae_conv", "test_recon"),
+    (vgg_mnist, ["--subset", "0.05", "--epochs", "3"], "test_acc"),
+    (vae, ["--arch", "conv", "--epochs", "1", "--limit", "10000"], "test_recon"),
     (dcgan, ["--epochs", "1", "--limit", "10000", "--cnn-weights", str(ROOT / "figures" / "cnn.pt")],
-     "dcgan", "frechet_distance"),
+     "frechet_distance"),
 ]
 
 
@@ -125,14 +126,15 @@ def main(argv=None):
         return
     print("short real-data runs, the same command without and with --amp:")
     with tempfile.TemporaryDirectory() as out:
-        for script, flags, run, key in RUNS:
+        for script, flags, key in RUNS:
             results = {}
             for amp in (False, True):
-                folder = Path(out) / f"{run}_{amp}"
+                folder = Path(out) / f"{script.__name__}_{amp}"
                 started = time.perf_counter()
                 script.main([*flags, "--data-dir", args.data_dir, "--out-dir", str(folder),
                              "--device", "cpu", *(["--amp"] if amp else [])])
-                final = json.loads((folder / f"{run}_metrics.json").read_text())["final"]
+                (metrics,) = folder.glob("*_metrics.json")
+                final = json.loads(metrics.read_text())["final"]
                 results[amp] = (final[key], time.perf_counter() - started)
             print(f"  {script.__name__} {' '.join(flags)}: {key} fp32 {results[False][0]:.4f} "
                   f"({results[False][1]:.0f} s) | --amp {results[True][0]:.4f} "
