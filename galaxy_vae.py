@@ -282,10 +282,12 @@ def fit(model, train, test, args, stem, generator, classes):
     per_epoch = common.num_batches(len(train["x"]), args.batch_size)
     for epoch in range(run.done + 1, args.epochs + 1):
         terms = train_epoch(model, optimizer, train, args, epoch, generator)
-        test_metrics = evaluate(model, test, args)
-        record = {"iteration": epoch * per_epoch, **{f"train_{k}": v.mean().item() for k, v in terms.items()},
-                  **{f"test_{k}": v for k, v in test_metrics.items()}}
-        if run.end_epoch(epoch, record, losses={"bce": terms["bce"], "kl": terms["kl"]}, classes=classes):
+        common.check_finite(epoch, run.weights_path, bce=terms["bce"], kl=terms["kl"])
+        run.log(epoch, {"iteration": epoch * per_epoch,
+                        **{f"train_{k}": v.mean().item() for k, v in terms.items()},
+                        **{f"test_{k}": v for k, v in evaluate(model, test, args).items()}})
+        run.save(epoch, classes=classes)
+        if common.stop_early(run.history, "test_loss", args.patience):
             break
     return run
 
