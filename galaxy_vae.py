@@ -36,6 +36,7 @@ Writes:  figures/galaxy_vae_<arch>[_cond]_{loss,class_samples,samples,latent,wei
          _metrics.json, <run>.pt (weights, for --load) and <run>.ckpt (for --resume); with the
          metrics of all three architectures present, galaxy_vae_architectures.png.
 """
+import argparse
 import concurrent.futures
 import csv
 import hashlib
@@ -432,22 +433,28 @@ def loss_figure(history, final, name, args):
                              f"batches while training; test: after the epoch)")
 
 
-def architectures_figure(out):
-    """Test BCE above the floor of the three unconditional architectures on one axis, when the
-    metrics of all three are in `out`."""
-    paths = {a: out / f"galaxy_vae_{a}_metrics.json" for a in ARCHS}
-    if not all(p.exists() for p in paths.values()):
+def architectures_figure(out, settings):
+    """Test and train BCE above the floor of the three unconditional architectures on one axis:
+    for each, the longest run in `out` whose knobs but architecture and epochs are this run's
+    (`settings`); drawn once all three are there, as <comparison_name>_architectures.png."""
+    name, runs = comparison_name(settings), {}
+    for path in sorted(out.glob(f"{KIND}_*_metrics.json")):
+        metrics = json.loads(path.read_text())
+        trained = metrics.get("trained_with") or metrics["args"]
+        if (trained["arch"] in ARCHS and not trained["conditional"] and comparison_name(trained) == name
+                and "train_bce_floor" in metrics["final"]):
+            best = runs.get(trained["arch"])
+            if best is None or metrics["final"]["epochs_trained"] > best["final"]["epochs_trained"]:
+                runs[trained["arch"]] = metrics
+    if len(runs) < len(ARCHS):
         return
     curves = {}
-    for arch, path in paths.items():
-        metrics = json.loads(path.read_text())
-        if "train_bce_floor" not in metrics["final"]:
-            print(f"{path} predates the BCE floors; redo it with --load to draw galaxy_vae_architectures.png")
-            return
+    for arch in ARCHS:
+        metrics = runs[arch]
         for p in ("train", "test"):
             curves[f"{arch}, {p}"] = ([r["iteration"] for r in metrics["history"]],
                                       [r[f"{p}_bce"] - metrics["final"][f"{p}_bce_floor"] for r in metrics["history"]])
-    common.plot_curves(out / "galaxy_vae_architectures.png", curves, "training iteration",
+    common.plot_curves(out / f"{name}_architectures.png", curves, "training iteration",
                        "BCE − its floor, nats per image", "Galaxy VAEs: reconstruction error of the "
                        "three architectures", markers=False, log_y=True)
 
@@ -704,15 +711,36 @@ def n_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
+# Short tags of this script's knobs in a run's name; data paths, the cache and the workers stay
+# out (they do not change what a run computes), and so do --arch and --conditional (in the base).
+TAGS = {"latent_dim": "z", "kl_weight": "kl", "image_size": "size", "test_fraction": "test",
+        "class_scheme": "", "sample_class": "class"}
+NOT_IN_NAME = ("images_dir", "labels", "cache_dir", "workers", "arch", "conditional")
+
+
 def run_name(args):
-    return f"galaxy_vae_{args.arch}{'_cond' if args.conditional else ''}"
+    """What this run's files are called: with --load, the loaded file's own name; otherwise
+    galaxy_vae_<arch>[_cond] plus every knob that differs from the defaults
+    (galaxy_vae_conv_e100_amp, galaxy_vae_conv_e1_limit200_z32): a quick edit writes beside the
+    committed run (common.run_name)."""
+    if args.load:
+        return Path(args.load).stem
+    base = f"{KIND}_{args.arch}{'_cond' if args.conditional else ''}"
+    return common.run_name(base, args, vars(parse_args([])), TAGS, skip=NOT_IN_NAME)
+
+
+def comparison_name(settings):
+    """The name of the architectures figure a run belongs to: its knobs but the architecture and
+    the epochs ({flag: value} of the run, as its metrics record them), e.g. galaxy_vae_amp."""
+    return common.run_name(KIND, argparse.Namespace(**settings), vars(parse_args([])), TAGS,
+                           skip=(*NOT_IN_NAME, "epochs", "sample_class"))
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
-    out = common.out_dir(args)
+    out, name = common.out_dir(args), run_name(args)
     checkpoint = None
     if args.load:  # the architecture and preprocessing are the trained run's
         checkpoint = common.load_checkpoint(args.load, KIND, "--load")
@@ -727,7 +755,6 @@ def main(argv=None):
         if args.sample_class not in classes["names"]:
             common.fail(f"--sample-class {args.sample_class!r} is not one of {classes['names']}")
     cond_dim = classes["conditions"].shape[1] if args.conditional else 0
-    name = run_name(args)
     model = GalaxyVAE(args.arch, args.latent_dim, args.image_size, cond_dim).to(device)
     if args.load:
         trained = checkpoint.get("classes")
@@ -755,7 +782,7 @@ def main(argv=None):
                         trained_with=run.trained_with,
                         data={"images": len(data["ids"]), "train": len(train["x"]), "test": len(test["x"]),
                               "classes": dict(zip(classes["names"], classes["counts"])) if classes else None})
-    architectures_figure(out)  # once the metrics of all three architectures are there
+    architectures_figure(out, run.trained_with)  # once the metrics of all three architectures are there
 
 
 if __name__ == "__main__":

@@ -240,7 +240,7 @@ def test_conditional_samples_follow_the_class(galaxies, tmp_path):
     gv.main(args_for(root, tmp_path, "--labels", root / "labels.csv", "--conditional",
                      "--latent-dim", "4", "--batch-size", "16", "--epochs", "8"))
     model = gv.GalaxyVAE("conv", latent_dim=4, size=32, cond_dim=2)
-    common.load_weights(tmp_path / "galaxy_vae_conv_cond.pt", gv.KIND, {"model": model}, "--load")
+    common.load_weights(tmp_path / "galaxy_vae_conv_cond_e8_bs16_size32_z4.pt", gv.KIND, {"model": model}, "--load")
     z = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
     red_minus_blue = []
     for k in range(2):  # one-hot: 0 = other, 1 = spiral_odd (sorted names)
@@ -289,7 +289,7 @@ def test_smoke_then_load_gives_the_same_final_block(arch, extra, galaxies, tmp_p
     flags = args_for(root, tmp_path, "--labels", root / "labels.csv", "--arch", arch,
                      "--latent-dim", "4", "--batch-size", "16", "--epochs", "2", *extra)
     gv.main(flags)
-    name = f"galaxy_vae_{arch}{'_cond' if extra else ''}"
+    name = f"galaxy_vae_{arch}{'_cond' if extra else ''}_e2_bs16_size32_z4"  # the knobs that differ
     for what in ("loss", "weights", "samples", "class_samples", "latent"):
         assert (tmp_path / f"{name}_{what}.png").stat().st_size > 1000
     first = final_block(tmp_path, name)
@@ -298,15 +298,44 @@ def test_smoke_then_load_gives_the_same_final_block(arch, extra, galaxies, tmp_p
     assert final_block(tmp_path, name) == first
 
 
-def test_resume_continues_where_the_run_stopped(galaxies, tmp_path):
+def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
+    """The README's commands write the committed names; a changed knob writes beside them; data
+    paths, the cache and the workers stay out; --load keeps the loaded file's name."""
+    name = lambda *flags: gv.run_name(gv.parse_args([*flags, "--labels", "labels.csv"]))
+    assert name("--arch", "conv", "--epochs", "100", "--amp") == "galaxy_vae_conv_e100_amp"
+    assert name("--arch", "resnet", "--epochs", "30", "--amp") == "galaxy_vae_resnet_e30_amp"
+    assert name("--conditional", "--epochs", "100", "--amp") == "galaxy_vae_conv_cond_e100_amp"
+    assert name("--epochs", "20", "--lr", "3e-4", "--amp") == "galaxy_vae_conv_e20_lr0.0003_amp"
+    assert name("--epochs", "20", "--lr", "1e-3", "--amp") == "galaxy_vae_conv_e20_amp"  # the default lr
+    assert name("--latent-dim", "32", "--epochs", "1", "--limit", "200", "--data-dir", "d",
+                "--images-dir", "i", "--cache-dir", "c", "--workers", "1", "--device", "cpu",
+                "--out-dir", "o") == "galaxy_vae_conv_e1_limit200_z32"
+    assert name("--arch", "mlp", "--kl-weight", "0.5", "--class-scheme", "q1", "--image-size", "32",
+                "--sample-class", "other") == "galaxy_vae_mlp_q1_size32_kl0.5_class-other"
+    assert name() == "galaxy_vae_conv"
+    assert name("--load", "runs/galaxy_vae_conv_e100_amp.pt", "--epochs", "3") == "galaxy_vae_conv_e100_amp"
+    assert gv.comparison_name(vars(gv.parse_args(["--arch", "resnet", "--epochs", "30", "--amp"]))) == "galaxy_vae_amp"
+
+
+def test_resume_continues_where_the_run_stopped(galaxies, tmp_path, monkeypatch):
     root, _ = galaxies
-    flags = args_for(root, tmp_path, "--arch", "mlp", "--latent-dim", "4", "--batch-size", "16")
-    gv.main(flags + ["--epochs", "1"])
-    gv.main(flags + ["--epochs", "2", "--resume"])
-    resumed = json.loads((tmp_path / "galaxy_vae_mlp_metrics.json").read_text())
+    flags = args_for(root, tmp_path, "--arch", "mlp", "--latent-dim", "4", "--batch-size", "16", "--epochs", "2")
+    real_train_epoch = gv.train_epoch
+
+    def killed_in_epoch_2(*args):
+        if args[4] == 2:  # train_epoch(model, optimizer, data, args, epoch, generator)
+            raise KeyboardInterrupt
+        return real_train_epoch(*args)
+
+    monkeypatch.setattr(gv, "train_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        gv.main(flags)
+    monkeypatch.undo()
+    gv.main(flags + ["--resume"])
+    resumed = json.loads((tmp_path / "galaxy_vae_mlp_e2_bs16_size32_z4_metrics.json").read_text())
     gv.main(args_for(root, tmp_path / "straight", "--arch", "mlp", "--latent-dim", "4",
                      "--batch-size", "16", "--epochs", "2"))
-    straight = json.loads((tmp_path / "straight" / "galaxy_vae_mlp_metrics.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "galaxy_vae_mlp_e2_bs16_size32_z4_metrics.json").read_text())
     assert [r["test_bce"] for r in resumed["history"]] == [r["test_bce"] for r in straight["history"]]
 
 
@@ -315,9 +344,11 @@ def test_unsupervised_skips_the_class_figures_and_the_overlay_needs_all_three(ga
     for arch in gv.ARCHS:
         gv.main(args_for(root, tmp_path, "--arch", arch, "--latent-dim", "3", "--epochs", "1",
                          "--batch-size", "24"))
-        assert (tmp_path / "galaxy_vae_architectures.png").exists() == (arch == gv.ARCHS[-1])
+        # named after the knobs the three share but the architecture (and the epochs)
+        assert (tmp_path / "galaxy_vae_bs24_size32_z3_architectures.png").exists() == (arch == gv.ARCHS[-1])
     assert "the class figures (class samples, latent colours) are skipped" in capsys.readouterr().out
-    assert not (tmp_path / "galaxy_vae_conv_latent.png").exists()
+    assert not (tmp_path / "galaxy_vae_conv_e1_bs24_size32_z3_latent.png").exists()
+    assert (tmp_path / "galaxy_vae_conv_e1_bs24_size32_z3_loss.png").exists()
 
 
 def test_load_refuses_other_classes_for_a_conditional_model(galaxies, tmp_path):
@@ -327,7 +358,7 @@ def test_load_refuses_other_classes_for_a_conditional_model(galaxies, tmp_path):
     relabelled = tmp_path / "other_labels.csv"
     relabelled.write_text("GalaxyID,kind\n" + "\n".join(f"{g},{'a' if i % 2 else 'b'}" for i, g in enumerate(ids)))
     result = run_script("galaxy_vae.py", *args_for(root, tmp_path, "--labels", relabelled,
-                                                   "--load", tmp_path / "galaxy_vae_conv_cond.pt"))
+                                                   "--load", tmp_path / "galaxy_vae_conv_cond_e1_size32_z3.pt"))
     assert_one_line_error(result, "was conditioned on the classes ['other', 'spiral_odd']")
 
 
@@ -390,7 +421,7 @@ def test_an_unknown_sample_class_stops_before_training(galaxies, tmp_path):
     result = run_script("galaxy_vae.py", *args_for(root, tmp_path, "--labels", root / "labels.csv",
                                                    "--sample-class", "barred", "--epochs", "1"))
     assert_one_line_error(result, "--sample-class 'barred' is not one of ['other', 'spiral_odd']")
-    assert not (tmp_path / "galaxy_vae_conv.pt").exists()
+    assert not list(tmp_path.glob("*.pt"))
 
 
 # --- the training step against a hand-written step on its objective ---------------------------
