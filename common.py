@@ -11,8 +11,10 @@ Sections: errors and flags · device and seed · data · the training run · che
 figures.
 """
 import argparse
+import concurrent.futures
 import contextlib
 import csv
+import hashlib
 import json
 import math
 import os
@@ -32,6 +34,7 @@ import matplotlib
 matplotlib.use("Agg")  # figures go to files; no display is needed (or present on servers)
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from PIL import Image  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
@@ -629,7 +632,7 @@ def read_semeval_tsv(path, numbered, lines):
                      "negative/positive, neutral skipped", problems, [], len(lines), notes)
 
 
-def count(n, noun):
+def plural(n, noun):
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
@@ -638,18 +641,18 @@ def line_numbers(numbers):
     return f"line{'s' if len(numbers) > 1 else ''} " + ", ".join(map(str, numbers[:SHOWN_LINES])) + more
 
 
-def report(path, tweets):
+def tweet_file_report(path, tweets):
     """What was read and what was not, in a few lines for the log."""
-    lines = [f"{path}: {count(len(tweets.texts), 'tweet')} from {count(tweets.lines, 'line')}; "
+    lines = [f"{path}: {plural(len(tweets.texts), 'tweet')} from {plural(tweets.lines, 'line')}; "
              f"{tweets.layout}"]
     for reason, numbers in tweets.problems.items():
-        lines.append(f"  skipped {count(len(numbers), 'line')}: {reason} ({line_numbers(numbers)})")
+        lines.append(f"  skipped {plural(len(numbers), 'line')}: {reason} ({line_numbers(numbers)})")
     if tweets.split_at_commas:
-        lines.append(f"  {count(len(tweets.split_at_commas), 'line')} with an unbalanced quote or "
+        lines.append(f"  {plural(len(tweets.split_at_commas), 'line')} with an unbalanced quote or "
                      f"an unquoted comma, read by cutting at the outer commas "
                      f"({line_numbers(tweets.split_at_commas)})")
     for quirk, numbers in tweets.notes.items():
-        lines.append(f"  {count(len(numbers), 'line')} with {quirk} ({line_numbers(numbers)})")
+        lines.append(f"  {plural(len(numbers), 'line')} with {quirk} ({line_numbers(numbers)})")
     return "\n".join(lines)
 
 
@@ -659,18 +662,220 @@ def read_tweet_files(paths, text_column=None, label_column=None):
     texts, labels = [], []
     for path in paths:
         tweets = read_tweet_csv(path, text_column, label_column)
-        print(report(path, tweets))
+        print(tweet_file_report(path, tweets))
         texts.extend(tweets.texts)
         labels.extend(tweets.labels)
     if len(paths) > 1:
-        print(f"  {count(len(texts), 'tweet')} from {len(paths)} files")
+        print(f"  {plural(len(texts), 'tweet')} from {len(paths)} files")
     return texts, labels
 
 
 # ----------------------------------------------------------------------------------------------
 # Data: galaxy images and labels (galaxy_vae.py)
 # ----------------------------------------------------------------------------------------------
-# (issue 24: the JPEG decoding, the cache and the label files move here)
+# Kaggle's training_solutions_rev1.csv: GalaxyID and the 37 answer probabilities of the Galaxy Zoo
+# decision tree (11 questions with 3, 2, 2, 2, 4, 2, 3, 7, 3, 3, 6 answers)
+KAGGLE_COLUMNS = ["GalaxyID"] + [f"Class{q}.{a}" for q, answers in
+                                 enumerate((3, 2, 2, 2, 4, 2, 3, 7, 3, 3, 6), start=1)
+                                 for a in range(1, answers + 1)]
+Q1_NAMES = ("smooth", "features or disk", "star or artifact")  # Class1.1, 1.2, 1.3
+
+
+def warn_skipped(problem, names, action):
+    """One counted warning line for a set of bad inputs: never a silent drop."""
+    if names:
+        first = ", ".join(str(n) for n in names[:5])
+        print(f"warning: {len(names)} {problem} (first: {first}{', ...' if len(names) > 5 else ''}); {action}")
+
+
+def decode_jpeg(task):
+    """(path, crop, size) → (RGB bytes of the centre crop resized to size x size, None) or
+    (None, the problem). Runs in a worker process; PIL only, no torch."""
+    path, crop, size = task
+    try:
+        with Image.open(path) as image:
+            if image.format != "JPEG":
+                return None, f"not a JPEG ({image.format})"
+            image = image.convert("RGB")  # decodes the whole file: a truncated one fails here
+            w, h = image.size
+            side = min(crop, w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
+            return image.tobytes(), None
+    except Exception as error:  # PIL raises many types for damaged files
+        return None, f"unreadable ({type(error).__name__})"
+
+
+def decode_all(files, crop, size, workers):
+    """Every file through decode_jpeg in `workers` processes, with a progress bar:
+    {"ids", "images" uint8 (N, 3, size, size), "problems" ["name: why", ...]}."""
+    tasks = [(str(p), crop, size) for p in files]
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        decoded = list(progress(pool.map(decode_jpeg, tasks, chunksize=32), len(tasks),
+                                       f"decoding {len(tasks)} JPEGs ({workers} workers)"))
+    good = [(p.stem, data) for p, (data, _) in zip(files, decoded) if data is not None]
+    pixels = bytearray(b"".join(data for _, data in good))
+    images = (torch.frombuffer(pixels, dtype=torch.uint8) if pixels else torch.empty(0, dtype=torch.uint8))
+    return {"ids": [galaxy for galaxy, _ in good],
+            "images": images.view(len(good), size, size, 3).permute(0, 3, 1, 2).contiguous(),
+            "problems": [f"{p.name}: {why}" for p, (_, why) in zip(files, decoded) if why]}
+
+
+def load_images(images_dir, crop, size, cache_dir, workers):
+    """All <id>.jpg of images_dir as uint8 (N, 3, size, size) with their ids, decoded once in
+    parallel and cached under a key of crop, size and the file list (names and sizes)."""
+    folder = Path(images_dir)
+    if not folder.is_dir():
+        fail(f"--images-dir {folder} is not a folder (expected Kaggle's images_training_rev1 "
+                    "with <GalaxyID>.jpg files)")
+    entries = sorted(folder.iterdir())
+    files = [p for p in entries if p.suffix.lower() in (".jpg", ".jpeg") and p.is_file()]
+    warn_skipped(f"entries of {folder} are not .jpg files", [p.name for p in entries if p not in files], "ignored")
+    if not files:
+        fail(f"--images-dir {folder} holds no .jpg file")
+    key = hashlib.sha256(f"{crop},{size}\n".encode() + "\n".join(
+        f"{p.name}:{p.stat().st_size}" for p in files).encode()).hexdigest()[:16]
+    cache = Path(cache_dir) / f"galaxy_crop{crop}_size{size}_{key}.pt"
+    stored = None
+    if cache.exists():
+        try:
+            stored = torch.load(cache, weights_only=True)
+            print(f"read {len(stored['ids'])} decoded images from the cache {cache}")
+        except Exception as error:
+            print(f"warning: the cache {cache} is damaged ({type(error).__name__}); decoding again")
+    if stored is None:
+        stored = decode_all(files, crop, size, workers)
+        if stored["ids"]:  # a folder with nothing readable is an error below, not a cache entry
+            try:
+                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+                atomic_write(cache, lambda tmp: torch.save(stored, tmp))
+                print(f"cached {len(stored['ids'])} decoded images in {cache}")
+            except OSError as error:
+                print(f"warning: cannot write the cache in {cache_dir} ({error.strerror}); decoding again next run")
+    warn_skipped("image files cannot be used", stored["problems"], "left out")
+    if not stored["ids"]:
+        fail(f"--images-dir {folder}: no readable JPEG among {len(files)} files")
+    return stored["images"], stored["ids"]
+
+
+def read_labels(path, scheme):
+    """({GalaxyID: label string, or its 37 probabilities as a tensor}, whether the file is
+    Kaggle's 37-column layout), from either layout (told apart by the header)."""
+    path = Path(path)
+    if not path.is_file():
+        fail(f"--labels {path} is not a file")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as error:
+        fail(f"--labels {path} is not a text CSV file ({type(error).__name__})")
+    if not rows:
+        fail(f"--labels {path} is empty")
+    header, rows = [h.strip() for h in rows[0]], rows[1:]
+    kaggle = header == KAGGLE_COLUMNS
+    if not kaggle and not (len(header) == 2 and header[0] == "GalaxyID"):
+        fail(f"--labels {path}: unknown header {','.join(header)[:80]!r}; expected Kaggle's "
+                    "GalaxyID,Class1.1,...,Class11.6 or GalaxyID,<label>")
+    print(f"--labels {path}: " + (f"Kaggle's 37 probabilities, class = argmax of "
+                                  f"{'all 37' if scheme == 'argmax' else 'question 1'}"
+                                  if kaggle else f"one {header[1]!r} label per galaxy"))
+    labels, bad = {}, {"rows with the wrong number of fields": [], "rows repeat a GalaxyID": [],
+                       "rows hold a value that is not a number": [],
+                       "rows hold a probability outside [0, 1]": []}
+    for line, row in enumerate(rows, start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            bad["rows with the wrong number of fields"].append(f"line {line}")
+            continue
+        galaxy = row[0].strip()
+        if galaxy in labels:
+            bad["rows repeat a GalaxyID"].append(galaxy)
+            continue
+        if not kaggle:
+            labels[galaxy] = row[1].strip()
+            continue
+        try:
+            p = torch.tensor([float(v) for v in row[1:]])
+        except ValueError:
+            bad["rows hold a value that is not a number"].append(galaxy)
+            continue
+        if not ((p >= 0) & (p <= 1)).all():
+            bad["rows hold a probability outside [0, 1]"].append(galaxy)
+            continue
+        labels[galaxy] = p
+    for problem, names in bad.items():
+        warn_skipped(f"{problem} in {path}", names, "skipped")
+    if not labels:
+        fail(f"--labels {path} holds no usable row")
+    return labels, kaggle
+
+
+def classes_of(labels, kaggle, scheme):
+    """Class names, {GalaxyID: class index} and the condition vector of each id."""
+    if not kaggle:
+        names = sorted(set(labels.values()))
+        index = {g: names.index(v) for g, v in labels.items()}
+        return names, index, {g: F.one_hot(torch.tensor(i), len(names)).float() for g, i in index.items()}
+    if scheme == "q1":
+        names = list(Q1_NAMES)
+        index = {g: int(p[:3].argmax()) for g, p in labels.items()}
+    else:
+        present = sorted({int(p.argmax()) for p in labels.values()})
+        names = [KAGGLE_COLUMNS[1 + i] for i in present]
+        index = {g: present.index(int(p.argmax())) for g, p in labels.items()}
+    return names, index, labels
+
+
+def load_galaxies(images_dir, labels_path, class_scheme, crop, size, cache_dir, workers):
+    """galaxy_vae.py's data: the images of images_dir, uint8 (N, 3, size, size), matched with their
+    rows of the labels file (every mismatch counted): {"x", "y", "c", "ids"}, and the classes
+    {"names", "counts", "layout", "conditions" (each class's mean condition vector: what the
+    conditional model is given to generate that class)}, or None without a labels file."""
+    images, ids = load_images(images_dir, crop, size, cache_dir, workers)
+    if not labels_path:
+        print("no --labels: training unsupervised; the class figures (class samples, latent "
+              "colours) are skipped")
+        return {"x": images, "y": torch.zeros(len(ids), dtype=torch.long), "c": None, "ids": ids}, None
+    labels, kaggle = read_labels(labels_path, class_scheme)
+    have = set(ids)
+    warn_skipped(f"label rows have no image in {images_dir}", [g for g in labels if g not in have], "skipped")
+    warn_skipped(f"images have no label row in {labels_path}", [g for g in ids if g not in labels], "left out")
+    keep = [i for i, g in enumerate(ids) if g in labels]
+    if not keep:
+        fail(f"no image of {images_dir} has a row in {labels_path}")
+    ids = [ids[i] for i in keep]
+    names, index, conditions = classes_of({g: labels[g] for g in ids}, kaggle, class_scheme)
+    y = torch.tensor([index[g] for g in ids])
+    c = torch.stack([conditions[g] for g in ids])
+    counts = torch.bincount(y, minlength=len(names)).tolist()
+    print("classes: " + ", ".join(f"{n} {k}" for n, k in zip(names, counts)))
+    classes = {"names": names, "counts": counts, "layout": "kaggle37" if kaggle else "labels",
+               "conditions": torch.stack([c[y == k].mean(0) for k in range(len(names))])}
+    return {"x": images[keep], "y": y, "c": c, "ids": ids}, classes
+
+
+def split_galaxies(data, fraction, seed, limit, device):
+    """load_galaxies' data split into (train, test), class by class: a seeded draw of
+    round(fraction · n) of each class's n images to test. `limit` keeps the first N of each
+    split. Every tensor moves to the device."""
+    generator = torch.Generator().manual_seed(seed)
+    test_idx = []
+    for k in data["y"].unique():
+        members = (data["y"] == k).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        test_idx.append(members[:round(fraction * len(members))])
+    is_test = torch.zeros(len(data["y"]), dtype=torch.bool)
+    is_test[torch.cat(test_idx)] = True
+    parts = []
+    for chosen in (~is_test, is_test):
+        idx = chosen.nonzero().flatten()[:limit]
+        parts.append({"x": data["x"][idx].to(device), "y": data["y"][idx].to(device),
+                      "c": data["c"][idx].to(device) if data["c"] is not None else None,
+                      "ids": [data["ids"][i] for i in idx]})
+    if not len(parts[1]["x"]) or not len(parts[0]["x"]):
+        fail(f"{len(data['y'])} images are too few to split with --test-fraction {fraction}")
+    return parts
 
 
 # ----------------------------------------------------------------------------------------------

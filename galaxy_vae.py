@@ -1,44 +1,25 @@
 """VAEs on Galaxy Zoo images: assignment D, part 5 ("The Final Small-Project").
 
-Three encoder/decoder pairs, as the task names them (--arch), each decoder mirroring its encoder;
-64x64 RGB in, the mean and log-variance of z (--latent-dim, default 50) out:
-  mlp     a deep feed-forward net: 12,288 → 512 → 512 → 512 → z, three hidden layers of 512 units
-          (ReLU); the decoder z → 512 → 512 → 512 → 12,288.
-  conv    five stride-2 convolutions, 32 → 64 → 128 → 256 → 512 filters (4x4, BatchNorm,
-          LeakyReLU 0.2): 64 → 2 pixels a side; five transposed convolutions back.
-  resnet  five residual blocks written here (ResidualBlock): two 3x3 convolutions with BatchNorm
-          and a shortcut, the first convolution halving the side (a 1x1 strided projection on the
-          shortcut), channels 32 → 512 as conv; the decoder's five blocks double the side
-          (nearest-neighbour upsampling) instead.
---conditional  a conditional VAE (Sohn et al. 2015): encoder and decoder both receive the
-          galaxy's class (one-hot; or its 37 Galaxy Zoo probabilities when --labels is Kaggle's
-          training_solutions_rev1.csv), so "generate this class" is literal: decode z ~ N(0, I)
-          beside the class.
+64x64 RGB galaxies in, the mean and log-variance of z (--latent-dim 50) out; three encoder/decoder
+pairs, as the task names them (--arch), each decoder mirroring its encoder:
+  mlp     a deep feed-forward net, three hidden layers of 512 units (ReLU) each way;
+  conv    five stride-2 4x4 convolutions (BatchNorm, LeakyReLU 0.2), 32 → 512 filters: 64 → 2
+          pixels a side; five transposed convolutions back;
+  resnet  five residual blocks (ResidualBlock, He et al. 2016) of the same widths, each halving
+          the side; the decoder's blocks double it (nearest-neighbour upsampling).
+The widths (CHANNELS) are stored with the weights; the image side must survive their halvings.
+--conditional makes it a conditional VAE (Sohn et al. 2015): encoder and decoder are given the
+galaxy's class (one-hot, or Kaggle's 37 probabilities), so "generate this class" is literal.
 
-Loss (vae_loss): binary cross-entropy summed over the 12,288 pixel values, averaged over the
-batch, plus the closed-form KL of q(z|x) from N(0, I). The targets are pixel intensities in
-[0, 1], not 0/1, so the BCE cannot reach 0: its floor is each pixel's own entropy (bce_floor),
-reported beside it, with the per-pixel mean squared error that has no floor.
+Loss (vae_loss): BCE summed over the 12,288 pixel values plus the closed-form KL. The targets are
+intensities in [0, 1], so the BCE has a floor, each pixel's own entropy (bce_floor), reported
+beside it with the per-pixel MSE. Reading the JPEGs (a centre crop of 207, the Kaggle winner's,
+resized to 64; decoded once into a cache) and the label files is common.py's; a seeded
+class-stratified split holds out --test-fraction.
 
-Data: Kaggle's images_training_rev1/<GalaxyID>.jpg (424x424). Each is centre-cropped to --crop
-(207, as the Kaggle winner did: the galaxy sits in the middle of a mostly dark frame) and resized
-to --image-size (64). Every JPEG is decoded once, by worker processes, into a cached uint8 tensor
-in --cache-dir; later runs read the cache. --labels reads Kaggle's 37-column
-training_solutions_rev1.csv (class = argmax of the 37 probabilities, or with --class-scheme q1
-the answer to the first question) or a two-column GalaxyID,<label> file; without it the VAE
-trains unsupervised and the class figures are skipped. A seeded class-stratified split holds out
---test-fraction.
-
-Run:     python galaxy_vae.py --arch conv --images-dir ../shared/data/galaxy/images_training_rev1 \
-             --labels ../shared/data/galaxy/labels.csv
-Reload:  python galaxy_vae.py --load figures/galaxy_vae_conv.pt --images-dir ... --labels ...
-Writes:  figures/galaxy_vae_<arch>[_cond]_{loss,class_samples,samples,latent,weights}.png, its
-         _metrics.json, <run>.pt (weights, for --load) and <run>.ckpt (for --resume); with the
-         metrics of all three architectures present, galaxy_vae_architectures.png.
+Run:     python galaxy_vae.py --arch conv --data-dir ../shared/data --labels ../shared/data/galaxy/labels.csv
 """
-import concurrent.futures
-import csv
-import hashlib
+import argparse
 import json
 import os
 from pathlib import Path
@@ -48,18 +29,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from PIL import Image
 
 import common
 
 KIND = "galaxy_vae"  # what the weights files of every galaxy run say they hold
 ARCHS = ("mlp", "conv", "resnet")
-CHANNELS = (32, 64, 128, 256, 512)  # conv and resnet: five stages, each halving the side
+# conv and resnet: one stage per width, each halving the side (64 → 2 for these five). A new run
+# builds these; --load builds the widths stored in its file.
+CHANNELS = (32, 64, 128, 256, 512)
 MLP_HIDDEN, MLP_LAYERS = 512, 3
-KAGGLE_COLUMNS = ["GalaxyID"] + [f"Class{q}.{a}" for q, answers in
-                                 enumerate((3, 2, 2, 2, 4, 2, 3, 7, 3, 3, 6), start=1)
-                                 for a in range(1, answers + 1)]  # 37 answer columns
-Q1_NAMES = ("smooth", "features or disk", "star or artifact")  # Class1.1, 1.2, 1.3
 N_SHOWN = 8  # originals, reconstructions and samples per figure row
 
 
@@ -68,37 +46,29 @@ def parse_args(argv=None):
     common.add_common_args(parser, epochs=200, batch_size=64, lr=1e-3,
                            data_help="used only for the default --images-dir")
     g = parser.add_argument_group("galaxy data")
-    g.add_argument("--images-dir", help="folder of <GalaxyID>.jpg (default: "
-                                        "<data-dir>/galaxy/images_training_rev1)")
+    g.add_argument("--images-dir", help="folder of <GalaxyID>.jpg (default: <data-dir>/galaxy/images_training_rev1)")
     g.add_argument("--labels", help="training_solutions_rev1.csv (37 probability columns) or a "
                                     "GalaxyID,<label> CSV; without it: unsupervised, no class figures")
     g.add_argument("--class-scheme", choices=["argmax", "q1"], default="argmax",
                    help="37-column labels only: class = argmax of all 37 probabilities, or of "
                         "the first question (smooth / features or disk / star or artifact)")
-    g.add_argument("--crop", type=common.positive_int, default=207,
-                   help="centre crop (pixels) before resizing")
+    g.add_argument("--crop", type=common.positive_int, default=207, help="centre crop (pixels) before resizing")
     g.add_argument("--image-size", type=common.positive_int, default=64,
-                   help="side of the resized images (a multiple of 32: five halvings)")
-    g.add_argument("--test-fraction", type=float, default=0.15,
-                   help="fraction of each class held out for testing")
-    g.add_argument("--cache-dir", default="data/galaxy_cache",
-                   help="where the decoded images are cached (one file per crop, size and file list)")
+                   help="side of the resized images (conv, resnet: a multiple of 2^len(CHANNELS))")
+    g.add_argument("--test-fraction", type=float, default=0.15, help="fraction of each class held out for testing")
+    g.add_argument("--cache-dir", default="data/galaxy_cache", help="where the decoded images are cached")
     g.add_argument("--workers", type=common.positive_int, default=min(8, os.cpu_count() or 1),
                    help="processes that decode the JPEGs on the first run")
     m = parser.add_argument_group("model")
     m.add_argument("--arch", choices=ARCHS, default="conv", help="encoder/decoder architecture")
     m.add_argument("--latent-dim", type=common.positive_int, default=50, help="size of z")
-    m.add_argument("--kl-weight", type=common.nonnegative_float, default=1.0,
-                   help="weight of the KL term (1 = the ELBO)")
-    m.add_argument("--conditional", action="store_true",
-                   help="condition encoder and decoder on the class (needs --labels)")
+    m.add_argument("--kl-weight", type=common.nonnegative_float, default=1.0, help="KL term's weight (1: the ELBO)")
+    m.add_argument("--conditional", action="store_true", help="give encoder and decoder the class (needs --labels)")
     m.add_argument("--sample-class", help="class of the class figures (default: the rarest)")
     args = parser.parse_args(argv)
     common.check_common_args(parser, args)
     if not 0 < args.test_fraction < 1:
         parser.error(f"--test-fraction must be between 0 and 1, got {args.test_fraction}")
-    if args.image_size % 32:
-        parser.error(f"--image-size must be a multiple of 32 (five halvings), got {args.image_size}")
     if args.conditional and not args.labels:
         parser.error("--conditional needs --labels: the model is given each galaxy's class")
     args.images_dir = args.images_dir or str(Path(args.data_dir) / "galaxy" / "images_training_rev1")
@@ -139,48 +109,60 @@ class ResidualBlock(nn.Module):
         return self.act(self.residual(x) + self.shortcut(x))
 
 
-def build_encoder(arch, size):
+def size_problem(size, channels):
+    """Why `size` does not fit the conv/resnet stages of `channels` (each halves the side), or None."""
+    if size % 2 ** len(channels):
+        return (f"--image-size {size} does not fit the {len(channels)} stride-2 stages of the widths "
+                f"{tuple(channels)}: it must be a multiple of 2^{len(channels)} = {2 ** len(channels)}")
+    return None
+
+
+def build_encoder(arch, size, channels):
     """Image (B, 3, size, size) → features (B, F); returns (module, F)."""
     if arch == "mlp":
         return nn.Sequential(nn.Flatten(), *mlp_layers([3 * size * size] + [MLP_HIDDEN] * MLP_LAYERS),
                              nn.ReLU()), MLP_HIDDEN
     stages, c_in = [], 3
-    for c in CHANNELS:  # each stage halves the side: 64 → 32 → 16 → 8 → 4 → 2
+    for c in channels:  # each stage halves the side: 64 → 32 → 16 → 8 → 4 → 2
+        # conv: a 4x4 stride-2 convolution (side/2) · BN · LeakyReLU; resnet: a halving block
         stages.append(nn.Sequential(nn.Conv2d(c_in, c, 4, 2, 1, bias=False), nn.BatchNorm2d(c),
                                     nn.LeakyReLU(0.2)) if arch == "conv" else ResidualBlock(c_in, c, 0.5))
         c_in = c
-    side = size // 2 ** len(CHANNELS)
-    return nn.Sequential(*stages, nn.Flatten()), CHANNELS[-1] * side * side
+    side = size // 2 ** len(channels)  # 2 for 64 pixels and five stages
+    return nn.Sequential(*stages, nn.Flatten()), channels[-1] * side * side  # (B, 512·2·2)
 
 
-def build_decoder(arch, size, n_in):
+def build_decoder(arch, size, n_in, channels):
     """(B, n_in) → logits (B, 3, size, size), mirroring build_encoder."""
     if arch == "mlp":
         return nn.Sequential(*mlp_layers([n_in] + [MLP_HIDDEN] * MLP_LAYERS + [3 * size * size]),
                              nn.Unflatten(1, (3, size, size)))
-    side = size // 2 ** len(CHANNELS)
-    layers = [nn.Linear(n_in, CHANNELS[-1] * side * side), nn.Unflatten(1, (CHANNELS[-1], side, side))]
-    widths = CHANNELS[::-1]  # 512 → 256 → 128 → 64 → 32, each stage doubling the side
+    side = size // 2 ** len(channels)
+    # (B, n_in) → (B, 512·2·2) → (B, 512, 2, 2): the encoder's last feature map
+    layers = [nn.Linear(n_in, channels[-1] * side * side), nn.Unflatten(1, (channels[-1], side, side))]
+    widths = channels[::-1]  # 512 → 256 → 128 → 64 → 32, each stage doubling the side
     for c_in, c_out in zip(widths, widths[1:]):
+        # conv: a 4x4 stride-2 transposed convolution (side·2) · BN · LeakyReLU; resnet: a doubling block
         layers.append(nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
                                     nn.LeakyReLU(0.2)) if arch == "conv" else ResidualBlock(c_in, c_out, 2))
-    last = (nn.ConvTranspose2d(CHANNELS[0], 3, 4, 2, 1) if arch == "conv" else  # fifth stage → RGB logits
-            nn.Sequential(ResidualBlock(CHANNELS[0], CHANNELS[0], 2), nn.Conv2d(CHANNELS[0], 3, 3, 1, 1)))
+    last = (nn.ConvTranspose2d(channels[0], 3, 4, 2, 1) if arch == "conv" else  # last stage → RGB logits
+            nn.Sequential(ResidualBlock(channels[0], channels[0], 2), nn.Conv2d(channels[0], 3, 3, 1, 1)))
     return nn.Sequential(*layers, last)
 
 
 class GalaxyVAE(nn.Module):
     """q(z|x[, c]) = N(μ, diag σ²) and p(x|z[, c]) = Bernoulli(sigmoid(decoder logits)).
     cond_dim > 0 makes it conditional: the condition c (one-hot class, or 37 probabilities) is
-    concatenated to the encoder's features and to z (Sohn et al. 2015, Sec. 4)."""
+    concatenated to the encoder's features and to z (Sohn et al. 2015, Sec. 4). `channels`, the
+    conv/resnet widths, is a structure parameter: saved with the weights, given back by --load."""
 
-    def __init__(self, arch="conv", latent_dim=50, size=64, cond_dim=0):
+    def __init__(self, arch="conv", latent_dim=50, size=64, cond_dim=0, channels=CHANNELS):
         super().__init__()
-        self.cond_dim = cond_dim
-        self.encoder, n_features = build_encoder(arch, size)
+        self.cond_dim, self.channels = cond_dim, tuple(channels)
+        self.encoder, n_features = build_encoder(arch, size, self.channels)
         self.to_mu = nn.Linear(n_features + cond_dim, latent_dim)
         self.to_logvar = nn.Linear(n_features + cond_dim, latent_dim)
-        self.decoder = build_decoder(arch, size, latent_dim + cond_dim)
+        self.decoder = build_decoder(arch, size, latent_dim + cond_dim, self.channels)
 
     def _with(self, h, c):
         return torch.cat([h, c], 1) if self.cond_dim else h
@@ -199,6 +181,19 @@ class GalaxyVAE(nn.Module):
         return self.decode(z, c), mu, logvar
 
 
+@torch.no_grad()
+def decode(model, z, c):
+    """Generation: the mean image of p(x|z[, c]), σ(decoder logits), on the CPU (B, 3, S, S)."""
+    model.eval()
+    return torch.sigmoid(model.decode(z, c)).float().cpu()
+
+
+def class_condition(classes, k, n, device):
+    """What the conditional model is given to generate class k, n times: the class's mean
+    condition (its one-hot vector, or the mean of its galaxies' 37 probabilities)."""
+    return classes["conditions"][k:k + 1].expand(n, -1).to(device)
+
+
 # ----------------------------------------------------------------------------------------------
 # LOSS
 # ----------------------------------------------------------------------------------------------
@@ -211,8 +206,9 @@ def vae_loss(logits, x, mu, logvar, kl_weight):
 
     Summed over the 3·S·S pixel values and the latent dimensions; returned per example (B,), so
     training averages them over the batch and evaluation sums them over a split."""
+    # in float32 even under --amp: sums of 12,288 terms; (B, 3, S, S) → (B,)
     bce = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="none").flatten(1).sum(1)
-    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).float().sum(1)
+    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).float().sum(1)  # (B, z) → (B,)
     return {"bce": bce, "kl": kl, "loss": bce + kl_weight * kl}
 
 
@@ -241,15 +237,16 @@ def train_epoch(model, optimizer, data, args, epoch, generator):
     model.train()
     x, c = data["x"], data["c"]
     n_batches = common.num_batches(len(x), args.batch_size)
+    # one value per batch and term, for the finite check and the epoch's means in the log
     terms = {k: torch.empty(n_batches, device=x.device) for k in ("bce", "kl", "mse")}
     batches = common.batch_indices(len(x), args.batch_size, x.device, generator)
     for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
-        images, cond = as_float(x[idx]), (c[idx] if c is not None else None)
+        images, cond = as_float(x[idx]), (c[idx] if c is not None else None)  # (B, 3, S, S), (B, C)
         with common.autocast(args, x.device):
             logits, mu, logvar = model(images, cond, generator)
             loss = vae_loss(logits, images, mu, logvar, args.kl_weight)
         optimizer.zero_grad(set_to_none=True)
-        loss["loss"].mean().backward()
+        loss["loss"].mean().backward()  # the negative ELBO, averaged over the batch
         optimizer.step()
         terms["bce"][i], terms["kl"][i] = loss["bce"].mean().detach(), loss["kl"].mean().detach()
         terms["mse"][i] = pixel_mse(logits.detach(), images).mean()
@@ -263,7 +260,7 @@ def evaluate(model, data, args, batch_size=500):
     model.eval()
     x, c = data["x"], data["c"]
     generator = torch.Generator().manual_seed(args.seed)
-    sums = torch.zeros(4, device=x.device)
+    sums = torch.zeros(4, device=x.device)  # Σ over the split of bce, kl, loss and mse
     for idx in common.batch_indices(len(x), batch_size, x.device):
         images = as_float(x[idx])
         logits, mu, logvar = model(images, c[idx] if c is not None else None, generator)
@@ -274,42 +271,98 @@ def evaluate(model, data, args, batch_size=500):
 
 
 def fit(model, train, test, args, stem, generator, classes):
-    """Adam at a constant --lr (so --resume with more --epochs continues the same run); one test
+    """Adam at a constant --lr (so a run extended by --resume continues the same descent); one test
     evaluation per epoch, recorded against the iteration count. `classes` is saved beside the
-    weights: --load checks that a conditional model is given the classes it learned."""
+    weights (--load checks that a conditional model is given the classes it learned), and so are
+    the model's conv/resnet widths (--load builds them)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     run = common.Run(args, stem, KIND, {"model": model}, {"optimizer": optimizer}, generator)
     per_epoch = common.num_batches(len(train["x"]), args.batch_size)
     for epoch in range(run.done + 1, args.epochs + 1):
         terms = train_epoch(model, optimizer, train, args, epoch, generator)
-        test_metrics = evaluate(model, test, args)
-        record = {"iteration": epoch * per_epoch, **{f"train_{k}": v.mean().item() for k, v in terms.items()},
-                  **{f"test_{k}": v for k, v in test_metrics.items()}}
-        if run.end_epoch(epoch, record, losses={"bce": terms["bce"], "kl": terms["kl"]}, classes=classes):
+        common.check_finite(epoch, run.weights_path, bce=terms["bce"], kl=terms["kl"])
+        run.log(epoch, {"iteration": epoch * per_epoch,
+                        **{f"train_{k}": v.mean().item() for k, v in terms.items()},
+                        **{f"test_{k}": v for k, v in evaluate(model, test, args).items()}})
+        run.save(epoch, classes=classes, channels=list(model.channels))
+        if common.stop_early(run.history, "test_loss", args.patience):
             break
     return run
+
+
+# ----------------------------------------------------------------------------------------------
+# METRICS: what the run is judged by (the final block)
+# ----------------------------------------------------------------------------------------------
+def final_metrics(model, train, test, classes, args, run):
+    """The run's final block: loss terms, BCE floor and the BCE above it on both splits, the
+    active latent dimensions and (with classes) the linear probe of μ."""
+    final = {"epochs_trained": run.history[-1]["epoch"], "parameters": n_parameters(model)}
+    for part, data in (("train", train), ("test", test)):
+        final.update({f"{part}_{k}": v for k, v in evaluate(model, data, args).items()})
+        floors = [bce_floor(as_float(data["x"][idx])).sum() for idx in
+                  common.batch_indices(len(data["x"]), 500, data["x"].device)]
+        final[f"{part}_bce_floor"] = torch.stack(floors).sum().item() / len(data["x"])
+        final[f"{part}_bce_above_floor"] = final[f"{part}_bce"] - final[f"{part}_bce_floor"]
+    final["active_latent_dims"] = active_dims(model, test)
+    if classes:
+        final.update(latent_probe(model, train, test, len(classes["names"])))
+    return final
+
+
+def n_parameters(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def latent_means(model, data):
+    """μ of q(z|x[, c]) for every image of a split, on the CPU (N, latent_dim)."""
+    model.eval()
+    return torch.cat([model.encode(as_float(data["x"][idx]), data["c"][idx] if model.cond_dim else None)[0].float().cpu()
+                      for idx in common.batch_indices(len(data["x"]), 500, data["x"].device)])
+
+
+def active_dims(model, data, threshold=0.01):
+    """Latent dimensions the model uses: those whose μ varies across images, Var_x[μ_j] > 0.01
+    (Burda et al. 2016, Sec. 5.2). The others sit at the prior, μ ≈ 0 for every image."""
+    return int((latent_means(model, data).var(0) > threshold).sum())
+
+
+@torch.no_grad()
+def latent_probe(model, train, test, n_classes, steps=200):
+    """How much of the class a straight line through the latent space finds: multinomial logistic
+    regression on the standardised μ of the training set (class-weighted, so both classes count
+    alike; LBFGS), scored on the test set's μ. Returns accuracy and balanced accuracy (the mean
+    of the per-class recalls; 1/K for any constant guess)."""
+    mus = [latent_means(model, part).double() for part in (train, test)]
+    mean, std = mus[0].mean(0), mus[0].std(0).clamp_min(1e-8)  # the training set's, for both splits
+    (x_train, x_test), (y_train, y_test) = [(m - mean) / std for m in mus], [p["y"].cpu() for p in (train, test)]
+    # class weight n / (K · n_k): every class weighs as much in the loss as a balanced set would
+    weights = len(y_train) / (n_classes * torch.bincount(y_train, minlength=n_classes).clamp_min(1).double())
+    linear = nn.Linear(x_train.shape[1], n_classes).double()
+    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=steps)
+
+    def closure():
+        optimizer.zero_grad()
+        with torch.enable_grad():
+            # weighted cross-entropy plus a small L2 penalty (separable data has no finite optimum)
+            loss = F.cross_entropy(linear(x_train), y_train, weight=weights) + 1e-3 * linear.weight.pow(2).sum()
+            loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    predicted = linear(x_test).argmax(1)
+    # recall of each class present in the test set: balanced accuracy is their mean
+    recalls = [(predicted[y_test == k] == k).double().mean() for k in range(n_classes) if (y_test == k).any()]
+    return {"latent_probe_test_accuracy": (predicted == y_test).double().mean().item(),
+            "latent_probe_test_balanced_accuracy": torch.stack(recalls).mean().item()}
 
 
 # ----------------------------------------------------------------------------------------------
 # FIGURES
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def decode(model, z, c):
-    model.eval()
-    return torch.sigmoid(model.decode(z, c)).float().cpu()
-
-
-def class_condition(classes, k, n, device):
-    """What the conditional model is given to generate class k, n times: the class's mean
-    condition (its one-hot vector, or the mean of its galaxies' 37 probabilities)."""
-    return classes["conditions"][k:k + 1].expand(n, -1).to(device)
-
-
-@torch.no_grad()
 def class_figures(model, data, classes, args, name, generator):
-    """Originals of one class (--sample-class) beside their reconstructions and generated
-    samples of that class."""
-    out = Path(args.out_dir)
+    """Originals of one class (--sample-class) beside their reconstructions and generated samples."""
     device = data["x"].device
     model.eval()
     k = classes["names"].index(args.sample_class)
@@ -327,7 +380,7 @@ def class_figures(model, data, classes, args, name, generator):
         eps = torch.randn(mu.shape, generator=generator).to(device)
         rows["generated: z ~ q(z|x)\nof each original"] = decode(model, mu + (0.5 * logvar).exp() * eps, None)
         how = "unconditional model: generated = decoded draws z ~ q(z|x) of those originals"
-    common.plot_image_rows(out / f"{name}_class_samples.png", rows,
+    common.plot_image_rows(Path(args.out_dir) / f"{name}_class_samples.png", rows,
                            title=f"{name}: class {args.sample_class!r}; {how}")
 
 
@@ -347,14 +400,6 @@ def sample_figure(model, classes, args, name, device, generator):
 
 
 @torch.no_grad()
-def latent_means(model, data):
-    """μ of q(z|x[, c]) for every image of a split, on the CPU (N, latent_dim)."""
-    model.eval()
-    return torch.cat([model.encode(as_float(data["x"][idx]), data["c"][idx] if model.cond_dim else None)[0].float().cpu()
-                      for idx in common.batch_indices(len(data["x"]), 500, data["x"].device)])
-
-
-@torch.no_grad()
 def latent_figure(model, data, classes, args, name):
     """μ of q(z|x) over the test set, projected on its first two principal components (the
     latent is wider than 2), coloured by class."""
@@ -370,18 +415,15 @@ def latent_figure(model, data, classes, args, name):
 
 
 def weight_figure(model, args, name, rows=128, columns=256):
-    """First-layer filters as RGB tiles (conv, resnet) or first-layer rows as images (mlp), and
-    three deeper weight matrices as heat maps (rows: output units, columns: inputs, times the
-    kernel positions for a convolution): their top-left `rows` x `columns` block, so that single
-    weights stay visible, coloured up to the 99th percentile of |w| (a few large weights would
-    otherwise wash the rest out)."""
+    """First-layer filters as RGB tiles (mlp: the first units' input weights as images) and three
+    deeper weight matrices as heat maps (rows: outputs; columns: inputs × kernel positions), their
+    top-left `rows` x `columns` block, coloured up to the 99th percentile of |w|."""
     def weighted(part, prefix):
         return [(f"{prefix}.{n}", m) for n, m in part.named_modules()
                 if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
 
     encoder, decoder = weighted(model.encoder, "encoder"), weighted(model.decoder, "decoder")
-    first_name, first = encoder[0]
-    w = first.weight.detach().float().cpu()
+    first_name, w = encoder[0][0], encoder[0][1].weight.detach().float().cpu()
     if w.dim() == 2:  # mlp: each of the first 16 units' 12,288 weights as a 64x64 RGB image
         tiles, what = w[:16].view(16, 3, args.image_size, args.image_size), "first 16 units' input weights"
     else:
@@ -430,305 +472,77 @@ def loss_figure(history, final, name, args):
                              f"batches while training; test: after the epoch)")
 
 
-def architectures_figure(out):
-    """Test BCE above the floor of the three unconditional architectures on one axis, when the
-    metrics of all three are in `out`."""
-    paths = {a: out / f"galaxy_vae_{a}_metrics.json" for a in ARCHS}
-    if not all(p.exists() for p in paths.values()):
-        return
-    curves = {}
-    for arch, path in paths.items():
+def architectures_figure(out, settings):
+    """Train and test BCE above the floor of the three unconditional architectures on one axis:
+    for each, the longest run in `out` whose knobs but architecture and epochs are this run's
+    (`settings`); drawn once all three are there, as <comparison_name>_architectures.png."""
+    name, runs = comparison_name(settings), {}
+    for path in sorted(out.glob(f"{KIND}_*_metrics.json")):
         metrics = json.loads(path.read_text())
-        if "train_bce_floor" not in metrics["final"]:
-            print(f"{path} predates the BCE floors; redo it with --load to draw galaxy_vae_architectures.png")
-            return
-        for p in ("train", "test"):
-            curves[f"{arch}, {p}"] = ([r["iteration"] for r in metrics["history"]],
-                                      [r[f"{p}_bce"] - metrics["final"][f"{p}_bce_floor"] for r in metrics["history"]])
-    common.plot_curves(out / "galaxy_vae_architectures.png", curves, "training iteration",
-                       "BCE − its floor, nats per image", "Galaxy VAEs: reconstruction error of the "
-                       "three architectures", markers=False, log_y=True)
+        trained = metrics.get("trained_with") or metrics["args"]
+        if trained["arch"] in ARCHS and not trained["conditional"] and comparison_name(trained) == name:
+            runs[trained["arch"]] = max(runs.get(trained["arch"], metrics), metrics,
+                                        key=lambda m: m["final"]["epochs_trained"])
+    if len(runs) == len(ARCHS):
+        common.plot_curves(out / f"{name}_architectures.png",
+                           {f"{arch}, {p}": ([r["iteration"] for r in runs[arch]["history"]],
+                                             [r[f"{p}_bce"] - runs[arch]["final"][f"{p}_bce_floor"]
+                                              for r in runs[arch]["history"]])
+                            for arch in ARCHS for p in ("train", "test")},
+                           "training iteration", "BCE − its floor, nats per image",
+                           "Galaxy VAEs: reconstruction error of the three architectures",
+                           markers=False, log_y=True)
 
 
-def active_dims(model, data, threshold=0.01):
-    """Latent dimensions the model uses: those whose μ varies across images, Var_x[μ_j] > 0.01
-    (Burda et al. 2016, Sec. 5.2). The others sit at the prior, μ ≈ 0 for every image."""
-    return int((latent_means(model, data).var(0) > threshold).sum())
-
-
-@torch.no_grad()
-def latent_probe(model, train, test, n_classes, steps=200):
-    """How much of the class a straight line through the latent space finds: multinomial logistic
-    regression on the standardised μ of the training set (class-weighted, so both classes count
-    alike; LBFGS), scored on the test set's μ. Returns accuracy and balanced accuracy (the mean
-    of the per-class recalls; 1/K for any constant guess)."""
-    mus = [latent_means(model, part).double() for part in (train, test)]
-    mean, std = mus[0].mean(0), mus[0].std(0).clamp_min(1e-8)
-    (x_train, x_test), (y_train, y_test) = [(m - mean) / std for m in mus], [p["y"].cpu() for p in (train, test)]
-    weights = len(y_train) / (n_classes * torch.bincount(y_train, minlength=n_classes).clamp_min(1).double())
-    linear = nn.Linear(x_train.shape[1], n_classes).double()
-    optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=steps)
-
-    def closure():
-        optimizer.zero_grad()
-        with torch.enable_grad():
-            loss = F.cross_entropy(linear(x_train), y_train, weight=weights) + 1e-3 * linear.weight.pow(2).sum()
-            loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    predicted = linear(x_test).argmax(1)
-    recalls = [(predicted[y_test == k] == k).double().mean() for k in range(n_classes) if (y_test == k).any()]
-    return {"latent_probe_test_accuracy": (predicted == y_test).double().mean().item(),
-            "latent_probe_test_balanced_accuracy": torch.stack(recalls).mean().item()}
-
-
-# ----------------------------------------------------------------------------------------------
-# DATA: JPEGs → cached uint8 tensor; labels in either layout; a stratified split
-# ----------------------------------------------------------------------------------------------
-def report(problem, names, action):
-    """One counted warning line for a set of bad inputs: never a silent drop."""
-    if names:
-        first = ", ".join(str(n) for n in names[:5])
-        print(f"warning: {len(names)} {problem} (first: {first}{', ...' if len(names) > 5 else ''}); {action}")
-
-
-def decode_jpeg(task):
-    """(path, crop, size) → (RGB bytes of the centre crop resized to size x size, None) or
-    (None, the problem). Runs in a worker process; PIL only, no torch."""
-    path, crop, size = task
-    try:
-        with Image.open(path) as image:
-            if image.format != "JPEG":
-                return None, f"not a JPEG ({image.format})"
-            image = image.convert("RGB")  # decodes the whole file: a truncated one fails here
-            w, h = image.size
-            side = min(crop, w, h)
-            left, top = (w - side) // 2, (h - side) // 2
-            image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
-            return image.tobytes(), None
-    except Exception as error:  # PIL raises many types for damaged files
-        return None, f"unreadable ({type(error).__name__})"
-
-
-def decode_all(files, crop, size, workers):
-    """Every file through decode_jpeg in `workers` processes, with a progress bar:
-    {"ids", "images" uint8 (N, 3, size, size), "problems" ["name: why", ...]}."""
-    tasks = [(str(p), crop, size) for p in files]
-    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-        decoded = list(common.progress(pool.map(decode_jpeg, tasks, chunksize=32), len(tasks),
-                                       f"decoding {len(tasks)} JPEGs ({workers} workers)"))
-    good = [(p.stem, data) for p, (data, _) in zip(files, decoded) if data is not None]
-    pixels = bytearray(b"".join(data for _, data in good))
-    images = (torch.frombuffer(pixels, dtype=torch.uint8) if pixels else torch.empty(0, dtype=torch.uint8))
-    return {"ids": [galaxy for galaxy, _ in good],
-            "images": images.view(len(good), size, size, 3).permute(0, 3, 1, 2).contiguous(),
-            "problems": [f"{p.name}: {why}" for p, (_, why) in zip(files, decoded) if why]}
-
-
-def load_images(images_dir, crop, size, cache_dir, workers):
-    """All <id>.jpg of images_dir as uint8 (N, 3, size, size) with their ids, decoded once in
-    parallel and cached under a key of crop, size and the file list (names and sizes)."""
-    folder = Path(images_dir)
-    if not folder.is_dir():
-        common.fail(f"--images-dir {folder} is not a folder (expected Kaggle's images_training_rev1 "
-                    "with <GalaxyID>.jpg files)")
-    entries = sorted(folder.iterdir())
-    files = [p for p in entries if p.suffix.lower() in (".jpg", ".jpeg") and p.is_file()]
-    report(f"entries of {folder} are not .jpg files", [p.name for p in entries if p not in files], "ignored")
-    if not files:
-        common.fail(f"--images-dir {folder} holds no .jpg file")
-    key = hashlib.sha256(f"{crop},{size}\n".encode() + "\n".join(
-        f"{p.name}:{p.stat().st_size}" for p in files).encode()).hexdigest()[:16]
-    cache = Path(cache_dir) / f"galaxy_crop{crop}_size{size}_{key}.pt"
-    stored = None
-    if cache.exists():
-        try:
-            stored = torch.load(cache, weights_only=True)
-            print(f"read {len(stored['ids'])} decoded images from the cache {cache}")
-        except Exception as error:
-            print(f"warning: the cache {cache} is damaged ({type(error).__name__}); decoding again")
-    if stored is None:
-        stored = decode_all(files, crop, size, workers)
-        if stored["ids"]:  # a folder with nothing readable is an error below, not a cache entry
-            try:
-                Path(cache_dir).mkdir(parents=True, exist_ok=True)
-                common.atomic_write(cache, lambda tmp: torch.save(stored, tmp))
-                print(f"cached {len(stored['ids'])} decoded images in {cache}")
-            except OSError as error:
-                print(f"warning: cannot write the cache in {cache_dir} ({error.strerror}); decoding again next run")
-    report("image files cannot be used", stored["problems"], "left out")
-    if not stored["ids"]:
-        common.fail(f"--images-dir {folder}: no readable JPEG among {len(files)} files")
-    return stored["images"], stored["ids"]
-
-
-def read_labels(path, scheme):
-    """({GalaxyID: label string, or its 37 probabilities as a tensor}, whether the file is
-    Kaggle's 37-column layout), from either layout (told apart by the header)."""
-    path = Path(path)
-    if not path.is_file():
-        common.fail(f"--labels {path} is not a file")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except (UnicodeDecodeError, csv.Error) as error:
-        common.fail(f"--labels {path} is not a text CSV file ({type(error).__name__})")
-    if not rows:
-        common.fail(f"--labels {path} is empty")
-    header, rows = [h.strip() for h in rows[0]], rows[1:]
-    kaggle = header == KAGGLE_COLUMNS
-    if not kaggle and not (len(header) == 2 and header[0] == "GalaxyID"):
-        common.fail(f"--labels {path}: unknown header {','.join(header)[:80]!r}; expected Kaggle's "
-                    "GalaxyID,Class1.1,...,Class11.6 or GalaxyID,<label>")
-    print(f"--labels {path}: " + (f"Kaggle's 37 probabilities, class = argmax of "
-                                  f"{'all 37' if scheme == 'argmax' else 'question 1'}"
-                                  if kaggle else f"one {header[1]!r} label per galaxy"))
-    labels, bad = {}, {"rows with the wrong number of fields": [], "rows repeat a GalaxyID": [],
-                       "rows hold a value that is not a number": [],
-                       "rows hold a probability outside [0, 1]": []}
-    for line, row in enumerate(rows, start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            bad["rows with the wrong number of fields"].append(f"line {line}")
-            continue
-        galaxy = row[0].strip()
-        if galaxy in labels:
-            bad["rows repeat a GalaxyID"].append(galaxy)
-            continue
-        if not kaggle:
-            labels[galaxy] = row[1].strip()
-            continue
-        try:
-            p = torch.tensor([float(v) for v in row[1:]])
-        except ValueError:
-            bad["rows hold a value that is not a number"].append(galaxy)
-            continue
-        if not ((p >= 0) & (p <= 1)).all():
-            bad["rows hold a probability outside [0, 1]"].append(galaxy)
-            continue
-        labels[galaxy] = p
-    for problem, names in bad.items():
-        report(f"{problem} in {path}", names, "skipped")
-    if not labels:
-        common.fail(f"--labels {path} holds no usable row")
-    return labels, kaggle
-
-
-def classes_of(labels, kaggle, scheme):
-    """Class names, {GalaxyID: class index} and the condition vector of each id."""
-    if not kaggle:
-        names = sorted(set(labels.values()))
-        index = {g: names.index(v) for g, v in labels.items()}
-        return names, index, {g: F.one_hot(torch.tensor(i), len(names)).float() for g, i in index.items()}
-    if scheme == "q1":
-        names = list(Q1_NAMES)
-        index = {g: int(p[:3].argmax()) for g, p in labels.items()}
-    else:
-        present = sorted({int(p.argmax()) for p in labels.values()})
-        names = [KAGGLE_COLUMNS[1 + i] for i in present]
-        index = {g: present.index(int(p.argmax())) for g, p in labels.items()}
-    return names, index, labels
-
-
-def load_galaxies(args):
-    """Images and (with --labels) classes: {"x", "y", "c", "ids"} and the class description
-    {"names", "conditions" (the mean condition of each class, what the conditional model is
-    given to generate that class)} or None."""
-    images, ids = load_images(args.images_dir, args.crop, args.image_size, args.cache_dir, args.workers)
-    if not args.labels:
-        print("no --labels: training unsupervised; the class figures (class samples, latent "
-              "colours) are skipped")
-        return {"x": images, "y": torch.zeros(len(ids), dtype=torch.long), "c": None, "ids": ids}, None
-    labels, kaggle = read_labels(args.labels, args.class_scheme)
-    have = set(ids)
-    report(f"label rows have no image in {args.images_dir}", [g for g in labels if g not in have], "skipped")
-    report(f"images have no label row in {args.labels}", [g for g in ids if g not in labels], "left out")
-    keep = [i for i, g in enumerate(ids) if g in labels]
-    if not keep:
-        common.fail(f"no image of {args.images_dir} has a row in {args.labels}")
-    ids = [ids[i] for i in keep]
-    names, index, conditions = classes_of({g: labels[g] for g in ids}, kaggle, args.class_scheme)
-    y = torch.tensor([index[g] for g in ids])
-    c = torch.stack([conditions[g] for g in ids])
-    counts = torch.bincount(y, minlength=len(names)).tolist()
-    print("classes: " + ", ".join(f"{n} {k}" for n, k in zip(names, counts)))
-    classes = {"names": names, "counts": counts, "layout": "kaggle37" if kaggle else "labels",
-               "conditions": torch.stack([c[y == k].mean(0) for k in range(len(names))])}
-    return {"x": images[keep], "y": y, "c": c, "ids": ids}, classes
-
-
-def split(data, fraction, seed, limit, device):
-    """A seeded class-stratified split: round(fraction · n) of each class to test. --limit keeps
-    the first N of each split. Every tensor moves to the device."""
-    generator = torch.Generator().manual_seed(seed)
-    test_idx = []
-    for k in data["y"].unique():
-        members = (data["y"] == k).nonzero().flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        test_idx.append(members[:round(fraction * len(members))])
-    is_test = torch.zeros(len(data["y"]), dtype=torch.bool)
-    is_test[torch.cat(test_idx)] = True
-    parts = []
-    for chosen in (~is_test, is_test):
-        idx = chosen.nonzero().flatten()[:limit]
-        parts.append({"x": data["x"][idx].to(device), "y": data["y"][idx].to(device),
-                      "c": data["c"][idx].to(device) if data["c"] is not None else None,
-                      "ids": [data["ids"][i] for i in idx]})
-    if not len(parts[1]["x"]) or not len(parts[0]["x"]):
-        common.fail(f"{len(data['y'])} images are too few to split with --test-fraction {fraction}")
-    return parts
-
-
-# ----------------------------------------------------------------------------------------------
-def final_metrics(model, train, test, classes, args, run):
-    """The run's final block: loss terms, BCE floor and the BCE above it on both splits, the
-    active latent dimensions and (with classes) the linear probe of μ."""
-    final = {"epochs_trained": run.history[-1]["epoch"], "parameters": n_parameters(model)}
-    for part, data in (("train", train), ("test", test)):
-        final.update({f"{part}_{k}": v for k, v in evaluate(model, data, args).items()})
-        floors = [bce_floor(as_float(data["x"][idx])).sum() for idx in
-                  common.batch_indices(len(data["x"]), 500, data["x"].device)]
-        final[f"{part}_bce_floor"] = torch.stack(floors).sum().item() / len(data["x"])
-        final[f"{part}_bce_above_floor"] = final[f"{part}_bce"] - final[f"{part}_bce_floor"]
-    final["active_latent_dims"] = active_dims(model, test)
-    if classes:
-        final.update(latent_probe(model, train, test, len(classes["names"])))
-    return final
-
-
-def n_parameters(model):
-    return sum(p.numel() for p in model.parameters())
+# Short tags of this script's knobs in a run's name; data paths, the cache and the workers stay
+# out (they do not change what a run computes), and so do --arch and --conditional (in the base).
+TAGS = {"latent_dim": "z", "kl_weight": "kl", "image_size": "size", "test_fraction": "test",
+        "class_scheme": "", "sample_class": "class"}
+NOT_IN_NAME = ("images_dir", "labels", "cache_dir", "workers", "arch", "conditional")
 
 
 def run_name(args):
-    return f"galaxy_vae_{args.arch}{'_cond' if args.conditional else ''}"
+    """What this run's files are called: with --load, the loaded file's own name; otherwise
+    galaxy_vae_<arch>[_cond] plus every knob that differs from the defaults (common.run_name):
+    galaxy_vae_conv_e100_amp; a quick edit writes beside it (galaxy_vae_conv_e1_limit200_z32)."""
+    if args.load:
+        return Path(args.load).stem
+    base = f"{KIND}_{args.arch}{'_cond' if args.conditional else ''}"
+    return common.run_name(base, args, vars(parse_args([])), TAGS, skip=NOT_IN_NAME)
+
+
+def comparison_name(settings):
+    """The name of the architectures figure a run belongs to: its knobs but the architecture and
+    the epochs ({flag: value} of the run, as its metrics record them), e.g. galaxy_vae_amp."""
+    return common.run_name(KIND, argparse.Namespace(**settings), vars(parse_args([])), TAGS,
+                           skip=(*NOT_IN_NAME, "epochs", "sample_class"))
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
-    out = common.out_dir(args)
-    checkpoint = None
+    out, name = common.out_dir(args), run_name(args)
+    checkpoint = common.load_checkpoint(args.load, KIND, "--load") if args.load else None
     if args.load:  # the architecture and preprocessing are the trained run's
-        checkpoint = common.load_checkpoint(args.load, KIND, "--load")
         common.use_run_args(args, checkpoint, ("arch", "latent_dim", "conditional", "crop", "image_size",
                                                "class_scheme", "kl_weight"), args.load)
         if args.conditional and not args.labels:
             common.fail(f"{args.load} is a conditional model: give --labels to condition it")
-    data, classes = load_galaxies(args)
-    if classes:  # checked before training, not after it
-        args.sample_class = args.sample_class or classes["names"][min(range(len(classes["names"])),
-                                                                      key=lambda k: classes["counts"][k])]
+    # the conv/resnet widths: the loaded file's (files from before they were stored: the five below)
+    channels = checkpoint.get("channels", (32, 64, 128, 256, 512)) if args.load else CHANNELS
+    if args.arch != "mlp" and (problem := size_problem(args.image_size, channels)):
+        common.fail(problem)
+    data, classes = common.load_galaxies(args.images_dir, args.labels, args.class_scheme, args.crop,
+                                         args.image_size, args.cache_dir, args.workers)
+    if classes:  # checked before training, not after it; the default is the rarest class
+        args.sample_class = args.sample_class or classes["names"][classes["counts"].index(min(classes["counts"]))]
         if args.sample_class not in classes["names"]:
             common.fail(f"--sample-class {args.sample_class!r} is not one of {classes['names']}")
     cond_dim = classes["conditions"].shape[1] if args.conditional else 0
-    name = run_name(args)
-    model = GalaxyVAE(args.arch, args.latent_dim, args.image_size, cond_dim).to(device)
+    model = GalaxyVAE(args.arch, args.latent_dim, args.image_size, cond_dim, channels).to(device)
     if args.load:
-        trained = checkpoint.get("classes")
+        trained = checkpoint.get("classes")  # a conditional model needs the classes it learned
         if args.conditional and trained["layout"] != classes["layout"]:
             common.fail(f"{args.load} was conditioned on {trained['layout']} labels; --labels gives "
                         f"{classes['layout']} labels")
@@ -736,7 +550,7 @@ def main(argv=None):
             common.fail(f"{args.load} was conditioned on the classes {trained['names']}; "
                         f"--labels gives {classes['names']}")
         run = common.load_run(args.load, KIND, {"model": model}, checkpoint=checkpoint)
-    train, test = split(data, args.test_fraction, args.seed, args.limit, device)
+    train, test = common.split_galaxies(data, args.test_fraction, args.seed, args.limit, device)
     print(f"{len(train['x'])} training and {len(test['x'])} test images, {tuple(train['x'].shape[1:])}; "
           f"{n_parameters(model):,} parameters")
     if not args.load:
@@ -753,7 +567,7 @@ def main(argv=None):
                         trained_with=run.trained_with,
                         data={"images": len(data["ids"]), "train": len(train["x"]), "test": len(test["x"]),
                               "classes": dict(zip(classes["names"], classes["counts"])) if classes else None})
-    architectures_figure(out)  # once the metrics of all three architectures are there
+    architectures_figure(out, run.trained_with)  # once the metrics of all three architectures are there
 
 
 if __name__ == "__main__":

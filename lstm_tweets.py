@@ -333,10 +333,10 @@ def load_split(paths, args, device):
     texts, labels = texts[:args.limit], labels[:args.limit]
     codes, lengths, counts = encode(texts, args.max_len)
     if counts["non_ascii_tweets"]:
-        print(f"  {common.count(counts['non_ascii_tweets'], 'tweet')} with characters outside "
+        print(f"  {common.plural(counts['non_ascii_tweets'], 'tweet')} with characters outside "
               f"ASCII, each such character read as code {PLACEHOLDER} (SUB)")
     if counts["truncated_tweets"]:
-        print(f"  {common.count(counts['truncated_tweets'], 'tweet')} longer than {args.max_len} "
+        print(f"  {common.plural(counts['truncated_tweets'], 'tweet')} longer than {args.max_len} "
               f"characters cut to {args.max_len} (--max-len)")
     return (codes.to(device), lengths, torch.tensor(labels, device=device)), counts
 

@@ -3,7 +3,7 @@
 Kaggle's training set is 61,578 JPEGs of 424x424; the folder here holds 5,000. This measures, on
 the first --images of --images-dir:
 1. first-pass decode throughput (open, decode, centre crop --crop, resize to --image-size:
-   galaxy_vae.decode_jpeg) with each worker count in --workers, as images per second and as the
+   common.decode_jpeg) with each worker count in --workers, as images per second and as the
    speed-up over the first count (the baseline, same run); projected minutes for 61,578 images;
 2. reading the cache back: seconds for these images, projected for 61,578;
 3. one training step (forward, BCE + KL, backward, Adam; batch --batch-size) of each
@@ -48,10 +48,10 @@ def parse_args(argv=None):
 
 
 def decode_rate(files, crop, size, workers):
-    """Images per second of galaxy_vae's first pass (decode_all) over `files` with `workers`
+    """Images per second of galaxy_vae's first pass (common.decode_all) over `files` with `workers`
     processes, and what it decoded."""
     start = time.perf_counter()
-    decoded = galaxy_vae.decode_all(files, crop, size, workers)
+    decoded = common.decode_all(files, crop, size, workers)
     return len(files) / (time.perf_counter() - start), decoded
 
 

@@ -54,6 +54,12 @@ def args_for(root, out, *extra):
             *DEVICE_FLAGS, *map(str, extra)]
 
 
+def load(args):
+    """galaxy_vae.py's data as its main reads it."""
+    return common.load_galaxies(args.images_dir, args.labels, args.class_scheme, args.crop, args.image_size,
+                                args.cache_dir, args.workers)
+
+
 def parse(root, out, *extra):
     return gv.parse_args(args_for(root, out, *extra))
 
@@ -62,11 +68,11 @@ def parse(root, out, *extra):
 def test_labels_file_classes_and_stratified_split(galaxies, tmp_path, capsys):
     root, ids = galaxies
     args = parse(root, tmp_path, "--labels", root / "labels.csv", "--test-fraction", "0.25")
-    data, classes = gv.load_galaxies(args)
+    data, classes = load(args)
     assert classes["names"] == ["other", "spiral_odd"] and classes["counts"] == [32, 16]
     assert data["x"].shape == (48, 3, 32, 32) and data["x"].dtype == torch.uint8
     assert torch.equal(data["c"], F.one_hot(data["y"], 2).float())
-    train, test = gv.split(data, 0.25, 0, None, "cpu")
+    train, test = common.split_galaxies(data, 0.25, 0, None, "cpu")
     assert torch.bincount(test["y"]).tolist() == [8, 4]  # a quarter of each class
     assert sorted(train["ids"] + test["ids"]) == sorted(ids)
     assert "one 'class' label per galaxy" in capsys.readouterr().out
@@ -78,38 +84,38 @@ def test_decode_is_a_centre_crop_then_resize(tmp_path):
     image = Image.new("RGB", (100, 100), (0, 0, 0))
     image.paste((255, 255, 255), (30, 30, 70, 70))
     image.save(tmp_path / "1.jpg", quality=100)
-    data, error = gv.decode_jpeg((str(tmp_path / "1.jpg"), 40, 8))
+    data, error = common.decode_jpeg((str(tmp_path / "1.jpg"), 40, 8))
     pixels = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     assert error is None and len(pixels) == 8 * 8 * 3 and pixels.min() > 240
-    data, _ = gv.decode_jpeg((str(tmp_path / "1.jpg"), 100, 10))  # whole frame: dark corners
+    data, _ = common.decode_jpeg((str(tmp_path / "1.jpg"), 100, 10))  # whole frame: dark corners
     assert torch.frombuffer(bytearray(data), dtype=torch.uint8)[:3].max() < 15
 
 
 def test_the_cache_is_used_on_the_second_run(galaxies, tmp_path, capsys, monkeypatch):
     root, _ = galaxies
     args = parse(root, tmp_path)
-    first, ids = gv.load_images(args.images_dir, args.crop, 32, args.cache_dir, 2)
+    first, ids = common.load_images(args.images_dir, args.crop, 32, args.cache_dir, 2)
     assert "cached 48 decoded images" in capsys.readouterr().out
 
     def no_decoding(*a, **k):
         raise AssertionError("decoded again although the cache holds these images")
 
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", no_decoding)
-    second, ids_again = gv.load_images(args.images_dir, args.crop, 32, args.cache_dir, 2)
+    second, ids_again = common.load_images(args.images_dir, args.crop, 32, args.cache_dir, 2)
     assert torch.equal(first, second) and ids == ids_again
     assert "from the cache" in capsys.readouterr().out
     # another size is another cache entry: decoding is needed again
     with pytest.raises(AssertionError, match="decoded again"):
-        gv.load_images(args.images_dir, args.crop, 64, args.cache_dir, 2)
+        common.load_images(args.images_dir, args.crop, 64, args.cache_dir, 2)
 
 
 def test_a_damaged_cache_is_decoded_again(galaxies, tmp_path, capsys):
     root, _ = galaxies
     args = parse(root, tmp_path)
-    first, _ = gv.load_images(args.images_dir, args.crop, 32, args.cache_dir, 2)
+    first, _ = common.load_images(args.images_dir, args.crop, 32, args.cache_dir, 2)
     (cache,) = (tmp_path / "cache").iterdir()
     cache.write_bytes(cache.read_bytes()[:1000])
-    again, _ = gv.load_images(args.images_dir, args.crop, 32, args.cache_dir, 2)
+    again, _ = common.load_images(args.images_dir, args.crop, 32, args.cache_dir, 2)
     assert torch.equal(first, again) and "is damaged" in capsys.readouterr().out
 
 
@@ -117,7 +123,7 @@ def test_kaggle_layout_argmax_and_q1(galaxies, tmp_path, capsys):
     root, ids = galaxies
     labels = kaggle_csv(tmp_path / "training_solutions_rev1.csv", ids)
     args = parse(root, tmp_path, "--labels", labels)
-    data, classes = gv.load_galaxies(args)
+    data, classes = load(args)
     assert "Kaggle's 37 probabilities" in capsys.readouterr().out
     # the largest answers sit in answer columns 1, 8, 15, 22, 29 of the header above
     assert classes["names"] == ["Class1.1", "Class4.1", "Class6.2", "Class8.4", "Class10.1"]
@@ -125,8 +131,8 @@ def test_kaggle_layout_argmax_and_q1(galaxies, tmp_path, capsys):
     expected = [int(ids.index(g)) % 5 for g in data["ids"]]
     assert data["y"].tolist() == expected
     args = parse(root, tmp_path, "--labels", labels, "--class-scheme", "q1")
-    data, classes = gv.load_galaxies(args)
-    assert classes["names"] == list(gv.Q1_NAMES)
+    data, classes = load(args)
+    assert classes["names"] == list(common.Q1_NAMES)
     # question 1 is columns 1-3; only galaxies with i % 5 == 0 have their 0.9 there (on Class1.1)
     assert all((y == 0) for y, g in zip(data["y"].tolist(), data["ids"]) if ids.index(g) % 5 == 0)
 
@@ -149,7 +155,7 @@ def test_every_bad_input_is_counted_and_named(galaxies, tmp_path, capsys):
     text[5] = text[5] + ",0.1"                                                             # 39 fields
     labels.write_text("\n".join(text + [text[6]]) + "\n")                                  # repeated id
     args = gv.parse_args(args_for(copy, tmp_path / "out", "--labels", labels))
-    data, classes = gv.load_galaxies(args)
+    data, classes = load(args)
     out = capsys.readouterr().out
     for line in ("1 entries of", "3 image files cannot be used", "999001.jpg: unreadable",
                  "999002.jpg: not a JPEG (PNG)", "rows with the wrong number of fields",
@@ -226,6 +232,26 @@ def test_resnet_is_five_residual_blocks_each_way():
     assert isinstance(gv.ResidualBlock(16, 32, 0.5).shortcut[0], torch.nn.Conv2d)  # projection
 
 
+def test_the_widths_are_a_parameter_stored_with_the_weights(galaxies, tmp_path, monkeypatch):
+    """Other widths (here four stages) build other models, are saved in the weights file and
+    rebuilt by --load whatever CHANNELS says then; an image side they cannot halve is one line."""
+    model = gv.GalaxyVAE("conv", latent_dim=5, size=32, channels=(8, 16, 32, 64))
+    assert layer_outputs(model.encoder, torch.rand(2, 3, 32, 32), torch.nn.Conv2d)[-1] == (64, 2, 2)
+    root, _ = galaxies
+    monkeypatch.setattr(gv, "CHANNELS", (8, 16, 32, 64))
+    gv.main(args_for(root, tmp_path, "--latent-dim", "3", "--epochs", "1", "--limit", "16"))
+    weights = tmp_path / "galaxy_vae_conv_e1_limit16_size32_z3.pt"
+    assert common.load_checkpoint(weights, gv.KIND)["channels"] == [8, 16, 32, 64]
+    first = final_block(tmp_path, weights.stem)
+    monkeypatch.setattr(gv, "CHANNELS", (4, 8))  # a later edit: --load still builds the file's widths
+    gv.main(args_for(root, tmp_path, "--limit", "16", "--load", weights))
+    assert final_block(tmp_path, weights.stem) == first
+    monkeypatch.undo()
+    result = run_script("galaxy_vae.py", *args_for(root, tmp_path, "--image-size", "48", "--epochs", "1"))
+    assert_one_line_error(result, "--image-size 48 does not fit the 5 stride-2 stages",
+                          "a multiple of 2^5 = 32")
+
+
 @pytest.mark.parametrize("arch", gv.ARCHS)
 def test_every_architecture_maps_images_to_logits_of_the_same_shape(arch):
     model = gv.GalaxyVAE(arch, latent_dim=7, size=32, cond_dim=3)
@@ -240,7 +266,7 @@ def test_conditional_samples_follow_the_class(galaxies, tmp_path):
     gv.main(args_for(root, tmp_path, "--labels", root / "labels.csv", "--conditional",
                      "--latent-dim", "4", "--batch-size", "16", "--epochs", "8"))
     model = gv.GalaxyVAE("conv", latent_dim=4, size=32, cond_dim=2)
-    common.load_weights(tmp_path / "galaxy_vae_conv_cond.pt", gv.KIND, {"model": model}, "--load")
+    common.load_weights(tmp_path / "galaxy_vae_conv_cond_e8_bs16_size32_z4.pt", gv.KIND, {"model": model}, "--load")
     z = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
     red_minus_blue = []
     for k in range(2):  # one-hot: 0 = other, 1 = spiral_odd (sorted names)
@@ -289,7 +315,7 @@ def test_smoke_then_load_gives_the_same_final_block(arch, extra, galaxies, tmp_p
     flags = args_for(root, tmp_path, "--labels", root / "labels.csv", "--arch", arch,
                      "--latent-dim", "4", "--batch-size", "16", "--epochs", "2", *extra)
     gv.main(flags)
-    name = f"galaxy_vae_{arch}{'_cond' if extra else ''}"
+    name = f"galaxy_vae_{arch}{'_cond' if extra else ''}_e2_bs16_size32_z4"  # the knobs that differ
     for what in ("loss", "weights", "samples", "class_samples", "latent"):
         assert (tmp_path / f"{name}_{what}.png").stat().st_size > 1000
     first = final_block(tmp_path, name)
@@ -298,15 +324,44 @@ def test_smoke_then_load_gives_the_same_final_block(arch, extra, galaxies, tmp_p
     assert final_block(tmp_path, name) == first
 
 
-def test_resume_continues_where_the_run_stopped(galaxies, tmp_path):
+def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
+    """The README's commands write the committed names; a changed knob writes beside them; data
+    paths, the cache and the workers stay out; --load keeps the loaded file's name."""
+    name = lambda *flags: gv.run_name(gv.parse_args([*flags, "--labels", "labels.csv"]))
+    assert name("--arch", "conv", "--epochs", "100", "--amp") == "galaxy_vae_conv_e100_amp"
+    assert name("--arch", "resnet", "--epochs", "30", "--amp") == "galaxy_vae_resnet_e30_amp"
+    assert name("--conditional", "--epochs", "100", "--amp") == "galaxy_vae_conv_cond_e100_amp"
+    assert name("--epochs", "20", "--lr", "3e-4", "--amp") == "galaxy_vae_conv_e20_lr0.0003_amp"
+    assert name("--epochs", "20", "--lr", "1e-3", "--amp") == "galaxy_vae_conv_e20_amp"  # the default lr
+    assert name("--latent-dim", "32", "--epochs", "1", "--limit", "200", "--data-dir", "d",
+                "--images-dir", "i", "--cache-dir", "c", "--workers", "1", "--device", "cpu",
+                "--out-dir", "o") == "galaxy_vae_conv_e1_limit200_z32"
+    assert name("--arch", "mlp", "--kl-weight", "0.5", "--class-scheme", "q1", "--image-size", "32",
+                "--sample-class", "other") == "galaxy_vae_mlp_q1_size32_kl0.5_class-other"
+    assert name() == "galaxy_vae_conv"
+    assert name("--load", "runs/galaxy_vae_conv_e100_amp.pt", "--epochs", "3") == "galaxy_vae_conv_e100_amp"
+    assert gv.comparison_name(vars(gv.parse_args(["--arch", "resnet", "--epochs", "30", "--amp"]))) == "galaxy_vae_amp"
+
+
+def test_resume_continues_where_the_run_stopped(galaxies, tmp_path, monkeypatch):
     root, _ = galaxies
-    flags = args_for(root, tmp_path, "--arch", "mlp", "--latent-dim", "4", "--batch-size", "16")
-    gv.main(flags + ["--epochs", "1"])
-    gv.main(flags + ["--epochs", "2", "--resume"])
-    resumed = json.loads((tmp_path / "galaxy_vae_mlp_metrics.json").read_text())
+    flags = args_for(root, tmp_path, "--arch", "mlp", "--latent-dim", "4", "--batch-size", "16", "--epochs", "2")
+    real_train_epoch = gv.train_epoch
+
+    def killed_in_epoch_2(*args):
+        if args[4] == 2:  # train_epoch(model, optimizer, data, args, epoch, generator)
+            raise KeyboardInterrupt
+        return real_train_epoch(*args)
+
+    monkeypatch.setattr(gv, "train_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        gv.main(flags)
+    monkeypatch.undo()
+    gv.main(flags + ["--resume"])
+    resumed = json.loads((tmp_path / "galaxy_vae_mlp_e2_bs16_size32_z4_metrics.json").read_text())
     gv.main(args_for(root, tmp_path / "straight", "--arch", "mlp", "--latent-dim", "4",
                      "--batch-size", "16", "--epochs", "2"))
-    straight = json.loads((tmp_path / "straight" / "galaxy_vae_mlp_metrics.json").read_text())
+    straight = json.loads((tmp_path / "straight" / "galaxy_vae_mlp_e2_bs16_size32_z4_metrics.json").read_text())
     assert [r["test_bce"] for r in resumed["history"]] == [r["test_bce"] for r in straight["history"]]
 
 
@@ -315,9 +370,11 @@ def test_unsupervised_skips_the_class_figures_and_the_overlay_needs_all_three(ga
     for arch in gv.ARCHS:
         gv.main(args_for(root, tmp_path, "--arch", arch, "--latent-dim", "3", "--epochs", "1",
                          "--batch-size", "24"))
-        assert (tmp_path / "galaxy_vae_architectures.png").exists() == (arch == gv.ARCHS[-1])
+        # named after the knobs the three share but the architecture (and the epochs)
+        assert (tmp_path / "galaxy_vae_bs24_size32_z3_architectures.png").exists() == (arch == gv.ARCHS[-1])
     assert "the class figures (class samples, latent colours) are skipped" in capsys.readouterr().out
-    assert not (tmp_path / "galaxy_vae_conv_latent.png").exists()
+    assert not (tmp_path / "galaxy_vae_conv_e1_bs24_size32_z3_latent.png").exists()
+    assert (tmp_path / "galaxy_vae_conv_e1_bs24_size32_z3_loss.png").exists()
 
 
 def test_load_refuses_other_classes_for_a_conditional_model(galaxies, tmp_path):
@@ -327,7 +384,7 @@ def test_load_refuses_other_classes_for_a_conditional_model(galaxies, tmp_path):
     relabelled = tmp_path / "other_labels.csv"
     relabelled.write_text("GalaxyID,kind\n" + "\n".join(f"{g},{'a' if i % 2 else 'b'}" for i, g in enumerate(ids)))
     result = run_script("galaxy_vae.py", *args_for(root, tmp_path, "--labels", relabelled,
-                                                   "--load", tmp_path / "galaxy_vae_conv_cond.pt"))
+                                                   "--load", tmp_path / "galaxy_vae_conv_cond_e1_size32_z3.pt"))
     assert_one_line_error(result, "was conditioned on the classes ['other', 'spiral_odd']")
 
 
@@ -342,7 +399,7 @@ def test_real_galaxy_images(tmp_path, capsys):
         shutil.copy(path, folder)
     args = gv.parse_args(["--images-dir", str(folder), "--labels", str(real / "labels.csv"),
                           "--cache-dir", str(tmp_path / "cache"), "--workers", "2"])
-    data, classes = gv.load_galaxies(args)
+    data, classes = load(args)
     out = capsys.readouterr().out
     assert data["x"].shape == (120, 3, 64, 64) and sum(classes["counts"]) == 120
     assert "4880 label rows have no image" in out
@@ -363,8 +420,8 @@ class Pixels(torch.nn.Module):
 
 def test_latent_probe_finds_a_linear_class_and_not_a_random_one(galaxies, tmp_path):
     root, _ = galaxies
-    data, _ = gv.load_galaxies(parse(root, tmp_path, "--labels", root / "labels.csv"))
-    train, test = gv.split(data, 0.3, 0, None, "cpu")
+    data, _ = load(parse(root, tmp_path, "--labels", root / "labels.csv"))
+    train, test = common.split_galaxies(data, 0.3, 0, None, "cpu")
     assert gv.latent_probe(Pixels(), train, test, 2)["latent_probe_test_balanced_accuracy"] == 1.0
     shuffled = [dict(part, y=part["y"][torch.randperm(len(part["y"]), generator=torch.Generator().manual_seed(1))])
                 for part in (train, test)]
@@ -381,7 +438,7 @@ def test_active_dims_counts_the_dimensions_whose_mean_varies(galaxies, tmp_path)
             return mu, torch.zeros_like(mu)
 
     root, _ = galaxies
-    data, _ = gv.load_galaxies(parse(root, tmp_path))
+    data, _ = load(parse(root, tmp_path))
     assert gv.active_dims(Encoder(), data) == 2
 
 
@@ -390,7 +447,7 @@ def test_an_unknown_sample_class_stops_before_training(galaxies, tmp_path):
     result = run_script("galaxy_vae.py", *args_for(root, tmp_path, "--labels", root / "labels.csv",
                                                    "--sample-class", "barred", "--epochs", "1"))
     assert_one_line_error(result, "--sample-class 'barred' is not one of ['other', 'spiral_odd']")
-    assert not (tmp_path / "galaxy_vae_conv.pt").exists()
+    assert not list(tmp_path.glob("*.pt"))
 
 
 # --- the training step against a hand-written step on its objective ---------------------------
@@ -584,21 +641,21 @@ def test_split_holds_out_the_test_fraction_of_each_class_by_seed_and_limit_keeps
     y = torch.tensor([1 if i % 4 == 0 else 0 for i in range(40)])
     data = {"x": torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 3, 2, 2).clone(),
             "y": y, "c": F.one_hot(y, 2).float(), "ids": [f"g{i}" for i in range(40)]}
-    train, test = gv.split(data, 0.3, 3, None, "cpu")
+    train, test = common.split_galaxies(data, 0.3, 3, None, "cpu")
     assert not set(train["ids"]) & set(test["ids"]) and len(train["ids"]) + len(test["ids"]) == 40
     assert torch.bincount(test["y"], minlength=2).tolist() == [9, 3]
     for part in (train, test):
         index = torch.tensor([int(g[1:]) for g in part["ids"]])
         assert torch.equal(part["x"][:, 0, 0, 0].long(), index) and torch.equal(part["y"], y[index])
         assert torch.equal(part["c"], F.one_hot(y[index], 2).float())
-    assert gv.split(data, 0.3, 3, None, "cpu")[1]["ids"] == test["ids"]
-    assert gv.split(data, 0.3, 4, None, "cpu")[1]["ids"] != test["ids"]
-    limited_train, limited_test = gv.split(data, 0.3, 3, 5, "cpu")
+    assert common.split_galaxies(data, 0.3, 3, None, "cpu")[1]["ids"] == test["ids"]
+    assert common.split_galaxies(data, 0.3, 4, None, "cpu")[1]["ids"] != test["ids"]
+    limited_train, limited_test = common.split_galaxies(data, 0.3, 3, 5, "cpu")
     assert limited_train["ids"] == train["ids"][:5] and limited_test["ids"] == test["ids"][:5]
 
 
 def test_main_splits_with_the_given_test_fraction_seed_and_limit(galaxies, tmp_path, monkeypatch):
-    """main hands --test-fraction, --seed and --limit to split (stopped there: no training)."""
+    """main hands --test-fraction, --seed and --limit to common.split_galaxies (stopped there: no training)."""
     root, _ = galaxies
     calls = []
 
@@ -609,7 +666,7 @@ def test_main_splits_with_the_given_test_fraction_seed_and_limit(galaxies, tmp_p
         calls.append((fraction, seed, limit))
         raise Stop
 
-    monkeypatch.setattr(gv, "split", recording_split)
+    monkeypatch.setattr(common, "split_galaxies", recording_split)
     with pytest.raises(Stop):
         gv.main(args_for(root, tmp_path, "--labels", root / "labels.csv", "--test-fraction", "0.3",
                          "--seed", "4", "--limit", "7"))

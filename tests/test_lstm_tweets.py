@@ -106,7 +106,7 @@ def test_an_unbalanced_quote_loses_no_following_line(tmp_path):
     assert tweets.texts[3] == '"omg i cant believe it' and tweets.labels[3] == 1
     assert tweets.texts[4:] == TWEETS[3:] and tweets.labels[4:] == LABELS[3:]
     assert tweets.split_at_commas == [4, 8]  # 8: "best coffee, ever,1", a comma left unquoted
-    assert "unbalanced quote" in common.report(path, tweets)
+    assert "unbalanced quote" in common.tweet_file_report(path, tweets)
 
 
 def test_commas_inside_an_unquoted_tweet(tmp_path):
@@ -125,7 +125,7 @@ def test_bad_label_rows_are_counted_reported_and_skipped(tmp_path):
     assert tweets.texts == TWEETS and tweets.labels == LABELS
     assert tweets.problems == {"blank line": [5], "missing label (too few columns)": [3],
                                "label not 0/1 ('maybe' x1)": [4], "empty tweet": [6]}
-    text = common.report(path, tweets)
+    text = common.tweet_file_report(path, tweets)
     assert "8 tweets from 13 lines" in text
     assert "skipped 1 line: label not 0/1 ('maybe' x1) (line 4)" in text
 
@@ -426,7 +426,7 @@ def test_semeval_tsv_with_every_quirk_counted(tmp_path):
                             "a stray trailing tab (an empty extra field)": [4, 6]}
     codes, lengths, counts = lstm_tweets.encode(tweets.texts, 280)
     assert counts["non_ascii_tweets"] == 1 and codes[0, 1].item() == lstm_tweets.PLACEHOLDER
-    assert "SemEval layout" in common.report(path, tweets)
+    assert "SemEval layout" in common.tweet_file_report(path, tweets)
 
 
 def test_several_training_files_are_joined_in_order(tmp_path, capsys):
