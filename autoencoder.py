@@ -368,8 +368,8 @@ def train_epoch(model, optimizer, x, y, loss, args, epoch, generator):
 
 def fit(model, data, args, generator, pretrained_encoder=False):
     """Train this experiment's model for args.epochs, evaluating at epoch 1, every
-    args.eval_every epochs and at the last; the bookkeeping (resume, checkpoint after every
-    epoch, log line, finite check) is common.Run's. Returns the Run (history, wall seconds)."""
+    args.eval_every epochs and at the last, or until the test loss has not improved for
+    --patience evaluations; <run>.ckpt and <run>.pt after every epoch. Returns the Run."""
     (train_x, train_y), (test_x, test_y) = data
     loss, name = EXPERIMENTS[args.experiment].loss, run_name(args)
     optimizer = make_optimizer(model, args, pretrained_encoder)
@@ -379,12 +379,12 @@ def fit(model, data, args, generator, pretrained_encoder=False):
         if pretrained_encoder:
             set_encoder_lr(optimizer, args, epoch)
         terms = train_epoch(model, optimizer, train_x, train_y, loss, args, epoch, generator)
-        record = None
+        common.check_finite(epoch, run.weights_path, **{loss: terms[loss]})
         if epoch in (1, args.epochs) or epoch % args.eval_every == 0:
-            record = {**{f"train_{k}": v.mean().item() for k, v in terms.items()},
-                      **{f"test_{k}": v for k, v in evaluate(model, test_x, test_y, loss).items()}}
-            record["test_loss"] = record[f"test_{loss}"]
-        if run.end_epoch(epoch, record, losses={loss: terms[loss]}):
+            run.log(epoch, {**{f"train_{k}": v.mean().item() for k, v in terms.items()},
+                            **{f"test_{k}": v for k, v in evaluate(model, test_x, test_y, loss).items()}})
+        run.save(epoch)
+        if common.stop_early(run.history, f"test_{loss}", args.patience):
             break
     return run
 
