@@ -70,7 +70,7 @@ class Experiment:
     dataset: str            # "fashion-mnist" or "mnist"
     epochs: int | None      # the default --epochs (None: trains nothing)
     eval_every: int | None  # the default --eval-every
-    run: str                # the stem of its files (weights, figures, metrics) and checkpoint kind
+    run: str                # its checkpoint kind and the base of its run names (run_name)
     loss: str | None        # the optimised loss: "mse", "l1" or "ce"
     needs: tuple = ()       # experiments whose weights it reads, each from --<name>-weights
 
@@ -373,7 +373,7 @@ def fit(model, data, args, generator, pretrained_encoder=False):
     (train_x, train_y), (test_x, test_y) = data
     loss, name = EXPERIMENTS[args.experiment].loss, run_name(args)
     optimizer = make_optimizer(model, args, pretrained_encoder)
-    run = common.Run(args, Path(args.out_dir) / name, name, {"model": model},
+    run = common.Run(args, Path(args.out_dir) / name, kind(args), {"model": model},
                      {"optimizer": optimizer}, generator)
     for epoch in range(run.done + 1, args.epochs + 1):
         if pretrained_encoder:
@@ -389,10 +389,30 @@ def fit(model, data, args, generator, pretrained_encoder=False):
     return run
 
 
-def run_name(args):
-    """This experiment's file stem and checkpoint kind: conv --no-fc keeps files of its own, so
-    the FC model stays the one classifier-decoder and transfer build on."""
+def kind(args):
+    """The model's identity, which --load and --<name>-weights check: the experiment (and conv's
+    --no-fc variant), never a knob, so autoencoder_conv_z16.pt still loads as conv weights."""
     return EXPERIMENTS[args.experiment].run + ("_nofc" if args.no_fc else "")
+
+
+# the short tags of this script's knobs in a run's name (autoencoder_transfer_freeze300)
+TAGS = {"latent_dim": "z", "eval_every": "eval", "naive_distribution": "",
+        "freeze_epochs": "freeze", "encoder_lr_factor": "enclr"}
+# paths (the runs an experiment builds on, cnn.py's weights) and the flags already in the base
+NOT_KNOBS = ("experiment", "no_fc", "cnn_weights", *(f"{n.replace('-', '_')}_weights" for n in DEPENDENCIES))
+TRAINING_KNOBS = ("epochs", "eval_every", "batch_size", "lr", "amp", "patience")  # naive trains nothing
+
+
+def run_name(args):
+    """What this run's files are called: with --load, the loaded file's own name; otherwise the
+    experiment's kind plus every knob that differs from that experiment's defaults
+    (autoencoder_conv_z16, autoencoder_transfer_freeze300): a quick edit writes beside the
+    committed run (common.run_name)."""
+    if args.load:
+        return Path(args.load).stem
+    variant = ["--experiment", args.experiment, *(["--no-fc"] if args.no_fc else [])]
+    skip = NOT_KNOBS + (TRAINING_KNOBS if args.experiment == "naive" else ())
+    return common.run_name(kind(args), args, vars(parse_args(variant)), TAGS, skip)
 
 
 def build(model_class, args, data, **kwargs):
@@ -406,23 +426,22 @@ def train_or_load(model, data, args, pretrained_encoder=False):
     """This experiment's model: its weights from --load, else trained here, shuffled by the
     seed's generator. Returns the Run or LoadedRun (history, seconds, trained_with)."""
     if args.load:
-        return common.load_run(args.load, run_name(args), {"model": model})
+        return common.load_run(args.load, kind(args), {"model": model})
     generator = common.seed_everything(args.seed)
     return fit(model, data, args, generator, pretrained_encoder)
 
 
 def load_dependency(args, name, models):
     """The weights of experiment `name` that this one builds on, put into `models` ({} to read
-    only its history): from --<name>-weights, by default its .pt in --out-dir. Absent: one line
-    with the command that makes them. Returns the checkpoint (history, args, ...)."""
-    flag, kind = f"--{name}-weights", EXPERIMENTS[name].run
-    path = weights_flag_value(args, name) or Path(args.out_dir) / f"{kind}.pt"
-    command = (f"python autoencoder.py --experiment {name} --data-dir {args.data_dir} "
-               f"--out-dir {args.out_dir}")
+    only its history): from --<name>-weights, by default the file in --out-dir that the command
+    making them writes (its default run name). Absent: one line with that command. Returns the checkpoint (history, args, ...)."""
+    flag, flags = f"--{name}-weights", ["--experiment", name]
     if EXPERIMENTS[name].dataset == "mnist" and args.latent_dim != LATENT_DIM:
-        command += f" --latent-dim {args.latent_dim}"
+        flags += ["--latent-dim", str(args.latent_dim)]  # the code length must match
+    path = weights_flag_value(args, name) or Path(args.out_dir) / f"{run_name(parse_args(flags))}.pt"
+    command = f"python autoencoder.py {' '.join(flags)} --data-dir {args.data_dir} --out-dir {args.out_dir}"
     common.require_file(path, flag, command)
-    checkpoint = common.load_weights(path, kind, models, flag)
+    checkpoint = common.load_weights(path, EXPERIMENTS[name].run, models, flag)
     print(f"{flag}: loaded {path} ({name}, trained {checkpoint['epoch']} epochs)")
     return checkpoint
 
@@ -540,7 +559,7 @@ def naive_figures(model, data, args):
     region = random_inputs(2000, args.seed + 2, box, args.naive_distribution)
     out = Path(args.out_dir)
     where = "z ~ N(0, I)" if args.naive_distribution == "normal" else "z ~ U(box of training codes)"
-    run = run_name(args) + ("_box" if args.naive_distribution == "uniform-box" else "")
+    run = run_name(args)
     common.plot_image_rows(out / f"{run}_samples.png",
                            {where: model.decoder(draws.to(test_x.device))},
                            title=f"fc decoder fed 10 random inputs ({where})")
@@ -570,22 +589,22 @@ def comparison_figures(naive, model, data, args):
     test_x, test_y = data[1]
     draws = random_inputs(N_GENERATED, args.seed + 1).to(test_x.device)  # the same as naive's
     region = random_inputs(2000, args.seed + 2)
-    out = Path(args.out_dir)
-    common.plot_image_rows(out / "autoencoder_normalized_samples.png",
+    out, name = Path(args.out_dir), run_name(args)
+    common.plot_image_rows(out / f"{name}_samples.png",
                            {"fc decoder": naive.decoder(draws),
                             "normalized\ndecoder": model.decoder(draws)},
                            title="the same 10 draws z ~ N(0, I) through both decoders")
     panels, stats = {}, {}
-    for name, autoencoder in (("fc (unconstrained codes)", naive),
-                              ("normalized (BatchNorm, affine=False)", model)):
+    for label, autoencoder in (("fc (unconstrained codes)", naive),
+                               ("normalized (BatchNorm, affine=False)", model)):
         codes = encode_all(autoencoder.encoder, test_x)
-        panels[name] = codes
-        stats[name.split()[0]] = code_statistics(codes)
-    common.plot_scatter(out / "autoencoder_codes.png", panels, test_y,
+        panels[label] = codes
+        stats[label.split()[0]] = code_statistics(codes)
+    common.plot_scatter(out / f"{name}_codes.png", panels, test_y,
                         common.class_names("fashion-mnist"),
                         title="test codes of both autoencoders, and where N(0, I) draws land",
                         overlays={"2000 draws z ~ N(0, I)": region, "the 10 decoded draws": draws})
-    common.write_json(out / "autoencoder_codes.json", stats)
+    common.write_json(out / f"{name}_codes.json", stats)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -636,23 +655,23 @@ def run_classifier_decoder(args, data):
     run = train_or_load(model, data, args)
     loss_figure(args, run, f"decoder trained on the frozen classifier encoder (d = {args.latent_dim})")
     test_x, test_y = data[1]
-    out = Path(args.out_dir)
+    out, name = Path(args.out_dir), run_name(args)
     with torch.no_grad():
         autoencoder.eval()
         model.eval()
         digits = test_x[:60]
-        common.plot_image_rows(out / "autoencoder_classifier_decoder_digits.png",
+        common.plot_image_rows(out / f"{name}_digits.png",
                                {"test digits": digits, "conv\nautoencoder": autoencoder(digits),
                                 "classifier\nencoder +\ndecoder": model(digits)},
                                title="60 test digits: originals, autoencoder, classifier encoding",
                                nrow=20)
         latents = {"conv autoencoder": encode_all(autoencoder.encoder, test_x),
                    "classifier encoder": encode_all(model.encoder, test_x)}
-    spread = {name: latent_spread(codes, test_y) for name, codes in latents.items()}
-    common.plot_scatter(out / "autoencoder_latent_pca.png",
-                        {f"{name}: within {s['within_class']:.2f}, between "
-                         f"{s['between_centroids']:.2f}": pca_2d(latents[name])
-                         for name, s in spread.items()},
+    spread = {encoder: latent_spread(codes, test_y) for encoder, codes in latents.items()}
+    common.plot_scatter(out / f"{name}_latent_pca.png",
+                        {f"{encoder}: within {s['within_class']:.2f}, between "
+                         f"{s['between_centroids']:.2f}": pca_2d(latents[encoder])
+                         for encoder, s in spread.items()},
                         test_y, common.class_names("mnist"),
                         title=f"test codes (d = {args.latent_dim}) on their first two principal axes",
                         xlabel="PC 1", ylabel="PC 2")
@@ -670,10 +689,10 @@ def run_transfer(args, data):
     scratch = load_dependency(args, "few-labels", {})  # its history, for the comparison figure
     transfer = run_classifier(args, data, initial_encoder=encoder)
     panels = {"cross-entropy": {}, "accuracy": {}}
-    for name, history in (("from scratch", scratch["history"]), ("transfer", transfer.history)):
-        panels["cross-entropy"].update(common.epoch_series(history, "ce", suffix=f", {name}"))
-        panels["accuracy"].update(common.epoch_series(history, "acc", suffix=f", {name}"))
-    common.plot_panels(Path(args.out_dir) / "autoencoder_transfer_vs_few_labels.png", panels,
+    for label, history in (("from scratch", scratch["history"]), ("transfer", transfer.history)):
+        panels["cross-entropy"].update(common.epoch_series(history, "ce", suffix=f", {label}"))
+        panels["accuracy"].update(common.epoch_series(history, "acc", suffix=f", {label}"))
+    common.plot_panels(Path(args.out_dir) / f"{run_name(args)}_vs_few_labels.png", panels,
                        xlabel="epoch (one pass over the 100 labelled digits)", markers=False,
                        title="100 labelled MNIST digits: encoder from the autoencoder vs from scratch")
 

@@ -54,7 +54,7 @@ ALSO_WRITTEN = {"joint_pretrain_frozen": ["joint_pretrain_finetuned"]}  # two mo
 
 # weights a developer may have re-created locally, which .gitignore keeps out of the repository
 NOT_COMMITTED = ("vae_mlp_kl", "vae_mlp_z", "vae_mlp_init_", "vaegan_fc", "vaegan_conv", "vgg_mnist",
-                 "galaxy_vae")
+                 "galaxy_vae", "autoencoder_transfer_")
 
 
 def test_every_committed_weights_file_has_a_reload_command():
