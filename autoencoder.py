@@ -1,58 +1,24 @@
 """Autoencoders: assignment B parts 1-2 (Fashion-MNIST) and assignment E tasks 1-5 (MNIST).
 
-Assignment B, Fashion-MNIST, a two-neuron bottleneck:
-  fc                  784-512-128-2-128-512-784 MLP autoencoder (ReLU, sigmoid output), MSE loss.
+One --experiment per task (EXPERIMENTS holds each one's data set, default epochs and loss):
+  fc                  784-512-128-2-128-512-784 MLP autoencoder (ReLU, sigmoid output), MSE.
   naive               fc's decoder fed 10 random inputs z ~ N(0, I) (--naive-distribution).
-  normalized          fc again with a non-affine BatchNorm on the bottleneck, so each of the two
-                      neurons has mean 0 and variance 1; its decoder fed the same N(0, I) draws.
-                      Also draws both autoencoders' test codes with the region the draws come from.
-Assignment E, MNIST, a d-dimensional latent (--latent-dim, default 12):
-  conv                convolutional autoencoder, mean L1 loss (architecture below; --no-fc
-                      reaches d with strided convolutions instead of the FC layer, to compare).
+  normalized          fc with a non-affine BatchNorm on the bottleneck (each neuron mean 0,
+                      variance 1), its decoder fed the same draws; the codes of both drawn.
+  conv                conv autoencoder to a d-dimensional code (--latent-dim, default 12), mean
+                      L1 (ConvEncoder says why this shape; --no-fc: strided convs instead of FC).
   classifier          conv's encoder + a two-layer MLP head, cross-entropy.
-  classifier-decoder  classifier's encoder frozen, a fresh conv decoder trained on L1; compared
-                      with conv: reconstructions, latent spread numbers, PCA of both latents.
+  classifier-decoder  classifier's encoder frozen, a fresh conv decoder trained on L1; both
+                      latent spaces compared (latent_spread, PCA).
   few-labels          the classifier trained on the first 100 training images only.
-  transfer            the same, with the encoder initialised from conv (--freeze-epochs,
+  transfer            the same, its encoder initialised from conv's (--freeze-epochs,
                       --encoder-lr-factor); one figure against few-labels.
-naive and normalized also write the sample-quality numbers of cnn.py's classifier (Fréchet
-distance, class entropy) to their metrics.
-
 Each experiment trains at most one model (naive none). One that builds on another's weights reads
-them from a flag whose default is that run's .pt in --out-dir; when the file is absent it stops
-with the command to run first (nothing is trained behind your back):
-  naive, normalized   the fc autoencoder                          --fc-weights
-  classifier-decoder  the conv autoencoder (its FC variant)       --conv-weights
-                      and the classifier, whose encoder it keeps  --classifier-weights
-  transfer            the conv autoencoder, whose encoder it      --conv-weights
-                      starts from, and few-labels, whose history  --few-labels-weights
-                      its comparison figure draws
+them from --<name>-weights, by default that run's file in --out-dir; absent, it stops with the
+command to run first (nothing is trained behind your back). naive and normalized also score their
+samples with cnn.py's classifier (Fréchet distance, class entropy).
 
-The conv architecture (assignment E asks to explain it). MNIST digits are thin strokes on a
-28x28 canvas; two stride-2 3x3 convolutions (32 then 64 filters, ReLU) halve the map twice to
-64x7x7, where every unit sees a 7x7 patch: a stroke segment. Striding rather than pooling lets the
-decoder mirror each step with a stride-2 ConvTranspose2d. The coarsest map (3,136 numbers) is far
-from d = 12, so one linear FC layer maps it to the code; a linear code keeps the latent
-unconstrained. The decoder mirrors this: FC + ReLU to 64x7x7, two transposed convolutions (with
-a BatchNorm between them: see ConvDecoder for the stall it prevents), and a sigmoid because
-pixels lie in [0, 1]. Without the FC layer (--no-fc), two more stride-2
-convolutions reach (d/4)x2x2, so the code is forced to stay spatial.
-
-Run:     (in dependency order; add --device cuda on a GPU)
-         python autoencoder.py --experiment fc --data-dir ../shared/data
-         python autoencoder.py --experiment naive --data-dir ../shared/data
-         python autoencoder.py --experiment normalized --data-dir ../shared/data
-         python autoencoder.py --experiment conv --data-dir ../shared/data
-         python autoencoder.py --experiment classifier --data-dir ../shared/data
-         python autoencoder.py --experiment classifier-decoder --data-dir ../shared/data
-         python autoencoder.py --experiment few-labels --data-dir ../shared/data
-         python autoencoder.py --experiment transfer --data-dir ../shared/data
-Reload:  python autoencoder.py --experiment conv --load figures/autoencoder_conv.pt   (any
-         experiment but naive, which trains nothing; normalized, classifier-decoder and transfer
-         still read the run their comparison figures draw: fc, conv, few-labels)
-Writes:  figures/autoencoder_<experiment>*.png and *_metrics.json; for an experiment that trains,
-         figures/autoencoder_<experiment>.pt (weights, for --load and for the experiments that
-         build on it) and figures/autoencoder_<experiment>.ckpt (the full checkpoint, for --resume)
+Run: python autoencoder.py --experiment fc --data-dir ../shared/data   (the README gives the order)
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,7 +157,13 @@ class FCAutoencoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """(B, 1, 28, 28) → (B, d); see the module docstring for why this shape."""
+    """(B, 1, 28, 28) → (B, d). MNIST digits are thin strokes on a 28x28 canvas: two stride-2 3x3
+    convolutions (32, then 64 filters) halve the map twice to 64x7x7, where every unit sees a 7x7
+    patch, a stroke segment. Striding rather than pooling lets the decoder mirror each step with
+    a stride-2 ConvTranspose2d. The coarsest map (3,136 numbers) is far from d = 12, so one
+    linear FC layer maps it to the code; a linear code keeps the latent unconstrained. Without
+    it (fc=False, assignment E1's comparison) two more stride-2 convolutions reach (d/4)x2x2,
+    so the code stays spatial: each number tied to a corner of the digit."""
 
     def __init__(self, latent_dim=12, fc=True):
         super().__init__()
@@ -288,46 +260,9 @@ def loss_terms(model, x, y, loss):
     return {loss: reconstruction_loss(model(x), x, loss)}
 
 
-def latent_spread(codes, labels):
-    """How a latent space arranges the classes, in units of its own size (so two encoders whose
-    codes differ in scale compare fairly). codes: (N, d); labels: (N,).
-
-    scale   = sqrt(mean_i ‖z_i - z̄‖²), the RMS distance of a code from the mean code
-    within  = mean_i ‖z_i - c_{y_i}‖ / scale, the mean distance of a code to its class centroid
-    between = mean_{a<b} ‖c_a - c_b‖ / scale, the mean distance between two class centroids
-
-    In float64 on the CPU (MPS has no float64): codes and labels are moved there first.
-    """
-    codes, labels = codes.cpu().double(), labels.cpu()
-    scale = (codes - codes.mean(0)).pow(2).sum(1).mean().sqrt()
-    classes = labels.unique()
-    centroids = torch.stack([codes[labels == c].mean(0) for c in classes])     # (C, d)
-    within = (codes - centroids[torch.searchsorted(classes, labels)]).norm(dim=1).mean() / scale
-    pairs = torch.triu_indices(len(classes), len(classes), offset=1)
-    between = (centroids[pairs[0]] - centroids[pairs[1]]).norm(dim=1).mean() / scale
-    return {"within_class": within.item(), "between_centroids": between.item(),
-            "separation_ratio": (between / within).item()}
-
-
 # ----------------------------------------------------------------------------------------------
 # TRAINING
 # ----------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(model, x, y, loss, batch_size=1000):
-    """Mean loss (and accuracy) over a split, in eval mode. Each batch's means stay on the
-    device; one copy to the host at the end (no wait per batch), where they are weighted by
-    batch size and summed in float64."""
-    model.eval()
-    sizes, means = [], []
-    for idx in common.batch_indices(len(x), batch_size, x.device):
-        terms = loss_terms(model, x[idx], y[idx], loss)
-        sizes.append(len(idx))
-        means.append(torch.stack(list(terms.values())))
-    per_batch = torch.stack(means).tolist()                      # (batches, terms): the one sync
-    return {name: sum(n * row[j] for n, row in zip(sizes, per_batch)) / len(x)
-            for j, name in enumerate(terms)}
-
-
 def make_optimizer(model, args, pretrained_encoder=False):
     """Adam over the parameters that train. A pretrained encoder (transfer) gets its own group,
     so its learning rate can be scaled (--encoder-lr-factor) or held at 0 (--freeze-epochs)."""
@@ -335,7 +270,7 @@ def make_optimizer(model, args, pretrained_encoder=False):
     if not pretrained_encoder:
         return torch.optim.Adam(trainable, lr=args.lr)
     encoder = list(model.encoder.parameters())
-    head = [p for p in trainable if all(p is not q for q in encoder)]
+    head = [p for p in trainable if all(p is not q for q in encoder)]  # the rest, by identity
     return torch.optim.Adam([{"params": encoder, "lr": args.lr * args.encoder_lr_factor},
                              {"params": head, "lr": args.lr}])
 
@@ -350,7 +285,7 @@ def set_encoder_lr(optimizer, args, epoch):
 
 def train_epoch(model, optimizer, x, y, loss, args, epoch, generator):
     """One pass over (x, y) in shuffled batches, stepping on `loss`; returns each term's
-    per-batch values ({term: (batches,) tensor}), kept on the device: nothing here waits for it."""
+    per-batch values ({term: (batches,) tensor})."""
     model.train()
     n_batches = common.num_batches(len(x), args.batch_size)
     terms = {}
@@ -362,6 +297,7 @@ def train_epoch(model, optimizer, x, y, loss, args, epoch, generator):
         losses[loss].backward()
         optimizer.step()
         for term, value in losses.items():
+            # row i of this term's (batches,) record, created at the first batch
             terms.setdefault(term, torch.empty(n_batches, device=x.device))[i] = value.detach()
     return terms
 
@@ -380,7 +316,7 @@ def fit(model, data, args, generator, pretrained_encoder=False):
             set_encoder_lr(optimizer, args, epoch)
         terms = train_epoch(model, optimizer, train_x, train_y, loss, args, epoch, generator)
         common.check_finite(epoch, run.weights_path, **{loss: terms[loss]})
-        if epoch in (1, args.epochs) or epoch % args.eval_every == 0:
+        if epoch in (1, args.epochs) or epoch % args.eval_every == 0:  # train: the epoch's batch means
             run.log(epoch, {**{f"train_{k}": v.mean().item() for k, v in terms.items()},
                             **{f"test_{k}": v for k, v in evaluate(model, test_x, test_y, loss).items()}})
         run.save(epoch)
@@ -389,6 +325,94 @@ def fit(model, data, args, generator, pretrained_encoder=False):
     return run
 
 
+# ----------------------------------------------------------------------------------------------
+# EVALUATION: the numbers the assignments ask for
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, x, y, loss, batch_size=1000):
+    """Mean loss (and accuracy) over a split, in eval mode: the batch means weighted by batch size
+    and summed in float64."""
+    model.eval()
+    sizes, means = [], []
+    for idx in common.batch_indices(len(x), batch_size, x.device):
+        terms = loss_terms(model, x[idx], y[idx], loss)
+        sizes.append(len(idx))
+        means.append(torch.stack(list(terms.values())))
+    per_batch = torch.stack(means).tolist()                      # (batches, terms)
+    # each term: Σ_batches (batch size × batch mean) / N, the mean over the split's examples
+    return {name: sum(n * row[j] for n, row in zip(sizes, per_batch)) / len(x)
+            for j, name in enumerate(terms)}
+
+
+@torch.no_grad()
+def encode_all(encoder, x, batch_size=1000):
+    """The codes of a whole split, (N, 1, 28, 28) → (N, d), in eval mode and in batches."""
+    encoder.eval()
+    return torch.cat([encoder(x[idx]) for idx in common.batch_indices(len(x), batch_size, x.device)])
+
+
+def latent_spread(codes, labels):
+    """How a latent space arranges the classes, in units of its own size (so two encoders whose
+    codes differ in scale compare fairly). codes: (N, d); labels: (N,).
+
+    scale   = sqrt(mean_i ‖z_i - z̄‖²), the RMS distance of a code from the mean code
+    within  = mean_i ‖z_i - c_{y_i}‖ / scale, the mean distance of a code to its class centroid
+    between = mean_{a<b} ‖c_a - c_b‖ / scale, the mean distance between two class centroids
+
+    In float64 on the CPU (MPS has no float64): codes and labels are moved there first.
+    """
+    codes, labels = codes.cpu().double(), labels.cpu()
+    scale = (codes - codes.mean(0)).pow(2).sum(1).mean().sqrt()
+    classes = labels.unique()
+    centroids = torch.stack([codes[labels == c].mean(0) for c in classes])     # (C, d)
+    own_centroid = centroids[torch.searchsorted(classes, labels)]                # (N, d)
+    within = (codes - own_centroid).norm(dim=1).mean() / scale
+    pairs = torch.triu_indices(len(classes), len(classes), offset=1)  # (2, C(C-1)/2): each a < b once
+    between = (centroids[pairs[0]] - centroids[pairs[1]]).norm(dim=1).mean() / scale
+    return {"within_class": within.item(), "between_centroids": between.item(),
+            "separation_ratio": (between / within).item()}
+
+
+def pca_2d(codes):
+    """The codes projected on their first two principal axes: (N, d) → (N, 2). On the CPU: by
+    PyTorch version, linalg.svd on MPS is missing, a CPU fallback or a new native kernel, and a
+    figure's worth of points costs nothing there."""
+    codes = codes.cpu()
+    centred = codes - codes.mean(0)
+    _, _, directions = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ directions[:2].T
+
+
+def code_statistics(codes):
+    """Where the test codes lie, against the disc of radius 2 that holds 86% of N(0, I) draws
+    (P(‖z‖ ≤ 2) = 1 − e⁻² for a 2-D standard normal)."""
+    inside = (codes.norm(dim=1) <= 2.0).float().mean().item()
+    return {"code_mean": codes.mean(0).tolist(), "code_std": codes.std(0).tolist(),
+            "share_of_test_codes_within_radius_2": inside}
+
+
+def random_inputs(n, seed, codes=None, distribution="normal"):
+    """The decoder inputs of the naive generators, from their own seeded stream: N(0, I), or
+    uniform over the box [min, max] of `codes` per neuron."""
+    generator = torch.Generator().manual_seed(seed)
+    if distribution == "normal":
+        return torch.randn(n, 2, generator=generator)
+    low, high = codes.min(0).values.cpu(), codes.max(0).values.cpu()
+    return low + (high - low) * torch.rand(n, 2, generator=generator)  # (n, 2) in the box
+
+
+@torch.no_grad()
+def generation_quality(decoder, data, args, codes=None, distribution="normal"):
+    """cnn.py's sample-quality numbers for as many random inputs as the test set has images."""
+    (train_x, _), (test_x, _) = data
+    decoder.eval()
+    z = random_inputs(len(test_x), args.seed + 3, codes, distribution).to(test_x.device)
+    return cnn.sample_quality(decoder(z), test_x, train_x, args)
+
+
+# ----------------------------------------------------------------------------------------------
+# RUNS: names, the weights an experiment builds on, outputs
+# ----------------------------------------------------------------------------------------------
 def kind(args):
     """The model's identity, which --load and --<name>-weights check: the experiment (and conv's
     --no-fc variant), never a knob, so autoencoder_conv_z16.pt still loads as conv weights."""
@@ -459,25 +483,6 @@ def finish(model, data, args, run, **final):
     return final
 
 
-# ----------------------------------------------------------------------------------------------
-# FIGURES AND ANALYSIS
-# ----------------------------------------------------------------------------------------------
-@torch.no_grad()
-def encode_all(encoder, x, batch_size=1000):
-    encoder.eval()
-    return torch.cat([encoder(x[idx]) for idx in common.batch_indices(len(x), batch_size, x.device)])
-
-
-def pca_2d(codes):
-    """The codes projected on their first two principal axes: (N, d) → (N, 2). On the CPU: by
-    PyTorch version, linalg.svd on MPS is missing, a CPU fallback or a new native kernel, and a
-    figure's worth of points costs nothing there."""
-    codes = codes.cpu()
-    centred = codes - codes.mean(0)
-    _, _, directions = torch.linalg.svd(centred, full_matrices=False)
-    return centred @ directions[:2].T
-
-
 def loss_figure(args, run, title):
     loss = EXPERIMENTS[args.experiment].loss
     ylabel = {"mse": "mean squared error per pixel", "l1": "mean absolute error per pixel"}[loss]
@@ -499,8 +504,8 @@ def reconstruction_figure(model, x, args, title):
 # ----------------------------------------------------------------------------------------------
 # EXPERIMENTS, assignment B
 # ----------------------------------------------------------------------------------------------
-def fc_autoencoder(args, data, normalize):
-    """fc or normalized: train (or --load) the autoencoder; its loss and reconstruction figures
+def run_fc(args, data, normalize=False):
+    """Assignment B 1 (and 2.2's model): train (or --load) the fc autoencoder; its loss and reconstruction figures
     and its metrics (normalized's with the sample quality of its decoder fed N(0, I))."""
     model = build(FCAutoencoder, args, data, normalize=normalize)
     run = train_or_load(model, data, args)
@@ -515,91 +520,55 @@ def fc_autoencoder(args, data, normalize):
     return model
 
 
-def random_inputs(n, seed, codes=None, distribution="normal"):
-    """The decoder inputs of the naive generators, from their own seeded stream: N(0, I), or
-    uniform over the box [min, max] of `codes` per neuron."""
-    generator = torch.Generator().manual_seed(seed)
-    if distribution == "normal":
-        return torch.randn(n, 2, generator=generator)
-    low, high = codes.min(0).values.cpu(), codes.max(0).values.cpu()
-    return low + (high - low) * torch.rand(n, 2, generator=generator)
-
-
 @torch.no_grad()
-def generation_quality(decoder, data, args, codes=None, distribution="normal"):
-    """cnn.py's sample-quality numbers for as many random inputs as the test set has images."""
-    (train_x, _), (test_x, _) = data
-    decoder.eval()
-    z = random_inputs(len(test_x), args.seed + 3, codes, distribution).to(test_x.device)
-    return cnn.sample_quality(decoder(z), test_x, train_x, args)
-
-
-def code_statistics(codes):
-    """Where the test codes lie, against the disc of radius 2 that holds 86% of N(0, I) draws
-    (P(‖z‖ ≤ 2) = 1 − e⁻² for a 2-D standard normal)."""
-    inside = (codes.norm(dim=1) <= 2.0).float().mean().item()
-    return {"code_mean": codes.mean(0).tolist(), "code_std": codes.std(0).tolist(),
-            "share_of_test_codes_within_radius_2": inside}
-
-
 def run_naive(args, data):
-    """Assignment B 2.1: the fc decoder fed random numbers (trains nothing)."""
+    """Assignment B 2.1: the fc decoder fed random numbers (trains nothing); its test codes drawn
+    with the region the draws come from."""
     model = build(FCAutoencoder, args, data)
     load_dependency(args, "fc", {"model": model})
-    with torch.no_grad():
-        naive_figures(model, data, args)
-
-
-def naive_figures(model, data, args):
     model.eval()
     (train_x, _), (test_x, test_y) = data
     codes = encode_all(model.encoder, test_x)
     box = encode_all(model.encoder, train_x) if args.naive_distribution == "uniform-box" else None
     draws = random_inputs(N_GENERATED, args.seed + 1, box, args.naive_distribution)
     region = random_inputs(2000, args.seed + 2, box, args.naive_distribution)
-    out = Path(args.out_dir)
+    out, name = Path(args.out_dir), run_name(args)
     where = "z ~ N(0, I)" if args.naive_distribution == "normal" else "z ~ U(box of training codes)"
-    run = run_name(args)
-    common.plot_image_rows(out / f"{run}_samples.png",
+    common.plot_image_rows(out / f"{name}_samples.png",
                            {where: model.decoder(draws.to(test_x.device))},
                            title=f"fc decoder fed 10 random inputs ({where})")
-    common.plot_scatter(out / f"{run}_codes.png", {"": codes}, test_y,
+    common.plot_scatter(out / f"{name}_codes.png", {"": codes}, test_y,
                         common.class_names("fashion-mnist"),
                         title="fc autoencoder: test codes and the random inputs",
                         overlays={f"2000 draws {where}": region, "the 10 decoded draws": draws})
     final = {"distribution": args.naive_distribution, "draws": draws.tolist(),
              **code_statistics(codes),
              **generation_quality(model.decoder, data, args, box, args.naive_distribution)}
-    common.save_metrics(out / f"{run}_metrics.json", args, test_x.device, 0.0, [], final)
-    return final
+    common.save_metrics(out / f"{name}_metrics.json", args, test_x.device, 0.0, [], final)
 
 
 def run_normalized(args, data):
-    """Assignment B 2.2-2.3: the normalised bottleneck, and the answer to "are they different"."""
+    """Assignment B 2.2-2.3: the normalised bottleneck, and the answer to "are they different":
+    the same draws through both decoders, the test codes of both autoencoders."""
     naive = build(FCAutoencoder, args, data)
     load_dependency(args, "fc", {"model": naive})
-    model = fc_autoencoder(args, data, normalize=True)
-    with torch.no_grad():
-        comparison_figures(naive, model, data, args)
-
-
-def comparison_figures(naive, model, data, args):
+    model = run_fc(args, data, normalize=True)
     naive.eval()
     model.eval()
     test_x, test_y = data[1]
     draws = random_inputs(N_GENERATED, args.seed + 1).to(test_x.device)  # the same as naive's
     region = random_inputs(2000, args.seed + 2)
     out, name = Path(args.out_dir), run_name(args)
-    common.plot_image_rows(out / f"{name}_samples.png",
-                           {"fc decoder": naive.decoder(draws),
-                            "normalized\ndecoder": model.decoder(draws)},
-                           title="the same 10 draws z ~ N(0, I) through both decoders")
+    with torch.no_grad():
+        common.plot_image_rows(out / f"{name}_samples.png",
+                               {"fc decoder": naive.decoder(draws),
+                                "normalized\ndecoder": model.decoder(draws)},
+                               title="the same 10 draws z ~ N(0, I) through both decoders")
     panels, stats = {}, {}
     for label, autoencoder in (("fc (unconstrained codes)", naive),
                                ("normalized (BatchNorm, affine=False)", model)):
-        codes = encode_all(autoencoder.encoder, test_x)
-        panels[label] = codes
-        stats[label.split()[0]] = code_statistics(codes)
+        panels[label] = encode_all(autoencoder.encoder, test_x)
+        stats[label.split()[0]] = code_statistics(panels[label])
     common.plot_scatter(out / f"{name}_codes.png", panels, test_y,
                         common.class_names("fashion-mnist"),
                         title="test codes of both autoencoders, and where N(0, I) draws land",
@@ -703,20 +672,10 @@ def main(argv=None):
     common.out_dir(args)
     data = common.load_mnist_like(EXPERIMENTS[args.experiment].dataset, args.data_dir, device,
                                   args.limit)
-    if args.experiment == "fc":
-        fc_autoencoder(args, data, normalize=False)
-    elif args.experiment == "naive":
-        run_naive(args, data)
-    elif args.experiment == "normalized":
-        run_normalized(args, data)
-    elif args.experiment == "conv":
-        run_conv(args, data)
-    elif args.experiment in ("classifier", "few-labels"):
-        run_classifier(args, data)
-    elif args.experiment == "classifier-decoder":
-        run_classifier_decoder(args, data)
-    else:
-        run_transfer(args, data)
+    run = {"fc": run_fc, "naive": run_naive, "normalized": run_normalized, "conv": run_conv,
+           "classifier": run_classifier, "classifier-decoder": run_classifier_decoder,
+           "few-labels": run_classifier, "transfer": run_transfer}[args.experiment]
+    run(args, data)
 
 
 if __name__ == "__main__":
