@@ -373,6 +373,12 @@ def latent_spread(codes, labels):
             "separation_ratio": (between / within).item()}
 
 
+def compare_latent_spaces(encoders, x, y):
+    """E3: each encoder's codes of a split ({name: (N, d)}) and their latent_spread numbers."""
+    codes = {name: encode_all(encoder, x) for name, encoder in encoders.items()}
+    return codes, {name: latent_spread(c, y) for name, c in codes.items()}
+
+
 def pca_2d(codes):
     """The codes projected on their first two principal axes: (N, d) → (N, 2). On the CPU: by
     PyTorch version, linalg.svd on MPS is missing, a CPU fallback or a new native kernel, and a
@@ -634,9 +640,8 @@ def run_classifier_decoder(args, data):
                                 "classifier\nencoder +\ndecoder": model(digits)},
                                title="60 test digits: originals, autoencoder, classifier encoding",
                                nrow=20)
-        latents = {"conv autoencoder": encode_all(autoencoder.encoder, test_x),
-                   "classifier encoder": encode_all(model.encoder, test_x)}
-    spread = {encoder: latent_spread(codes, test_y) for encoder, codes in latents.items()}
+    latents, spread = compare_latent_spaces({"conv autoencoder": autoencoder.encoder,
+                                             "classifier encoder": model.encoder}, test_x, test_y)
     common.plot_scatter(out / f"{name}_latent_pca.png",
                         {f"{encoder}: within {s['within_class']:.2f}, between "
                          f"{s['between_centroids']:.2f}": pca_2d(latents[encoder])
