@@ -1,58 +1,24 @@
 """Autoencoders: assignment B parts 1-2 (Fashion-MNIST) and assignment E tasks 1-5 (MNIST).
 
-Assignment B, Fashion-MNIST, a two-neuron bottleneck:
-  fc                  784-512-128-2-128-512-784 MLP autoencoder (ReLU, sigmoid output), MSE loss.
+One --experiment per task (EXPERIMENTS holds each one's data set, default epochs and loss):
+  fc                  784-512-128-2-128-512-784 MLP autoencoder (ReLU, sigmoid output), MSE.
   naive               fc's decoder fed 10 random inputs z ~ N(0, I) (--naive-distribution).
-  normalized          fc again with a non-affine BatchNorm on the bottleneck, so each of the two
-                      neurons has mean 0 and variance 1; its decoder fed the same N(0, I) draws.
-                      Also draws both autoencoders' test codes with the region the draws come from.
-Assignment E, MNIST, a d-dimensional latent (--latent-dim, default 12):
-  conv                convolutional autoencoder, mean L1 loss (architecture below; --no-fc
-                      reaches d with strided convolutions instead of the FC layer, to compare).
+  normalized          fc with a non-affine BatchNorm on the bottleneck (each neuron mean 0,
+                      variance 1), its decoder fed the same draws; the codes of both drawn.
+  conv                conv autoencoder to a d-dimensional code (--latent-dim, default 12), mean
+                      L1 (ConvEncoder says why this shape; --no-fc: strided convs instead of FC).
   classifier          conv's encoder + a two-layer MLP head, cross-entropy.
-  classifier-decoder  classifier's encoder frozen, a fresh conv decoder trained on L1; compared
-                      with conv: reconstructions, latent spread numbers, PCA of both latents.
+  classifier-decoder  classifier's encoder frozen, a fresh conv decoder trained on L1; both
+                      latent spaces compared (latent_spread, PCA).
   few-labels          the classifier trained on the first 100 training images only.
-  transfer            the same, with the encoder initialised from conv (--freeze-epochs,
+  transfer            the same, its encoder initialised from conv's (--freeze-epochs,
                       --encoder-lr-factor); one figure against few-labels.
-naive and normalized also write the sample-quality numbers of cnn.py's classifier (Fréchet
-distance, class entropy) to their metrics.
-
 Each experiment trains at most one model (naive none). One that builds on another's weights reads
-them from a flag whose default is that run's .pt in --out-dir; when the file is absent it stops
-with the command to run first (nothing is trained behind your back):
-  naive, normalized   the fc autoencoder                          --fc-weights
-  classifier-decoder  the conv autoencoder (its FC variant)       --conv-weights
-                      and the classifier, whose encoder it keeps  --classifier-weights
-  transfer            the conv autoencoder, whose encoder it      --conv-weights
-                      starts from, and few-labels, whose history  --few-labels-weights
-                      its comparison figure draws
+them from --<name>-weights, by default that run's file in --out-dir; absent, it stops with the
+command to run first (nothing is trained behind your back). naive and normalized also score their
+samples with cnn.py's classifier (Fréchet distance, class entropy).
 
-The conv architecture (assignment E asks to explain it). MNIST digits are thin strokes on a
-28x28 canvas; two stride-2 3x3 convolutions (32 then 64 filters, ReLU) halve the map twice to
-64x7x7, where every unit sees a 7x7 patch: a stroke segment. Striding rather than pooling lets the
-decoder mirror each step with a stride-2 ConvTranspose2d. The coarsest map (3,136 numbers) is far
-from d = 12, so one linear FC layer maps it to the code; a linear code keeps the latent
-unconstrained. The decoder mirrors this: FC + ReLU to 64x7x7, two transposed convolutions (with
-a BatchNorm between them: see ConvDecoder for the stall it prevents), and a sigmoid because
-pixels lie in [0, 1]. Without the FC layer (--no-fc), two more stride-2
-convolutions reach (d/4)x2x2, so the code is forced to stay spatial.
-
-Run:     (in dependency order; add --device cuda on a GPU)
-         python autoencoder.py --experiment fc --data-dir ../shared/data
-         python autoencoder.py --experiment naive --data-dir ../shared/data
-         python autoencoder.py --experiment normalized --data-dir ../shared/data
-         python autoencoder.py --experiment conv --data-dir ../shared/data
-         python autoencoder.py --experiment classifier --data-dir ../shared/data
-         python autoencoder.py --experiment classifier-decoder --data-dir ../shared/data
-         python autoencoder.py --experiment few-labels --data-dir ../shared/data
-         python autoencoder.py --experiment transfer --data-dir ../shared/data
-Reload:  python autoencoder.py --experiment conv --load figures/autoencoder_conv.pt   (any
-         experiment but naive, which trains nothing; normalized, classifier-decoder and transfer
-         still read the run their comparison figures draw: fc, conv, few-labels)
-Writes:  figures/autoencoder_<experiment>*.png and *_metrics.json; for an experiment that trains,
-         figures/autoencoder_<experiment>.pt (weights, for --load and for the experiments that
-         build on it) and figures/autoencoder_<experiment>.ckpt (the full checkpoint, for --resume)
+Run: python autoencoder.py --experiment fc --data-dir ../shared/data   (the README gives the order)
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +36,7 @@ class Experiment:
     dataset: str            # "fashion-mnist" or "mnist"
     epochs: int | None      # the default --epochs (None: trains nothing)
     eval_every: int | None  # the default --eval-every
-    run: str                # the stem of its files (weights, figures, metrics) and checkpoint kind
+    run: str                # its checkpoint kind and the base of its run names (run_name)
     loss: str | None        # the optimised loss: "mse", "l1" or "ce"
     needs: tuple = ()       # experiments whose weights it reads, each from --<name>-weights
 
@@ -191,7 +157,13 @@ class FCAutoencoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """(B, 1, 28, 28) → (B, d); see the module docstring for why this shape."""
+    """(B, 1, 28, 28) → (B, d). MNIST digits are thin strokes on a 28x28 canvas: two stride-2 3x3
+    convolutions (32, then 64 filters) halve the map twice to 64x7x7, where every unit sees a 7x7
+    patch, a stroke segment. Striding rather than pooling lets the decoder mirror each step with
+    a stride-2 ConvTranspose2d. The coarsest map (3,136 numbers) is far from d = 12, so one
+    linear FC layer maps it to the code; a linear code keeps the latent unconstrained. Without
+    it (fc=False, assignment E1's comparison) two more stride-2 convolutions reach (d/4)x2x2,
+    so the code stays spatial: each number tied to a corner of the digit."""
 
     def __init__(self, latent_dim=12, fc=True):
         super().__init__()
@@ -288,46 +260,9 @@ def loss_terms(model, x, y, loss):
     return {loss: reconstruction_loss(model(x), x, loss)}
 
 
-def latent_spread(codes, labels):
-    """How a latent space arranges the classes, in units of its own size (so two encoders whose
-    codes differ in scale compare fairly). codes: (N, d); labels: (N,).
-
-    scale   = sqrt(mean_i ‖z_i - z̄‖²), the RMS distance of a code from the mean code
-    within  = mean_i ‖z_i - c_{y_i}‖ / scale, the mean distance of a code to its class centroid
-    between = mean_{a<b} ‖c_a - c_b‖ / scale, the mean distance between two class centroids
-
-    In float64 on the CPU (MPS has no float64): codes and labels are moved there first.
-    """
-    codes, labels = codes.cpu().double(), labels.cpu()
-    scale = (codes - codes.mean(0)).pow(2).sum(1).mean().sqrt()
-    classes = labels.unique()
-    centroids = torch.stack([codes[labels == c].mean(0) for c in classes])     # (C, d)
-    within = (codes - centroids[torch.searchsorted(classes, labels)]).norm(dim=1).mean() / scale
-    pairs = torch.triu_indices(len(classes), len(classes), offset=1)
-    between = (centroids[pairs[0]] - centroids[pairs[1]]).norm(dim=1).mean() / scale
-    return {"within_class": within.item(), "between_centroids": between.item(),
-            "separation_ratio": (between / within).item()}
-
-
 # ----------------------------------------------------------------------------------------------
 # TRAINING
 # ----------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(model, x, y, loss, batch_size=1000):
-    """Mean loss (and accuracy) over a split, in eval mode. Each batch's means stay on the
-    device; one copy to the host at the end (no wait per batch), where they are weighted by
-    batch size and summed in float64."""
-    model.eval()
-    sizes, means = [], []
-    for idx in common.batch_indices(len(x), batch_size, x.device):
-        terms = loss_terms(model, x[idx], y[idx], loss)
-        sizes.append(len(idx))
-        means.append(torch.stack(list(terms.values())))
-    per_batch = torch.stack(means).tolist()                      # (batches, terms): the one sync
-    return {name: sum(n * row[j] for n, row in zip(sizes, per_batch)) / len(x)
-            for j, name in enumerate(terms)}
-
-
 def make_optimizer(model, args, pretrained_encoder=False):
     """Adam over the parameters that train. A pretrained encoder (transfer) gets its own group,
     so its learning rate can be scaled (--encoder-lr-factor) or held at 0 (--freeze-epochs)."""
@@ -335,7 +270,7 @@ def make_optimizer(model, args, pretrained_encoder=False):
     if not pretrained_encoder:
         return torch.optim.Adam(trainable, lr=args.lr)
     encoder = list(model.encoder.parameters())
-    head = [p for p in trainable if all(p is not q for q in encoder)]
+    head = [p for p in trainable if all(p is not q for q in encoder)]  # the rest, by identity
     return torch.optim.Adam([{"params": encoder, "lr": args.lr * args.encoder_lr_factor},
                              {"params": head, "lr": args.lr}])
 
@@ -350,7 +285,7 @@ def set_encoder_lr(optimizer, args, epoch):
 
 def train_epoch(model, optimizer, x, y, loss, args, epoch, generator):
     """One pass over (x, y) in shuffled batches, stepping on `loss`; returns each term's
-    per-batch values ({term: (batches,) tensor}), kept on the device: nothing here waits for it."""
+    per-batch values ({term: (batches,) tensor})."""
     model.train()
     n_batches = common.num_batches(len(x), args.batch_size)
     terms = {}
@@ -362,37 +297,152 @@ def train_epoch(model, optimizer, x, y, loss, args, epoch, generator):
         losses[loss].backward()
         optimizer.step()
         for term, value in losses.items():
+            # row i of this term's (batches,) record, created at the first batch
             terms.setdefault(term, torch.empty(n_batches, device=x.device))[i] = value.detach()
     return terms
 
 
 def fit(model, data, args, generator, pretrained_encoder=False):
     """Train this experiment's model for args.epochs, evaluating at epoch 1, every
-    args.eval_every epochs and at the last; the bookkeeping (resume, checkpoint after every
-    epoch, log line, finite check) is common.Run's. Returns the Run (history, wall seconds)."""
+    args.eval_every epochs and at the last, or until the test loss has not improved for
+    --patience evaluations; <run>.ckpt and <run>.pt after every epoch. Returns the Run."""
     (train_x, train_y), (test_x, test_y) = data
     loss, name = EXPERIMENTS[args.experiment].loss, run_name(args)
     optimizer = make_optimizer(model, args, pretrained_encoder)
-    run = common.Run(args, Path(args.out_dir) / name, name, {"model": model},
+    run = common.Run(args, Path(args.out_dir) / name, kind(args), {"model": model},
                      {"optimizer": optimizer}, generator)
     for epoch in range(run.done + 1, args.epochs + 1):
         if pretrained_encoder:
             set_encoder_lr(optimizer, args, epoch)
         terms = train_epoch(model, optimizer, train_x, train_y, loss, args, epoch, generator)
-        record = None
-        if epoch in (1, args.epochs) or epoch % args.eval_every == 0:
-            record = {**{f"train_{k}": v.mean().item() for k, v in terms.items()},
-                      **{f"test_{k}": v for k, v in evaluate(model, test_x, test_y, loss).items()}}
-            record["test_loss"] = record[f"test_{loss}"]
-        if run.end_epoch(epoch, record, losses={loss: terms[loss]}):
+        common.check_finite(epoch, run.weights_path, **{loss: terms[loss]})
+        if epoch in (1, args.epochs) or epoch % args.eval_every == 0:  # train: the epoch's batch means
+            run.log(epoch, {**{f"train_{k}": v.mean().item() for k, v in terms.items()},
+                            **{f"test_{k}": v for k, v in evaluate(model, test_x, test_y, loss).items()}})
+        run.save(epoch)
+        if common.stop_early(run.history, f"test_{loss}", args.patience):
             break
     return run
 
 
-def run_name(args):
-    """This experiment's file stem and checkpoint kind: conv --no-fc keeps files of its own, so
-    the FC model stays the one classifier-decoder and transfer build on."""
+# ----------------------------------------------------------------------------------------------
+# EVALUATION: the numbers the assignments ask for
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, x, y, loss, batch_size=1000):
+    """Mean loss (and accuracy) over a split, in eval mode: the batch means weighted by batch size
+    and summed in float64."""
+    model.eval()
+    sizes, means = [], []
+    for idx in common.batch_indices(len(x), batch_size, x.device):
+        terms = loss_terms(model, x[idx], y[idx], loss)
+        sizes.append(len(idx))
+        means.append(torch.stack(list(terms.values())))
+    per_batch = torch.stack(means).tolist()                      # (batches, terms)
+    # each term: Σ_batches (batch size × batch mean) / N, the mean over the split's examples
+    return {name: sum(n * row[j] for n, row in zip(sizes, per_batch)) / len(x)
+            for j, name in enumerate(terms)}
+
+
+@torch.no_grad()
+def encode_all(encoder, x, batch_size=1000):
+    """The codes of a whole split, (N, 1, 28, 28) → (N, d), in eval mode and in batches."""
+    encoder.eval()
+    return torch.cat([encoder(x[idx]) for idx in common.batch_indices(len(x), batch_size, x.device)])
+
+
+def latent_spread(codes, labels):
+    """How a latent space arranges the classes, in units of its own size (so two encoders whose
+    codes differ in scale compare fairly). codes: (N, d); labels: (N,).
+
+    scale   = sqrt(mean_i ‖z_i - z̄‖²), the RMS distance of a code from the mean code
+    within  = mean_i ‖z_i - c_{y_i}‖ / scale, the mean distance of a code to its class centroid
+    between = mean_{a<b} ‖c_a - c_b‖ / scale, the mean distance between two class centroids
+
+    In float64 on the CPU (MPS has no float64): codes and labels are moved there first.
+    """
+    codes, labels = codes.cpu().double(), labels.cpu()
+    scale = (codes - codes.mean(0)).pow(2).sum(1).mean().sqrt()
+    classes = labels.unique()
+    centroids = torch.stack([codes[labels == c].mean(0) for c in classes])     # (C, d)
+    own_centroid = centroids[torch.searchsorted(classes, labels)]                # (N, d)
+    within = (codes - own_centroid).norm(dim=1).mean() / scale
+    pairs = torch.triu_indices(len(classes), len(classes), offset=1)  # (2, C(C-1)/2): each a < b once
+    between = (centroids[pairs[0]] - centroids[pairs[1]]).norm(dim=1).mean() / scale
+    return {"within_class": within.item(), "between_centroids": between.item(),
+            "separation_ratio": (between / within).item()}
+
+
+def compare_latent_spaces(encoders, x, y):
+    """E3: each encoder's codes of a split ({name: (N, d)}) and their latent_spread numbers."""
+    codes = {name: encode_all(encoder, x) for name, encoder in encoders.items()}
+    return codes, {name: latent_spread(c, y) for name, c in codes.items()}
+
+
+def pca_2d(codes):
+    """The codes projected on their first two principal axes: (N, d) → (N, 2). On the CPU: by
+    PyTorch version, linalg.svd on MPS is missing, a CPU fallback or a new native kernel, and a
+    figure's worth of points costs nothing there."""
+    codes = codes.cpu()
+    centred = codes - codes.mean(0)
+    _, _, directions = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ directions[:2].T
+
+
+def code_statistics(codes):
+    """Where the test codes lie, against the disc of radius 2 that holds 86% of N(0, I) draws
+    (P(‖z‖ ≤ 2) = 1 − e⁻² for a 2-D standard normal)."""
+    inside = (codes.norm(dim=1) <= 2.0).float().mean().item()
+    return {"code_mean": codes.mean(0).tolist(), "code_std": codes.std(0).tolist(),
+            "share_of_test_codes_within_radius_2": inside}
+
+
+def random_inputs(n, seed, codes=None, distribution="normal"):
+    """The decoder inputs of the naive generators, from their own seeded stream: N(0, I), or
+    uniform over the box [min, max] of `codes` per neuron."""
+    generator = torch.Generator().manual_seed(seed)
+    if distribution == "normal":
+        return torch.randn(n, 2, generator=generator)
+    low, high = codes.min(0).values.cpu(), codes.max(0).values.cpu()
+    return low + (high - low) * torch.rand(n, 2, generator=generator)  # (n, 2) in the box
+
+
+@torch.no_grad()
+def generation_quality(decoder, data, args, codes=None, distribution="normal"):
+    """cnn.py's sample-quality numbers for as many random inputs as the test set has images."""
+    (train_x, _), (test_x, _) = data
+    decoder.eval()
+    z = random_inputs(len(test_x), args.seed + 3, codes, distribution).to(test_x.device)
+    return cnn.sample_quality(decoder(z), test_x, train_x, args)
+
+
+# ----------------------------------------------------------------------------------------------
+# RUNS: names, the weights an experiment builds on, outputs
+# ----------------------------------------------------------------------------------------------
+def kind(args):
+    """The model's identity, which --load and --<name>-weights check: the experiment (and conv's
+    --no-fc variant), never a knob, so autoencoder_conv_z16.pt still loads as conv weights."""
     return EXPERIMENTS[args.experiment].run + ("_nofc" if args.no_fc else "")
+
+
+# the short tags of this script's knobs in a run's name (autoencoder_transfer_freeze300)
+TAGS = {"latent_dim": "z", "eval_every": "eval", "naive_distribution": "",
+        "freeze_epochs": "freeze", "encoder_lr_factor": "enclr"}
+# paths (the runs an experiment builds on, cnn.py's weights) and the flags already in the base
+NOT_KNOBS = ("experiment", "no_fc", "cnn_weights", *(f"{n.replace('-', '_')}_weights" for n in DEPENDENCIES))
+TRAINING_KNOBS = ("epochs", "eval_every", "batch_size", "lr", "amp", "patience")  # naive trains nothing
+
+
+def run_name(args):
+    """What this run's files are called: with --load, the loaded file's own name; otherwise the
+    experiment's kind plus every knob that differs from that experiment's defaults
+    (autoencoder_conv_z16, autoencoder_transfer_freeze300): a quick edit writes beside the
+    committed run (common.run_name)."""
+    if args.load:
+        return Path(args.load).stem
+    variant = ["--experiment", args.experiment, *(["--no-fc"] if args.no_fc else [])]
+    skip = NOT_KNOBS + (TRAINING_KNOBS if args.experiment == "naive" else ())
+    return common.run_name(kind(args), args, vars(parse_args(variant)), TAGS, skip)
 
 
 def build(model_class, args, data, **kwargs):
@@ -406,23 +456,22 @@ def train_or_load(model, data, args, pretrained_encoder=False):
     """This experiment's model: its weights from --load, else trained here, shuffled by the
     seed's generator. Returns the Run or LoadedRun (history, seconds, trained_with)."""
     if args.load:
-        return common.load_run(args.load, run_name(args), {"model": model})
+        return common.load_run(args.load, kind(args), {"model": model})
     generator = common.seed_everything(args.seed)
     return fit(model, data, args, generator, pretrained_encoder)
 
 
 def load_dependency(args, name, models):
     """The weights of experiment `name` that this one builds on, put into `models` ({} to read
-    only its history): from --<name>-weights, by default its .pt in --out-dir. Absent: one line
-    with the command that makes them. Returns the checkpoint (history, args, ...)."""
-    flag, kind = f"--{name}-weights", EXPERIMENTS[name].run
-    path = weights_flag_value(args, name) or Path(args.out_dir) / f"{kind}.pt"
-    command = (f"python autoencoder.py --experiment {name} --data-dir {args.data_dir} "
-               f"--out-dir {args.out_dir}")
+    only its history): from --<name>-weights, by default the file in --out-dir that the command
+    making them writes (its default run name). Absent: one line with that command. Returns the checkpoint (history, args, ...)."""
+    flag, flags = f"--{name}-weights", ["--experiment", name]
     if EXPERIMENTS[name].dataset == "mnist" and args.latent_dim != LATENT_DIM:
-        command += f" --latent-dim {args.latent_dim}"
+        flags += ["--latent-dim", str(args.latent_dim)]  # the code length must match
+    path = weights_flag_value(args, name) or Path(args.out_dir) / f"{run_name(parse_args(flags))}.pt"
+    command = f"python autoencoder.py {' '.join(flags)} --data-dir {args.data_dir} --out-dir {args.out_dir}"
     common.require_file(path, flag, command)
-    checkpoint = common.load_weights(path, kind, models, flag)
+    checkpoint = common.load_weights(path, EXPERIMENTS[name].run, models, flag)
     print(f"{flag}: loaded {path} ({name}, trained {checkpoint['epoch']} epochs)")
     return checkpoint
 
@@ -438,25 +487,6 @@ def finish(model, data, args, run, **final):
                         run.seconds, run.history, final, trained_with=run.trained_with)
     print(f"{name}: " + " | ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)))
     return final
-
-
-# ----------------------------------------------------------------------------------------------
-# FIGURES AND ANALYSIS
-# ----------------------------------------------------------------------------------------------
-@torch.no_grad()
-def encode_all(encoder, x, batch_size=1000):
-    encoder.eval()
-    return torch.cat([encoder(x[idx]) for idx in common.batch_indices(len(x), batch_size, x.device)])
-
-
-def pca_2d(codes):
-    """The codes projected on their first two principal axes: (N, d) → (N, 2). On the CPU: by
-    PyTorch version, linalg.svd on MPS is missing, a CPU fallback or a new native kernel, and a
-    figure's worth of points costs nothing there."""
-    codes = codes.cpu()
-    centred = codes - codes.mean(0)
-    _, _, directions = torch.linalg.svd(centred, full_matrices=False)
-    return centred @ directions[:2].T
 
 
 def loss_figure(args, run, title):
@@ -480,8 +510,8 @@ def reconstruction_figure(model, x, args, title):
 # ----------------------------------------------------------------------------------------------
 # EXPERIMENTS, assignment B
 # ----------------------------------------------------------------------------------------------
-def fc_autoencoder(args, data, normalize):
-    """fc or normalized: train (or --load) the autoencoder; its loss and reconstruction figures
+def run_fc(args, data, normalize=False):
+    """Assignment B 1 (and 2.2's model): train (or --load) the fc autoencoder; its loss and reconstruction figures
     and its metrics (normalized's with the sample quality of its decoder fed N(0, I))."""
     model = build(FCAutoencoder, args, data, normalize=normalize)
     run = train_or_load(model, data, args)
@@ -496,96 +526,60 @@ def fc_autoencoder(args, data, normalize):
     return model
 
 
-def random_inputs(n, seed, codes=None, distribution="normal"):
-    """The decoder inputs of the naive generators, from their own seeded stream: N(0, I), or
-    uniform over the box [min, max] of `codes` per neuron."""
-    generator = torch.Generator().manual_seed(seed)
-    if distribution == "normal":
-        return torch.randn(n, 2, generator=generator)
-    low, high = codes.min(0).values.cpu(), codes.max(0).values.cpu()
-    return low + (high - low) * torch.rand(n, 2, generator=generator)
-
-
 @torch.no_grad()
-def generation_quality(decoder, data, args, codes=None, distribution="normal"):
-    """cnn.py's sample-quality numbers for as many random inputs as the test set has images."""
-    (train_x, _), (test_x, _) = data
-    decoder.eval()
-    z = random_inputs(len(test_x), args.seed + 3, codes, distribution).to(test_x.device)
-    return cnn.sample_quality(decoder(z), test_x, train_x, args)
-
-
-def code_statistics(codes):
-    """Where the test codes lie, against the disc of radius 2 that holds 86% of N(0, I) draws
-    (P(‖z‖ ≤ 2) = 1 − e⁻² for a 2-D standard normal)."""
-    inside = (codes.norm(dim=1) <= 2.0).float().mean().item()
-    return {"code_mean": codes.mean(0).tolist(), "code_std": codes.std(0).tolist(),
-            "share_of_test_codes_within_radius_2": inside}
-
-
 def run_naive(args, data):
-    """Assignment B 2.1: the fc decoder fed random numbers (trains nothing)."""
+    """Assignment B 2.1: the fc decoder fed random numbers (trains nothing); its test codes drawn
+    with the region the draws come from."""
     model = build(FCAutoencoder, args, data)
     load_dependency(args, "fc", {"model": model})
-    with torch.no_grad():
-        naive_figures(model, data, args)
-
-
-def naive_figures(model, data, args):
     model.eval()
     (train_x, _), (test_x, test_y) = data
     codes = encode_all(model.encoder, test_x)
     box = encode_all(model.encoder, train_x) if args.naive_distribution == "uniform-box" else None
     draws = random_inputs(N_GENERATED, args.seed + 1, box, args.naive_distribution)
     region = random_inputs(2000, args.seed + 2, box, args.naive_distribution)
-    out = Path(args.out_dir)
+    out, name = Path(args.out_dir), run_name(args)
     where = "z ~ N(0, I)" if args.naive_distribution == "normal" else "z ~ U(box of training codes)"
-    run = run_name(args) + ("_box" if args.naive_distribution == "uniform-box" else "")
-    common.plot_image_rows(out / f"{run}_samples.png",
+    common.plot_image_rows(out / f"{name}_samples.png",
                            {where: model.decoder(draws.to(test_x.device))},
                            title=f"fc decoder fed 10 random inputs ({where})")
-    common.plot_scatter(out / f"{run}_codes.png", {"": codes}, test_y,
+    common.plot_scatter(out / f"{name}_codes.png", {"": codes}, test_y,
                         common.class_names("fashion-mnist"),
                         title="fc autoencoder: test codes and the random inputs",
                         overlays={f"2000 draws {where}": region, "the 10 decoded draws": draws})
     final = {"distribution": args.naive_distribution, "draws": draws.tolist(),
              **code_statistics(codes),
              **generation_quality(model.decoder, data, args, box, args.naive_distribution)}
-    common.save_metrics(out / f"{run}_metrics.json", args, test_x.device, 0.0, [], final)
-    return final
+    common.save_metrics(out / f"{name}_metrics.json", args, test_x.device, 0.0, [], final)
 
 
 def run_normalized(args, data):
-    """Assignment B 2.2-2.3: the normalised bottleneck, and the answer to "are they different"."""
+    """Assignment B 2.2-2.3: the normalised bottleneck, and the answer to "are they different":
+    the same draws through both decoders, the test codes of both autoencoders."""
     naive = build(FCAutoencoder, args, data)
     load_dependency(args, "fc", {"model": naive})
-    model = fc_autoencoder(args, data, normalize=True)
-    with torch.no_grad():
-        comparison_figures(naive, model, data, args)
-
-
-def comparison_figures(naive, model, data, args):
+    model = run_fc(args, data, normalize=True)
     naive.eval()
     model.eval()
     test_x, test_y = data[1]
     draws = random_inputs(N_GENERATED, args.seed + 1).to(test_x.device)  # the same as naive's
     region = random_inputs(2000, args.seed + 2)
-    out = Path(args.out_dir)
-    common.plot_image_rows(out / "autoencoder_normalized_samples.png",
-                           {"fc decoder": naive.decoder(draws),
-                            "normalized\ndecoder": model.decoder(draws)},
-                           title="the same 10 draws z ~ N(0, I) through both decoders")
+    out, name = Path(args.out_dir), run_name(args)
+    with torch.no_grad():
+        common.plot_image_rows(out / f"{name}_samples.png",
+                               {"fc decoder": naive.decoder(draws),
+                                "normalized\ndecoder": model.decoder(draws)},
+                               title="the same 10 draws z ~ N(0, I) through both decoders")
     panels, stats = {}, {}
-    for name, autoencoder in (("fc (unconstrained codes)", naive),
-                              ("normalized (BatchNorm, affine=False)", model)):
-        codes = encode_all(autoencoder.encoder, test_x)
-        panels[name] = codes
-        stats[name.split()[0]] = code_statistics(codes)
-    common.plot_scatter(out / "autoencoder_codes.png", panels, test_y,
+    for label, autoencoder in (("fc (unconstrained codes)", naive),
+                               ("normalized (BatchNorm, affine=False)", model)):
+        panels[label] = encode_all(autoencoder.encoder, test_x)
+        stats[label.split()[0]] = code_statistics(panels[label])
+    common.plot_scatter(out / f"{name}_codes.png", panels, test_y,
                         common.class_names("fashion-mnist"),
                         title="test codes of both autoencoders, and where N(0, I) draws land",
                         overlays={"2000 draws z ~ N(0, I)": region, "the 10 decoded draws": draws})
-    common.write_json(out / "autoencoder_codes.json", stats)
+    common.write_json(out / f"{name}_codes.json", stats)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -636,23 +630,22 @@ def run_classifier_decoder(args, data):
     run = train_or_load(model, data, args)
     loss_figure(args, run, f"decoder trained on the frozen classifier encoder (d = {args.latent_dim})")
     test_x, test_y = data[1]
-    out = Path(args.out_dir)
+    out, name = Path(args.out_dir), run_name(args)
     with torch.no_grad():
         autoencoder.eval()
         model.eval()
         digits = test_x[:60]
-        common.plot_image_rows(out / "autoencoder_classifier_decoder_digits.png",
+        common.plot_image_rows(out / f"{name}_digits.png",
                                {"test digits": digits, "conv\nautoencoder": autoencoder(digits),
                                 "classifier\nencoder +\ndecoder": model(digits)},
                                title="60 test digits: originals, autoencoder, classifier encoding",
                                nrow=20)
-        latents = {"conv autoencoder": encode_all(autoencoder.encoder, test_x),
-                   "classifier encoder": encode_all(model.encoder, test_x)}
-    spread = {name: latent_spread(codes, test_y) for name, codes in latents.items()}
-    common.plot_scatter(out / "autoencoder_latent_pca.png",
-                        {f"{name}: within {s['within_class']:.2f}, between "
-                         f"{s['between_centroids']:.2f}": pca_2d(latents[name])
-                         for name, s in spread.items()},
+    latents, spread = compare_latent_spaces({"conv autoencoder": autoencoder.encoder,
+                                             "classifier encoder": model.encoder}, test_x, test_y)
+    common.plot_scatter(out / f"{name}_latent_pca.png",
+                        {f"{encoder}: within {s['within_class']:.2f}, between "
+                         f"{s['between_centroids']:.2f}": pca_2d(latents[encoder])
+                         for encoder, s in spread.items()},
                         test_y, common.class_names("mnist"),
                         title=f"test codes (d = {args.latent_dim}) on their first two principal axes",
                         xlabel="PC 1", ylabel="PC 2")
@@ -670,10 +663,10 @@ def run_transfer(args, data):
     scratch = load_dependency(args, "few-labels", {})  # its history, for the comparison figure
     transfer = run_classifier(args, data, initial_encoder=encoder)
     panels = {"cross-entropy": {}, "accuracy": {}}
-    for name, history in (("from scratch", scratch["history"]), ("transfer", transfer.history)):
-        panels["cross-entropy"].update(common.epoch_series(history, "ce", suffix=f", {name}"))
-        panels["accuracy"].update(common.epoch_series(history, "acc", suffix=f", {name}"))
-    common.plot_panels(Path(args.out_dir) / "autoencoder_transfer_vs_few_labels.png", panels,
+    for label, history in (("from scratch", scratch["history"]), ("transfer", transfer.history)):
+        panels["cross-entropy"].update(common.epoch_series(history, "ce", suffix=f", {label}"))
+        panels["accuracy"].update(common.epoch_series(history, "acc", suffix=f", {label}"))
+    common.plot_panels(Path(args.out_dir) / f"{run_name(args)}_vs_few_labels.png", panels,
                        xlabel="epoch (one pass over the 100 labelled digits)", markers=False,
                        title="100 labelled MNIST digits: encoder from the autoencoder vs from scratch")
 
@@ -684,20 +677,10 @@ def main(argv=None):
     common.out_dir(args)
     data = common.load_mnist_like(EXPERIMENTS[args.experiment].dataset, args.data_dir, device,
                                   args.limit)
-    if args.experiment == "fc":
-        fc_autoencoder(args, data, normalize=False)
-    elif args.experiment == "naive":
-        run_naive(args, data)
-    elif args.experiment == "normalized":
-        run_normalized(args, data)
-    elif args.experiment == "conv":
-        run_conv(args, data)
-    elif args.experiment in ("classifier", "few-labels"):
-        run_classifier(args, data)
-    elif args.experiment == "classifier-decoder":
-        run_classifier_decoder(args, data)
-    else:
-        run_transfer(args, data)
+    run = {"fc": run_fc, "naive": run_naive, "normalized": run_normalized, "conv": run_conv,
+           "classifier": run_classifier, "classifier-decoder": run_classifier_decoder,
+           "few-labels": run_classifier, "transfer": run_transfer}[args.experiment]
+    run(args, data)
 
 
 if __name__ == "__main__":

@@ -27,10 +27,17 @@ def metrics(path):
     return json.loads(path.read_text())
 
 
-def dependency_flags(experiment, folder):
-    """--<name>-weights FILE for each run `experiment` builds on, read from `folder`."""
+def run_of(*flags):
+    """The name of the run that quick_args(..., *flags) writes, e.g. autoencoder_conv_e2_limit128
+    (the rule is pinned by test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults)."""
+    return autoencoder.run_name(autoencoder.parse_args(quick_args("data", "out", *flags)))
+
+
+def dependency_flags(experiment, folder, *flags):
+    """--<name>-weights FILE for each run `experiment` builds on: the quick run of that name
+    (with the same extra `flags`) in `folder`."""
     return [flag for name in autoencoder.EXPERIMENTS[experiment].needs
-            for flag in (f"--{name}-weights", folder / f"{autoencoder.EXPERIMENTS[name].run}.pt")]
+            for flag in (f"--{name}-weights", folder / f"{run_of('--experiment', name, *flags)}.pt")]
 
 
 # --- architecture --------------------------------------------------------------------------------
@@ -195,43 +202,51 @@ def test_few_labels_and_transfer_train_on_exactly_the_first_100(synthetic_data, 
     changed = tmp_path / "changed"
     write_data_changed_after(changed, autoencoder.N_LABELLED)
     autoencoder.main(quick_args(synthetic_data, tmp_path / "a", "--experiment", "conv", "--limit", 256))
+    conv = run_of("--experiment", "conv", "--limit", 256)
     (tmp_path / "b").mkdir()
-    shutil.copy(tmp_path / "a" / "autoencoder_conv.pt", tmp_path / "b")  # the same pretrained encoder
+    shutil.copy(tmp_path / "a" / f"{conv}.pt", tmp_path / "b")  # the same pretrained encoder
     for out, data in (("a", synthetic_data), ("b", changed)):
         for experiment in ("few-labels", "transfer"):  # transfer reads few-labels' history
-            autoencoder.main(quick_args(data, tmp_path / out, "--experiment", experiment, "--limit", 256))
-    runs = [{run: metrics(tmp_path / out / f"{run}_metrics.json")
-             for run in ("autoencoder_few_labels", "autoencoder_transfer")} for out in "ab"]
-    a, b = (r["autoencoder_transfer"] for r in runs)
+            autoencoder.main(quick_args(data, tmp_path / out, "--experiment", experiment, "--limit", 256,
+                                        *dependency_flags(experiment, tmp_path / out, "--limit", 256)))
+    few, transfer = (run_of("--experiment", e, "--limit", 256) for e in ("few-labels", "transfer"))
+    runs = [{run: metrics(tmp_path / out / f"{run}_metrics.json") for run in (few, transfer)}
+            for out in "ab"]
+    a, b = (r[transfer] for r in runs)
     assert a["final"]["labelled_examples"] == 100 and a["final"] == b["final"]
-    assert runs[0]["autoencoder_few_labels"]["final"] == runs[1]["autoencoder_few_labels"]["final"]
-    histories = [r["autoencoder_few_labels"]["history"] + r["autoencoder_transfer"]["history"] for r in runs]
+    assert runs[0][few]["final"] == runs[1][few]["final"]
+    histories = [r[few]["history"] + r[transfer]["history"] for r in runs]
     untimed = [[{k: v for k, v in r.items() if k != "seconds"} for r in h] for h in histories]
     assert untimed[0] == untimed[1]
 
 
 def test_classifier_decoder_trains_only_the_decoder(synthetic_data, tmp_path, capsys):
     for experiment in ("conv", "classifier", "classifier-decoder"):
-        autoencoder.main(quick_args(synthetic_data, tmp_path, "--experiment", experiment))
+        autoencoder.main(quick_args(synthetic_data, tmp_path, "--experiment", experiment,
+                                    *dependency_flags(experiment, tmp_path)))
     said = capsys.readouterr().out
     assert "--conv-weights: loaded" in said and "--classifier-weights: loaded" in said
-    classifier = torch.load(tmp_path / "autoencoder_classifier.pt", weights_only=True)["models"]["model"]
-    decoded = torch.load(tmp_path / "autoencoder_classifier_decoder.pt", weights_only=True)["models"]["model"]
+    classifier, decoder = (run_of("--experiment", e) for e in ("classifier", "classifier-decoder"))
+    classifier = torch.load(tmp_path / f"{classifier}.pt", weights_only=True)["models"]["model"]
+    decoded = torch.load(tmp_path / f"{decoder}.pt", weights_only=True)["models"]["model"]
     encoder = [name for name in decoded if name.startswith("encoder.")]
     assert encoder and all(torch.equal(decoded[n], classifier[n]) for n in encoder)  # bit-identical
-    spread = metrics(tmp_path / "autoencoder_classifier_decoder_metrics.json")["final"]["latent_spread"]
+    spread = metrics(tmp_path / f"{run_of('--experiment', 'classifier-decoder')}_metrics.json")["final"]["latent_spread"]
     assert set(spread) == {"conv autoencoder", "classifier encoder"}
 
 
+# each experiment's quick run (naive trains nothing: --epochs is no knob of it) and its outputs
 EXPERIMENT_OUTPUTS = {
-    "fc": ("autoencoder_fc", ["_loss.png", "_reconstructions.png"]),
-    "naive": ("autoencoder_naive", ["_samples.png", "_codes.png"]),
-    "normalized": ("autoencoder_normalized", ["_loss.png", "_reconstructions.png", "_samples.png"]),
-    "conv": ("autoencoder_conv", ["_loss.png", "_reconstructions.png"]),
-    "classifier": ("autoencoder_classifier", ["_curves.png"]),
-    "classifier-decoder": ("autoencoder_classifier_decoder", ["_loss.png", "_digits.png"]),
-    "few-labels": ("autoencoder_few_labels", ["_curves.png"]),
-    "transfer": ("autoencoder_transfer", ["_curves.png"]),
+    "fc": ("autoencoder_fc_e2_limit128", ["_loss.png", "_reconstructions.png"]),
+    "naive": ("autoencoder_naive_limit128", ["_samples.png", "_codes.png"]),
+    "normalized": ("autoencoder_normalized_e2_limit128",
+                   ["_loss.png", "_reconstructions.png", "_samples.png", "_codes.png", "_codes.json"]),
+    "conv": ("autoencoder_conv_e2_limit128", ["_loss.png", "_reconstructions.png"]),
+    "classifier": ("autoencoder_classifier_e2_limit128", ["_curves.png"]),
+    "classifier-decoder": ("autoencoder_classifier_decoder_e2_limit128",
+                           ["_loss.png", "_digits.png", "_latent_pca.png"]),
+    "few-labels": ("autoencoder_few_labels_e2_limit128", ["_curves.png"]),
+    "transfer": ("autoencoder_transfer_e2_limit128", ["_curves.png", "_vs_few_labels.png"]),
 }
 
 
@@ -242,7 +257,8 @@ def trained(synthetic_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("autoencoder")
     for i, experiment in enumerate(EXPERIMENT_OUTPUTS):
         assert set(autoencoder.EXPERIMENTS[experiment].needs) <= set(list(EXPERIMENT_OUTPUTS)[:i])
-        autoencoder.main(quick_args(synthetic_data, out, "--experiment", experiment))
+        autoencoder.main(quick_args(synthetic_data, out, "--experiment", experiment,
+                                    *dependency_flags(experiment, out)))
     return out
 
 
@@ -259,27 +275,52 @@ def test_every_experiment_writes_its_outputs_and_load_reproduces_them(experiment
     assert metrics(tmp_path / f"{run}_metrics.json")["final"] == metrics(trained / f"{run}_metrics.json")["final"]
 
 
-def test_comparison_figures_exist(trained):
-    for name in ("autoencoder_codes.png", "autoencoder_codes.json", "autoencoder_latent_pca.png",
-                 "autoencoder_transfer_vs_few_labels.png"):
-        assert (trained / name).is_file(), name
-    codes = json.loads((trained / "autoencoder_codes.json").read_text())
+def test_normalized_compares_the_codes_of_both_autoencoders(trained):
+    codes = json.loads((trained / f"{EXPERIMENT_OUTPUTS['normalized'][0]}_codes.json").read_text())
     assert set(codes) == {"fc", "normalized"}
 
 
-def test_resume_continues_to_the_same_result(synthetic_data, tmp_path):
-    flags = ["--experiment", "few-labels", "--eval-every", "1"]
-    autoencoder.main(quick_args(synthetic_data, tmp_path / "whole", *flags, "--epochs", 4))
-    autoencoder.main(quick_args(synthetic_data, tmp_path / "split", *flags))
-    autoencoder.main(quick_args(synthetic_data, tmp_path / "split", *flags, "--epochs", 4, "--resume"))
-    whole, split = (metrics(tmp_path / d / "autoencoder_few_labels_metrics.json") for d in ("whole", "split"))
-    assert whole["final"] == split["final"]
+def test_a_run_is_named_after_the_knobs_that_differ_from_its_experiments_defaults():
+    """Each experiment's default command keeps the committed name (reproduction); a changed knob
+    writes beside it; paths and flags that do not change the result stay out (and naive, which
+    trains nothing, has no training knobs); --load keeps the loaded file's name."""
+    name = lambda *flags: autoencoder.run_name(autoencoder.parse_args(list(flags)))
+    for experiment, spec in autoencoder.EXPERIMENTS.items():
+        assert name("--experiment", experiment, "--device", "cpu", "--out-dir", "x", "--data-dir", "y") == spec.run
+    assert name("--experiment", "conv", "--no-fc") == "autoencoder_conv_nofc"
+    assert name("--experiment", "conv", "--epochs", "20", "--latent-dim", "12") == "autoencoder_conv"
+    assert name("--experiment", "conv", "--epochs", "30") == "autoencoder_conv_e30"  # conv's default is 20
+    assert name("--experiment", "conv", "--no-fc", "--latent-dim", "16") == "autoencoder_conv_nofc_z16"
+    assert name("--experiment", "transfer", "--freeze-epochs", "300") == "autoencoder_transfer_freeze300"
+    assert name("--experiment", "transfer", "--encoder-lr-factor", "0.1", "--conv-weights", "a.pt",
+                "--few-labels-weights", "b.pt") == "autoencoder_transfer_enclr0.1"
+    assert name("--experiment", "few-labels", "--eval-every", "1", "--lr", "3e-3") == "autoencoder_few_labels_lr0.003_eval1"
+    assert name("--experiment", "normalized", "--cnn-weights", "c.pt", "--seed", "1") == "autoencoder_normalized_seed1"
+    assert name("--experiment", "naive", "--epochs", "2", "--lr", "1e-2",
+                "--naive-distribution", "uniform-box") == "autoencoder_naive_uniform-box"
+    assert name("--experiment", "conv", "--load", "runs/autoencoder_conv_e5.pt", "--epochs", "9") == "autoencoder_conv_e5"
 
 
-def test_resume_after_a_kill_between_evaluations(synthetic_data, tmp_path, monkeypatch):
-    """Epoch 2 of --eval-every 3 is not evaluated, yet checkpointed: a run killed in epoch 3
-    continues from it to the uninterrupted run's numbers."""
-    flags = ["--experiment", "few-labels", "--eval-every", "3", "--epochs", "4"]
+def test_the_default_dependency_is_the_file_its_command_writes(trained, synthetic_data, tmp_path, capsys):
+    """Without --conv-weights, transfer reads autoencoder_conv.pt in --out-dir, the file the
+    default conv command writes; with --latent-dim 16, autoencoder_conv_z16.pt, which the command
+    its error gives (with --latent-dim 16) writes."""
+    for run in ("autoencoder_conv", "autoencoder_few_labels"):
+        shutil.copy(trained / f"{run}_e2_limit128.pt", tmp_path / f"{run}.pt")
+    autoencoder.main(quick_args(synthetic_data, tmp_path, "--experiment", "transfer"))
+    assert f"--conv-weights: loaded {tmp_path / 'autoencoder_conv.pt'}" in capsys.readouterr().out
+    message = one_line_error(capsys, quick_args(synthetic_data, tmp_path, "--experiment", "transfer",
+                                                "--latent-dim", 16))
+    assert str(tmp_path / "autoencoder_conv_z16.pt") in message, message
+    assert "--experiment conv --latent-dim 16 --data-dir" in message, message
+
+
+@pytest.mark.parametrize("eval_every", [1, 3])
+def test_resume_after_a_kill_continues_to_the_same_result(eval_every, synthetic_data, tmp_path, monkeypatch):
+    """A run killed in epoch 3 continues from its epoch-2 checkpoint to the uninterrupted run's
+    numbers, also when epoch 2 was not evaluated (--eval-every 3)."""
+    flags = ["--experiment", "few-labels", "--eval-every", eval_every, "--epochs", "4"]
+    run = run_of(*flags)
     autoencoder.main(quick_args(synthetic_data, tmp_path / "whole", *flags))
     real_progress = common.progress
 
@@ -292,20 +333,21 @@ def test_resume_after_a_kill_between_evaluations(synthetic_data, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         autoencoder.main(quick_args(synthetic_data, tmp_path / "split", *flags))
     monkeypatch.undo()
-    checkpoint = tmp_path / "split" / "autoencoder_few_labels.ckpt"
+    checkpoint = tmp_path / "split" / f"{run}.ckpt"
     assert common.load_checkpoint(checkpoint, "autoencoder_few_labels")["epoch"] == 2
     autoencoder.main(quick_args(synthetic_data, tmp_path / "split", *flags, "--resume"))
-    whole, split = (metrics(tmp_path / d / "autoencoder_few_labels_metrics.json") for d in ("whole", "split"))
+    whole, split = (metrics(tmp_path / d / f"{run}_metrics.json") for d in ("whole", "split"))
     untimed = [[{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]]
                for m in (whole, split)]
-    assert [r["epoch"] for r in untimed[0]] == [1, 3, 4] and untimed[0] == untimed[1]
+    assert [r["epoch"] for r in untimed[0]] == ([1, 2, 3, 4] if eval_every == 1 else [1, 3, 4])
+    assert untimed[0] == untimed[1]
     assert whole["final"] == split["final"]
 
 
 def test_real_fashion_mnist_fc_learns(shared_data, tmp_path):
     autoencoder.main(["--data-dir", str(shared_data), "--out-dir", str(tmp_path), *DEVICE_FLAGS,
                       "--epochs", "2", "--limit", "2000"])
-    history = metrics(tmp_path / "autoencoder_fc_metrics.json")["history"]
+    history = metrics(tmp_path / "autoencoder_fc_e2_limit2000_metrics.json")["history"]
     assert history[-1]["test_mse"] < history[0]["test_mse"] < 0.1
 
 
@@ -332,7 +374,7 @@ def test_bad_flags_are_one_line_errors(extra, phrases):
 
 def test_load_of_another_experiments_weights_is_refused(trained, synthetic_data, tmp_path):
     result = run_script("autoencoder.py", *quick_args(synthetic_data, tmp_path, "--experiment", "conv",
-                                                      "--load", trained / "autoencoder_fc.pt"))
+                                                      "--load", trained / "autoencoder_fc_e2_limit128.pt"))
     assert_one_line_error(result, "'autoencoder_fc'", "expected 'autoencoder_conv'")
 
 
@@ -340,8 +382,8 @@ def test_naive_and_normalized_generation_write_sample_quality(synthetic_data, cn
     autoencoder.main(quick_args(synthetic_data, tmp_path, "--experiment", "fc"))
     for experiment in ("naive", "normalized"):
         autoencoder.main(quick_args(synthetic_data, tmp_path, "--experiment", experiment,
-                                    "--cnn-weights", cnn_weights))
-    for run in ("autoencoder_naive", "autoencoder_normalized"):
+                                    "--cnn-weights", cnn_weights, *dependency_flags(experiment, tmp_path)))
+    for run in ("autoencoder_naive_limit128", "autoencoder_normalized_e2_limit128"):
         final = metrics(tmp_path / f"{run}_metrics.json")["final"]
         assert final["frechet_distance"] > 0 and final["n_generated"] == 128, run
 
@@ -368,8 +410,8 @@ def one_line_error(capsys, argv):
 ])
 def test_a_missing_dependency_is_one_line_naming_the_command_to_run_first(
         experiment, present, missing, trained, synthetic_data, tmp_path, capsys):
-    for name in present:
-        shutil.copy(trained / f"{autoencoder.EXPERIMENTS[name].run}.pt", tmp_path)
+    for name in present:  # under the default name, where the dependency flag looks by default
+        shutil.copy(trained / f"{run_of('--experiment', name)}.pt", tmp_path / f"{autoencoder.EXPERIMENTS[name].run}.pt")
     message = one_line_error(capsys, quick_args(synthetic_data, tmp_path, "--experiment", experiment))
     run = autoencoder.EXPERIMENTS[missing].run
     for phrase in (f"--{missing}-weights", str(tmp_path / f"{run}.pt"),
@@ -388,7 +430,7 @@ def test_an_explicit_dependency_flag_to_a_missing_file_is_one_line(synthetic_dat
 
 def test_a_dependency_of_the_wrong_kind_is_refused(trained, synthetic_data, tmp_path, capsys):
     message = one_line_error(capsys, quick_args(synthetic_data, tmp_path, "--experiment", "transfer",
-                                                "--conv-weights", trained / "autoencoder_classifier.pt"))
+                                                "--conv-weights", trained / "autoencoder_classifier_e2_limit128.pt"))
     assert "--conv-weights" in message, message
     assert "holds 'autoencoder_classifier' weights, expected 'autoencoder_conv'" in message, message
 
@@ -396,7 +438,7 @@ def test_a_dependency_of_the_wrong_kind_is_refused(trained, synthetic_data, tmp_
 def test_resume_without_a_checkpoint_is_one_line(synthetic_data, tmp_path, capsys):
     message = one_line_error(capsys, quick_args(synthetic_data, tmp_path, "--experiment", "conv",
                                                 "--resume"))
-    assert "--resume" in message and str(tmp_path / "autoencoder_conv.ckpt") in message, message
+    assert "--resume" in message and str(tmp_path / "autoencoder_conv_e2_limit128.ckpt") in message, message
 
 
 # --- the training step against a hand-written step on its objective ------------------------------
@@ -648,7 +690,7 @@ def test_each_experiment_trains_the_documented_network_on_the_documented_data(
     torch.manual_seed(0)  # --seed's default: the initial weights of a fresh model
     expected = STEPS[flags][0]().state_dict()
     if experiment in PRETRAINED_ENCODER:
-        dependency = autoencoder.EXPERIMENTS[PRETRAINED_ENCODER[experiment]].run
+        dependency = run_of("--experiment", PRETRAINED_ENCODER[experiment])
         weights = torch.load(trained / f"{dependency}.pt", weights_only=True)["models"]["model"]
         expected.update({k: v for k, v in weights.items() if k.startswith("encoder.")})
     assert first["state"].keys() == expected.keys()
