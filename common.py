@@ -152,9 +152,11 @@ def add_common_args(parser, *, epochs, batch_size, lr, patience=0, epochs_flag=T
     g.add_argument("--data-dir", default="data", help=data_help)
     g.add_argument("--out-dir", default="figures", help="where figures, weights and metrics go")
     g.add_argument("--load", nargs="+", metavar="FILE", help=load_help)
-    g.add_argument("--resume", action="store_true",
+    g.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
                    help="continue the run in --out-dir from its checkpoint (<run>.ckpt); without "
-                        "one, stop with an error (never a silent fresh start)")
+                        "one, stop with an error (never a silent fresh start). Given a CKPT, "
+                        "continue that checkpoint under this command's run name: e.g. "
+                        "--epochs 200 --resume figures/<run>_e100.ckpt extends a 100-epoch run")
     g.add_argument("--deterministic", action="store_true",
                    help="cuda: deterministic cuDNN and cuBLAS kernels, so the same seed repeats a "
                         "run bit for bit (slower; CPU runs repeat without it)")
@@ -909,12 +911,13 @@ class Run:
         self.total = total if total is not None else args.epochs
         self.history, self.seconds, self.done, self.extra = [], 0.0, 0, {}
         self.trained_with = vars(args)
-        if args.resume:
-            checkpoint = load_checkpoint(self.checkpoint_path, kind, flag="--resume")
-            self.history, self.seconds, self.done = restore_run(
-                checkpoint, self.checkpoint_path, models, optimizers, generator)
+        if args.resume:  # True: this run's own checkpoint; a path: another one's, continued here
+            path = self.checkpoint_path if args.resume is True else Path(args.resume)
+            checkpoint = load_checkpoint(path, kind, flag="--resume")
+            self.history, self.seconds, self.done = restore_run(checkpoint, path, models,
+                                                                optimizers, generator)
             self.extra = {k: v for k, v in checkpoint.items() if k not in _RUN_KEYS}
-            print(f"resuming {self.checkpoint_path} after {unit} {self.done} of {self.total}")
+            print(f"resuming {path} after {unit} {self.done} of {self.total}")
         first_model = next(iter(models.values()))
         self.timer = Timer(next(first_model.parameters()).device)
 

@@ -304,6 +304,18 @@ def test_run_writes_a_weights_file_and_a_checkpoint_and_resume_equals_one_run(tm
     assert torch.equal(resumed_model.weight, model.weight)
 
 
+def test_resume_from_another_runs_checkpoint_extends_it_under_this_runs_name(tmp_path):
+    """--epochs 3 --resume <a 2-epoch run's .ckpt>: the third epoch continues that run (the same
+    numbers as one 3-epoch run) and is written under the new name, the old files untouched."""
+    whole, _ = toy_fit(run_args(tmp_path / "whole"), tmp_path / "whole" / "toy")
+    toy_fit(run_args(tmp_path, epochs=2), tmp_path / "toy_e2")
+    before = (tmp_path / "toy_e2.pt").read_bytes()
+    extended, _ = toy_fit(run_args(tmp_path, resume=str(tmp_path / "toy_e2.ckpt")), tmp_path / "toy")
+    assert [r["train_loss"] for r in extended.history] == [r["train_loss"] for r in whole.history]
+    assert common.load_checkpoint(tmp_path / "toy.pt", "toy")["epoch"] == 3
+    assert (tmp_path / "toy_e2.pt").read_bytes() == before
+
+
 def test_resume_without_a_checkpoint_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as stop:
         toy_fit(run_args(tmp_path, resume=True), tmp_path / "toy")
