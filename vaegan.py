@@ -335,19 +335,22 @@ def make_optimizers(nets, args):
 
 
 def fit(nets, train_x, test_x, args, generator, stem):
-    """Train for args.epochs (or until --patience runs out, VAE only), evaluating on the test set
-    after every epoch; the bookkeeping (resume, checkpoint, log line, finite check) is
-    common.Run's. Returns the Run."""
+    """Train for args.epochs (or, VAE only, until its test loss has not improved for --patience
+    epochs), evaluating on the test set after every epoch; <stem>.ckpt and <stem>.pt after every
+    epoch. Returns the Run."""
     optimizers = make_optimizers(nets, args)
     run = common.Run(args, stem, stem.name, nets, optimizers, generator)
     for epoch in range(run.done + 1, args.epochs + 1):
         logged = train_epoch(nets, optimizers, train_x, args, epoch, generator)
+        common.check_finite(epoch, run.weights_path,  # D's mean outputs (d_*) are not losses
+                            **{k: v for k, v in logged.items() if not k.startswith("d_")})
         record = {**{f"train_{k}": v.mean().item() for k, v in logged.items()},
                   **evaluate(nets, test_x, args)}
         if args.model == "vae":
             record["test_loss"] = record["test_recon"] + record["test_prior"]
-        losses = {k: v for k, v in logged.items() if not k.startswith("d_")}  # D's outputs aren't losses
-        if run.end_epoch(epoch, record, losses=losses):
+        run.log(epoch, record)
+        run.save(epoch)
+        if common.stop_early(run.history, "test_loss", args.patience):  # VAE only (parse_args)
             break
     return run
 
