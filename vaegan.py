@@ -98,9 +98,22 @@ def parse_args(argv=None):
 
 
 def variant(args):
+    """The model's identity, e.g. vaegan_fc_disl: the checkpoint's kind, which --load checks."""
     if args.model == "vae":
         return f"vaegan_vae_{args.arch}"
     return f"vaegan_{args.arch}" + ("_disl" if args.dis_l else "")
+
+
+def run_name(args):
+    """What this run's files are called: with --load, the loaded file's own name; otherwise the
+    variant plus every knob that differs from that variant's defaults (vaegan_fc_disl_e20,
+    vaegan_vae_fc_z8, vaegan_conv_gamma0.01): a quick edit writes beside the committed run.
+    --cnn-weights only picks the classifier that scores the samples, so it stays out."""
+    if args.load:
+        return Path(args.load).stem
+    variant_flags = ["--model", args.model, "--arch", args.arch] + ["--dis-l"] * args.dis_l
+    return common.run_name(variant(args), args, vars(parse_args(variant_flags)), {"latent_dim": "z"},
+                           skip=("model", "arch", "dis_l", "cnn_weights"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,7 +352,7 @@ def fit(nets, train_x, test_x, args, generator, stem):
     epochs), evaluating on the test set after every epoch; <stem>.ckpt and <stem>.pt after every
     epoch. Returns the Run."""
     optimizers = make_optimizers(nets, args)
-    run = common.Run(args, stem, stem.name, nets, optimizers, generator)
+    run = common.Run(args, stem, variant(args), nets, optimizers, generator)
     for epoch in range(run.done + 1, args.epochs + 1):
         logged = train_epoch(nets, optimizers, train_x, args, epoch, generator)
         common.check_finite(epoch, run.weights_path,  # D's mean outputs (d_*) are not losses
@@ -410,11 +423,10 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
-    out = common.out_dir(args)
-    name = variant(args)
+    out, name = common.out_dir(args), run_name(args)
     nets = {part: net.to(device) for part, net in networks(args).items()}
     if args.load:  # read before the data, so a wrong file fails at once
-        run = common.load_run(args.load, name, nets)
+        run = common.load_run(args.load, variant(args), nets)
     (train_x, _), (test_x, _) = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
     if not args.load:
         run = fit(nets, train_x, test_x, args, generator, out / name)

@@ -44,6 +44,8 @@ Writes:  figures/vgg_mnist[_subset<F>]_curves.png (test/train accuracy and loss)
          figures/vgg_mnist[_subset<F>]_metrics.json, figures/vgg_mnist[_subset<F>].pt (weights,
          for --load) and figures/vgg_mnist[_subset<F>].ckpt (the full checkpoint, for --resume)
 """
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -205,9 +207,13 @@ def measure(model, train, test, step, batch_losses):
 
 
 def run_name(args):
-    """vgg_mnist for the whole training set, vgg_mnist_subset0.1 for a tenth, ...: the stem of
-    every file the run writes."""
-    return KIND if args.subset == 1 else f"{KIND}_subset{args.subset:g}"
+    """What this run's files are called: with --load, the loaded file's own name; otherwise
+    "vgg_mnist" plus every knob that differs from the defaults (vgg_mnist_subset0.1,
+    vgg_mnist_amp_shift2, vgg_mnist_e15_subset0.1): a quick edit writes beside the committed run."""
+    if args.load:
+        return Path(args.load).stem
+    return common.run_name(KIND, args, vars(parse_args([])),
+                           {"eval_every_batches": "every", "fc_width": "fc", "weight_decay": "wd"})
 
 
 def make_optimizer(model, args):
