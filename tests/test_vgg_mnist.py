@@ -246,6 +246,21 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(extra, saved_epoch, sy
     assert split["final"] == whole["final"]
 
 
+def test_patience_stops_within_an_epoch_and_saves_there(synthetic_data, tmp_path, monkeypatch):
+    real_measure = vgg_mnist.measure
+
+    def never_improving(*args, **kwargs):
+        record = real_measure(*args, **kwargs)
+        record["test_loss"] = float(record["step"])
+        return record
+
+    monkeypatch.setattr(vgg_mnist, "measure", never_improving)
+    vgg_mnist.main(quick_args(synthetic_data, tmp_path, "--eval-every-batches", "1", "--patience", "1"))
+    assert [r["step"] for r in metrics(tmp_path)["history"]] == [1, 2]  # 3 minibatches an epoch
+    (weights,) = tmp_path.glob("*.pt")
+    assert common.load_checkpoint(weights, "vgg_mnist")["epoch"] == 1
+
+
 # --- bad input -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("flags, phrase", [
     (["--subset", "0"], "argument --subset: must be > 0, got 0"),
