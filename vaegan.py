@@ -1,59 +1,23 @@
 """VAE and VAE-GAN on Fashion-MNIST: assignment B, part 3.
+Larsen et al. 2016, "Autoencoding beyond pixels using a learned similarity metric" (arXiv:1512.09300;
+equation numbers as there).
 
---model vae      A VAE on autoencoder.py's fc design (copied here so the file reads alone):
-                 784-512-128 → μ, log σ² of z → 128-512-784 (pixel logits); loss BCE + KL.
---model vaegan   The same encoder and decoder with a discriminator (Larsen et al. 2016,
-                 "Autoencoding beyond pixels using a learned similarity metric", arXiv:1512.09300;
-                 equation numbers as there and as the assignment cites them), with the
-                 assignment's basic loss L = L_prior + L_GAN.
---dis-l          Bonus 1: add L_llike^{Dis_l} (Eq. 6-7), the squared error between the
-                 discriminator's hidden features of x and of its reconstruction, for the paper's
-                 L = L_prior + L_llike^{Dis_l} + L_GAN (Eq. 8). Dis_l is the discriminator's last
-                 hidden layer before its output block (fc: the 128-unit layer; conv: the third
-                 convolution, as the paper's Sec. 4.1): deep enough to describe shape and texture
-                 rather than pixels, while still a spatial (conv) or broad (fc) description.
-                 L_llike is a sum over Dis_l's features (128 for fc, 6,272 for conv), so γ
-                 depends on the architecture: the defaults (0.5 fc, 0.002 conv) keep γ·L_llike
-                 within a factor of about two of the fooling term at the start of training
-                 (first-epoch means of the runs in figures/: L_llike ≈ 17 fc, ≈ 575 conv; fooling
-                 ≈ 4.1 fc, ≈ 2.7 conv), so neither pixels-through-features nor the GAN drowns
-                 the other.
---arch conv      Bonus 2: the paper's Sec. 4.1 encoder, decoder and discriminator shrunk to 28x28
-                 (5x5 convolutions with stride 2, BatchNorm, ReLU; see the classes below).
+--model vae      autoencoder.py's fc design (copied so the file reads alone): 784-512-128 → μ, log σ²
+                 of z → 128-512-784 pixel logits; loss BCE + KL.
+--model vaegan   the same encoder and decoder with a discriminator, and the assignment's basic loss
+                 L = L_prior + L_GAN (Eq. 5, the reconstructions added as in Algorithm 1).
+--dis-l          bonus 1: + L_llike^{Dis_l} (Eq. 6-7), the squared error between the discriminator's
+                 last hidden features of x and of x̃, for the paper's L (Eq. 8); γ weighs it.
+--arch conv      bonus 2: the paper's Sec. 4.1 networks shrunk to 28x28.
 
-What each network descends, per minibatch (x̃ = Dec(z), z ~ q(z|x); x_p = Dec(z_p), z_p ~ N(0, I);
-L_GAN = log Dis(x) + log(1 - Dis(x̃)) + log(1 - Dis(x_p)), Eq. 5 with the reconstructions added as
-in Algorithm 1; "fooling" = -log Dis(x̃) - log Dis(x_p)):
+Each network descends its own objective (the table in vaegan_losses), as Algorithm 1 does. Two
+departures, on purpose: the encoder and decoder descend the non-saturating "fooling" term in place
+of -L_GAN (Goodfellow et al. 2014, Sec. 3); and without L_llike the encoder descends the
+assignment's L = L_prior + fooling, since Algorithm 1's L_prior alone is minimised by ignoring x.
+The decoders output pixel logits: the BCE is taken from them (pixel_bce), and sigmoid(logits) is
+the image wherever one is drawn or judged.
 
-  network   --dis-l (the paper's Algorithm 1)    basic loss, L = L_prior + L_GAN
-  Enc       L_prior + L_llike^{Dis_l}            L_prior + fooling      (departs, see below)
-  Dec       γ·L_llike^{Dis_l} + fooling (Eq. 9)  fooling
-  Dis       -L_GAN                               -L_GAN
-
-Each network takes the gradient of its own row only (`step`), as Algorithm 1 does. Two
-departures, on purpose:
-- "fooling" stands where the paper has -L_GAN for the encoder and decoder: the non-saturating
-  form of the generator's side (Goodfellow et al. 2014, Sec. 3), with the same fixed point and
-  useful gradients while Dis still wins (log(1 - Dis(x̃)) is flat there). Its log Dis(x) term
-  does not depend on Enc or Dec and is left out.
-- The basic encoder: Algorithm 1 gives the encoder L_prior + L_llike only, so with L_llike
-  dropped it would descend L_prior alone, and a KL alone is minimised by ignoring x. The
-  assignment's loss L = L_prior + L_GAN depends on Enc through x̃, so here the encoder descends
-  that L (its fooling term on x̃). Even so the basic model collapses (README): nothing in L
-  compares x̃ with x, and a posterior equal to the prior satisfies both terms.
-
-The decoders output pixel logits: the VAE's BCE is taken from the logits (the numerically stable
-form, see pixel_bce), and sigmoid(logits) is the image wherever a picture is drawn or the
-discriminator looks. Every model writes 10 images from p(z), 10 random test images with their
-reconstructions, its loss curves, and the sample-quality numbers of cnn.py's classifier (Fréchet
-distance, class entropy) into its metrics JSON.
-
-Run:     python vaegan.py --model vae --data-dir ../shared/data
-         python vaegan.py --model vaegan [--dis-l] [--arch conv] --data-dir ../shared/data
-Reload:  python vaegan.py --model vaegan --data-dir ../shared/data --load figures/vaegan_fc.pt
-Writes:  figures/vaegan_<variant>_{samples,reconstructions,loss}.png, _metrics.json, .pt (weights,
-         for --load) and .ckpt (the full checkpoint, for --resume)
-         variants: vae_fc, vae_conv, fc, fc_disl, conv, conv_disl
+Run: python vaegan.py --model vaegan [--dis-l] [--arch conv] --data-dir ../shared/data
 """
 from pathlib import Path
 
@@ -82,7 +46,7 @@ def parse_args(argv=None):
                         help="vaegan: add the learned similarity L_llike^{Dis_l} (bonus 1)")
     parser.add_argument("--gamma", type=common.nonnegative_float,
                         help="weight of L_llike^{Dis_l} against L_GAN in the decoder update (Eq. 9); "
-                             "default 0.5 for fc, 0.002 for conv (see the module docstring)")
+                             "default 0.5 for fc, 0.002 for conv (see vaegan_losses)")
     cnn.add_sample_quality_args(parser)
     args = parser.parse_args(argv)
     common.check_common_args(parser, args)
@@ -98,9 +62,22 @@ def parse_args(argv=None):
 
 
 def variant(args):
+    """The model's identity, e.g. vaegan_fc_disl: the checkpoint's kind, which --load checks."""
     if args.model == "vae":
         return f"vaegan_vae_{args.arch}"
     return f"vaegan_{args.arch}" + ("_disl" if args.dis_l else "")
+
+
+def run_name(args):
+    """What this run's files are called: with --load, the loaded file's own name; otherwise the
+    variant plus every knob that differs from that variant's defaults (vaegan_fc_disl_e20,
+    vaegan_vae_fc_z8, vaegan_conv_gamma0.01): a quick edit writes beside the committed run.
+    --cnn-weights only picks the classifier that scores the samples, so it stays out."""
+    if args.load:
+        return Path(args.load).stem
+    variant_flags = ["--model", args.model, "--arch", args.arch] + ["--dis-l"] * args.dis_l
+    return common.run_name(variant(args), args, vars(parse_args(variant_flags)), {"latent_dim": "z"},
+                           skip=("model", "arch", "dis_l", "cnn_weights"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,8 +168,7 @@ def networks(args):
 
 
 def reparameterize(mu, logvar, generator):
-    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4); ε from the CPU generator,
-    copied without making the host wait (common.to_device)."""
+    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4); ε from the CPU generator."""
     return mu + torch.exp(0.5 * logvar) * common.to_device(torch.randn(mu.shape, generator=generator),
                                                            mu.device)
 
@@ -244,8 +220,23 @@ def fooling_loss(reconstruction_logits, prior_logits):
 
 
 def vaegan_losses(nets, x, args, generator):
-    """One forward pass of Algorithm 1; returns each network's loss (the table in the module
-    docstring: "encoder", "decoder", and "dis" for the discriminator) and what is logged."""
+    """One forward pass of Algorithm 1; returns each network's objective ("encoder", "decoder",
+    and "dis" for the discriminator) and the terms that are logged. x̃ = Dec(z), z ~ q(z|x);
+    x_p = Dec(z_p), z_p ~ N(0, I); L_GAN = log Dis(x) + log(1 - Dis(x̃)) + log(1 - Dis(x_p));
+    "fooling" = -log Dis(x̃) - log Dis(x_p) (its log Dis(x) term does not depend on Enc or Dec):
+
+      network   --dis-l (Algorithm 1)                basic loss, L = L_prior + L_GAN
+      Enc       L_prior + L_llike^{Dis_l}            L_prior + fooling
+      Dec       γ·L_llike^{Dis_l} + fooling (Eq. 9)  fooling
+      Dis       -L_GAN                               -L_GAN
+
+    The basic model still collapses (README): nothing in its L compares x̃ with x, and a
+    posterior equal to the prior satisfies both terms. Dis_l is the discriminator's last hidden
+    layer (fc: 128 units; conv: the third convolution, as the paper's Sec. 4.1), deep enough to
+    describe shape rather than pixels. L_llike sums over Dis_l's features (128 fc, 6,272 conv),
+    so γ's default depends on the architecture (0.5 fc, 0.002 conv): it keeps γ·L_llike within a
+    factor of about two of the fooling term at the start (first-epoch means of the committed runs:
+    L_llike ≈ 17 fc, ≈ 575 conv; fooling ≈ 4.1 fc, ≈ 2.7 conv)."""
     encoder, decoder, discriminator = nets["encoder"], nets["decoder"], nets["discriminator"]
     mu, logvar = encoder(x)
     reconstruction = decoder.image(reparameterize(mu, logvar, generator))           # x̃
@@ -271,6 +262,7 @@ def vaegan_losses(nets, x, args, generator):
 
 
 def vae_losses(nets, x, args, generator):
+    """The VAE's negative ELBO, pixel BCE + KL, for both the encoder and the decoder."""
     mu, logvar = nets["encoder"](x)
     terms = {"recon": pixel_bce(nets["decoder"](reparameterize(mu, logvar, generator)), x),
              "prior": kl_divergence(mu, logvar)}
@@ -285,8 +277,8 @@ def step(nets, optimizers, terms):
     """Each network follows the gradient of its own loss only (Algorithm 1): gradients are taken
     per network with autograd.grad, then every optimizer steps."""
     for name, net in nets.items():
-        loss = terms[name if name != "discriminator" else "dis"]
-        params = [p for p in net.parameters()]
+        loss = terms[name if name != "discriminator" else "dis"]  # the discriminator's is "dis"
+        params = list(net.parameters())
         for p, g in zip(params, torch.autograd.grad(loss, params, retain_graph=True)):
             p.grad = g
     for optimizer in optimizers.values():
@@ -312,9 +304,8 @@ def train_epoch(nets, optimizers, x, args, epoch, generator):
 
 @torch.no_grad()
 def evaluate(nets, x, args):
-    """Test KL and reconstruction error (BCE summed over pixels, from z = μ), in eval mode. Each
-    batch's means stay on the device; one copy to the host at the end (no wait per batch), where
-    they are weighted by batch size and summed in float64."""
+    """Test KL and reconstruction error (BCE summed over pixels, from z = μ), in eval mode: the
+    batch means weighted by batch size, summed in float64 (Python floats)."""
     for net in nets.values():
         net.eval()
     sizes, means = [], []
@@ -322,9 +313,17 @@ def evaluate(nets, x, args):
         mu, logvar = nets["encoder"](x[idx])
         sizes.append(len(idx))
         means.append(torch.stack([pixel_bce(nets["decoder"](mu), x[idx]), kl_divergence(mu, logvar)]))
-    recon, prior = zip(*torch.stack(means).tolist())                                 # the one sync
+    recon, prior = zip(*torch.stack(means).tolist())  # (batches, 2) -> the two columns
     return {f"test_{k}": sum(n * v for n, v in zip(sizes, values)) / len(x)
             for k, values in (("recon", recon), ("prior", prior))}
+
+
+@torch.no_grad()
+def prior_samples(decoder, n, args, device):
+    """n images Dec(z), z ~ N(0, I), for the sample-quality numbers (cnn.sample_quality)."""
+    decoder.eval()
+    z = torch.randn(n, args.latent_dim, generator=torch.Generator().manual_seed(args.seed + 2))
+    return torch.cat([decoder.image(chunk.to(device)) for chunk in z.split(1000)]).cpu()
 
 
 def make_optimizers(nets, args):
@@ -335,19 +334,22 @@ def make_optimizers(nets, args):
 
 
 def fit(nets, train_x, test_x, args, generator, stem):
-    """Train for args.epochs (or until --patience runs out, VAE only), evaluating on the test set
-    after every epoch; the bookkeeping (resume, checkpoint, log line, finite check) is
-    common.Run's. Returns the Run."""
+    """Train for args.epochs (or, VAE only, until its test loss has not improved for --patience
+    epochs), evaluating on the test set after every epoch; <stem>.ckpt and <stem>.pt after every
+    epoch. Returns the Run."""
     optimizers = make_optimizers(nets, args)
-    run = common.Run(args, stem, stem.name, nets, optimizers, generator)
+    run = common.Run(args, stem, variant(args), nets, optimizers, generator)
     for epoch in range(run.done + 1, args.epochs + 1):
         logged = train_epoch(nets, optimizers, train_x, args, epoch, generator)
+        common.check_finite(epoch, run.weights_path,  # D's mean outputs (d_*) are not losses
+                            **{k: v for k, v in logged.items() if not k.startswith("d_")})
         record = {**{f"train_{k}": v.mean().item() for k, v in logged.items()},
                   **evaluate(nets, test_x, args)}
         if args.model == "vae":
             record["test_loss"] = record["test_recon"] + record["test_prior"]
-        losses = {k: v for k, v in logged.items() if not k.startswith("d_")}  # D's outputs aren't losses
-        if run.end_epoch(epoch, record, losses=losses):
+        run.log(epoch, record)
+        run.save(epoch)
+        if common.stop_early(run.history, "test_loss", args.patience):  # VAE only (parse_args)
             break
     return run
 
@@ -396,22 +398,14 @@ def figures(nets, test_x, args, name, history):
                        title=f"{name}: losses per network (means over each epoch)")
 
 
-@torch.no_grad()
-def prior_samples(decoder, n, args, device):
-    decoder.eval()
-    z = torch.randn(n, args.latent_dim, generator=torch.Generator().manual_seed(args.seed + 2))
-    return torch.cat([decoder.image(chunk.to(device)) for chunk in z.split(1000)]).cpu()
-
-
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
-    out = common.out_dir(args)
-    name = variant(args)
+    out, name = common.out_dir(args), run_name(args)
     nets = {part: net.to(device) for part, net in networks(args).items()}
     if args.load:  # read before the data, so a wrong file fails at once
-        run = common.load_run(args.load, name, nets)
+        run = common.load_run(args.load, variant(args), nets)
     (train_x, _), (test_x, _) = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
     if not args.load:
         run = fit(nets, train_x, test_x, args, generator, out / name)

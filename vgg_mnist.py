@@ -2,48 +2,21 @@
 
     conv64 - M - conv128 - M - conv256 - conv256 - M - conv512 - conv512 - M - conv512 - conv512 - M
     → FC 4096 → FC 4096 → FC 10
-Every conv is 3x3, stride 1, padding 1 (the side is kept), followed by a ReLU; every M is a 2x2
-max-pool with stride 2 (the side is halved); the first two FC layers have ReLU and dropout 0.5
-(Sec. 2.1 and 3.1 of the paper). The softmax lives in the loss.
+3x3 convs (stride 1, padding 1) with ReLU, 2x2 max-pools with stride 2, dropout 0.5 after the two
+hidden FC layers (Sec. 2.1 and 3.1 of the paper); the softmax lives in the loss. The digits are
+resized to 32x32 (resize says why), which changes two layers besides the 10-way output (VGG11).
 
-Why 32x32? The five max-pools halve the side five times: 32 → 16 → 8 → 4 → 2 → 1. From 28 the
-halvings go 28 → 14 → 7 → 3 → 1 → 0 (floor division): the last pool has a 1x1 map to pool and
-PyTorch refuses it, and even before that the odd sides drop a row and a column of the picture.
-A power of two keeps every pixel until the end; 32 is the smallest one above 28. Here the images
-are resized with bilinear interpolation once, on the device (padding 2 pixels of black on each
-side would do as well).
+Training follows the paper where it carries over, each choice a flag: SGD with momentum and
+weight decay (make_optimizer), a warm-up and cosine schedule in place of its divide-by-10 on a
+plateau (learning_rate), He initialisation in place of its small Gaussian weights (VGG11), the
+training set's mean pixel subtracted, and --shift N, small random moves of the digits as the
+counterpart of its random crops (off by default; the committed full run used --shift 2).
+--subset 0.1 is the assignment's CPU option: a tenth of the training set, balanced by class.
 
-Which layers changed? (1) The first conv takes 1 channel (grey MNIST), not 3 (RGB). (2) The
-first FC layer: in the paper a 224x224 image leaves a 7x7x512 map, so FC1 has 25088 inputs; here
-32x32 leaves 1x1x512, so FC1 takes 512 inputs. Its width stays 4096 as in the paper
-(--fc-width changes both hidden FC layers). (3) The last layer has 10 outputs, not 1000.
-
-Training choices (the paper's where they carry over, each one a flag):
-- SGD with momentum 0.9, weight decay 5e-4 and batch size 64 (the paper: 256; smaller batches
-  give more steps on a tenth of MNIST), peak learning rate 0.01 as in the paper, a linear
-  warm-up over the first 10% of the steps and a cosine decay to 0 (in place of the paper's
-  divide-by-10 on a plateau, which needs a validation set and many epochs).
-- He (Kaiming) initialisation (He et al., 2015) of every conv and FC layer: it keeps the
-  activations' scale through the eight ReLU convs and the FC layers, so the net trains from
-  scratch without batch normalisation (which VGG predates). With the paper's small Gaussian
-  weights in the FC layers (std 0.01, as torchvision's VGG) the signal shrinks in the
-  4096-wide layers and, in a probe on the tenth of MNIST, the loss sat at ln 10 = 2.30 for a
-  whole epoch; with He initialisation it was near 1.1 after 100 minibatches.
-- The only preprocessing is the paper's: the mean pixel of the training set is subtracted.
-- Augmentation, --shift N: each training image moved by up to N pixels in each direction (of
-  the 32x32 image), the digit's counterpart of the paper's random 224x224 crops; the paper's
-  flips do not suit digits (a flipped 2 is no digit). Off by default; the run that reached
-  0.995 used --shift 2 (README: what it bought).
-
-Run:     python vgg_mnist.py --data-dir ../shared/data --subset 0.1    (the assignment's CPU option)
-         python vgg_mnist.py --data-dir ../shared/data --amp --shift 2  (all 60,000 images, 5
-                                                    epochs: test accuracy 0.995 on two CPU cores)
-         python vgg_mnist.py --epochs 1 --eval-every-batches 20 ...     (curves within one epoch)
-Reload:  python vgg_mnist.py --data-dir ../shared/data --load figures/vgg_mnist_subset0.1.pt
-Writes:  figures/vgg_mnist[_subset<F>]_curves.png (test/train accuracy and loss),
-         figures/vgg_mnist[_subset<F>]_metrics.json, figures/vgg_mnist[_subset<F>].pt (weights,
-         for --load) and figures/vgg_mnist[_subset<F>].ckpt (the full checkpoint, for --resume)
+Run: python vgg_mnist.py --data-dir ../shared/data --subset 0.1
 """
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -52,7 +25,7 @@ import common
 
 KIND = "vgg_mnist"  # written into the checkpoint; --load refuses weights of any other kind
 CONFIG_A = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]  # Table 1, column A
-SIDE = 32  # MNIST's 28x28 is resized to this (see the docstring: why 32)
+SIDE = 32  # MNIST's 28x28 is resized to this (resize: why 32)
 # --load takes these flags from the run that wrote the file: its model and its data selection
 RUN_ARGS = ("fc_width", "subset", "limit", "seed", "batch_size", "eval_every_batches", "shift")
 
@@ -107,7 +80,17 @@ def conv_stack(config, in_channels=1):
 class VGG11(nn.Module):
     """Configuration A for one-channel 32x32 inputs. Shapes for a batch of B images:
     (B, 1, 32, 32) → 64@32 → M 16 → 128@16 → M 8 → 256@8 → 256@8 → M 4 → 512@4 → 512@4 → M 2 →
-    512@2 → 512@2 → M 1 → (B, 512, 1, 1) → (B, 512) → (B, fc) → (B, fc) → (B, 10) logits."""
+    512@2 → 512@2 → M 1 → (B, 512, 1, 1) → (B, 512) → (B, fc) → (B, fc) → (B, 10) logits.
+
+    Layers changed from the paper: (1) the first conv takes 1 channel (grey MNIST), not 3 (RGB);
+    (2) FC1 takes 512 inputs: a 224x224 image leaves a 7x7x512 map (25,088 inputs), 32x32 leaves
+    1x1x512; its width stays 4096 (--fc-width changes both hidden FC layers); (3) 10 outputs,
+    not 1000. He (Kaiming) initialisation (He et al., 2015) of every layer keeps the activations'
+    scale through the eight ReLU convs and the FC layers, so the net trains from scratch without
+    batch normalisation (which VGG predates): with the paper's N(0, 0.01) FC weights (as
+    torchvision's VGG) the signal shrank in the 4096-wide layers and, in a probe on the tenth of
+    MNIST, the loss sat at ln 10 = 2.30 for a whole epoch; with He initialisation it was near 1.1
+    after 100 minibatches."""
 
     def __init__(self, fc_width=4096, dropout=0.5, num_classes=10):
         super().__init__()
@@ -155,7 +138,12 @@ def balanced_subset(labels, fraction, generator):
 
 
 def resize(x, side=SIDE, batch_size=10000):
-    """(N, 1, 28, 28) -> (N, 1, side, side), bilinear, in chunks to bound the memory it needs."""
+    """(N, 1, 28, 28) -> (N, 1, side, side), bilinear, in chunks to bound the memory it needs.
+
+    Why 32: the five max-pools halve the side five times, 32 → 16 → 8 → 4 → 2 → 1. From 28 they
+    go 28 → 14 → 7 → 3 → 1 → 0 (floor division): the last pool gets a 1x1 map and PyTorch refuses
+    it, and before that the odd sides drop a row and a column of the picture. A power of two keeps
+    every pixel to the end; 32 is the smallest above 28 (padding 2 black pixels would do as well)."""
     return torch.cat([F.interpolate(x[i:i + batch_size], size=(side, side), mode="bilinear",
                                     align_corners=False) for i in range(0, len(x), batch_size)])
 
@@ -205,16 +193,28 @@ def measure(model, train, test, step, batch_losses):
 
 
 def run_name(args):
-    """vgg_mnist for the whole training set, vgg_mnist_subset0.1 for a tenth, ...: the stem of
-    every file the run writes."""
-    return KIND if args.subset == 1 else f"{KIND}_subset{args.subset:g}"
+    """What this run's files are called: with --load, the loaded file's own name; otherwise
+    "vgg_mnist" plus every knob that differs from the defaults (vgg_mnist_subset0.1,
+    vgg_mnist_amp_shift2, vgg_mnist_e15_subset0.1): a quick edit writes beside the committed run."""
+    if args.load:
+        return Path(args.load).stem
+    return common.run_name(KIND, args, vars(parse_args([])),
+                           {"eval_every_batches": "every", "fc_width": "fc", "weight_decay": "wd"})
 
 
 def make_optimizer(model, args):
-    """SGD with --momentum and --weight-decay (the paper's L2 penalty, applied by the optimizer);
-    fit sets every step's learning rate from the schedule, which peaks at --lr."""
+    """SGD with --momentum and --weight-decay (the paper's 0.9 and 5e-4, its L2 penalty applied by
+    the optimizer); batch 64 by default (the paper: 256; more steps on a tenth of MNIST). fit sets
+    every step's learning rate from learning_rate."""
     return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                            weight_decay=args.weight_decay)
+
+
+def learning_rate(step, total_steps, args):
+    """The rate of minibatch `step` (counted from 0): a linear warm-up over the first 10% of the
+    steps to --lr (the paper's 0.01), then a cosine decay to 0, in place of the paper's divide
+    by 10 on a plateau, which needs a validation set and many epochs."""
+    return common.cosine_lr(args.lr, step, total_steps, warmup_steps=total_steps // 10)
 
 
 def train_step(model, optimizer, inputs, labels, args, device):
@@ -229,10 +229,10 @@ def train_step(model, optimizer, inputs, labels, args, device):
 
 
 def fit(model, train, test, args, device, generator, stem):
-    """Train for args.epochs, or until the test loss has not improved for --patience records;
-    the curves recorded at the end of every epoch and, with --eval-every-batches N, after every N
-    minibatches of an epoch; <stem>.ckpt and <stem>.pt after every epoch (and where --patience
-    stops the run). Returns the Run."""
+    """Train for args.epochs, or until the test loss has not improved for --patience records. A
+    record (measure) after every --eval-every-batches N minibatches of an epoch and at its end,
+    so none spans two epochs; <stem>.ckpt and <stem>.pt at every epoch's end and where --patience
+    stops the run. Returns the Run."""
     optimizer = make_optimizer(model, args)
     run = common.Run(args, stem, KIND, {"model": model}, {"optimizer": optimizer}, generator)
     x, y = train
@@ -247,26 +247,21 @@ def fit(model, train, test, args, device, generator, stem):
         batches = common.batch_indices(len(x), args.batch_size, device, generator)
         for i, idx in enumerate(common.progress(batches, steps_per_epoch, f"epoch {epoch}")):
             step = (epoch - 1) * steps_per_epoch + i + 1  # minibatches done after this one
-            common.set_lr(optimizer, common.cosine_lr(args.lr, step - 1, total_steps,
-                                                      warmup_steps=total_steps // 10))
+            common.set_lr(optimizer, learning_rate(step - 1, total_steps, args))
             inputs = x[idx]
             if args.shift:  # augmentation: the digits moved a little
                 inputs = common.random_shift(inputs, generator, args.shift, background)
             batch_losses[i] = train_step(model, optimizer, inputs, y[idx], args, device)
-            if (i + 1) % every == 0 and i + 1 < steps_per_epoch:  # a record within the epoch
+            epoch_done = i + 1 == steps_per_epoch
+            if (i + 1) % every == 0 or epoch_done:  # a record
                 common.check_finite(epoch, run.weights_path, cross_entropy=batch_losses[:i + 1])
-                record = measure(model, train, test, step, batch_losses[recorded:i + 1])
+                run.log(epoch, measure(model, train, test, step, batch_losses[recorded:i + 1]))
                 recorded = i + 1
-                run.log(epoch, record)
-                if common.stop_early(run.history, "test_loss", args.patience):
-                    run.save(epoch)  # stopped within this epoch
+                stop = common.stop_early(run.history, "test_loss", args.patience)
+                if epoch_done or stop:
+                    run.save(epoch)
+                if stop:
                     return run
-        common.check_finite(epoch, run.weights_path, cross_entropy=batch_losses)
-        record = measure(model, train, test, step, batch_losses[recorded:])
-        run.log(epoch, record)
-        run.save(epoch)
-        if common.stop_early(run.history, "test_loss", args.patience):
-            break
     return run
 
 
@@ -295,25 +290,24 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
-    out = common.out_dir(args)
+    out, name = common.out_dir(args), run_name(args)
     checkpoint = common.load_checkpoint(args.load, KIND) if args.load else None
     if checkpoint:  # read first: a wrong file fails at once, and its run's flags decide the model
         common.use_run_args(args, checkpoint, RUN_ARGS, args.load)
     train, test = prepare(args, device)
     model = VGG11(args.fc_width, args.dropout).to(device)
-    stem = out / run_name(args)
     if args.load:
         run = common.load_run(args.load, KIND, {"model": model}, checkpoint=checkpoint)
     else:
-        run = fit(model, train, test, args, device, generator, stem)
+        run = fit(model, train, test, args, device, generator, out / name)
     train_loss, train_acc = evaluate(model, train)
     test_loss, test_acc = evaluate(model, test)
     final = {"epochs_trained": run.history[-1]["epoch"], "steps": run.history[-1]["step"],
              "train_images": len(train[0]), "train_loss": train_loss, "train_acc": train_acc,
              "test_loss": test_loss, "test_acc": test_acc}
-    plot_history(run.history, args, len(train[0]), out / f"{stem.name}_curves.png")
-    common.save_metrics(out / f"{stem.name}_metrics.json", args, device, run.seconds, run.history,
-                        final, weights=str(args.load or f"{stem}.pt"),
+    plot_history(run.history, args, len(train[0]), out / f"{name}_curves.png")
+    common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
+                        final, weights=str(args.load or out / f"{name}.pt"),
                         trained_with=run.trained_with,
                         parameters=sum(p.numel() for p in model.parameters()))
     print(f"final: train acc {train_acc:.4f} | test acc {test_acc:.4f} | train loss "

@@ -14,6 +14,9 @@ from conftest import (DEVICE_FLAGS, ROOT, assert_one_line_error, guard_host_copi
                       run_script)
 
 
+QUICK = "_e2_limit128"  # what quick_args adds to a variant's name: the knobs that differ
+
+
 def quick_args(data_dir, out_dir, *extra):
     return ["--data-dir", str(data_dir), "--out-dir", str(out_dir), *DEVICE_FLAGS,
             "--epochs", "2", "--limit", "128", *map(str, extra)]
@@ -258,23 +261,51 @@ VARIANTS = [(["--model", "vae"], "vaegan_vae_fc"),
 def test_every_combination_runs_and_reloads(flags, run, synthetic_data, cnn_weights, tmp_path):
     extra = [*flags, "--cnn-weights", cnn_weights]
     vaegan.main(quick_args(synthetic_data, tmp_path / "a", *extra))
+    run += QUICK
     for suffix in (".pt", ".ckpt", "_metrics.json", "_samples.png", "_reconstructions.png", "_loss.png"):
         assert (tmp_path / "a" / f"{run}{suffix}").is_file(), suffix
     vaegan.main(quick_args(synthetic_data, tmp_path / "b", *extra, "--load", tmp_path / "a" / f"{run}.pt"))
+    assert not list((tmp_path / "b").glob("*.pt"))  # --load keeps the file's own name, writes no weights
     a, b = (json.loads((tmp_path / d / f"{run}_metrics.json").read_text())["final"] for d in "ab")
     assert a == b and "frechet_distance" in a
 
 
-def metrics(out_dir, run):
-    return json.loads((out_dir / f"{run}_metrics.json").read_text())
+def metrics(out_dir):
+    (path,) = out_dir.glob("vaegan_*_metrics.json")  # the one run in out_dir, whatever its knobs
+    return json.loads(path.read_text())
 
 
-@pytest.mark.parametrize("flags,run", [(["--model", "vae"], "vaegan_vae_fc"), (["--dis-l"], "vaegan_fc_disl")])
-def test_resume_continues_the_same_run(flags, run, synthetic_data, tmp_path):
+def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
+    """The variant, then each knob that differs from that variant's defaults: the default
+    commands keep the committed names, a changed knob writes beside them, flags that do not
+    change the result stay out, --load keeps the loaded file's name."""
+    name = lambda *flags: vaegan.run_name(vaegan.parse_args(list(flags)))
+    assert name("--model", "vae", "--device", "cpu", "--out-dir", "x", "--data-dir", "y",
+                "--cnn-weights", "z.pt") == "vaegan_vae_fc"
+    assert name("--dis-l", "--epochs", "20") == "vaegan_fc_disl_e20"  # the committed runs' names
+    assert name("--arch", "conv", "--epochs", "11") == "vaegan_conv_e11"
+    assert name("--model", "vae", "--latent-dim", "8", "--lr", "1e-3") == "vaegan_vae_fc_z8"
+    assert name("--arch", "conv", "--latent-dim", "32", "--gamma", "0.01") == "vaegan_conv_gamma0.01"
+    assert name("--model", "vae", "--load", "runs/vaegan_vae_fc_e3.pt") == "vaegan_vae_fc_e3"
+
+
+@pytest.mark.parametrize("flags", [["--model", "vae"], ["--dis-l"]])
+def test_resume_after_a_kill_matches_an_uninterrupted_run(flags, synthetic_data, tmp_path, monkeypatch):
     vaegan.main(quick_args(synthetic_data, tmp_path / "whole", *flags))
-    vaegan.main(quick_args(synthetic_data, tmp_path / "split", *flags, "--epochs", "1"))
+    real_evaluate, calls = vaegan.evaluate, []
+
+    def killed_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(vaegan, "evaluate", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        vaegan.main(quick_args(synthetic_data, tmp_path / "split", *flags))
+    monkeypatch.undo()
     vaegan.main(quick_args(synthetic_data, tmp_path / "split", *flags, "--resume"))
-    whole, split = metrics(tmp_path / "whole", run), metrics(tmp_path / "split", run)
+    whole, split = metrics(tmp_path / "whole"), metrics(tmp_path / "split")
     without_times = [[{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]]
                      for m in (whole, split)]
     assert len(without_times[0]) == 2 and without_times[0] == without_times[1]
@@ -284,13 +315,13 @@ def test_resume_continues_the_same_run(flags, run, synthetic_data, tmp_path):
 @pytest.mark.parametrize("flags", [["--model", "vae"], ["--dis-l"]])
 def test_amp_trains_in_bfloat16_to_finite_losses(flags, synthetic_data, tmp_path):
     vaegan.main(quick_args(synthetic_data, tmp_path, *flags, "--epochs", "1", "--amp"))
-    record = metrics(tmp_path, vaegan.variant(vaegan.parse_args(flags)))["history"][0]
+    record = metrics(tmp_path)["history"][0]
     assert all(torch.isfinite(torch.tensor(v)) for k, v in record.items() if k != "epoch")
 
 
 def test_resume_without_a_checkpoint(synthetic_data, tmp_path):
     result = run_script("vaegan.py", *quick_args(synthetic_data, tmp_path), "--resume")
-    assert_one_line_error(result, "--resume: no checkpoint at", "vaegan_fc.ckpt")
+    assert_one_line_error(result, "--resume: no checkpoint at", f"vaegan_fc{QUICK}.ckpt")
 
 
 @pytest.mark.parametrize("flags,phrases", [
@@ -305,5 +336,6 @@ def test_bad_flags(flags, phrases):
 def test_dcgan_weights_are_refused(synthetic_data, tmp_path):
     import dcgan
     dcgan.main(quick_args(synthetic_data, tmp_path, "--epochs", "1"))
-    result = run_script("vaegan.py", *quick_args(synthetic_data, tmp_path, "--load", tmp_path / "dcgan.pt"))
+    (weights,) = tmp_path.glob("dcgan*.pt")
+    result = run_script("vaegan.py", *quick_args(synthetic_data, tmp_path, "--load", weights))
     assert_one_line_error(result, "'dcgan'", "expected 'vaegan_fc'")

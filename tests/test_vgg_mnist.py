@@ -25,8 +25,12 @@ def quick_args(data_dir, out_dir, *extra):
             *map(str, extra)]
 
 
+RUN = "vgg_mnist_e2_bs32_limit96_fc32"  # quick_args' run: named after the knobs that differ
+
+
 def metrics(out_dir):
-    return json.loads((out_dir / "vgg_mnist_metrics.json").read_text())
+    (path,) = out_dir.glob("vgg_mnist*_metrics.json")  # the one run in out_dir, whatever its knobs
+    return json.loads(path.read_text())
 
 
 def without_times(history):
@@ -142,19 +146,34 @@ def test_real_mnist_subset_is_600_per_class(shared_data):
 def test_smoke_run_then_load_repeats_the_numbers(synthetic_data, tmp_path):
     trained = tmp_path / "trained"
     vgg_mnist.main(quick_args(synthetic_data, trained))
-    for name in ("vgg_mnist_curves.png", "vgg_mnist.pt", "vgg_mnist.ckpt", "vgg_mnist_metrics.json"):
-        assert (trained / name).is_file(), name
+    for suffix in ("_curves.png", ".pt", ".ckpt", "_metrics.json"):
+        assert (trained / f"{RUN}{suffix}").is_file(), suffix
     first = metrics(trained)
     assert [(r["epoch"], r["step"]) for r in first["history"]] == [(1, 3), (2, 6)]
     for key in ("train_acc", "test_acc", "train_loss", "test_loss", "batch_loss"):
         assert all(key in r for r in first["history"]), key
 
     reloaded = tmp_path / "reloaded"
-    vgg_mnist.main(quick_args(synthetic_data, reloaded, "--load", trained / "vgg_mnist.pt"))
-    assert (reloaded / "vgg_mnist_curves.png").is_file() and not (reloaded / "vgg_mnist.pt").exists()
+    vgg_mnist.main(quick_args(synthetic_data, reloaded, "--load", trained / f"{RUN}.pt"))
+    assert (reloaded / f"{RUN}_curves.png").is_file()  # --load keeps the file's own name
+    assert not list(reloaded.glob("*.pt"))
     again = metrics(reloaded)
     assert again["final"] == first["final"]
     assert again["history"] == first["history"]
+
+
+def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
+    """The default command keeps the committed name (reproduction); a changed knob writes beside
+    it; flags that do not change the result stay out; --load keeps the loaded file's name."""
+    name = lambda *flags: vgg_mnist.run_name(vgg_mnist.parse_args(list(flags)))
+    assert name() == name("--device", "cpu", "--out-dir", "elsewhere", "--data-dir", "x") == "vgg_mnist"
+    assert name("--subset", "0.1") == "vgg_mnist_subset0.1"  # the committed runs' names
+    assert name("--epochs", "5", "--amp", "--shift", "2") == "vgg_mnist_amp_shift2"
+    assert name("--subset", "0.1", "--epochs", "15") == "vgg_mnist_e15_subset0.1"
+    assert name("--eval-every-batches", "20", "--fc-width", "512", "--weight-decay", "0",
+                "--dropout", "0.3") == "vgg_mnist_every20_fc512_dropout0.3_wd0"
+    assert name("--shift", "0", "--lr", "0.01") == "vgg_mnist"  # the defaults' values, spelled out
+    assert name("--load", "runs/vgg_mnist_e1.pt", "--epochs", "9") == "vgg_mnist_e1"
 
 
 def test_eval_every_batches_records_within_epochs(synthetic_data, tmp_path):
@@ -190,10 +209,11 @@ def test_batch_loss_is_the_mean_since_the_last_record(extra, spans, synthetic_da
 def test_subset_run_has_its_own_files(synthetic_data, tmp_path):
     vgg_mnist.main(quick_args(synthetic_data, tmp_path, "--subset", "0.5", "--epochs", "1"))
     # round(0.5 * 96 / 10) = 5 images of each class
-    record = json.loads((tmp_path / "vgg_mnist_subset0.5_metrics.json").read_text())
+    run = "vgg_mnist_e1_bs32_limit96_subset0.5_fc32"
+    record = json.loads((tmp_path / f"{run}_metrics.json").read_text())
     assert record["final"]["train_images"] == 50
-    assert (tmp_path / "vgg_mnist_subset0.5_curves.png").is_file()
-    assert (tmp_path / "vgg_mnist_subset0.5.pt").is_file() and not (tmp_path / "vgg_mnist.pt").exists()
+    assert (tmp_path / f"{run}_curves.png").is_file()
+    assert [p.name for p in tmp_path.glob("*.pt")] == [f"{run}.pt"]
 
 
 @pytest.mark.parametrize("extra, saved_epoch", [
@@ -217,12 +237,28 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(extra, saved_epoch, sy
     with pytest.raises(KeyboardInterrupt):
         vgg_mnist.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", *extra))
     monkeypatch.undo()
-    saved = common.load_checkpoint(tmp_path / "split" / "vgg_mnist.ckpt", "vgg_mnist")
+    (checkpoint,) = (tmp_path / "split").glob("vgg_mnist_e3_*.ckpt")
+    saved = common.load_checkpoint(checkpoint, "vgg_mnist")
     assert saved["epoch"] == saved_epoch
     vgg_mnist.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", "--resume", *extra))
     whole, split = metrics(tmp_path / "whole"), metrics(tmp_path / "split")
     assert without_times(split["history"]) == without_times(whole["history"])
     assert split["final"] == whole["final"]
+
+
+def test_patience_stops_within_an_epoch_and_saves_there(synthetic_data, tmp_path, monkeypatch):
+    real_measure = vgg_mnist.measure
+
+    def never_improving(*args, **kwargs):
+        record = real_measure(*args, **kwargs)
+        record["test_loss"] = float(record["step"])
+        return record
+
+    monkeypatch.setattr(vgg_mnist, "measure", never_improving)
+    vgg_mnist.main(quick_args(synthetic_data, tmp_path, "--eval-every-batches", "1", "--patience", "1"))
+    assert [r["step"] for r in metrics(tmp_path)["history"]] == [1, 2]  # 3 minibatches an epoch
+    (weights,) = tmp_path.glob("*.pt")
+    assert common.load_checkpoint(weights, "vgg_mnist")["epoch"] == 1
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -240,7 +276,7 @@ def test_bad_flags_are_refused(flags, phrase, tmp_path):
 
 def test_resume_without_a_checkpoint(synthetic_data, tmp_path):
     result = run_script("vgg_mnist.py", *quick_args(synthetic_data, tmp_path), "--resume")
-    assert_one_line_error(result, "--resume: no checkpoint at", "vgg_mnist.ckpt")
+    assert_one_line_error(result, "--resume: no checkpoint at", f"{RUN}.ckpt")
 
 
 def test_amp_trains_in_bfloat16_to_finite_losses(synthetic_data, tmp_path):
