@@ -17,9 +17,6 @@ Training choices (ours; the assignment leaves them open), each for a reason:
   by indexing, so the data path stays fast.
 
 Run:     python cnn.py --data-dir ../shared/data           (add --device cuda on a GPU)
-Reload:  python cnn.py --data-dir ../shared/data --load figures/cnn.pt
-Writes:  figures/cnn_accuracy.png, figures/cnn_loss.png, figures/cnn_metrics.json, figures/cnn.pt
-         (weights, for --load) and figures/cnn.ckpt (the full checkpoint, for --resume)
 """
 import argparse
 from pathlib import Path
@@ -92,8 +89,7 @@ def classification_loss(logits, labels):
 def augment(x, generator, max_shift=2):
     """Flip each image left-right with probability 1/2, then shift it by up to `max_shift` pixels
     in each direction (zero fill, common.random_shift). Random numbers come from `generator`
-    (CPU) for reproducibility, and reach the device through common.to_device, so the step never
-    waits for the copy."""
+    (CPU), for reproducibility."""
     flip = common.to_device(torch.rand(len(x), generator=generator) < 0.5, x.device)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     return common.random_shift(x, generator, max_shift)

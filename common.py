@@ -5,10 +5,13 @@ Nothing here knows about a model, a loss or a metric; those live in the script t
 each script reads on its own. What is here is what two or more scripts need in exactly the same
 way: the pieces of a training loop's bookkeeping (`Run` starts or resumes a run, logs a record
 and saves the two files; `check_finite` and `stop_early` are the other two calls a loop makes),
-and `run_name`, which names a run after the knobs that differ from the defaults.
+and `run_name`, which names a run after the knobs that differ from the defaults. And, as the
+design puts every file format here, the data readers: MNIST-sized sets, tweet files of every
+common layout (lstm_tweets.py) and Galaxy Zoo JPEGs with their label files (galaxy_vae.py), so
+that a script's file is for its idea.
 
-Sections: errors and flags · device and seed · data · the training run · checkpoints and metrics ·
-figures.
+Sections: errors and flags · device and seed · data (MNIST-sized sets, tweet files, galaxy images)
+· the training run · checkpoints and metrics · figures.
 """
 import argparse
 import concurrent.futures
