@@ -164,19 +164,21 @@ def make_optimizers(G, D, args):
 
 def fit(G, D, x, args, generator, fixed_noise, out):
     """Train both nets for args.epochs, decoding the fixed noise after each of SNAPSHOT_EPOCHS;
-    the bookkeeping (resume, checkpoint, log line, finite check) is common.Run's. Returns the Run,
-    whose extra["snapshots"] holds {epoch: images}."""
+    <stem>.ckpt and <stem>.pt after every epoch. Returns the Run, whose extra["snapshots"] holds
+    {epoch: images}."""
     opt_g, opt_d = make_optimizers(G, D, args)
     run = common.Run(args, out / KIND, KIND, {"generator": G, "discriminator": D},
                      {"generator": opt_g, "discriminator": opt_d}, generator)
     snapshots = run.extra.get("snapshots", {})
     for epoch in range(run.done + 1, args.epochs + 1):
         terms = train_epoch(G, D, opt_g, opt_d, x, args, epoch, generator)
+        common.check_finite(epoch, run.weights_path, discriminator=terms["loss_d"],
+                            generator=terms["loss_g"])
         if epoch in SNAPSHOT_EPOCHS:
             snapshots[epoch] = generate(G, fixed_noise)
-        run.end_epoch(epoch, {k: v.mean().item() for k, v in terms.items()},
-                      losses={"discriminator": terms["loss_d"], "generator": terms["loss_g"]},
-                      snapshots=snapshots)
+        run.log(epoch, {k: v.mean().item() for k, v in terms.items()})
+        run.save(epoch, snapshots=snapshots)
+        # no stop_early: a GAN has no test loss to watch (--patience is refused), so all --epochs run
     return run
 
 
