@@ -162,12 +162,12 @@ def make_optimizers(G, D, args):
             torch.optim.Adam(D.parameters(), lr=args.lr, betas=betas))
 
 
-def fit(G, D, x, args, generator, fixed_noise, out):
+def fit(G, D, x, args, generator, fixed_noise, stem):
     """Train both nets for args.epochs, decoding the fixed noise after each of SNAPSHOT_EPOCHS;
     <stem>.ckpt and <stem>.pt after every epoch. Returns the Run, whose extra["snapshots"] holds
     {epoch: images}."""
     opt_g, opt_d = make_optimizers(G, D, args)
-    run = common.Run(args, out / KIND, KIND, {"generator": G, "discriminator": D},
+    run = common.Run(args, stem, KIND, {"generator": G, "discriminator": D},
                      {"generator": opt_g, "discriminator": opt_d}, generator)
     snapshots = run.extra.get("snapshots", {})
     for epoch in range(run.done + 1, args.epochs + 1):
@@ -182,13 +182,23 @@ def fit(G, D, x, args, generator, fixed_noise, out):
     return run
 
 
+def run_name(args):
+    """What this run's files are called: with --load, the loaded file's own name; otherwise
+    "dcgan" plus every knob that differs from the defaults (dcgan_e25, dcgan_real0.9,
+    dcgan_beta0.9): a quick edit writes beside the committed run (common.run_name).
+    --cnn-weights, a path, stays out."""
+    if args.load:
+        return Path(args.load).stem
+    return common.run_name(KIND, args, vars(parse_args([])), {"real_label": "real", "beta1": "beta"},
+                           skip=("cnn_weights",))
+
+
 # ----------------------------------------------------------------------------------------------
 # FIGURES
 # ----------------------------------------------------------------------------------------------
-def figures(G, history, snapshots, fixed_noise, args):
-    out = Path(args.out_dir)
+def figures(G, history, snapshots, fixed_noise, out, name):
     epochs = [r["epoch"] for r in history]
-    common.plot_panels(out / "dcgan_loss.png",
+    common.plot_panels(out / f"{name}_loss.png",
                        {"binary cross-entropy (mean over the epoch)":
                             {"discriminator": (epochs, [r["loss_d"] for r in history]),
                              "generator": (epochs, [r["loss_g"] for r in history])},
@@ -199,9 +209,9 @@ def figures(G, history, snapshots, fixed_noise, args):
     rows = {f"epoch {e}": images for e, images in sorted(snapshots.items())}
     rows.setdefault(f"epoch {epochs[-1]}", generate(G, fixed_noise))  # the final generator too
     for label, images in rows.items():
-        common.plot_image_rows(out / f"dcgan_{label.replace(' ', '')}.png", {label: images},
+        common.plot_image_rows(out / f"{name}_{label.replace(' ', '')}.png", {label: images},
                                title=f"DCGAN: the {N_FIXED_NOISE} fixed noise vectors after {label}")
-    common.plot_image_rows(out / "dcgan_samples.png", rows,
+    common.plot_image_rows(out / f"{name}_samples.png", rows,
                            title=f"DCGAN: the same {N_FIXED_NOISE} noise vectors during training")
 
 
@@ -209,7 +219,7 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
-    out = common.out_dir(args)
+    out, name = common.out_dir(args), run_name(args)
     G, D = Generator().to(device), Discriminator().to(device)
     G.apply(init_weights)
     D.apply(init_weights)
@@ -218,14 +228,14 @@ def main(argv=None):
         run = common.load_run(args.load, KIND, {"generator": G, "discriminator": D})
     (train_x, _), (test_x, _) = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
     if not args.load:
-        run = fit(G, D, train_x, args, generator, fixed_noise, out)
+        run = fit(G, D, train_x, args, generator, fixed_noise, out / name)
     history = run.history
-    figures(G, history, run.extra["snapshots"], fixed_noise, args)
+    figures(G, history, run.extra["snapshots"], fixed_noise, out, name)
     noise = torch.randn(len(test_x), NZ, generator=torch.Generator().manual_seed(args.seed + 2))
     samples = torch.cat([generate(G, z.to(device)) for z in noise.split(1000)])
     final = {"epochs_trained": history[-1]["epoch"], **{k: history[-1][k] for k in ("loss_d", "loss_g", "d_x", "d_g_z")},
              **cnn.sample_quality(samples, test_x, train_x, args)}
-    common.save_metrics(out / f"{KIND}_metrics.json", args, device, run.seconds, history, final,
+    common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, history, final,
                         trained_with=run.trained_with)
 
 

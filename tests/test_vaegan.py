@@ -305,5 +305,6 @@ def test_bad_flags(flags, phrases):
 def test_dcgan_weights_are_refused(synthetic_data, tmp_path):
     import dcgan
     dcgan.main(quick_args(synthetic_data, tmp_path, "--epochs", "1"))
-    result = run_script("vaegan.py", *quick_args(synthetic_data, tmp_path, "--load", tmp_path / "dcgan.pt"))
+    dcgan_weights = tmp_path / "dcgan_e1_limit128.pt"  # the run's name carries the knobs it changed
+    result = run_script("vaegan.py", *quick_args(synthetic_data, tmp_path, "--load", dcgan_weights))
     assert_one_line_error(result, "'dcgan'", "expected 'vaegan_fc'")
