@@ -1,34 +1,19 @@
 """Assignment A, task 3: does a VAE objective help the CNN classify Fashion-MNIST?
 
---mode joint      The conv VAE of vae.py with its encoding (the mean μ) passed to a softmax layer,
-                  trained on the combined loss  ce_weight·CE + recon_weight·recon + kl_weight·KL.
---mode pretrain   vae.py's trained conv VAE (--vae-weights, default figures/vae_conv.pt: run
-                  `python vae.py --arch conv` first), its decoder replaced by a softmax layer on μ,
-                  then trained with the labels two ways: the encoder frozen (a linear classifier
-                  on μ) and fine-tuned.
+--mode joint     vae.py's conv VAE with a softmax layer on its encoding (the mean μ), trained on
+                 ce_weight·CE + recon_weight·recon + kl_weight·KL.
+--mode pretrain  vae.py's trained conv VAE (--vae-weights), its decoder replaced by a softmax
+                 layer on μ, trained with the labels two ways: the encoder frozen (a linear
+                 classifier on μ) and fine-tuned.
+--sweep-ce W,... one joint model per cross-entropy weight: is the classification term drowned by
+                 the reconstruction (~224 nats per image against ~0.3)? Test accuracy and
+                 reconstruction against the weight, beside the CNN runs of --cnn-metrics.
+Every mode trains with plain Adam at a fixed rate and no augmentation, so they differ only in
+their objective; accuracies at epoch 1, every --eval-every epochs and the last. Each mode ends
+with a comparison of every model measured so far: cnn.py's CNN, the joint model, and the two
+pretrained classifiers.
 
---sweep-ce W1,W2,...  one joint model per cross-entropy weight, to test whether the classification
-                  term is drowned by the reconstruction (~224 nats per image against ~0.3), with a
-                  figure of test accuracy and reconstruction against the weight beside the CNN
-                  runs of --cnn-metrics (e.g. cnn.py trained with this script's recipe: plain
-                  Adam at a fixed rate, no augmentation).
-
-Each mode measures train and test accuracy at epoch 1, every --eval-every epochs and at the last
-one, and ends with a comparison figure of every model measured so far: cnn.py's CNN (read from
-figures/cnn_metrics.json), the joint model, and the frozen and fine-tuned pretrained classifiers.
-
-Run:     python joint.py --mode joint --data-dir ../shared/data
-         python joint.py --mode pretrain --data-dir ../shared/data
-         python joint.py --sweep-ce 1,10,100,1000 --data-dir ../shared/data --out-dir figures/joint_ce
-Reload:  python joint.py --mode joint --load figures/joint.pt
-         python joint.py --mode pretrain --load figures/joint_pretrain_frozen.pt
-                                                figures/joint_pretrain_finetuned.pt
-         (one weights file per model the mode trains, in the order it trains them)
-Writes:  figures/<run>_*.png, figures/<run>_metrics.json, figures/<run>.pt (weights, for --load)
-         and figures/<run>.ckpt (the full checkpoint, for --resume), <run> = joint,
-         joint_pretrain_frozen, joint_pretrain_finetuned (plus the knobs that differ from the
-         defaults: joint_kl0.5); figures/joint_comparison.png and .json; with --sweep-ce,
-         joint[_<knobs>]_ce<W> per member and joint_sweep_ce[_<knobs>].png and .json
+Run: python joint.py --mode pretrain --data-dir ../shared/data   (after python vae.py --arch conv)
 """
 import argparse
 import json
@@ -44,10 +29,8 @@ import common
 
 PRETRAINED = ("frozen", "finetuned")  # the two classifiers of --mode pretrain, in training order
 
-LOAD_HELP = ("skip training: load weights files (<run>.pt, or the <run>.ckpt checkpoint) and redo "
-             "the figures and metrics on the data given now; one file per model the mode trains: "
-             "joint.pt for --mode joint, two for --mode pretrain (joint_pretrain_frozen.pt "
-             "joint_pretrain_finetuned.pt, in that order)")
+LOAD_HELP = ("skip training: load one weights file per model the mode trains, in its order (--mode "
+             "pretrain: frozen, then fine-tuned), and redo the figures and metrics on the data given now")
 
 
 def parse_args(argv=None):
@@ -91,8 +74,8 @@ def parse_args(argv=None):
 # so vae.py's weights load into it)
 # ----------------------------------------------------------------------------------------------
 def reparameterize(mu, logvar, generator):
-    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4); ε from the CPU generator,
-    moved through common.to_device so the step never waits for the copy."""
+    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4); ε from the CPU generator, so
+    runs repeat on any device."""
     eps = common.to_device(torch.randn(mu.shape, generator=generator), mu.device)
     return mu + torch.exp(0.5 * logvar) * eps
 
@@ -175,6 +158,17 @@ def joint_terms(model, x, y, generator, args):
     return terms
 
 
+def trainable_parameters(model, variant):
+    """What a pretrained classifier trains: "frozen", the softmax layer alone on fixed features (a
+    linear classifier on μ, the VAE's code); "finetuned", the encoder, the μ layer and the
+    softmax layer (the decoder and the log-variance layer, which CE(head(μ)) never reaches, stay
+    out)."""
+    if variant == "frozen":
+        model.vae.requires_grad_(False)
+        return model.head.parameters()
+    return [*model.vae.encoder.parameters(), *model.vae.to_mu.parameters(), *model.head.parameters()]
+
+
 def classifier_terms(model, x, y, generator, args):
     """Pretrained classifier, frozen or fine-tuned: total = CE(head(μ), y)."""
     terms = {"ce": classification_loss(model.classify(x), y)}
@@ -205,18 +199,26 @@ def train_epoch(model, loss_terms, optimizer, x, y, args, desc, generator):
 @torch.no_grad()
 def evaluate(model, loss_terms, x, y, args, batch_size=1000):
     """Mean loss terms and accuracy of head(μ) over a split, in eval mode; z is sampled with a
-    fixed-seed generator so --load reproduces the numbers exactly. The sums stay on the device
-    and are read once, at the end."""
+    fixed-seed generator so --load reproduces the numbers exactly."""
     model.eval()
     generator = torch.Generator().manual_seed(args.seed)
     sums = {}  # each term summed over the examples, and the correct predictions ("acc")
     for idx in common.batch_indices(len(x), batch_size, x.device):
-        batch = {name: value * len(idx)
+        batch = {name: value * len(idx)  # batch means back to sums, so a short last batch weighs less
                  for name, value in loss_terms(model, x[idx], y[idx], generator, args).items()}
-        batch["acc"] = (model.classify(x[idx]).argmax(1) == y[idx]).sum().float()
+        batch["acc"] = (model.classify(x[idx]).argmax(1) == y[idx]).sum().float()  # correct predictions
         sums = {name: sums.get(name, 0) + value for name, value in batch.items()}
-    totals = torch.stack(list(sums.values())).tolist()
+    totals = torch.stack(list(sums.values())).tolist()  # every sum in one read
     return {name: total / len(x) for name, total in zip(sums, totals)}
+
+
+def final_numbers(model, loss_terms, data, args, run):
+    """The final block: epochs trained, train accuracy, and every test term and the test accuracy."""
+    (train_x, train_y), (test_x, test_y) = data
+    train = evaluate(model, loss_terms, train_x, train_y, args)
+    test = evaluate(model, loss_terms, test_x, test_y, args)
+    return {"epochs_trained": run.history[-1]["epoch"], "train_acc": train["acc"],
+            **{f"test_{k}": v for k, v in test.items()}}
 
 
 def fit(model, loss_terms, data, args, stem, kind, generator, trainable):
@@ -293,11 +295,7 @@ def plot_bars(path, values, ylabel, title, ylim=None):
 
 def finish(model, loss_terms, data, args, name, run, **extra):
     """Final numbers, accuracy figure and metrics JSON of one trained (or loaded) model."""
-    (train_x, train_y), (test_x, test_y) = data
-    train = evaluate(model, loss_terms, train_x, train_y, args)
-    test = evaluate(model, loss_terms, test_x, test_y, args)
-    final = {"epochs_trained": run.history[-1]["epoch"], "train_acc": train["acc"],
-             **{f"test_{k}": v for k, v in test.items()}}
+    final = final_numbers(model, loss_terms, data, args, run)
     evals = [r for r in run.history if "test_acc" in r]
     epochs = [r["epoch"] for r in evals]
     common.plot_curves(Path(args.out_dir) / f"{name}_accuracy.png",
@@ -305,9 +303,9 @@ def finish(model, loss_terms, data, args, name, run, **extra):
                         "test": (epochs, [r["test_acc"] for r in evals])},
                        xlabel="epoch", ylabel="accuracy of the softmax on μ",
                        title=f"{name} on Fashion-MNIST: accuracy")
-    common.save_metrics(Path(args.out_dir) / f"{name}_metrics.json", args, train_x.device,
+    common.save_metrics(Path(args.out_dir) / f"{name}_metrics.json", args, data[0][0].device,
                         run.seconds, run.history, final, trained_with=run.trained_with, **extra)
-    print(f"{name}: train acc {train['acc']:.4f} | test acc {test['acc']:.4f}")
+    print(f"{name}: train acc {final['train_acc']:.4f} | test acc {final['test_acc']:.4f}")
     return final
 
 
@@ -408,13 +406,8 @@ def run_pretrain(args, data, names=None):
         else:
             vae = common.load_weights(vae_path, "vae_conv", {"model": model.vae}, flag="--vae-weights")
             print(f"pretrained VAE: {vae_path} ({vae['epoch']} epochs of vae.py) for {kind}")
-            if variant == "frozen":
-                model.vae.requires_grad_(False)  # a linear classifier on fixed features
-                trainable = model.head.parameters()
-            else:
-                trainable = [*model.vae.encoder.parameters(), *model.vae.to_mu.parameters(),
-                             *model.head.parameters()]
-            run = fit(model, classifier_terms, data, args, out / name, kind, generator, trainable)
+            run = fit(model, classifier_terms, data, args, out / name, kind, generator,
+                      trainable_parameters(model, variant))
             extra = {"vae_weights": str(vae_path)}
         finish(model, classifier_terms, data, args, name, run, **extra)
 
