@@ -104,7 +104,7 @@ def time_step(step, steps):
     return {amp: sorted(t)[len(t) // 2] for amp, t in times.items()}
 
 
-# Short real-data runs through the scripts themselves: (script, flags, metrics file, final key)
+# Short real-data runs through the scripts themselves: (script, flags, folder label, final key)
 RUNS = [
     (vgg_mnist, ["--subset", "0.05", "--epochs", "3"], "vgg_mnist_subset0.05", "test_acc"),
     (vae, ["--arch", "conv", "--epochs", "1", "--limit", "10000"], "vae_conv", "test_recon"),
@@ -132,7 +132,8 @@ def main(argv=None):
                 started = time.perf_counter()
                 script.main([*flags, "--data-dir", args.data_dir, "--out-dir", str(folder),
                              "--device", "cpu", *(["--amp"] if amp else [])])
-                final = json.loads((folder / f"{run}_metrics.json").read_text())["final"]
+                [metrics] = folder.glob("*_metrics.json")  # its name carries the run's knobs (issue 24)
+                final = json.loads(metrics.read_text())["final"]
                 results[amp] = (final[key], time.perf_counter() - started)
             print(f"  {script.__name__} {' '.join(flags)}: {key} fp32 {results[False][0]:.4f} "
                   f"({results[False][1]:.0f} s) | --amp {results[True][0]:.4f} "
