@@ -168,18 +168,21 @@ def test_cnn_reference_lines_are_labelled_by_recipe(tmp_path):
 
 def test_pretrain_reuses_vae_py_weights_and_freezes_the_encoder_then_load(synthetic_data, tmp_path, capsys):
     vae.main(quick_args(synthetic_data, tmp_path, "--arch", "conv"))
-    vae_state = common.load_checkpoint(tmp_path / "vae_conv.pt", "vae_conv")["models"]["model"]
-    joint.main(quick_args(synthetic_data, tmp_path, "--mode", "pretrain"))
+    [vae_weights] = tmp_path.glob("vae_conv*.pt")  # whatever vae.py names its quick run
+    vae_state = common.load_checkpoint(vae_weights, "vae_conv")["models"]["model"]
+    pretrain = quick_args(synthetic_data, tmp_path, "--mode", "pretrain", "--vae-weights", vae_weights)
+    joint.main(pretrain)
     assert "pretrained VAE: " in capsys.readouterr().out
-    frozen = common.load_checkpoint(tmp_path / f"joint_pretrain_frozen{QUICK}.pt", "joint_pretrain_frozen")
-    tuned = common.load_checkpoint(tmp_path / f"joint_pretrain_finetuned{QUICK}.pt", "joint_pretrain_finetuned")
+    names = joint.model_names(joint.parse_args(pretrain))
+    runs = (names["frozen"], names["finetuned"])
+    assert runs[0].startswith(f"joint_pretrain_frozen{QUICK}")  # plus the VAE file's stem, if not vae_conv
+    frozen = common.load_checkpoint(tmp_path / f"{runs[0]}.pt", "joint_pretrain_frozen")
+    tuned = common.load_checkpoint(tmp_path / f"{runs[1]}.pt", "joint_pretrain_finetuned")
     for key in ("encoder.0.weight", "to_mu.weight"):
         assert torch.equal(frozen["models"]["model"][f"vae.{key}"], vae_state[key])  # untouched
         assert not torch.equal(tuned["models"]["model"][f"vae.{key}"], vae_state[key])  # trained
-    assert json.loads((tmp_path / f"joint_pretrain_frozen{QUICK}_metrics.json").read_text())[
-        "vae_weights"] == str(tmp_path / "vae_conv.pt")
+    assert json.loads((tmp_path / f"{runs[0]}_metrics.json").read_text())["vae_weights"] == str(vae_weights)
     # --load takes the two classifiers' weights files, frozen then fine-tuned; no VAE is needed
-    runs = (f"joint_pretrain_frozen{QUICK}", f"joint_pretrain_finetuned{QUICK}")
     joint.main(quick_args(synthetic_data, tmp_path / "b", "--mode", "pretrain",
                           "--load", *(tmp_path / f"{run}.pt" for run in runs)))
     for run in runs:
