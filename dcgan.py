@@ -1,29 +1,19 @@
 """DCGAN on Fashion-MNIST: assignment C, task 1, with the report's exact architecture.
 
-Generator, z (100) → image, no biases in the convolutions (BatchNorm's shift replaces them):
-  ConvT 7x7 → (128, 7, 7) · BN · LeakyReLU · ConvT 4x4/2 → (64, 14, 14) · BN · LeakyReLU ·
-  ConvT 4x4/2 → (32, 28, 28) · BN · LeakyReLU · Conv 3x3 → (1, 28, 28) · Tanh      791,776 params
-Discriminator, image → one logit:
-  Conv 3x3 → (32, 28, 28) · BN · LeakyReLU · Conv 4x4/2 → (64, 14, 14) · BN · LeakyReLU ·
-  Conv 4x4/2 → (128, 7, 7) · BN · LeakyReLU · Conv 4x4/2 → (256, 3, 3) · BN · LeakyReLU ·
-  Conv 3x3 → (1, 1, 1)                                                                691,680 params
+The report's two networks (shapes at each layer in the classes): BatchNorm and LeakyReLU (slope
+0.2, as in the report) between layers, no biases (BatchNorm's shift replaces them).
 
 Stabilising choices, and why:
-- Adam with lr 2e-4 and β1 = 0.5 for both nets (Radford et al. 2016, Sec. 4: the default β1 = 0.9
-  made their training oscillate); weights drawn from N(0, 0.02), BatchNorm scales from N(1, 0.02)
-  (same section).
+- Adam at 2e-4 with β1 = 0.5 for both nets, weights from N(0, 0.02), BatchNorm scales from
+  N(1, 0.02) (Radford et al. 2016, Sec. 4: the default β1 = 0.9 made their training oscillate).
 - Images scaled to [-1, 1] to match the generator's Tanh.
 - The non-saturating generator loss -log D(G(z)) (Goodfellow et al. 2014, Sec. 3): early on D
   rejects every fake and log(1 - D(G(z))) has almost no gradient.
-- LeakyReLU (slope 0.2) in both nets, as in the report.
 - No label smoothing by default; --real-label 0.9 gives one-sided smoothing (Salimans et al.
   2016, Sec. 3.4) for anyone who sees D win too early.
+Samples: 12 fixed noise vectors after epochs 1, 5, 10, 25, 50, 100; Fréchet distance at the end.
 
-Run:     python dcgan.py --data-dir ../shared/data            (100 epochs, as the report)
-Reload:  python dcgan.py --data-dir ../shared/data --load figures/dcgan.pt
-Writes:  figures/dcgan_loss.png, dcgan_samples.png, dcgan_epoch<E>.png, dcgan_metrics.json,
-         dcgan.pt (weights and snapshots, for --load) and dcgan.ckpt (the full checkpoint, for
-         --resume)
+Run: python dcgan.py --data-dir ../shared/data            (100 epochs, as the report)
 """
 from pathlib import Path
 
@@ -61,6 +51,9 @@ def parse_args(argv=None):
 # MODELS
 # ----------------------------------------------------------------------------------------------
 class Generator(nn.Module):
+    """z (nz) → ConvT 7x7 → ConvT 4x4/2 → ConvT 4x4/2 → Conv 3x3 → Tanh: an image in [-1, 1];
+    791,776 parameters."""
+
     def __init__(self, nz=NZ):
         super().__init__()
         self.net = nn.Sequential(
@@ -75,6 +68,9 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
+    """Image → Conv 3x3 → three Conv 4x4/2 → Conv 3x3 → one logit of "real"; 691,680 parameters,
+    13% fewer than the generator's."""
+
     def __init__(self):
         super().__init__()
         self.net = nn.Sequential(
@@ -118,8 +114,7 @@ def generator_loss(fake_logits):
 # ----------------------------------------------------------------------------------------------
 def train_epoch(G, D, opt_g, opt_d, x, args, epoch, generator):
     """One pass over x; per-batch device tensors of both losses, D(x) and D(G(z)). The noise
-    comes from the CPU generator (runs repeat on any device) through common.to_device, so a step
-    never waits for its copy."""
+    comes from the CPU generator, so runs repeat on any device."""
     G.train()
     D.train()
     n_batches = common.num_batches(len(x), args.batch_size)
@@ -155,6 +150,19 @@ def generate(G, z):
     return (G(z) + 1).div(2).clamp(0, 1).cpu()
 
 
+@torch.no_grad()
+def final_numbers(G, history, test_x, train_x, args):
+    """The last epoch's losses and D outputs, and the final generator's sample quality: as many
+    samples as test images, from noise of seed --seed + 2 (the same after --load), scored by
+    cnn.sample_quality (the Fréchet distance of the CNN's features against the test images, the
+    class histogram of the samples and its entropy)."""
+    noise = torch.randn(len(test_x), NZ, generator=torch.Generator().manual_seed(args.seed + 2))
+    samples = torch.cat([generate(G, z.to(test_x.device)) for z in noise.split(1000)])  # 1000 at a time
+    return {"epochs_trained": history[-1]["epoch"],
+            **{k: history[-1][k] for k in ("loss_d", "loss_g", "d_x", "d_g_z")},
+            **cnn.sample_quality(samples, test_x, train_x, args)}
+
+
 def make_optimizers(G, D, args):
     """One Adam per net, both at --lr with β1 = --beta1 (Radford et al. 2016, Sec. 4)."""
     betas = (args.beta1, 0.999)
@@ -162,44 +170,50 @@ def make_optimizers(G, D, args):
             torch.optim.Adam(D.parameters(), lr=args.lr, betas=betas))
 
 
-def fit(G, D, x, args, generator, fixed_noise, out):
-    """Train both nets for args.epochs, decoding the fixed noise after each of SNAPSHOT_EPOCHS;
-    the bookkeeping (resume, checkpoint, log line, finite check) is common.Run's. Returns the Run,
-    whose extra["snapshots"] holds {epoch: images}."""
+def fit(G, D, x, args, generator, fixed_noise, stem):
+    """All args.epochs (a GAN has no test loss to stop on); the fixed noise decoded after each of
+    SNAPSHOT_EPOCHS into run.extra["snapshots"]; <stem>.ckpt and <stem>.pt after every epoch."""
     opt_g, opt_d = make_optimizers(G, D, args)
-    run = common.Run(args, out / KIND, KIND, {"generator": G, "discriminator": D},
+    run = common.Run(args, stem, KIND, {"generator": G, "discriminator": D},
                      {"generator": opt_g, "discriminator": opt_d}, generator)
     snapshots = run.extra.get("snapshots", {})
     for epoch in range(run.done + 1, args.epochs + 1):
         terms = train_epoch(G, D, opt_g, opt_d, x, args, epoch, generator)
+        common.check_finite(epoch, run.weights_path, discriminator=terms["loss_d"], generator=terms["loss_g"])
         if epoch in SNAPSHOT_EPOCHS:
             snapshots[epoch] = generate(G, fixed_noise)
-        run.end_epoch(epoch, {k: v.mean().item() for k, v in terms.items()},
-                      losses={"discriminator": terms["loss_d"], "generator": terms["loss_g"]},
-                      snapshots=snapshots)
+        run.log(epoch, {k: v.mean().item() for k, v in terms.items()})
+        run.save(epoch, snapshots=snapshots)
     return run
+
+
+def run_name(args):
+    """The loaded file's own name, or "dcgan" plus every knob that differs from the defaults
+    (dcgan_e25, dcgan_real0.9, dcgan_beta0.9; --cnn-weights, a path, stays out)."""
+    if args.load:
+        return Path(args.load).stem
+    return common.run_name(KIND, args, vars(parse_args([])), {"real_label": "real", "beta1": "beta"},
+                           skip=("cnn_weights",))
 
 
 # ----------------------------------------------------------------------------------------------
 # FIGURES
 # ----------------------------------------------------------------------------------------------
-def figures(G, history, snapshots, fixed_noise, args):
-    out = Path(args.out_dir)
+def figures(G, history, snapshots, fixed_noise, out, name):
     epochs = [r["epoch"] for r in history]
-    common.plot_panels(out / "dcgan_loss.png",
+    curve = lambda key: (epochs, [r[key] for r in history])  # noqa: E731  (x, y) of one record key
+    common.plot_panels(out / f"{name}_loss.png",
                        {"binary cross-entropy (mean over the epoch)":
-                            {"discriminator": (epochs, [r["loss_d"] for r in history]),
-                             "generator": (epochs, [r["loss_g"] for r in history])},
+                            {"discriminator": curve("loss_d"), "generator": curve("loss_g")},
                         "mean discriminator output":
-                            {"D(x), real images": (epochs, [r["d_x"] for r in history]),
-                             "D(G(z)), fakes": (epochs, [r["d_g_z"] for r in history])}},
+                            {"D(x), real images": curve("d_x"), "D(G(z)), fakes": curve("d_g_z")}},
                        xlabel="epoch", title="DCGAN on Fashion-MNIST: losses and D's outputs")
     rows = {f"epoch {e}": images for e, images in sorted(snapshots.items())}
     rows.setdefault(f"epoch {epochs[-1]}", generate(G, fixed_noise))  # the final generator too
     for label, images in rows.items():
-        common.plot_image_rows(out / f"dcgan_{label.replace(' ', '')}.png", {label: images},
+        common.plot_image_rows(out / f"{name}_{label.replace(' ', '')}.png", {label: images},
                                title=f"DCGAN: the {N_FIXED_NOISE} fixed noise vectors after {label}")
-    common.plot_image_rows(out / "dcgan_samples.png", rows,
+    common.plot_image_rows(out / f"{name}_samples.png", rows,
                            title=f"DCGAN: the same {N_FIXED_NOISE} noise vectors during training")
 
 
@@ -207,7 +221,7 @@ def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
-    out = common.out_dir(args)
+    out, name = common.out_dir(args), run_name(args)
     G, D = Generator().to(device), Discriminator().to(device)
     G.apply(init_weights)
     D.apply(init_weights)
@@ -216,15 +230,10 @@ def main(argv=None):
         run = common.load_run(args.load, KIND, {"generator": G, "discriminator": D})
     (train_x, _), (test_x, _) = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
     if not args.load:
-        run = fit(G, D, train_x, args, generator, fixed_noise, out)
-    history = run.history
-    figures(G, history, run.extra["snapshots"], fixed_noise, args)
-    noise = torch.randn(len(test_x), NZ, generator=torch.Generator().manual_seed(args.seed + 2))
-    samples = torch.cat([generate(G, z.to(device)) for z in noise.split(1000)])
-    final = {"epochs_trained": history[-1]["epoch"], **{k: history[-1][k] for k in ("loss_d", "loss_g", "d_x", "d_g_z")},
-             **cnn.sample_quality(samples, test_x, train_x, args)}
-    common.save_metrics(out / f"{KIND}_metrics.json", args, device, run.seconds, history, final,
-                        trained_with=run.trained_with)
+        run = fit(G, D, train_x, args, generator, fixed_noise, out / name)
+    figures(G, run.history, run.extra["snapshots"], fixed_noise, out, name)
+    common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
+                        final_numbers(G, run.history, test_x, train_x, args), trained_with=run.trained_with)
 
 
 if __name__ == "__main__":

@@ -1,33 +1,19 @@
 """Assignment A, task 3: does a VAE objective help the CNN classify Fashion-MNIST?
 
---mode joint      The conv VAE of vae.py with its encoding (the mean μ) passed to a softmax layer,
-                  trained on the combined loss  ce_weight·CE + recon_weight·recon + kl_weight·KL.
---mode pretrain   vae.py's trained conv VAE (--vae-weights, default figures/vae_conv.pt: run
-                  `python vae.py --arch conv` first), its decoder replaced by a softmax layer on μ,
-                  then trained with the labels two ways: the encoder frozen (a linear classifier
-                  on μ) and fine-tuned.
+--mode joint     vae.py's conv VAE with a softmax layer on its encoding (the mean μ), trained on
+                 ce_weight·CE + recon_weight·recon + kl_weight·KL.
+--mode pretrain  vae.py's trained conv VAE (--vae-weights), its decoder replaced by a softmax
+                 layer on μ, trained with the labels two ways: the encoder frozen (a linear
+                 classifier on μ) and fine-tuned.
+--sweep-ce W,... one joint model per cross-entropy weight: is the classification term drowned by
+                 the reconstruction (~224 nats per image against ~0.3)? Test accuracy and
+                 reconstruction against the weight, beside the CNN runs of --cnn-metrics.
+Every mode trains with plain Adam at a fixed rate and no augmentation, so they differ only in
+their objective; accuracies at epoch 1, every --eval-every epochs and the last. Each mode ends
+with a comparison of every model measured so far: cnn.py's CNN, the joint model, and the two
+pretrained classifiers.
 
---sweep-ce W1,W2,...  one joint model per cross-entropy weight, to test whether the classification
-                  term is drowned by the reconstruction (~224 nats per image against ~0.3), with a
-                  figure of test accuracy and reconstruction against the weight beside the CNN
-                  runs of --cnn-metrics (e.g. cnn.py trained with this script's recipe: plain
-                  Adam at a fixed rate, no augmentation).
-
-Each mode measures train and test accuracy at epoch 1, every --eval-every epochs and at the last
-one, and ends with a comparison figure of every model measured so far: cnn.py's CNN (read from
-figures/cnn_metrics.json), the joint model, and the frozen and fine-tuned pretrained classifiers.
-
-Run:     python joint.py --mode joint --data-dir ../shared/data
-         python joint.py --mode pretrain --data-dir ../shared/data
-         python joint.py --sweep-ce 1,10,100,1000 --data-dir ../shared/data --out-dir figures/joint_ce
-Reload:  python joint.py --mode joint --load figures/joint.pt
-         python joint.py --mode pretrain --load figures/joint_pretrain_frozen.pt
-                                                figures/joint_pretrain_finetuned.pt
-         (one weights file per model the mode trains, in the order it trains them)
-Writes:  figures/<run>_*.png, figures/<run>_metrics.json, figures/<run>.pt (weights, for --load)
-         and figures/<run>.ckpt (the full checkpoint, for --resume), <run> = joint,
-         joint_pretrain_frozen, joint_pretrain_finetuned, joint_ce<W>; figures/joint_comparison.png
-         and .json; joint_ce_sweep.png and .json
+Run: python joint.py --mode pretrain --data-dir ../shared/data   (after python vae.py --arch conv)
 """
 import argparse
 import json
@@ -43,10 +29,8 @@ import common
 
 PRETRAINED = ("frozen", "finetuned")  # the two classifiers of --mode pretrain, in training order
 
-LOAD_HELP = ("skip training: load weights files (<run>.pt, or the <run>.ckpt checkpoint) and redo "
-             "the figures and metrics on the data given now; one file per model the mode trains: "
-             "joint.pt for --mode joint, two for --mode pretrain (joint_pretrain_frozen.pt "
-             "joint_pretrain_finetuned.pt, in that order)")
+LOAD_HELP = ("skip training: load one weights file per model the mode trains, in its order (--mode "
+             "pretrain: frozen, then fine-tuned), and redo the figures and metrics on the data given now")
 
 
 def parse_args(argv=None):
@@ -90,8 +74,8 @@ def parse_args(argv=None):
 # so vae.py's weights load into it)
 # ----------------------------------------------------------------------------------------------
 def reparameterize(mu, logvar, generator):
-    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4); ε from the CPU generator,
-    moved through common.to_device so the step never waits for the copy."""
+    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4); ε from the CPU generator, so
+    runs repeat on any device."""
     eps = common.to_device(torch.randn(mu.shape, generator=generator), mu.device)
     return mu + torch.exp(0.5 * logvar) * eps
 
@@ -174,6 +158,17 @@ def joint_terms(model, x, y, generator, args):
     return terms
 
 
+def trainable_parameters(model, variant):
+    """What a pretrained classifier trains: "frozen", the softmax layer alone on fixed features (a
+    linear classifier on μ, the VAE's code); "finetuned", the encoder, the μ layer and the
+    softmax layer (the decoder and the log-variance layer, which CE(head(μ)) never reaches, stay
+    out)."""
+    if variant == "frozen":
+        model.vae.requires_grad_(False)
+        return model.head.parameters()
+    return [*model.vae.encoder.parameters(), *model.vae.to_mu.parameters(), *model.head.parameters()]
+
+
 def classifier_terms(model, x, y, generator, args):
     """Pretrained classifier, frozen or fine-tuned: total = CE(head(μ), y)."""
     terms = {"ce": classification_loss(model.classify(x), y)}
@@ -204,30 +199,39 @@ def train_epoch(model, loss_terms, optimizer, x, y, args, desc, generator):
 @torch.no_grad()
 def evaluate(model, loss_terms, x, y, args, batch_size=1000):
     """Mean loss terms and accuracy of head(μ) over a split, in eval mode; z is sampled with a
-    fixed-seed generator so --load reproduces the numbers exactly. The sums stay on the device
-    and are read once, at the end."""
+    fixed-seed generator so --load reproduces the numbers exactly."""
     model.eval()
     generator = torch.Generator().manual_seed(args.seed)
     sums = {}  # each term summed over the examples, and the correct predictions ("acc")
     for idx in common.batch_indices(len(x), batch_size, x.device):
-        batch = {name: value * len(idx)
+        batch = {name: value * len(idx)  # batch means back to sums, so a short last batch weighs less
                  for name, value in loss_terms(model, x[idx], y[idx], generator, args).items()}
-        batch["acc"] = (model.classify(x[idx]).argmax(1) == y[idx]).sum().float()
+        batch["acc"] = (model.classify(x[idx]).argmax(1) == y[idx]).sum().float()  # correct predictions
         sums = {name: sums.get(name, 0) + value for name, value in batch.items()}
-    totals = torch.stack(list(sums.values())).tolist()
+    totals = torch.stack(list(sums.values())).tolist()  # every sum in one read
     return {name: total / len(x) for name, total in zip(sums, totals)}
 
 
-def fit(model, loss_terms, data, args, stem, generator, trainable):
+def final_numbers(model, loss_terms, data, args, run):
+    """The final block: epochs trained, train accuracy, and every test term and the test accuracy."""
+    (train_x, train_y), (test_x, test_y) = data
+    train = evaluate(model, loss_terms, train_x, train_y, args)
+    test = evaluate(model, loss_terms, test_x, test_y, args)
+    return {"epochs_trained": run.history[-1]["epoch"], "train_acc": train["acc"],
+            **{f"test_{k}": v for k, v in test.items()}}
+
+
+def fit(model, loss_terms, data, args, stem, kind, generator, trainable):
     """Minimise loss_terms(...)["total"] over the `trainable` parameters for args.epochs, or until
-    the test total has not improved for --patience evaluations; <stem>.ckpt and <stem>.pt after
-    every epoch. Returns the Run."""
+    the test total has not improved for --patience evaluations; <stem>.ckpt and <stem>.pt (of
+    `kind`, the model's identity: "joint", "joint_pretrain_frozen") after every epoch. Returns
+    the Run."""
     (train_x, train_y), (test_x, test_y) = data
     optimizer = torch.optim.Adam(trainable, lr=args.lr)
-    run = common.Run(args, stem, stem.name, {"model": model}, {"optimizer": optimizer}, generator)
+    run = common.Run(args, stem, kind, {"model": model}, {"optimizer": optimizer}, generator)
     for epoch in range(run.done + 1, args.epochs + 1):
         per_batch = train_epoch(model, loss_terms, optimizer, train_x, train_y, args,
-                                f"{stem.name} epoch {epoch}", generator)
+                                f"{kind} epoch {epoch}", generator)
         common.check_finite(epoch, run.weights_path, **per_batch)
         record = {f"train_{k}": v.mean().item() for k, v in per_batch.items()}
         if epoch == 1 or epoch % args.eval_every == 0 or epoch == args.epochs:
@@ -239,6 +243,39 @@ def fit(model, loss_terms, data, args, stem, generator, trainable):
         if common.stop_early(run.history, "test_total", args.patience):
             break
     return run
+
+
+# ----------------------------------------------------------------------------------------------
+# RUN NAMES: a changed knob writes beside the committed runs, never over them
+# ----------------------------------------------------------------------------------------------
+TAGS = {"ce_weight": "ce", "recon_weight": "recon", "kl_weight": "kl", "recon": "", "latent_dim": "z",
+        "eval_every": "eval", "vae_weights": ""}
+JOINT_LOSS = ("ce_weight", "recon_weight", "kl_weight", "recon")  # knobs the pretrain mode never reads
+
+
+def run_name(args, base, skip=(), always=()):
+    """`base` plus a tag per knob that differs from the defaults (common.run_name): joint_kl0.5,
+    joint_pretrain_frozen_e5, joint_amp_ce10. The mode is in `base`; --sweep-ce and
+    --cnn-metrics stay out (a sweep names its members; reference lines change no number);
+    --vae-weights is named by its file's stem when that is not vae_conv. `skip`: knobs the
+    model does not read; `always`: knobs named even at their default (a sweep's own)."""
+    values = {**vars(args), "vae_weights": Path(args.vae_weights or "vae_conv").stem}
+    defaults = {**vars(parse_args([])), "vae_weights": "vae_conv", **dict.fromkeys(always)}
+    return common.run_name(base, argparse.Namespace(**values), defaults, TAGS,
+                           ("mode", "sweep_ce", "cnn_metrics", *skip))
+
+
+def model_names(args):
+    """{model: its files' name} for the three models this command's knobs name: "joint" (which
+    reads no --vae-weights) and the PRETRAINED classifiers (which read no joint-loss knob); with
+    --load, the models this mode loads keep their files' own names."""
+    names = {"joint": run_name(args, "joint", skip=("vae_weights",)),
+             **{v: run_name(args, f"joint_pretrain_{v}", skip=JOINT_LOSS) for v in PRETRAINED}}
+    if args.load:
+        loaded = ["joint"] if args.mode == "joint" else PRETRAINED
+        files = [args.load] if args.mode == "joint" else args.load
+        names.update({model: Path(file).stem for model, file in zip(loaded, files)})
+    return names
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,11 +295,7 @@ def plot_bars(path, values, ylabel, title, ylim=None):
 
 def finish(model, loss_terms, data, args, name, run, **extra):
     """Final numbers, accuracy figure and metrics JSON of one trained (or loaded) model."""
-    (train_x, train_y), (test_x, test_y) = data
-    train = evaluate(model, loss_terms, train_x, train_y, args)
-    test = evaluate(model, loss_terms, test_x, test_y, args)
-    final = {"epochs_trained": run.history[-1]["epoch"], "train_acc": train["acc"],
-             **{f"test_{k}": v for k, v in test.items()}}
+    final = final_numbers(model, loss_terms, data, args, run)
     evals = [r for r in run.history if "test_acc" in r]
     epochs = [r["epoch"] for r in evals]
     common.plot_curves(Path(args.out_dir) / f"{name}_accuracy.png",
@@ -270,22 +303,24 @@ def finish(model, loss_terms, data, args, name, run, **extra):
                         "test": (epochs, [r["test_acc"] for r in evals])},
                        xlabel="epoch", ylabel="accuracy of the softmax on μ",
                        title=f"{name} on Fashion-MNIST: accuracy")
-    common.save_metrics(Path(args.out_dir) / f"{name}_metrics.json", args, train_x.device,
+    common.save_metrics(Path(args.out_dir) / f"{name}_metrics.json", args, data[0][0].device,
                         run.seconds, run.history, final, trained_with=run.trained_with, **extra)
-    print(f"{name}: train acc {train['acc']:.4f} | test acc {test['acc']:.4f}")
+    print(f"{name}: train acc {final['train_acc']:.4f} | test acc {final['test_acc']:.4f}")
     return final
 
 
 # ----------------------------------------------------------------------------------------------
 # EXPERIMENTS
 # ----------------------------------------------------------------------------------------------
-def run_joint(args, data, generator, name="joint"):
-    """Train (or --load) one joint model; its figures and metrics. Returns its final block."""
+def run_joint(args, data, generator, name=None):
+    """Train (or --load) one joint model; its figures and metrics, named `name` (default: after
+    the knobs, model_names). Returns its final block."""
+    name = name or model_names(args)["joint"]
     model = JointVAE(args.latent_dim).to(data[0][0].device)
     if args.load:
-        run = common.load_run(args.load, name, {"model": model})
+        run = common.load_run(args.load, "joint", {"model": model})
     else:
-        run = fit(model, joint_terms, data, args, Path(args.out_dir) / name, generator,
+        run = fit(model, joint_terms, data, args, Path(args.out_dir) / name, "joint", generator,
                   model.parameters())
     final = finish(model, joint_terms, data, args, name, run)
     history = run.history
@@ -302,12 +337,15 @@ def run_joint(args, data, generator, name="joint"):
 def run_ce_sweep(args, data):
     """One joint model per cross-entropy weight, each from the same seed (with --load, one
     weights file per weight, in the sweep's order); their test accuracy and reconstruction
-    against the weight, beside the CNN runs of --cnn-metrics."""
+    against the weight, beside the CNN runs of --cnn-metrics. A member is named after its own
+    knobs, its weight always (joint_amp_ce10); the sweep's files joint_sweep_ce plus the knobs."""
     out, finals = Path(args.out_dir), {}
     for i, weight in enumerate(args.sweep_ce):
         member = argparse.Namespace(**{**vars(args), "ce_weight": weight, "sweep_ce": None,
                                        "load": args.load[i] if args.load else None})
-        finals[weight] = run_joint(member, data, common.seed_everything(args.seed), f"joint_ce{weight:g}")
+        name = (Path(member.load).stem if member.load
+                else run_name(member, "joint", skip=("vae_weights",), always=("ce_weight",)))
+        finals[weight] = run_joint(member, data, common.seed_everything(args.seed), name)
     weights = list(finals)
     fig, (acc, recon) = plt.subplots(1, 2, figsize=(11, 5))
     acc.plot(weights, [finals[w]["test_acc"] for w in weights], marker="o", label="joint model")
@@ -321,8 +359,9 @@ def run_ce_sweep(args, data):
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18))  # below: no point hidden
     fig.suptitle(f"joint model, {args.epochs} epochs: what the classification term's weight buys")
-    common.save_figure(fig, out / "joint_ce_sweep.png")
-    common.write_json(out / "joint_ce_sweep.json", {f"{w:g}": finals[w] for w in weights})
+    name = run_name(args, "joint_sweep_ce", skip=("vae_weights",))
+    common.save_figure(fig, out / f"{name}.png")
+    common.write_json(out / f"{name}.json", {f"{w:g}": finals[w] for w in weights})
 
 
 def cnn_references(args):
@@ -351,38 +390,36 @@ def pretrained_vae_path(args):
                                f"--data-dir {args.data_dir} --out-dir {path.parent}")
 
 
-def run_pretrain(args, data):
+def run_pretrain(args, data, names=None):
     """The pretrained VAE's encoder under a softmax layer on μ, trained with the labels with the
-    encoder frozen and fine-tuned, each from the same seed. With --load, args.load holds their
-    two weights files (frozen, then fine-tuned) and no VAE is needed."""
-    out, device = Path(args.out_dir), data[0][0].device
+    encoder frozen and fine-tuned, each from the same seed, named by `names` (default:
+    model_names). With --load, args.load holds their two weights files (frozen, then
+    fine-tuned) and no VAE is needed."""
+    out, device, names = Path(args.out_dir), data[0][0].device, names or model_names(args)
     vae_path = None if args.load else pretrained_vae_path(args)
     for i, variant in enumerate(PRETRAINED):
-        name = f"joint_pretrain_{variant}"
+        kind, name = f"joint_pretrain_{variant}", names[variant]
         generator = common.seed_everything(args.seed)
         model = JointVAE(args.latent_dim).to(device)  # the decoder is kept but never used again
         if args.load:
-            run, extra = common.load_run(args.load[i], name, {"model": model}), {}
+            run, extra = common.load_run(args.load[i], kind, {"model": model}), {}
         else:
             vae = common.load_weights(vae_path, "vae_conv", {"model": model.vae}, flag="--vae-weights")
-            print(f"pretrained VAE: {vae_path} ({vae['epoch']} epochs of vae.py) for {name}")
-            if variant == "frozen":
-                model.vae.requires_grad_(False)  # a linear classifier on fixed features
-                trainable = model.head.parameters()
-            else:
-                trainable = [*model.vae.encoder.parameters(), *model.vae.to_mu.parameters(),
-                             *model.head.parameters()]
-            run = fit(model, classifier_terms, data, args, out / name, generator, trainable)
+            print(f"pretrained VAE: {vae_path} ({vae['epoch']} epochs of vae.py) for {kind}")
+            run = fit(model, classifier_terms, data, args, out / name, kind, generator,
+                      trainable_parameters(model, variant))
             extra = {"vae_weights": str(vae_path)}
         finish(model, classifier_terms, data, args, name, run, **extra)
 
 
-def compare(args):
-    """Test accuracy of every model measured so far in --out-dir, as a figure and a JSON table."""
-    out, table = Path(args.out_dir), {}
-    for label, name in (("CNN (cnn.py)", "cnn"), ("joint", "joint"),
-                        ("pretrained, frozen", "joint_pretrain_frozen"),
-                        ("pretrained, fine-tuned", "joint_pretrain_finetuned")):
+def compare(args, names=None):
+    """Test accuracy of every model measured so far in --out-dir under this command's knobs
+    (`names`, default model_names; cnn.py's default run), as a figure and a JSON table named
+    joint_comparison plus the knobs."""
+    out, table, names = Path(args.out_dir), {}, names or model_names(args)
+    for label, name in (("CNN (cnn.py)", "cnn"), ("joint", names["joint"]),
+                        ("pretrained, frozen", names["frozen"]),
+                        ("pretrained, fine-tuned", names["finetuned"])):
         path = out / f"{name}_metrics.json"
         if not path.is_file():
             print(f"comparison: {path} not found, so {label} is left out (run it to include it)")
@@ -393,10 +430,10 @@ def compare(args):
             print(f"comparison: {path} is not a metrics file with a final test_acc, so {label} "
                   "is left out (run it again to include it)")
     if table:
-        low = min(table.values())
-        plot_bars(out / "joint_comparison.png", table, ylabel="test accuracy",
+        low, name = min(table.values()), run_name(args, "joint_comparison")
+        plot_bars(out / f"{name}.png", table, ylabel="test accuracy",
                   title="Fashion-MNIST test accuracy", ylim=(max(0.0, low - 0.05), 1.0))
-        common.write_json(out / "joint_comparison.json", table)
+        common.write_json(out / f"{name}.json", table)
     for label, accuracy in table.items():
         print(f"{label:>24}: {accuracy:.4f}")
 
@@ -410,11 +447,12 @@ def main(argv=None):
     if args.sweep_ce:
         run_ce_sweep(args, data)
         return
+    names = model_names(args)
     if args.mode == "joint":
-        run_joint(args, data, generator)
+        run_joint(args, data, generator, names["joint"])
     else:
-        run_pretrain(args, data)
-    compare(args)
+        run_pretrain(args, data, names)
+    compare(args, names)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ CNN = ["--cnn-weights", "figures/cnn.pt"]
 # weights file (in figures/) → the script and the flags of the command that reloads it
 COMMANDS = {
     "cnn": ("cnn", []),
-    "dcgan": ("dcgan", CNN),
+    "dcgan_e25": ("dcgan", CNN),
     "joint": ("joint", ["--mode", "joint"]),
     "joint_pretrain_frozen": ("joint", ["--mode", "pretrain", "--load", "figures/joint_pretrain_frozen.pt",
                                         "figures/joint_pretrain_finetuned.pt"]),

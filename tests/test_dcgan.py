@@ -160,43 +160,66 @@ def test_the_discriminator_sees_real_images_scaled_to_the_generators_range():
     assert torch.equal(fake_for_d, fake_for_g.detach()) and fake_for_g.abs().max() <= 1
 
 
-def metrics(out_dir):
-    return json.loads((out_dir / "dcgan_metrics.json").read_text())
+QUICK = "dcgan_e2_limit128"  # the run quick_args trains: dcgan plus the two knobs it changes
+
+
+def metrics(out_dir, name=QUICK):
+    return json.loads((out_dir / f"{name}_metrics.json").read_text())
+
+
+def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
+    name = lambda *flags: dcgan.run_name(dcgan.parse_args([str(f) for f in flags]))  # noqa: E731
+    assert name() == "dcgan"  # the README's default command (100 epochs, the report's) rewrites dcgan.*
+    assert name("--epochs", 25) == "dcgan_e25"  # the committed GPU run
+    assert name("--epochs", 3, "--real-label", 0.9, "--beta1", 0.9) == "dcgan_e3_beta0.9_real0.9"
+    # flags that do not change what is computed stay out; a loaded file keeps its own name
+    assert name("--device", "cpu", "--out-dir", "x", "--data-dir", "y", "--cnn-weights", "c.pt") == "dcgan"
+    assert name("--load", "figures/dcgan_e25.pt") == "dcgan_e25"
 
 
 def test_run_then_load_repeats_figures_and_numbers(synthetic_data, cnn_weights, tmp_path):
     dcgan.main(quick_args(synthetic_data, tmp_path / "a", "--cnn-weights", cnn_weights))
-    for name in ("dcgan.pt", "dcgan.ckpt", "dcgan_metrics.json", "dcgan_loss.png", "dcgan_samples.png",
-                 "dcgan_epoch1.png", "dcgan_epoch2.png"):
-        assert (tmp_path / "a" / name).is_file(), name
+    for what in (".pt", ".ckpt", "_metrics.json", "_loss.png", "_samples.png", "_epoch1.png", "_epoch2.png"):
+        assert (tmp_path / "a" / f"{QUICK}{what}").is_file(), what
     dcgan.main(quick_args(synthetic_data, tmp_path / "b", "--cnn-weights", cnn_weights,
-                          "--load", tmp_path / "a" / "dcgan.pt"))
+                          "--load", tmp_path / "a" / f"{QUICK}.pt"))
     a, b = (metrics(tmp_path / d)["final"] for d in "ab")
     assert a == b and "frechet_distance" in a and a["epochs_trained"] == 2
-    assert (tmp_path / "b" / "dcgan_epoch1.png").is_file()  # the snapshots come back with the weights
+    assert (tmp_path / "b" / f"{QUICK}_epoch1.png").is_file()  # the snapshots come back with the weights
 
 
-def test_resume_continues_the_same_run_with_its_snapshots(synthetic_data, tmp_path):
+def test_resume_after_a_kill_continues_the_same_run_with_its_snapshots(synthetic_data, tmp_path, monkeypatch):
     dcgan.main(quick_args(synthetic_data, tmp_path / "whole"))
-    dcgan.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "1"))
+    real_train_epoch, calls = dcgan.train_epoch, []
+
+    def killed_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(dcgan, "train_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        dcgan.main(quick_args(synthetic_data, tmp_path / "split"))
+    monkeypatch.undo()
     dcgan.main(quick_args(synthetic_data, tmp_path / "split", "--resume"))
     whole, split = metrics(tmp_path / "whole"), metrics(tmp_path / "split")
     without_times = [[{k: v for k, v in r.items() if k != "seconds"} for r in m["history"]]
                      for m in (whole, split)]
     assert without_times[0] == without_times[1] and split["final"] == whole["final"]
-    snapshots = common.load_checkpoint(tmp_path / "split" / "dcgan.pt", "dcgan")["snapshots"]
-    assert sorted(snapshots) == [1]  # epoch 1's, written before the resume
+    snapshots = common.load_checkpoint(tmp_path / "split" / f"{QUICK}.pt", "dcgan")["snapshots"]
+    assert sorted(snapshots) == [1]  # epoch 1's, written before the kill
 
 
 def test_amp_trains_in_bfloat16_to_finite_losses(synthetic_data, tmp_path):
     dcgan.main(quick_args(synthetic_data, tmp_path, "--epochs", "1", "--amp"))
-    record = metrics(tmp_path)["history"][0]
+    record = metrics(tmp_path, "dcgan_e1_amp_limit128")["history"][0]
     assert all(torch.isfinite(torch.tensor(record[k])) for k in ("loss_d", "loss_g", "d_x", "d_g_z"))
 
 
 def test_resume_without_a_checkpoint(synthetic_data, tmp_path):
     result = run_script("dcgan.py", *quick_args(synthetic_data, tmp_path), "--resume")
-    assert_one_line_error(result, "--resume: no checkpoint at", "dcgan.ckpt")
+    assert_one_line_error(result, "--resume: no checkpoint at", f"{QUICK}.ckpt")
 
 
 @pytest.mark.parametrize("flags,phrases", [

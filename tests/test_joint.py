@@ -19,6 +19,9 @@ def quick_args(data_dir, out_dir, *extra):
             "--epochs", "2", "--limit", "128", *map(str, extra)]
 
 
+QUICK = "_e2_limit128"  # the knobs quick_args changes, which every run name it trains carries
+
+
 def final(path):
     return json.loads(path.read_text())["final"]
 
@@ -97,13 +100,32 @@ def test_evaluation_sums_on_the_device_and_reads_once(monkeypatch):
     assert measured["acc"] == (model.classify(x).argmax(1) == y).sum().item() / 30
 
 
+def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
+    def names(*flags):
+        args = joint.parse_args([str(f) for f in flags])
+        return [*joint.model_names(args).values(), joint.run_name(args, "joint_comparison")]
+
+    # the README's default commands rewrite the committed files (reproduction)
+    assert names() == names("--mode", "pretrain") == [
+        "joint", "joint_pretrain_frozen", "joint_pretrain_finetuned", "joint_comparison"]
+    # a joint-loss knob names the joint model and the comparison, never the pretrained classifiers
+    assert names("--kl-weight", 0.5, "--recon", "mse") == [
+        "joint_kl0.5_mse", "joint_pretrain_frozen", "joint_pretrain_finetuned", "joint_comparison_kl0.5_mse"]
+    assert names("--mode", "pretrain", "--epochs", 5, "--latent-dim", 32)[1:3] == [
+        "joint_pretrain_frozen_e5_z32", "joint_pretrain_finetuned_e5_z32"]
+    assert names("--mode", "pretrain", "--vae-weights", "v/vae_conv_e300.pt")[1] == "joint_pretrain_frozen_vae_conv_e300"
+    # flags that change no number stay out; a loaded file keeps its own name
+    assert names("--device", "cpu", "--out-dir", "o", "--data-dir", "d", "--vae-weights", "o/vae_conv.pt")[0] == "joint"
+    assert names("--mode", "pretrain", "--load", "a/f.pt", "b/t.pt")[1:3] == ["f", "t"]
+
+
 def test_joint_run_then_load(synthetic_data, tmp_path):
     joint.main(quick_args(synthetic_data, tmp_path / "a"))
-    for name in ("joint.pt", "joint_metrics.json", "joint_accuracy.png", "joint_loss.png",
-                 "joint_comparison.png", "joint_comparison.json"):
+    for name in (f"joint{QUICK}.pt", f"joint{QUICK}_metrics.json", f"joint{QUICK}_accuracy.png",
+                 f"joint{QUICK}_loss.png", f"joint_comparison{QUICK}.png", f"joint_comparison{QUICK}.json"):
         assert (tmp_path / "a" / name).is_file(), name
-    joint.main(quick_args(synthetic_data, tmp_path / "b", "--load", tmp_path / "a" / "joint.pt"))
-    assert final(tmp_path / "b" / "joint_metrics.json") == final(tmp_path / "a" / "joint_metrics.json")
+    joint.main(quick_args(synthetic_data, tmp_path / "b", "--load", tmp_path / "a" / f"joint{QUICK}.pt"))
+    assert final(tmp_path / "b" / f"joint{QUICK}_metrics.json") == final(tmp_path / "a" / f"joint{QUICK}_metrics.json")
 
 
 def test_ce_sweep_trains_one_model_per_weight_then_load(synthetic_data, tmp_path, capsys):
@@ -111,20 +133,20 @@ def test_ce_sweep_trains_one_model_per_weight_then_load(synthetic_data, tmp_path
     cnn_metrics.write_text(json.dumps({"args": {"weight_decay": 0.0, "schedule": "constant", "lr": 1e-3,
                                                 "augment": False}, "final": {"test_acc": 0.9}}))
     joint.main(quick_args(synthetic_data, tmp_path / "a", "--sweep-ce", "1,100", "--cnn-metrics", cnn_metrics))
-    sweep = json.loads((tmp_path / "a" / "joint_ce_sweep.json").read_text())
-    assert list(sweep) == ["1", "100"] and (tmp_path / "a" / "joint_ce_sweep.png").is_file()
-    for weight in ("1", "100"):
-        record = json.loads((tmp_path / "a" / f"joint_ce{weight}_metrics.json").read_text())
+    sweep = json.loads((tmp_path / "a" / f"joint_sweep_ce{QUICK}.json").read_text())
+    assert list(sweep) == ["1", "100"] and (tmp_path / "a" / f"joint_sweep_ce{QUICK}.png").is_file()
+    for weight in ("1", "100"):  # each member named after its knobs, its CE weight always
+        record = json.loads((tmp_path / "a" / f"joint{QUICK}_ce{weight}_metrics.json").read_text())
         assert record["args"]["ce_weight"] == float(weight) and record["final"] == sweep[weight]
         # the objective the member trained on: weight·CE + recon + KL, from its own terms
         last = record["history"][-1]
         assert last["test_total"] == pytest.approx(
             float(weight) * last["test_ce"] + last["test_recon"] + last["test_kl"], rel=1e-5)
-    joint.main(quick_args(synthetic_data, tmp_path / "b", "--sweep-ce", "1,100", "--load",
-                          tmp_path / "a" / "joint_ce1.pt", tmp_path / "a" / "joint_ce100.pt"))
-    assert json.loads((tmp_path / "b" / "joint_ce_sweep.json").read_text()) == sweep
+    members = [tmp_path / "a" / f"joint{QUICK}_ce{weight}.pt" for weight in (1, 100)]
+    joint.main(quick_args(synthetic_data, tmp_path / "b", "--sweep-ce", "1,100", "--load", *members))
+    assert json.loads((tmp_path / "b" / f"joint_sweep_ce{QUICK}.json").read_text()) == sweep
     assert "--load takes 2 weights files" in error_of(quick_args(synthetic_data, tmp_path / "c", "--sweep-ce", "1,100",
-                                              "--load", tmp_path / "a" / "joint_ce1.pt"), capsys)
+                                              "--load", members[0]), capsys)
     assert "needs --mode joint" in error_of(["--mode", "pretrain", "--sweep-ce", "1,10"], capsys)
     assert "give one or the other" in error_of(["--sweep-ce", "1,10", "--ce-weight", "3"], capsys)
 
@@ -146,19 +168,21 @@ def test_cnn_reference_lines_are_labelled_by_recipe(tmp_path):
 
 def test_pretrain_reuses_vae_py_weights_and_freezes_the_encoder_then_load(synthetic_data, tmp_path, capsys):
     vae.main(quick_args(synthetic_data, tmp_path, "--arch", "conv"))
-    vae_weights = tmp_path / "vae_conv_e2_limit128.pt"  # vae.py names a run after its knobs
+    [vae_weights] = tmp_path.glob("vae_conv*.pt")  # whatever vae.py names its quick run
     vae_state = common.load_checkpoint(vae_weights, "vae_conv")["models"]["model"]
-    joint.main(quick_args(synthetic_data, tmp_path, "--mode", "pretrain", "--vae-weights", vae_weights))
+    pretrain = quick_args(synthetic_data, tmp_path, "--mode", "pretrain", "--vae-weights", vae_weights)
+    joint.main(pretrain)
     assert "pretrained VAE: " in capsys.readouterr().out
-    frozen = common.load_checkpoint(tmp_path / "joint_pretrain_frozen.pt", "joint_pretrain_frozen")
-    tuned = common.load_checkpoint(tmp_path / "joint_pretrain_finetuned.pt", "joint_pretrain_finetuned")
+    names = joint.model_names(joint.parse_args(pretrain))
+    runs = (names["frozen"], names["finetuned"])
+    assert runs[0].startswith(f"joint_pretrain_frozen{QUICK}")  # plus the VAE file's stem, if not vae_conv
+    frozen = common.load_checkpoint(tmp_path / f"{runs[0]}.pt", "joint_pretrain_frozen")
+    tuned = common.load_checkpoint(tmp_path / f"{runs[1]}.pt", "joint_pretrain_finetuned")
     for key in ("encoder.0.weight", "to_mu.weight"):
         assert torch.equal(frozen["models"]["model"][f"vae.{key}"], vae_state[key])  # untouched
         assert not torch.equal(tuned["models"]["model"][f"vae.{key}"], vae_state[key])  # trained
-    assert json.loads((tmp_path / "joint_pretrain_frozen_metrics.json").read_text())[
-        "vae_weights"] == str(vae_weights)
+    assert json.loads((tmp_path / f"{runs[0]}_metrics.json").read_text())["vae_weights"] == str(vae_weights)
     # --load takes the two classifiers' weights files, frozen then fine-tuned; no VAE is needed
-    runs = ("joint_pretrain_frozen", "joint_pretrain_finetuned")
     joint.main(quick_args(synthetic_data, tmp_path / "b", "--mode", "pretrain",
                           "--load", *(tmp_path / f"{run}.pt" for run in runs)))
     for run in runs:
@@ -176,11 +200,11 @@ def test_pretrain_needs_vae_py_weights(synthetic_data, tmp_path, capsys):
 
 def test_resume_is_strict_in_both_modes(synthetic_data, tmp_path, capsys):
     message = error_of([*quick_args(synthetic_data, tmp_path), "--resume"], capsys)
-    assert "--resume: no checkpoint at" in message and "joint.ckpt" in message
+    assert "--resume: no checkpoint at" in message and f"joint{QUICK}.ckpt" in message
     common.save_checkpoint(tmp_path / "vae_conv.pt", "vae_conv",
                            models={"model": vae.ConvVAE().state_dict()}, epoch=1, history=[], seconds=0.0)
     message = error_of([*quick_args(synthetic_data, tmp_path), "--mode", "pretrain", "--resume"], capsys)
-    assert "--resume: no checkpoint at" in message and "joint_pretrain_frozen.ckpt" in message
+    assert "--resume: no checkpoint at" in message and f"joint_pretrain_frozen{QUICK}.ckpt" in message
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_path, monkeypatch):
@@ -198,7 +222,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_pa
         joint.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", "--eval-every", "2"))
     monkeypatch.undo()
     joint.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", "--eval-every", "2", "--resume"))
-    whole, split = (json.loads((tmp_path / d / "joint_metrics.json").read_text()) for d in ("whole", "split"))
+    whole, split = (json.loads((tmp_path / d / "joint_e3_limit128_eval2_metrics.json").read_text())
+                    for d in ("whole", "split"))
     strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
     assert strip(split["history"]) == strip(whole["history"]) and split["final"] == whole["final"]
 
@@ -207,13 +232,14 @@ def test_comparison_reads_the_cnn_metrics_or_says_they_are_missing(synthetic_dat
     joint.main(quick_args(synthetic_data, tmp_path))
     assert "cnn_metrics.json not found" in capsys.readouterr().out
     common.write_json(tmp_path / "cnn_metrics.json", {"final": {"test_acc": 0.5}})
-    joint.compare(joint.parse_args(["--out-dir", str(tmp_path)]))
-    table = json.loads((tmp_path / "joint_comparison.json").read_text())
+    args = joint.parse_args(quick_args(synthetic_data, tmp_path))  # the same knobs: the same runs
+    joint.compare(args)
+    table = json.loads((tmp_path / f"joint_comparison{QUICK}.json").read_text())
     assert table["CNN (cnn.py)"] == 0.5 and "joint" in table
     (tmp_path / "cnn_metrics.json").write_text("{not json")  # damaged: left out, and said so
-    joint.compare(joint.parse_args(["--out-dir", str(tmp_path)]))
+    joint.compare(args)
     assert "cnn_metrics.json is not a metrics file" in capsys.readouterr().out
-    assert "CNN (cnn.py)" not in json.loads((tmp_path / "joint_comparison.json").read_text())
+    assert "CNN (cnn.py)" not in json.loads((tmp_path / f"joint_comparison{QUICK}.json").read_text())
 
 
 @pytest.mark.parametrize("flags, phrase", [
@@ -355,9 +381,9 @@ def test_pretrain_moves_only_what_each_variant_trains(tmp_path, monkeypatch):
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([3, 1, 4, 1])
     started, trained, real_fit = {}, {}, joint.fit
 
-    def recording_fit(model, loss_terms, data, args, stem, generator, trainable):
-        started[stem.name], trained[stem.name] = copy.deepcopy(model), model
-        return real_fit(model, loss_terms, data, args, stem, generator, trainable)
+    def recording_fit(model, loss_terms, data, args, stem, kind, generator, trainable):
+        started[kind], trained[kind] = copy.deepcopy(model), model
+        return real_fit(model, loss_terms, data, args, stem, kind, generator, trainable)
 
     monkeypatch.setattr(joint, "fit", recording_fit)
     without_figures(monkeypatch)

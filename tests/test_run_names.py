@@ -23,8 +23,10 @@ NOT_RESULTS = ["--device", "cpu", "--out-dir", "elsewhere", "--data-dir", "somew
 
 
 def name_of(script, flags):
+    """The name the command `python SCRIPT.py FLAGS` gives its run (joint.py: its joint model's)."""
     module = importlib.import_module(script)
-    return module.run_name(module.parse_args(flags))
+    args = module.parse_args(flags)
+    return module.model_names(args)["joint"] if script == "joint" else module.run_name(args)
 
 
 def committed_files():
