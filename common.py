@@ -951,14 +951,6 @@ class Run:
                         optimizers={n: o.state_dict() for n, o in self.optimizers.items()}, **shared)
         save_checkpoint(self.weights_path, self.kind, models=models, **shared)
 
-    def end_epoch(self, epoch, record=None, losses=None, patience_key="test_loss", **extra):
-        """TEMPORARY, while issue 24 converts the scripts: the four calls in one."""
-        check_finite(epoch, self.weights_path, unit=self.unit, **(losses or {}))
-        if record is not None:
-            self.log(epoch, record)
-        self.save(epoch, **extra)
-        return record is not None and stop_early(self.history, patience_key, self.args.patience)
-
 
 _RUN_KEYS = ("kind", "args", "epoch", "history", "seconds", "models", "optimizers", "rng")
 
