@@ -216,3 +216,17 @@ def adam_by_hand(params, grads, state, lrs, betas=(0.9, 0.999), eps=1e-8):
         m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
         stepped.append(param - lr * m_hat / (v_hat.sqrt() + eps))
     return stepped
+
+
+def kill_at_call(monkeypatch, module, name, n):
+    """Make the n-th call of module.<name> raise KeyboardInterrupt, as a run killed at that
+    moment (Ctrl-C, a session's end): what is on disk then is what --resume continues from."""
+    real, calls = getattr(module, name), []
+
+    def killed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, killed)

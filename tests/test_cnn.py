@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 import cnn
 import common
-from conftest import DEVICE_FLAGS, assert_one_line_error, guard_host_copies, record_gradients, run_script
+from conftest import (DEVICE_FLAGS, assert_one_line_error, guard_host_copies, kill_at_call,
+                      record_gradients, run_script)
 
 
 RUN = "cnn_e2_limit256"  # quick_args' run: its name carries the knobs that differ from the defaults
@@ -237,15 +238,7 @@ def test_same_seed_gives_identical_metrics(synthetic_data, tmp_path):
 def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_path, monkeypatch):
     cnn.main(quick_args(synthetic_data, tmp_path / "whole", "--epochs", "3"))
 
-    real_train_epoch, calls = cnn.train_epoch, []
-
-    def killed_in_epoch_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_train_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(cnn, "train_epoch", killed_in_epoch_3)
+    kill_at_call(monkeypatch, cnn, "train_epoch", 3)
     with pytest.raises(KeyboardInterrupt):
         cnn.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3"))
     monkeypatch.undo()

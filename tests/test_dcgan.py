@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 import common
 import dcgan
-from conftest import DEVICE_FLAGS, assert_one_line_error, guard_host_copies, record_gradients, run_script
+from conftest import (DEVICE_FLAGS, assert_one_line_error, guard_host_copies, kill_at_call,
+                      record_gradients, run_script)
 
 
 def quick_args(data_dir, out_dir, *extra):
@@ -190,15 +191,7 @@ def test_run_then_load_repeats_figures_and_numbers(synthetic_data, cnn_weights, 
 
 def test_resume_after_a_kill_continues_the_same_run_with_its_snapshots(synthetic_data, tmp_path, monkeypatch):
     dcgan.main(quick_args(synthetic_data, tmp_path / "whole"))
-    real_train_epoch, calls = dcgan.train_epoch, []
-
-    def killed_in_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_train_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(dcgan, "train_epoch", killed_in_epoch_2)
+    kill_at_call(monkeypatch, dcgan, "train_epoch", 2)
     with pytest.raises(KeyboardInterrupt):
         dcgan.main(quick_args(synthetic_data, tmp_path / "split"))
     monkeypatch.undo()

@@ -11,7 +11,8 @@ from torch.distributions import Normal, kl_divergence
 import common
 import joint
 import vae
-from conftest import DEVICE_FLAGS, assert_one_line_error, run_script, count_reads, guard_host_copies
+from conftest import (DEVICE_FLAGS, assert_one_line_error, count_reads, guard_host_copies, kill_at_call,
+                      run_script)
 
 
 def quick_args(data_dir, out_dir, *extra):
@@ -209,15 +210,7 @@ def test_resume_is_strict_in_both_modes(synthetic_data, tmp_path, capsys):
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_path, monkeypatch):
     joint.main(quick_args(synthetic_data, tmp_path / "whole", "--epochs", "3", "--eval-every", "2"))
-    real_evaluate, calls = joint.evaluate, []
-
-    def killed_in_epoch_2(*args, **kwargs):  # epoch 1 evaluates train and test, then epoch 2 ...
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(joint, "evaluate", killed_in_epoch_2)
+    kill_at_call(monkeypatch, joint, "evaluate", 3)  # in epoch 2: epoch 1 evaluated train and test
     with pytest.raises(KeyboardInterrupt):
         joint.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", "--eval-every", "2"))
     monkeypatch.undo()

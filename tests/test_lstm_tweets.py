@@ -12,7 +12,7 @@ import torch
 import common
 import lstm_tweets
 from conftest import (DEVICE, DEVICE_FLAGS, NoHostTensors, adam_by_hand, assert_one_line_error,
-                      record_gradients, run_script)
+                      kill_at_call, record_gradients, run_script)
 
 TWEETS = ["I love this phone", "worst day ever", "so happy today :)", "I hate waiting",
           "what a great game", "this is awful", "best coffee, ever", "my cat is sick"]
@@ -344,15 +344,7 @@ def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tweet_files, tmp_path, monkeypatch):
     lstm_tweets.main(quick_args(tweet_files, tmp_path / "whole"))
-    real_evaluate, calls = lstm_tweets.evaluate, []
-
-    def killed_at_the_third_record(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:  # two evaluations per record
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(lstm_tweets, "evaluate", killed_at_the_third_record)
+    kill_at_call(monkeypatch, lstm_tweets, "evaluate", 5)  # two evaluations per record
     with pytest.raises(KeyboardInterrupt):
         lstm_tweets.main(quick_args(tweet_files, tmp_path / "split"))
     monkeypatch.undo()

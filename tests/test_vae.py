@@ -9,7 +9,8 @@ from torch.distributions import Normal, kl_divergence
 
 import common
 import vae
-from conftest import DEVICE_FLAGS, assert_one_line_error, run_script, count_reads, guard_host_copies
+from conftest import (DEVICE_FLAGS, assert_one_line_error, count_reads, guard_host_copies, kill_at_call,
+                      run_script)
 
 
 QUICK = "e2_limit128"  # the knobs of quick_args that differ from the defaults: in every run's name
@@ -366,15 +367,7 @@ def test_load_of_cnn_weights_is_refused(synthetic_data, tmp_path):
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_path, monkeypatch):
     vae.main(quick_args(synthetic_data, tmp_path / "whole", "--arch", "mlp", "--epochs", "3"))
-    real_train_epoch, calls = vae.train_vae_epoch, []
-
-    def killed_in_epoch_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_train_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(vae, "train_vae_epoch", killed_in_epoch_3)
+    kill_at_call(monkeypatch, vae, "train_vae_epoch", 3)
     with pytest.raises(KeyboardInterrupt):
         vae.main(quick_args(synthetic_data, tmp_path / "split", "--arch", "mlp", "--epochs", "3"))
     monkeypatch.undo()

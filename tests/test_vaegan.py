@@ -10,8 +10,8 @@ from torch.distributions import Normal, kl_divergence
 
 import common
 import vaegan
-from conftest import (DEVICE_FLAGS, ROOT, assert_one_line_error, guard_host_copies, record_gradients,
-                      run_script)
+from conftest import (DEVICE_FLAGS, ROOT, assert_one_line_error, guard_host_copies, kill_at_call,
+                      record_gradients, run_script)
 
 
 QUICK = "_e2_limit128"  # what quick_args adds to a variant's name: the knobs that differ
@@ -292,15 +292,7 @@ def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
 @pytest.mark.parametrize("flags", [["--model", "vae"], ["--dis-l"]])
 def test_resume_after_a_kill_matches_an_uninterrupted_run(flags, synthetic_data, tmp_path, monkeypatch):
     vaegan.main(quick_args(synthetic_data, tmp_path / "whole", *flags))
-    real_evaluate, calls = vaegan.evaluate, []
-
-    def killed_in_epoch_2(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(vaegan, "evaluate", killed_in_epoch_2)
+    kill_at_call(monkeypatch, vaegan, "evaluate", 2)
     with pytest.raises(KeyboardInterrupt):
         vaegan.main(quick_args(synthetic_data, tmp_path / "split", *flags))
     monkeypatch.undo()

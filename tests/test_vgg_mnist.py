@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 import common
 import vgg_mnist
-from conftest import DEVICE_FLAGS, NoHostTensors, assert_one_line_error, record_gradients, run_script
+from conftest import (DEVICE_FLAGS, NoHostTensors, assert_one_line_error, kill_at_call, record_gradients,
+                      run_script)
 
 # Table 1 of Simonyan & Zisserman (2015), column A, written out here independently of the script
 TABLE_1_A = [("conv", 64), ("pool",), ("conv", 128), ("pool",), ("conv", 256), ("conv", 256),
@@ -225,15 +226,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(extra, saved_epoch, sy
                                                           tmp_path, monkeypatch):
     vgg_mnist.main(quick_args(synthetic_data, tmp_path / "whole", "--epochs", "3", *extra))
 
-    real_measure, calls = vgg_mnist.measure, []
-
-    def killed_in_epoch_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_measure(*args, **kwargs)
-
-    monkeypatch.setattr(vgg_mnist, "measure", killed_in_epoch_3)
+    kill_at_call(monkeypatch, vgg_mnist, "measure", 3)
     with pytest.raises(KeyboardInterrupt):
         vgg_mnist.main(quick_args(synthetic_data, tmp_path / "split", "--epochs", "3", *extra))
     monkeypatch.undo()
