@@ -1007,11 +1007,12 @@ def stop_early(history, key, patience):
 
 
 def summary_line(epoch, epochs, seconds, unit="epoch", **values):
-    """`epoch 3/50 | train loss 0.312 | test acc 0.912 | 4.2 s` (None values are left out)."""
+    """`epoch 3/50 | train loss 0.312 | test acc 0.912 | 4.2 s` (None values are left out; a
+    count such as an iteration number is written whole)."""
     parts = [f"{unit} {epoch}/{epochs}"]
     for key, value in values.items():
         if value is not None:
-            parts.append(f"{key.replace('_', ' ')} {value:.4g}")
+            parts.append(f"{key.replace('_', ' ')} {value if isinstance(value, int) else f'{value:.4g}'}")
     return " | ".join(parts + [f"{seconds:.1f} s"])
 
 

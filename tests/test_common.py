@@ -234,6 +234,8 @@ def test_summary_line():
     assert line == "epoch 3/50 | recon 98.12 | kl 12.3 | 4.2 s"
     line = common.summary_line(2000, 100000, 9.0, unit="iteration", test_acc=0.75)
     assert line == "iteration 2000/100000 | test acc 0.75 | 9.0 s"
+    line = common.summary_line(171, 200, 6.8, iteration=11457, test_mse=0.00112134)
+    assert line == "epoch 171/200 | iteration 11457 | test mse 0.001121 | 6.8 s"  # a count whole
 
 
 def test_use_run_args_takes_the_runs_values_and_says_so(capsys):
