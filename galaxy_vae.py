@@ -39,11 +39,14 @@ ARCHS = ("mlp", "conv", "resnet")
 CHANNELS = (32, 64, 128, 256, 512)
 MLP_HIDDEN, MLP_LAYERS = 512, 3
 N_SHOWN = 8  # originals, reconstructions and samples per figure row
+CLASSIFIER = "galaxy_classifier"  # the judge's run name and checkpoint kind
+EPOCHS = {"vae": 200, "classifier": 60}  # default --epochs (the assignment: at least 200 for the VAEs)
+N_JUDGED = 500  # generated galaxies per class the judge classifies
 
 
 def parse_args(argv=None):
     parser = common.make_parser(__doc__.splitlines()[0])
-    common.add_common_args(parser, epochs=200, batch_size=64, lr=1e-3,
+    common.add_common_args(parser, epochs=None, batch_size=64, lr=1e-3,
                            data_help="used only for the default --images-dir")
     g = parser.add_argument_group("galaxy data")
     g.add_argument("--images-dir", help="folder of <GalaxyID>.jpg (default: <data-dir>/galaxy/images_training_rev1)")
@@ -60,10 +63,20 @@ def parse_args(argv=None):
     g.add_argument("--workers", type=common.positive_int, default=min(8, os.cpu_count() or 1),
                    help="processes that decode the JPEGs on the first run")
     m = parser.add_argument_group("model")
+    m.add_argument("--experiment", choices=["vae", "classifier"], default="vae",
+                   help="vae: a VAE of --arch; classifier: the judge, a small CNN trained on the real "
+                        "training images' classes, that scores a conditional VAE's generated galaxies "
+                        f"(default --epochs: {EPOCHS})")
     m.add_argument("--arch", choices=ARCHS, default="conv", help="encoder/decoder architecture")
     m.add_argument("--latent-dim", type=common.positive_int, default=50, help="size of z")
     m.add_argument("--kl-weight", type=common.nonnegative_float, default=1.0, help="KL term's weight (1: the ELBO)")
     m.add_argument("--conditional", action="store_true", help="give encoder and decoder the class (needs --labels)")
+    m.add_argument("--condition", choices=["concat", "film"], default="concat",
+                   help="--conditional: how the decoder is given the class: concatenated to z, or "
+                        "also FiLM-modulating every hidden layer of the decoder")
+    m.add_argument("--classifier-weights", metavar="FILE",
+                   help="--conditional: the judge (--experiment classifier) that scores the generated "
+                        "galaxies (default: galaxy_classifier.pt in --out-dir; without it no score)")
     m.add_argument("--sample-class", help="class of the class figures (default: the rarest)")
     args = parser.parse_args(argv)
     common.check_common_args(parser, args)
@@ -71,6 +84,11 @@ def parse_args(argv=None):
         parser.error(f"--test-fraction must be between 0 and 1, got {args.test_fraction}")
     if args.conditional and not args.labels:
         parser.error("--conditional needs --labels: the model is given each galaxy's class")
+    if args.experiment == "classifier" and args.conditional:
+        parser.error("--conditional is a VAE's; --experiment classifier trains the judge")
+    if args.condition != "concat" and not args.conditional:
+        parser.error(f"--condition {args.condition} is how a --conditional model gets the class")
+    args.epochs = args.epochs or EPOCHS[args.experiment]
     args.images_dir = args.images_dir or str(Path(args.data_dir) / "galaxy" / "images_training_rev1")
     return args
 
@@ -150,19 +168,42 @@ def build_decoder(arch, size, n_in, channels):
     return nn.Sequential(*layers, last)
 
 
+class FiLM(nn.Module):
+    """Feature-wise linear modulation (Perez et al. 2018): h ← h · (1 + γ(c)) + β(c), with γ and β
+    one linear map of the condition c per feature (channel) of h. Starts as the identity (zeros)."""
+
+    def __init__(self, cond_dim, features):
+        super().__init__()
+        self.to_gamma_beta = nn.Linear(cond_dim, 2 * features)
+        nn.init.zeros_(self.to_gamma_beta.weight)
+        nn.init.zeros_(self.to_gamma_beta.bias)
+
+    def forward(self, h, c):  # h: (B, F) or (B, F, H, W); c: (B, cond_dim)
+        gamma, beta = self.to_gamma_beta(c).chunk(2, dim=1)  # (B, F) each
+        shape = (*gamma.shape, *[1] * (h.dim() - 2))  # broadcast over the pixels of a feature map
+        return h * (1 + gamma.view(shape)) + beta.view(shape)
+
+
 class GalaxyVAE(nn.Module):
     """q(z|x[, c]) = N(μ, diag σ²) and p(x|z[, c]) = Bernoulli(sigmoid(decoder logits)).
     cond_dim > 0 makes it conditional: the condition c (one-hot class, or 37 probabilities) is
-    concatenated to the encoder's features and to z (Sohn et al. 2015, Sec. 4). `channels`, the
-    conv/resnet widths, is a structure parameter: saved with the weights, given back by --load."""
+    concatenated to the encoder's features and to z (Sohn et al. 2015, Sec. 4); condition="film"
+    also modulates every hidden layer of the decoder by c (FiLM), so the class reaches each scale
+    of the image, not only the input of the decoder. `channels`, the conv/resnet widths, is a
+    structure parameter: saved with the weights, given back by --load."""
 
-    def __init__(self, arch="conv", latent_dim=50, size=64, cond_dim=0, channels=CHANNELS):
+    def __init__(self, arch="conv", latent_dim=50, size=64, cond_dim=0, channels=CHANNELS, condition="concat"):
         super().__init__()
         self.cond_dim, self.channels = cond_dim, tuple(channels)
         self.encoder, n_features = build_encoder(arch, size, self.channels)
         self.to_mu = nn.Linear(n_features + cond_dim, latent_dim)
         self.to_logvar = nn.Linear(n_features + cond_dim, latent_dim)
         self.decoder = build_decoder(arch, size, latent_dim + cond_dim, self.channels)
+        # FiLM after each hidden layer of the decoder: {its index in self.decoder: its width}
+        hidden = ({2 * i + 1: MLP_HIDDEN for i in range(MLP_LAYERS)} if arch == "mlp" else  # the ReLUs
+                  {i + 1: c for i, c in enumerate(self.channels[::-1])})  # the Unflatten, the stages
+        self.film = nn.ModuleDict({str(i): FiLM(cond_dim, width) for i, width in hidden.items()}
+                                  if cond_dim and condition == "film" else {})
 
     def _with(self, h, c):
         return torch.cat([h, c], 1) if self.cond_dim else h
@@ -172,7 +213,12 @@ class GalaxyVAE(nn.Module):
         return self.to_mu(h), self.to_logvar(h)
 
     def decode(self, z, c=None):  # (B, z) [, (B, cond_dim)] -> (B, 3, S, S) logits
-        return self.decoder(self._with(z, c))
+        h = self._with(z, c)
+        for i, layer in enumerate(self.decoder):
+            h = layer(h)
+            if str(i) in self.film:
+                h = self.film[str(i)](h, c)
+        return h
 
     def forward(self, x, c, generator):
         mu, logvar = self.encode(x, c)
@@ -336,8 +382,7 @@ def latent_probe(model, train, test, n_classes, steps=200):
     mus = [latent_means(model, part).double() for part in (train, test)]
     mean, std = mus[0].mean(0), mus[0].std(0).clamp_min(1e-8)  # the training set's, for both splits
     (x_train, x_test), (y_train, y_test) = [(m - mean) / std for m in mus], [p["y"].cpu() for p in (train, test)]
-    # class weight n / (K · n_k): every class weighs as much in the loss as a balanced set would
-    weights = len(y_train) / (n_classes * torch.bincount(y_train, minlength=n_classes).clamp_min(1).double())
+    weights = class_weights(y_train, n_classes).double()
     linear = nn.Linear(x_train.shape[1], n_classes).double()
     optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=steps)
 
@@ -351,10 +396,122 @@ def latent_probe(model, train, test, n_classes, steps=200):
 
     optimizer.step(closure)
     predicted = linear(x_test).argmax(1)
-    # recall of each class present in the test set: balanced accuracy is their mean
-    recalls = [(predicted[y_test == k] == k).double().mean() for k in range(n_classes) if (y_test == k).any()]
     return {"latent_probe_test_accuracy": (predicted == y_test).double().mean().item(),
-            "latent_probe_test_balanced_accuracy": torch.stack(recalls).mean().item()}
+            "latent_probe_test_balanced_accuracy": balanced_accuracy(predicted, y_test, n_classes)}
+
+
+def class_weights(y, n_classes):
+    """n / (K · n_k) per class: every class weighs as much in a loss as in a balanced set."""
+    return len(y) / (n_classes * torch.bincount(y, minlength=n_classes).clamp_min(1).float())
+
+
+def balanced_accuracy(predicted, labels, n_classes):
+    """The mean of the per-class recalls over the classes present (1/K for any constant guess)."""
+    recalls = [(predicted[labels == k] == k).double().mean() for k in range(n_classes) if (labels == k).any()]
+    return torch.stack(recalls).mean().item()
+
+
+# ----------------------------------------------------------------------------------------------
+# THE JUDGE: a classifier of real galaxies that scores the generated ones
+# ----------------------------------------------------------------------------------------------
+class GalaxyClassifier(nn.Module):
+    """A small CNN: four 3x3 stride-2 convolutions (BatchNorm, LeakyReLU 0.2), 32 → 256 channels
+    (64 → 4 pixels a side), global average pooling, one linear layer to the class logits."""
+
+    def __init__(self, n_classes, widths=(32, 64, 128, 256)):
+        super().__init__()
+        layers, c_in = [], 3
+        for c in widths:
+            layers += [nn.Conv2d(c_in, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(0.2)]
+            c_in = c
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, n_classes))
+
+    def forward(self, x):  # (B, 3, S, S) in [0, 1] -> (B, K) logits
+        return self.net(x)
+
+
+def random_symmetry(images, generator):
+    """A galaxy has no up and no left: each image mirrored or not, then turned by a random
+    multiple of 90° (the eight symmetries of the square), drawn per image."""
+    turns = torch.randint(4, (len(images),), generator=generator).to(images.device)
+    mirror = torch.randint(2, (len(images),), generator=generator).to(images.device).bool()
+    images = torch.where(mirror[:, None, None, None], images.flip(3), images)
+    turned = images.clone()
+    for k in (1, 2, 3):
+        turned[turns == k] = torch.rot90(images[turns == k], k, dims=(2, 3))
+    return turned
+
+
+def fit_classifier(model, train, test, args, stem, generator, classes):
+    """Adam on the class-weighted cross-entropy (the rare class counts as much as the common one),
+    its rate decaying from --lr to 0 along a cosine (the last epochs settle instead of jumping
+    between solutions), each training batch randomly mirrored and turned; the test split's
+    cross-entropy and balanced accuracy after every epoch."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    weights = class_weights(train["y"], len(classes["names"]))
+    run = common.Run(args, stem, CLASSIFIER, {"model": model}, {"optimizer": optimizer}, generator)
+    x, y = train["x"], train["y"]
+    n_batches = common.num_batches(len(x), args.batch_size)
+    for epoch in range(run.done + 1, args.epochs + 1):
+        model.train()
+        losses = torch.empty(n_batches, device=x.device)
+        batches = common.batch_indices(len(x), args.batch_size, x.device, generator)
+        for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
+            common.set_lr(optimizer, common.cosine_lr(args.lr, (epoch - 1) * n_batches + i, args.epochs * n_batches))
+            images = random_symmetry(as_float(x[idx]), generator)
+            with common.autocast(args, x.device):
+                loss = F.cross_entropy(model(images).float(), y[idx], weight=weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[i] = loss.detach()
+        common.check_finite(epoch, run.weights_path, cross_entropy=losses)
+        run.log(epoch, {"train_ce": losses.mean().item(), **judge_real(model, test, classes, weights)})
+        run.save(epoch, classes=classes)
+        if common.stop_early(run.history, "test_ce", args.patience):
+            break
+    return run
+
+
+@torch.no_grad()
+def classify(model, images, batch_size=500):
+    """The judge's class for each of `images` (float in [0, 1], on its device), in eval mode."""
+    model.eval()
+    return torch.cat([model(images[i:i + batch_size]).argmax(1) for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def judge_real(model, data, classes, weights=None):
+    """The judge on real images of a split: (class-weighted) cross-entropy, accuracy, balanced
+    accuracy."""
+    model.eval()
+    logits = torch.cat([model(as_float(data["x"][idx])).float()
+                        for idx in common.batch_indices(len(data["x"]), 500, data["x"].device)])
+    predicted = logits.argmax(1)
+    return {"test_ce": F.cross_entropy(logits, data["y"], weight=weights).item(),
+            "test_acc": (predicted == data["y"]).float().mean().item(),
+            "test_balanced_accuracy": balanced_accuracy(predicted, data["y"], len(classes["names"]))}
+
+
+@torch.no_grad()
+def generated_class_score(model, judge, classes, seed, n=N_JUDGED):
+    """Do the conditional model's galaxies show the class they were asked for? n prior samples
+    z ~ N(0, I) decoded given each class, classified by the judge (trained on real images only):
+    the balanced accuracy of "the class asked for" against "the class the judge sees", and each
+    class's recall. A classifier of real images scoring generated ones is GAN-test (Shmelkov et
+    al. 2018), the mirror of the classification accuracy score (Ravuri & Vinyals 2019)."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    asked, seen = [], []
+    for k in range(len(classes["names"])):
+        z = torch.randn(n, model.to_mu.out_features, generator=generator).to(device)
+        images = decode(model, z, class_condition(classes, k, n, device)).to(device)
+        asked.append(torch.full((n,), k))
+        seen.append(classify(judge, images).cpu())
+    asked, seen = torch.cat(asked), torch.cat(seen)
+    return {"generated_balanced_accuracy": balanced_accuracy(seen, asked, len(classes["names"])),
+            **{f"generated_recall_{name}": (seen[asked == k] == k).float().mean().item()
+               for k, name in enumerate(classes["names"])}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -497,18 +654,24 @@ def architectures_figure(out, settings):
 # Short tags of this script's knobs in a run's name; data paths, the cache and the workers stay
 # out (they do not change what a run computes), and so do --arch and --conditional (in the base).
 TAGS = {"latent_dim": "z", "kl_weight": "kl", "image_size": "size", "test_fraction": "test",
-        "class_scheme": "", "sample_class": "class"}
-NOT_IN_NAME = ("images_dir", "labels", "cache_dir", "workers", "arch", "conditional")
+        "class_scheme": "", "sample_class": "class", "condition": ""}
+NOT_IN_NAME = ("images_dir", "labels", "cache_dir", "workers", "arch", "conditional", "experiment",
+               "classifier_weights")
+VAE_ONLY = ("latent_dim", "kl_weight", "condition", "sample_class")  # knobs the judge never reads
 
 
 def run_name(args):
     """What this run's files are called: with --load, the loaded file's own name; otherwise
-    galaxy_vae_<arch>[_cond] plus every knob that differs from the defaults (common.run_name):
-    galaxy_vae_conv_e100_amp; a quick edit writes beside it (galaxy_vae_conv_e1_limit200_z32)."""
+    galaxy_vae_<arch>[_cond] (or galaxy_classifier) plus every knob that differs from the
+    defaults (common.run_name): galaxy_vae_conv_amp, galaxy_vae_conv_cond_film_amp; a quick edit
+    writes beside it (galaxy_vae_conv_e1_limit200_z32)."""
     if args.load:
         return Path(args.load).stem
+    defaults = vars(parse_args(["--experiment", args.experiment]))
+    if args.experiment == "classifier":
+        return common.run_name(CLASSIFIER, args, defaults, TAGS, skip=(*NOT_IN_NAME, *VAE_ONLY))
     base = f"{KIND}_{args.arch}{'_cond' if args.conditional else ''}"
-    return common.run_name(base, args, vars(parse_args([])), TAGS, skip=NOT_IN_NAME)
+    return common.run_name(base, args, defaults, TAGS, skip=NOT_IN_NAME)
 
 
 def comparison_name(settings):
@@ -518,17 +681,58 @@ def comparison_name(settings):
                            skip=(*NOT_IN_NAME, "epochs", "sample_class"))
 
 
+def load_judge(args, classes, device):
+    """The judge a conditional model's samples are scored by (--classifier-weights, default
+    galaxy_classifier.pt in --out-dir): None, said in one line, when the default is absent."""
+    path = Path(args.classifier_weights or Path(args.out_dir) / f"{CLASSIFIER}.pt")
+    if not args.classifier_weights and not path.exists():
+        print(f"no judge at {path}: the generated galaxies are not scored (run `python galaxy_vae.py "
+              f"--experiment classifier --labels {args.labels} --out-dir {path.parent}` first to score them)")
+        return None
+    common.require_file(path, "--classifier-weights", f"python galaxy_vae.py --experiment classifier "
+                        f"--labels {args.labels} --out-dir {path.parent}")
+    checkpoint = common.load_checkpoint(path, CLASSIFIER, flag="--classifier-weights")
+    if checkpoint["classes"]["names"] != classes["names"]:
+        common.fail(f"--classifier-weights: {path} tells apart {checkpoint['classes']['names']}, "
+                    f"not {classes['names']}")
+    judge = GalaxyClassifier(len(classes["names"])).to(device)
+    common.load_weights(path, CLASSIFIER, {"model": judge}, "--classifier-weights", checkpoint)
+    return judge
+
+
+def run_classifier(args, train, test, classes, out, name, generator, checkpoint):
+    """--experiment classifier: train (or --load) the judge; its curves and metrics."""
+    model = GalaxyClassifier(len(classes["names"])).to(train["x"].device)
+    if args.load:
+        run = common.load_run(args.load, CLASSIFIER, {"model": model}, checkpoint=checkpoint)
+    else:
+        run = fit_classifier(model, train, test, args, out / name, generator, classes)
+    final = {"epochs_trained": run.history[-1]["epoch"], "parameters": n_parameters(model),
+             **judge_real(model, test, classes, class_weights(train["y"], len(classes["names"])))}
+    common.plot_panels(out / f"{name}_curves.png",
+                       {"cross-entropy (class-weighted)": common.epoch_series(run.history, "ce"),
+                        "balanced accuracy": common.epoch_series(run.history, "balanced_accuracy", ("test",))},
+                       xlabel="epoch", title=f"{name}: the judge, a CNN classifying real galaxies")
+    common.save_metrics(out / f"{name}_metrics.json", args, train["x"].device, run.seconds, run.history,
+                        final, trained_with=run.trained_with)
+    print(f"{name}: test balanced accuracy {final['test_balanced_accuracy']:.3f} | "
+          f"accuracy {final['test_acc']:.3f}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
     out, name = common.out_dir(args), run_name(args)
-    checkpoint = common.load_checkpoint(args.load, KIND, "--load") if args.load else None
+    kind = CLASSIFIER if args.experiment == "classifier" else KIND
+    checkpoint = common.load_checkpoint(args.load, kind, "--load") if args.load else None
     if args.load:  # the architecture and preprocessing are the trained run's
-        common.use_run_args(args, checkpoint, ("arch", "latent_dim", "conditional", "crop", "image_size",
-                                               "class_scheme", "kl_weight"), args.load)
+        common.use_run_args(args, checkpoint, ("arch", "latent_dim", "conditional", "condition", "crop",
+                                               "image_size", "class_scheme", "kl_weight"), args.load)
         if args.conditional and not args.labels:
             common.fail(f"{args.load} is a conditional model: give --labels to condition it")
+    if args.experiment == "classifier" and not args.labels:
+        common.fail("--experiment classifier needs --labels: it learns each galaxy's class")
     # the conv/resnet widths: the loaded file's (files from before they were stored: the five below)
     channels = checkpoint.get("channels", (32, 64, 128, 256, 512)) if args.load else CHANNELS
     if args.arch != "mlp" and (problem := size_problem(args.image_size, channels)):
@@ -539,8 +743,12 @@ def main(argv=None):
         args.sample_class = args.sample_class or classes["names"][classes["counts"].index(min(classes["counts"]))]
         if args.sample_class not in classes["names"]:
             common.fail(f"--sample-class {args.sample_class!r} is not one of {classes['names']}")
+    train, test = common.split_galaxies(data, args.test_fraction, args.seed, args.limit, device)
+    if args.experiment == "classifier":
+        return run_classifier(args, train, test, classes, out, name, generator, checkpoint)
+    judge = load_judge(args, classes, device) if args.conditional else None
     cond_dim = classes["conditions"].shape[1] if args.conditional else 0
-    model = GalaxyVAE(args.arch, args.latent_dim, args.image_size, cond_dim, channels).to(device)
+    model = GalaxyVAE(args.arch, args.latent_dim, args.image_size, cond_dim, channels, args.condition).to(device)
     if args.load:
         trained = checkpoint.get("classes")  # a conditional model needs the classes it learned
         if args.conditional and trained["layout"] != classes["layout"]:
@@ -550,12 +758,18 @@ def main(argv=None):
             common.fail(f"{args.load} was conditioned on the classes {trained['names']}; "
                         f"--labels gives {classes['names']}")
         run = common.load_run(args.load, KIND, {"model": model}, checkpoint=checkpoint)
-    train, test = common.split_galaxies(data, args.test_fraction, args.seed, args.limit, device)
     print(f"{len(train['x'])} training and {len(test['x'])} test images, {tuple(train['x'].shape[1:])}; "
           f"{n_parameters(model):,} parameters")
     if not args.load:
         run = fit(model, train, test, args, out / name, generator, classes)
     final = final_metrics(model, train, test, classes, args, run)
+    if judge:  # the yardstick beside the score: the judge on real test images
+        final.update({f"judge_real_{k}": v for k, v in judge_real(judge, test, classes).items()},
+                     **generated_class_score(model, judge, classes, args.seed + 2))
+        final["generated_to_real_ratio"] = (final["generated_balanced_accuracy"]
+                                            / final["judge_real_test_balanced_accuracy"])
+        print(f"generated {final['generated_balanced_accuracy']:.3f} vs real "
+              f"{final['judge_real_test_balanced_accuracy']:.3f} balanced accuracy of the judge")
     loss_figure(run.history, final, name, args)
     weight_figure(model, args, name)
     figure_generator = torch.Generator().manual_seed(args.seed + 1)
@@ -565,6 +779,7 @@ def main(argv=None):
         latent_figure(model, test, classes, args, name)
     common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history, final,
                         trained_with=run.trained_with,
+                        judge=str(args.classifier_weights or out / f"{CLASSIFIER}.pt") if judge else None,
                         data={"images": len(data["ids"]), "train": len(train["x"]), "test": len(test["x"]),
                               "classes": dict(zip(classes["names"], classes["counts"])) if classes else None})
     architectures_figure(out, run.trained_with)  # once the metrics of all three architectures are there

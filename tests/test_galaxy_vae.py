@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 import common
 import galaxy_vae as gv
-from conftest import DEVICE_FLAGS, SHARED_DATA, assert_one_line_error, run_script, write_galaxies
+from conftest import (DEVICE_FLAGS, SHARED_DATA, adam_by_hand, assert_one_line_error, record_gradients, run_script,
+                      write_galaxies)
 
 # Kaggle's training_solutions_rev1.csv header, written out as the competition ships it
 KAGGLE_HEADER = ("GalaxyID,Class1.1,Class1.2,Class1.3,Class2.1,Class2.2,Class3.1,Class3.2,Class4.1,"
@@ -303,6 +304,164 @@ def test_bce_floor_and_mse_against_direct_formulas():
     assert torch.allclose(gv.pixel_mse(logits.float(), x.float()).double(), ((p - x) ** 2).mean((1, 2, 3)), rtol=1e-5)
 
 
+# --- the judge: a classifier of real galaxies that scores generated ones -----------------------
+def test_film_is_the_identity_at_the_start_and_feature_wise_after():
+    """A fresh FiLM model decodes exactly as the concat model of the same seed; with random FiLM
+    weights, each hidden layer's output is h·(1 + γ(c)) + β(c) with one γ, β per channel."""
+    torch.manual_seed(0)
+    concat = gv.GalaxyVAE("conv", 3, 32, cond_dim=2)
+    torch.manual_seed(0)
+    film = gv.GalaxyVAE("conv", 3, 32, cond_dim=2, condition="film")
+    z, c = torch.randn(4, 3), torch.eye(2)[[0, 1, 1, 0]]
+    concat.eval(), film.eval()
+    assert torch.equal(concat.decode(z, c), film.decode(z, c))
+    layer = gv.FiLM(2, 5)
+    with torch.no_grad():
+        layer.to_gamma_beta.weight.copy_(torch.arange(20.).view(10, 2))
+        layer.to_gamma_beta.bias.copy_(torch.arange(10.))
+    h = torch.randn(2, 5, 3, 3)
+    gamma_beta = torch.eye(2) @ torch.arange(20.).view(10, 2).T + torch.arange(10.)  # (2, 10)
+    expected = h * (1 + gamma_beta[:, :5, None, None]) + gamma_beta[:, 5:, None, None]
+    assert torch.allclose(layer(h, torch.eye(2)), expected)
+
+
+def test_balanced_accuracy_and_class_weights_by_hand():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 2])
+    predicted = torch.tensor([0, 0, 0, 1, 1, 0, 0])
+    # recalls 3/4, 1/2, 0/1: their mean; plain accuracy would be 4/7
+    assert gv.balanced_accuracy(predicted, labels, 3) == pytest.approx((0.75 + 0.5 + 0.0) / 3)
+    assert gv.balanced_accuracy(predicted, labels, 4) == pytest.approx((0.75 + 0.5 + 0.0) / 3)  # absent class 3
+    assert torch.allclose(gv.class_weights(labels, 3), torch.tensor([7 / 12, 7 / 6, 7 / 3]))
+
+
+def test_random_symmetry_gives_each_image_one_of_the_eight_symmetries_of_the_square():
+    images = torch.rand(64, 3, 5, 5)
+    out = gv.random_symmetry(images, torch.Generator().manual_seed(0))
+    symmetries = lambda x: [torch.rot90(m, k, dims=(1, 2)) for m in (x, x.flip(2)) for k in range(4)]
+    chosen = [[torch.equal(o, s) for s in symmetries(x)].index(True) for x, o in zip(images, out)]
+    assert sorted(set(chosen)) == list(range(8))  # all eight occur over 64 images
+
+
+def test_generated_class_score_reads_the_class_the_judge_sees():
+    """Stand-ins: a decoder whose images are red for class 0 and blue for class 1 (or grey,
+    ignoring the class) and a judge that calls red 0 and blue 1. A decoder that shows the class
+    scores 1; one that ignores it scores 1/2 (balanced), whatever the judge's bias."""
+    class Decoder(gv.GalaxyVAE):
+        def __init__(self, shows_class):
+            super().__init__("mlp", latent_dim=2, size=4, cond_dim=2)
+            self.shows_class = shows_class
+
+        def decode(self, z, c=None):
+            colour = torch.stack([c[:, 0], torch.zeros(len(c)), c[:, 1]], 1) if self.shows_class else torch.ones(len(c), 3)
+            return torch.logit(colour.clamp(0.1, 0.9))[:, :, None, None].expand(-1, -1, 4, 4)
+
+    class Judge(torch.nn.Module):
+        def forward(self, x):
+            return torch.stack([x[:, 0].mean((1, 2)), x[:, 2].mean((1, 2))], 1)
+
+    classes = {"names": ["red", "blue"], "conditions": torch.eye(2)}
+    shown = gv.generated_class_score(Decoder(True), Judge(), classes, seed=0, n=10)
+    ignored = gv.generated_class_score(Decoder(False), Judge(), classes, seed=0, n=10)
+    assert shown == {"generated_balanced_accuracy": 1.0, "generated_recall_red": 1.0, "generated_recall_blue": 1.0}
+    assert ignored["generated_balanced_accuracy"] == 0.5
+
+
+def test_one_judge_step_is_adam_on_the_class_weighted_cross_entropy_of_a_symmetry(monkeypatch):
+    """fit_classifier's first step: the images the judge is given are each one of the eight
+    symmetries of its [0, 1] image (recorded by a forward pre-hook); the gradient the optimizer
+    uses is that of the cross-entropy weighted n / (K · n_k), written by hand with log_softmax
+    and gather (unequal classes, 3 and 1, so a missing weight changes it); the update is Adam at
+    the cosine schedule's first rate, --lr 0.003 (Kingma & Ba, by hand)."""
+    args = gv.parse_args(["--experiment", "classifier", "--labels", "labels.csv", "--lr", "0.003",
+                          "--batch-size", "4", "--epochs", "1"])
+    torch.manual_seed(0)
+    model = gv.GalaxyClassifier(2)
+    reference, before = copy.deepcopy(model), [p.detach().clone() for p in model.parameters()]
+    train = {"x": torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8), "y": torch.tensor([0, 0, 1, 0])}
+    inputs, used = [], []
+    model.register_forward_pre_hook(lambda m, x: inputs.append(x[0].detach().clone()) if m.training else None)
+    adam = torch.optim.Adam
+
+    def recording_adam(params, **kwargs):
+        optimizer = adam(params, **kwargs)
+        used.append(record_gradients(optimizer, list(model.parameters())))
+        return optimizer
+
+    class OneStep(common.Run):  # the epoch's bookkeeping is not this test's: stop at the log line
+        def log(self, step, record):
+            raise StopIteration
+
+    monkeypatch.setattr(torch.optim, "Adam", recording_adam)
+    monkeypatch.setattr(common, "Run", OneStep)
+    monkeypatch.setattr(gv, "judge_real", lambda *a, **k: {})
+    with pytest.raises(StopIteration):
+        gv.fit_classifier(model, train, train, args, "unused", torch.Generator().manual_seed(1),
+                          {"names": ["a", "b"]})
+    images = inputs[0]
+    batch = train["x"].float() / 255
+    symmetries = lambda x: [torch.rot90(m, k, dims=(1, 2)) for m in (x, x.flip(2)) for k in range(4)]
+    order = [next(j for j in range(4) if any(torch.equal(images[i], s) for s in symmetries(batch[j])))
+             for i in range(4)]  # which training image each input is a symmetry of
+    assert sorted(order) == [0, 1, 2, 3]
+    labels = train["y"][order]
+    weights = torch.tensor([4 / (2 * 3), 4 / (2 * 1)])
+    log_p = torch.log_softmax(reference(images), 1).gather(1, labels[:, None]).squeeze(1)
+    loss = -(weights[labels] * log_p).sum() / weights[labels].sum()
+    gradients = torch.autograd.grad(loss, list(reference.parameters()))
+    (seen,) = used[0]
+    for (name, _), got, want in zip(model.named_parameters(), seen, gradients):
+        assert close(got, want), name
+    expected = adam_by_hand(before, seen, {}, 0.003)
+    for (name, param), want in zip(model.named_parameters(), expected):
+        assert torch.allclose(param.detach(), want, rtol=1e-5, atol=1e-7), name
+
+
+def test_a_conditional_run_is_scored_by_the_judge_and_reload_repeats_the_score(galaxies, tmp_path, capsys):
+    """--experiment classifier writes the judge; a conditional run finds it in --out-dir and
+    records its score on generated galaxies beside the judge's own on real test images; --load
+    repeats the final block; without a judge the run says so and records no score."""
+    root, _ = galaxies
+    common_flags = ["--labels", root / "labels.csv", "--batch-size", "16", "--epochs", "1"]
+    gv.main(args_for(root, tmp_path, "--experiment", "classifier", *common_flags))
+    judge = final_block(tmp_path, "galaxy_classifier_e1_bs16_size32")
+    assert 0 <= judge["test_balanced_accuracy"] <= 1 and judge["epochs_trained"] == 1
+    flags = args_for(root, tmp_path, "--conditional", "--condition", "film", "--latent-dim", "3",
+                     "--classifier-weights", tmp_path / "galaxy_classifier_e1_bs16_size32.pt", *common_flags)
+    gv.main(flags)
+    name = "galaxy_vae_conv_cond_e1_bs16_size32_z3_film"
+    first = final_block(tmp_path, name)
+    assert first["judge_real_test_balanced_accuracy"] == pytest.approx(judge["test_balanced_accuracy"])
+    assert first["generated_to_real_ratio"] == pytest.approx(
+        first["generated_balanced_accuracy"] / first["judge_real_test_balanced_accuracy"])
+    assert {"generated_recall_other", "generated_recall_spiral_odd"} <= set(first)
+    gv.main(args_for(root, tmp_path, "--labels", root / "labels.csv", "--load", tmp_path / f"{name}.pt",
+                     "--classifier-weights", tmp_path / "galaxy_classifier_e1_bs16_size32.pt"))
+    assert final_block(tmp_path, name) == first
+    capsys.readouterr()
+    gv.main(args_for(root, tmp_path / "alone", "--conditional", "--latent-dim", "3", *common_flags))
+    assert "no judge at" in capsys.readouterr().out
+    assert "generated_balanced_accuracy" not in final_block(tmp_path / "alone", "galaxy_vae_conv_cond_e1_bs16_size32_z3")
+
+
+def test_the_judge_flags_refuse_what_they_cannot_use(galaxies, tmp_path):
+    root, ids = galaxies
+    base = args_for(root, tmp_path, "--labels", root / "labels.csv", "--epochs", "1", "--latent-dim", "3")
+    assert_one_line_error(run_script("galaxy_vae.py", *base, "--conditional", "--classifier-weights",
+                                     tmp_path / "none.pt"), "--classifier-weights: no file at")
+    assert_one_line_error(run_script("galaxy_vae.py", *base, "--condition", "film"),
+                          "--condition film is how a --conditional model gets the class")
+    assert_one_line_error(run_script("galaxy_vae.py", *base, "--experiment", "classifier", "--conditional"),
+                          "--conditional is a VAE's")
+    assert_one_line_error(run_script("galaxy_vae.py", *args_for(root, tmp_path, "--experiment", "classifier")),
+                          "--experiment classifier needs --labels")
+    relabelled = tmp_path / "abc.csv"
+    relabelled.write_text("GalaxyID,kind\n" + "\n".join(f"{g},{'abc'[i % 3]}" for i, g in enumerate(ids)))
+    gv.main(args_for(root, tmp_path, "--experiment", "classifier", "--labels", relabelled, "--epochs", "1"))
+    assert_one_line_error(run_script("galaxy_vae.py", *base, "--conditional", "--classifier-weights",
+                                     tmp_path / "galaxy_classifier_e1_size32.pt"),
+                          "tells apart ['a', 'b', 'c'], not ['other', 'spiral_odd']")
+
+
 # --- runs -----------------------------------------------------------------------------------------
 def final_block(out, name):
     return json.loads((out / f"{name}_metrics.json").read_text())["final"]
@@ -484,7 +643,15 @@ def objective_by_hand(model, images, cond, eps, kl_weight):
         features = torch.cat([features, cond], 1)
     mu, logvar = model.to_mu(features), model.to_logvar(features)
     z = mu + torch.exp(0.5 * logvar) * eps
-    logits = model.decoder(torch.cat([z, cond], 1) if cond is not None else z)
+    h = torch.cat([z, cond], 1) if cond is not None else z
+    for i, layer in enumerate(model.decoder):  # FiLM (Perez et al.): h·(1 + γ) + β after a hidden layer
+        h = layer(h)
+        if str(i) in model.film:
+            linear = model.film[str(i)].to_gamma_beta
+            gamma, beta = (cond @ linear.weight.T + linear.bias).split(h.shape[1], dim=1)
+            shape = (len(h), h.shape[1]) + (1,) * (h.dim() - 2)
+            h = h * (1 + gamma.reshape(shape)) + beta.reshape(shape)
+    logits = h
     bce = -(images * F.logsigmoid(logits) + (1 - images) * F.logsigmoid(-logits)).flatten(1).sum(1)
     q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
     prior = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
@@ -506,9 +673,21 @@ def close(a, b, rtol=1e-4):
     return torch.allclose(a, b, rtol=rtol, atol=rtol * b.abs().max().item() + 1e-12)
 
 
-@pytest.mark.parametrize("arch, conditional", [("mlp", False), ("conv", False), ("resnet", False),
-                                               ("conv", True), ("mlp", True)])
-def test_one_training_step_descends_the_documented_loss(arch, conditional):
+def with_random_film(model):
+    """FiLM starts as the identity (zeros); random weights make a FiLM that is skipped, applied
+    to the wrong layer or with γ and β swapped change the step."""
+    with torch.no_grad():
+        for film in model.film.values():
+            film.to_gamma_beta.weight.normal_(0, 0.3)
+            film.to_gamma_beta.bias.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("arch, conditional, condition", [
+    ("mlp", False, "concat"), ("conv", False, "concat"), ("resnet", False, "concat"),
+    ("conv", True, "concat"), ("mlp", True, "concat"), ("conv", True, "film"), ("resnet", True, "film"),
+    ("mlp", True, "film")])
+def test_one_training_step_descends_the_documented_loss(arch, conditional, condition):
     """train_epoch on one batch of 4 equals an SGD step on the docstring's objective written by
     hand (objective_by_hand): the same gradient on every parameter, the parameters moved by
     -lr·gradient, and the logged bce/kl/mse the batch means of those terms. Catches an ignored
@@ -516,10 +695,12 @@ def test_one_training_step_descends_the_documented_loss(arch, conditional):
     BCE target), a condition missing from encoder or decoder or not the image's own (the batch
     is shuffled and every image has its own condition), and training in eval mode (BatchNorm
     uses the batch's statistics in training: the model is handed over in eval mode)."""
-    cond_flags = ["--conditional", "--labels", "labels.csv"] if conditional else []
+    cond_flags = ["--conditional", "--labels", "labels.csv", "--condition", condition] if conditional else []
     args = step_args("--arch", arch, *cond_flags)
     torch.manual_seed(0)
-    model = away_from_the_prior(gv.GalaxyVAE(arch, LATENT, SIZE, COND_DIM if conditional else 0))
+    model = gv.GalaxyVAE(arch, LATENT, SIZE, COND_DIM if conditional else 0, condition=condition)
+    model = with_random_film(away_from_the_prior(model))
+    assert len(model.film) == (len(gv.CHANNELS) if arch != "mlp" else gv.MLP_LAYERS) * (condition == "film")
     reference = copy.deepcopy(model).train()
     data = tiny_data(conditional=conditional)
 
