@@ -1187,12 +1187,13 @@ def save_figure(fig, path):
 
 def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=False, styles=None):
     """panels: {ylabel: {label: (xs, ys)}}, one axis per entry side by side (e.g. reconstruction
-    and KL, whose scales differ), or `ncols` to a row; a legend on every axis with a named curve.
+    and KL, whose scales differ), at most three to a row (or `ncols`); a legend on every axis
+    with a named curve.
     log_y: logarithmic y axes (a first epoch far above the rest hides the later ones), labelled
     at 1, 2, 5 × 10^n (readable_log_ticks). styles: {label: matplotlib line options}, e.g. one
     colour per run with solid train and dashed test curves; a curve not named there gets the
-    next default colour. No figure is wider than 3x its height."""
-    ncols = ncols or len(panels)
+    next default colour. At most three panels to a row: a figure at most 3x as wide as tall."""
+    ncols = ncols or math.ceil(len(panels) / math.ceil(len(panels) / 3))  # 4 panels: 2x2, 5: 3+2
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, max(4 * nrows, 5.5 * ncols / 3)),
                              squeeze=False)
@@ -1215,13 +1216,15 @@ def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=Fal
 
 
 def readable_log_ticks(ax):
-    """A logarithmic y axis labelled in plain numbers at 1, 2 and 5 × 10^n (50, 100, 200, 500),
-    with a faint grid at each 1-9 × 10^n, so a final value can be read off (matplotlib labels
-    only 10^n by default); curves within a factor of 10 get evenly spaced round numbers instead."""
+    """A logarithmic y axis labelled in plain numbers (50, 100, 200, 500; matplotlib labels only
+    10^n by default), the denser the fewer decades the curves span, with a faint grid at each
+    1-9 × 10^n, so a final value can be read off."""
     ax.set_yscale("log")
     low, high = ax.get_ylim()
-    wide = high / low >= 10
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)) if wide else MaxNLocator(nbins=6))
+    decades = math.log10(high / low)
+    subs = ((1, 2, 5) if decades > 2 else (1, 1.5, 2, 3, 5, 7) if decades > 1 else
+            (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9))  # the labelled values in each decade
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
     ax.yaxis.set_minor_formatter(NullFormatter())

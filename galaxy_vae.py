@@ -22,7 +22,6 @@ Run:     python galaxy_vae.py --arch conv --data-dir ../shared/data --labels ../
 import argparse
 import json
 import os
-import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -40,20 +39,6 @@ ARCHS = ("mlp", "conv", "resnet")
 CHANNELS = (32, 64, 128, 256, 512)
 MLP_HIDDEN, MLP_LAYERS = 512, 3
 N_SHOWN = 8  # originals, reconstructions and samples per figure row
-# What to look for in weight_figure's two panels (encoder's first layer, decoder's last), per --arch
-WEIGHT_CAPTIONS = {
-    "mlp": ("Each unit weighs all 12,288 pixel values: a trained unit shows a galaxy-sized blob; "
-            "pixel noise is the random start that training barely moved.",
-            "Each unit adds a whole image: blurry galaxy templates (a bright or dark centre, a "
-            "coloured halo) that the decoder mixes; a flat grey tile is a unit it does not use."),
-    "conv": ("4x4 patches: look for brightness gradients (light on one side, dark on the other: "
-             "edges) and colour-opponent patches (blue against orange).",
-             "Each channel stamps a 4x4 patch per pixel of the last feature map: an even tile "
-             "paints a colour, a graded one a texture."),
-    "resnet": ("3x3 filters, each followed by BatchNorm (so only the pattern counts, not the size): "
-               "look for gradients and colour-opponent patches.",
-               "The last 3x3 convolution mixes 32 channels into RGB: each tile is what one channel "
-               "adds around a pixel.")}
 
 
 def parse_args(argv=None):
@@ -410,17 +395,20 @@ def class_figures(model, data, classes, args, name, generator):
 
 @torch.no_grad()
 def sample_figure(model, classes, args, name, device, generator):
-    """The same prior draws z ~ N(0, I) decoded under every class (conditional: each row one
-    class, so what changes along a column is the class alone), or once (unconditional)."""
-    z = torch.randn(N_SHOWN, args.latent_dim, generator=generator).to(device)
+    """Conditional: the same N_SHOWN prior draws z ~ N(0, I) decoded under every class, one block
+    per class, so what changes between blocks at one position is the class alone.
+    Unconditional: 3·N_SHOWN decoded prior draws (the model's generated galaxies)."""
     if model.cond_dim:
+        z = torch.randn(N_SHOWN, args.latent_dim, generator=generator).to(device)
         rows = {cls: decode(model, z, class_condition(classes, k, len(z), device))
                 for k, cls in enumerate(classes["names"])}
-        title = f"{name}: the same z ~ N(0, I) decoded given each class"
+        title = f"{name}: the same z ~ N(0, I) decoded given each class\n(one block per class; one position, one z)"
+        per_row = N_SHOWN // 2
     else:
+        z = torch.randn(3 * N_SHOWN, args.latent_dim, generator=generator).to(device)
         rows = {"z ~ N(0, I)": decode(model, z, None)}
-        title = f"{name}: decoded prior samples"
-    common.plot_image_rows(Path(args.out_dir) / f"{name}_samples.png", rows, title=title)
+        title, per_row = f"{name}: decoded prior samples", N_SHOWN
+    common.plot_image_rows(Path(args.out_dir) / f"{name}_samples.png", rows, title=title, nrow=per_row)
 
 
 @torch.no_grad()
@@ -436,6 +424,23 @@ def latent_figure(model, data, classes, args, name):
                         f"principal components of the {args.latent_dim}-d latent",
                         xlabel=f"PC1 ({explained[0]:.0%} of the variance)",
                         ylabel=f"PC2 ({explained[1]:.0%} of the variance)")
+
+
+# What to look for in weight_figure's two panels (encoder's first layer, decoder's last), per --arch
+WEIGHT_CAPTIONS = {
+    "mlp": ("Each unit weighs all 12,288 pixel values: a trained unit shows a galaxy-sized\n"
+            "blob; pixel noise is the random start that training barely moved.",
+            "Each unit adds a whole image: blurry galaxy-sized templates (a smooth centre\n"
+            "in a mottled coloured surround) that the decoder mixes; a flat grey tile\n"
+            "is a unit it hardly uses."),
+    "conv": ("4x4 patches: look for brightness gradients (light on one side, dark on the other:\n"
+             "edges) and colour-opponent patches (blue against orange).",
+             "Each channel stamps a 4x4 patch per pixel of the last feature map:\n"
+             "an even tile paints a colour, a graded one a texture."),
+    "resnet": ("3x3 filters, each followed by BatchNorm (so only the pattern counts, not the size):\n"
+               "look for gradients and colour-opponent patches.",
+               "The last 3x3 convolution mixes 32 channels into RGB:\n"
+               "each tile is what one channel adds around a pixel.")}
 
 
 def rgb_tiles(layer, image_size):
@@ -473,27 +478,27 @@ def weight_figure(model, args, name, n_units=16):
     the encoder's first layer (all filters; mlp: the first `n_units` hidden units, each a 64x64
     template) and the decoder's last (what each channel or unit paints); below each, what a
     student should see in it (WEIGHT_CAPTIONS)."""
-    def weighted(part):
-        return [(n, m) for n, m in part.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    def weighted(part, prefix):
+        return [(f"{prefix}.{n}", m) for n, m in part.named_modules()
+                if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
 
-    layers = {"encoder's first layer: what each {} responds to": weighted(model.encoder)[0],
-              "decoder's last layer: what each {} paints": weighted(model.decoder)[-1]}
+    layers = {"encoder's first layer: what each {} responds to": weighted(model.encoder, "encoder")[0],
+              "decoder's last layer: what each {} paints": weighted(model.decoder, "decoder")[-1]}
     grids, measured = {}, []
     for what, (layer_name, layer) in layers.items():
         tiles = rgb_tiles(layer, args.image_size)[:n_units if isinstance(layer, nn.Linear) else None]
         shown, scale = shared_scale(tiles)
         measured.append(neighbour_correlation(tiles))
         unit = "hidden unit" if isinstance(layer, nn.Linear) else "channel"
-        grids[f"{what.format(unit)}\n{layer_name}: {len(tiles)} of {tuple(tiles.shape[1:])}, "
-              f"±{scale:.2g} → black / white"] = torchvision.utils.make_grid(
+        grids[f"{what.format(unit)}\n{layer_name}: {len(tiles)} tiles {tuple(tiles.shape[1:])}; "
+              f"|w| = {scale:.2g}: full colour"] = torchvision.utils.make_grid(
             shown.clamp(0, 1), nrow=4 if len(tiles) <= 16 else 8, padding=2, pad_value=1.0)
     side = next(iter(grids.values())).shape  # (3, H, W) of a grid: the figure follows its shape
     fig, axes = plt.subplots(1, 2, figsize=(12, 6 * side[1] / side[2] + 2.0))
     for ax, (title, grid), caption, r in zip(axes, grids.items(), WEIGHT_CAPTIONS[args.arch], measured):
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set(xticks=[], yticks=[], title=title)
-        ax.set_xlabel(textwrap.fill(f"{caption} Neighbouring weights correlate {r:.2f} "
-                                    f"(random noise: 0, smooth: near 1).", 75))
+        ax.set_xlabel(f"{caption}\nNeighbouring weights correlate {r:.2f} (random noise: 0, smooth: near 1).")
     fig.suptitle(f"{name}: the weights that touch the image, one scale per layer (grey = 0)")
     common.save_figure(fig, Path(args.out_dir) / f"{name}_weights.png")
 
