@@ -428,7 +428,7 @@ def latent_figure(model, data, classes, args, name):
 
 # What to look for in weight_figure's two panels (encoder's first layer, decoder's last), per --arch
 WEIGHT_CAPTIONS = {
-    "mlp": ("Each unit weighs all 12,288 pixel values: a trained unit shows a galaxy-sized\n"
+    "mlp": ("Each unit weighs every pixel value: a trained unit shows a galaxy-sized\n"
             "blob; pixel noise is the random start that training barely moved.",
             "Each unit adds a whole image: blurry galaxy-sized templates (a smooth centre\n"
             "in a mottled coloured surround) that the decoder mixes; a flat grey tile\n"
@@ -478,12 +478,13 @@ def weight_figure(model, args, name, n_units=16):
     the encoder's first layer (all filters; mlp: the first `n_units` hidden units, each a 64x64
     template) and the decoder's last (what each channel or unit paints); below each, what a
     student should see in it (WEIGHT_CAPTIONS)."""
-    def weighted(part, prefix):
-        return [(f"{prefix}.{n}", m) for n, m in part.named_modules()
-                if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    def on_the_image(part, prefix, side):  # side "in": layers reading the image; "out": writing it
+        pixels = {nn.Linear: 3 * args.image_size ** 2, nn.Conv2d: 3, nn.ConvTranspose2d: 3}
+        return [(f"{prefix}.{n}", m) for n, m in part.named_modules() if type(m) in pixels and
+                getattr(m, f"{side}_features" if type(m) is nn.Linear else f"{side}_channels") == pixels[type(m)]]
 
-    layers = {"encoder's first layer: what each {} responds to": weighted(model.encoder, "encoder")[0],
-              "decoder's last layer: what each {} paints": weighted(model.decoder, "decoder")[-1]}
+    layers = {"encoder's first layer: what each {} responds to": on_the_image(model.encoder, "encoder", "in")[0],
+              "decoder's last layer: what each {} paints": on_the_image(model.decoder, "decoder", "out")[-1]}
     grids, measured = {}, []
     for what, (layer_name, layer) in layers.items():
         tiles = rgb_tiles(layer, args.image_size)[:n_units if isinstance(layer, nn.Linear) else None]
