@@ -402,7 +402,8 @@ def sample_figure(model, classes, args, name, device, generator):
         z = torch.randn(N_SHOWN, args.latent_dim, generator=generator).to(device)
         rows = {cls: decode(model, z, class_condition(classes, k, len(z), device))
                 for k, cls in enumerate(classes["names"])}
-        title = f"{name}: the same z ~ N(0, I) decoded given each class\n(one block per class; one position, one z)"
+        title = (f"{name}: the same z ~ N(0, I) decoded given each class\n"
+                 "(one block per class; the same position, the same z)")
         per_row = N_SHOWN // 2
     else:
         z = torch.randn(3 * N_SHOWN, args.latent_dim, generator=generator).to(device)
