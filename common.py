@@ -36,7 +36,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # figures go to files; no display is needed (or present on servers)
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 from PIL import Image  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -1185,25 +1185,50 @@ def save_figure(fig, path):
     print(f"wrote {path}")
 
 
-def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=False):
+def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=False, styles=None):
     """panels: {ylabel: {label: (xs, ys)}}, one axis per entry side by side (e.g. reconstruction
-    and KL, whose scales differ), or `ncols` to a row; a legend on every axis with a named curve.
-    log_y: logarithmic y axes (a first epoch far above the rest hides the later ones)."""
-    ncols = ncols or len(panels)
+    and KL, whose scales differ), at most three to a row (or `ncols`); a legend on every axis
+    with a named curve.
+    log_y: logarithmic y axes (a first epoch far above the rest hides the later ones), labelled
+    at 1, 2, 5 × 10^n (readable_log_ticks). styles: {label: matplotlib line options}, e.g. one
+    colour per run with solid train and dashed test curves; a curve not named there gets the
+    next default colour. At most three panels to a row: a figure at most 3x as wide as tall."""
+    ncols = ncols or math.ceil(len(panels) / math.ceil(len(panels) / 3))  # 4 panels: 2x2, 5: 3+2
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, max(4 * nrows, 5.5 * ncols / 3)),
+                             squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_axis_off()
     for ax, (ylabel, curves) in zip(axes.flat, panels.items()):
         for label, (xs, ys) in curves.items():
-            ax.plot(xs, ys, marker="o" if markers else None, markersize=3, label=label)
-        ax.set(xlabel=xlabel, ylabel=ylabel, yscale="log" if log_y else "linear")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole numbers
+            ax.plot(xs, ys, marker="o" if markers else None, markersize=3, label=label,
+                    **(styles or {}).get(label, {}))
+        ax.set(xlabel=xlabel, ylabel=ylabel)
+        # epochs and steps are whole numbers; 'auto': as many ticks as fit the axis's width
+        ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
+        if log_y:
+            readable_log_ticks(ax)
         ax.grid(alpha=0.3)
         if any(curves):  # every labelled curve is named ("" draws an axis's only curve unnamed)
             ax.legend()
     fig.suptitle(textwrap.fill(title, 55 * ncols))  # ~55 characters fit above one panel
     save_figure(fig, path)
+
+
+def readable_log_ticks(ax):
+    """A logarithmic y axis labelled in plain numbers (50, 100, 200, 500; matplotlib labels only
+    10^n by default), the denser the fewer decades the curves span, with a faint grid at each
+    1-9 × 10^n, so a final value can be read off."""
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    decades = math.log10(high / low)
+    subs = ((1, 2, 5) if decades > 2 else (1, 1.5, 2, 3, 5, 7) if decades > 1 else
+            (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9))  # the labelled values in each decade
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.grid(which="minor", axis="y", alpha=0.12)
 
 
 def epoch_series(history, key, prefixes=("train", "test"), suffix=""):
@@ -1214,9 +1239,9 @@ def epoch_series(history, key, prefixes=("train", "test"), suffix=""):
     return {f"{p}{suffix}": (epochs, [r[f"{p}_{key}"] for r in history]) for p in prefixes}
 
 
-def plot_curves(path, curves, xlabel, ylabel, title, markers=True, log_y=False):
-    """curves: {label: (xs, ys)} drawn on one axis, with a legend."""
-    plot_panels(path, {ylabel: curves}, xlabel, title, markers, log_y=log_y)
+def plot_curves(path, curves, xlabel, ylabel, title, markers=True, log_y=False, styles=None):
+    """curves: {label: (xs, ys)} drawn on one axis, with a legend (styles: as in plot_panels)."""
+    plot_panels(path, {ylabel: curves}, xlabel, title, markers, log_y=log_y, styles=styles)
 
 
 def plot_image_rows(path, rows, title, nrow=None):

@@ -519,41 +519,54 @@ def generated_class_score(model, judge, classes, seed, n=N_JUDGED):
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
 def class_figures(model, data, classes, args, name, generator):
-    """Originals of one class (--sample-class) beside their reconstructions and generated samples."""
+    """Each class in turn (--sample-class first): test originals, their reconstructions and, for
+    a conditional model, prior draws z ~ N(0, I) decoded given that class, so generated galaxies
+    sit beside real ones of the class asked for. An unconditional model cannot be asked for a
+    class: its prior draws are one unlabelled block at the end (a draw from q(z|x) of an
+    original would only be a noisier reconstruction, not a generated galaxy)."""
     device = data["x"].device
     model.eval()
-    k = classes["names"].index(args.sample_class)
-    chosen = (data["y"] == k).nonzero().flatten()[:N_SHOWN]
-    originals = as_float(data["x"][chosen])
-    cond = data["c"][chosen] if model.cond_dim else None
-    mu, logvar = model.encode(originals, cond)
-    rows = {f"{args.sample_class}\n(originals)": originals.cpu(),
-            "reconstructions\n(decoded μ)": decode(model, mu, cond)}
+    order = sorted(range(len(classes["names"])), key=lambda k: classes["names"][k] != args.sample_class)
+    rows = {}
+    for k in order:
+        cls = classes["names"][k]
+        chosen = (data["y"] == k).nonzero().flatten()[:N_SHOWN]
+        originals = as_float(data["x"][chosen])
+        cond = data["c"][chosen] if model.cond_dim else None
+        mu, _ = model.encode(originals, cond)
+        rows[f"{cls}:\noriginals"] = originals.cpu()
+        rows[f"{cls}:\nreconstructions\n(decoded μ)"] = decode(model, mu, cond)
+        if model.cond_dim:
+            z = torch.randn(N_SHOWN, args.latent_dim, generator=generator).to(device)
+            rows[f"{cls}:\ngenerated\n(z ~ N(0, I)\ngiven {cls})"] = decode(
+                model, z, class_condition(classes, k, N_SHOWN, device))
     if model.cond_dim:
-        z = torch.randn(len(chosen), args.latent_dim, generator=generator).to(device)
-        rows["generated: z ~ N(0, I)\ngiven the class"] = decode(model, z, class_condition(classes, k, len(z), device))
-        how = "generated = decoded prior samples given the class"
+        how = "generated = prior draws decoded given the class"
     else:
-        eps = torch.randn(mu.shape, generator=generator).to(device)
-        rows["generated: z ~ q(z|x)\nof each original"] = decode(model, mu + (0.5 * logvar).exp() * eps, None)
-        how = "unconditional model: generated = decoded draws z ~ q(z|x) of those originals"
+        z = torch.randn(N_SHOWN, args.latent_dim, generator=generator).to(device)
+        rows["generated\n(z ~ N(0, I);\nno class: the\nmodel is\nunconditional)"] = decode(model, z, None)
+        how = "unconditional model: its generated galaxies (last row) have no class"
     common.plot_image_rows(Path(args.out_dir) / f"{name}_class_samples.png", rows,
-                           title=f"{name}: class {args.sample_class!r}; {how}")
+                           title=f"{name}: test galaxies of each class, their reconstructions;\n{how}")
 
 
 @torch.no_grad()
 def sample_figure(model, classes, args, name, device, generator):
-    """The same prior draws z ~ N(0, I) decoded under every class (conditional: each row one
-    class, so what changes along a column is the class alone), or once (unconditional)."""
-    z = torch.randn(N_SHOWN, args.latent_dim, generator=generator).to(device)
+    """Conditional: the same N_SHOWN prior draws z ~ N(0, I) decoded under every class, one block
+    per class, so what changes between blocks at one position is the class alone.
+    Unconditional: 3·N_SHOWN decoded prior draws (the model's generated galaxies)."""
     if model.cond_dim:
+        z = torch.randn(N_SHOWN, args.latent_dim, generator=generator).to(device)
         rows = {cls: decode(model, z, class_condition(classes, k, len(z), device))
                 for k, cls in enumerate(classes["names"])}
-        title = f"{name}: the same z ~ N(0, I) decoded given each class"
+        title = (f"{name}: the same z ~ N(0, I) decoded given each class\n"
+                 "(one block per class; the same position, the same z)")
+        per_row = N_SHOWN // 2
     else:
+        z = torch.randn(3 * N_SHOWN, args.latent_dim, generator=generator).to(device)
         rows = {"z ~ N(0, I)": decode(model, z, None)}
-        title = f"{name}: decoded prior samples"
-    common.plot_image_rows(Path(args.out_dir) / f"{name}_samples.png", rows, title=title)
+        title, per_row = f"{name}: decoded prior samples", N_SHOWN
+    common.plot_image_rows(Path(args.out_dir) / f"{name}_samples.png", rows, title=title, nrow=per_row)
 
 
 @torch.no_grad()
@@ -571,42 +584,81 @@ def latent_figure(model, data, classes, args, name):
                         ylabel=f"PC2 ({explained[1]:.0%} of the variance)")
 
 
-def weight_figure(model, args, name, rows=128, columns=256):
-    """First-layer filters as RGB tiles (mlp: the first units' input weights as images) and three
-    deeper weight matrices as heat maps (rows: outputs; columns: inputs × kernel positions), their
-    top-left `rows` x `columns` block, coloured up to the 99th percentile of |w|."""
-    def weighted(part, prefix):
-        return [(f"{prefix}.{n}", m) for n, m in part.named_modules()
-                if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+# What to look for in weight_figure's two panels (encoder's first layer, decoder's last), per --arch
+WEIGHT_CAPTIONS = {
+    "mlp": ("Each unit weighs every pixel value: a trained unit shows a galaxy-sized\n"
+            "blob; pixel noise is the random start that training barely moved.",
+            "Each unit adds a whole image: blurry galaxy-sized templates (a smooth centre\n"
+            "in a mottled coloured surround) that the decoder mixes; a flat grey tile\n"
+            "is a unit it hardly uses."),
+    "conv": ("4x4 patches: look for brightness gradients (light on one side, dark on the other:\n"
+             "edges) and colour-opponent patches (blue against orange).",
+             "Each channel stamps a 4x4 patch per pixel of the last feature map:\n"
+             "an even tile paints a colour, a graded one a texture."),
+    "resnet": ("3x3 filters, each followed by BatchNorm (so only the pattern counts, not the size):\n"
+               "look for gradients and colour-opponent patches.",
+               "The last 3x3 convolution mixes 32 channels into RGB:\n"
+               "each tile is what one channel adds around a pixel.")}
 
-    encoder, decoder = weighted(model.encoder, "encoder"), weighted(model.decoder, "decoder")
-    first_name, w = encoder[0][0], encoder[0][1].weight.detach().float().cpu()
-    if w.dim() == 2:  # mlp: each of the first 16 units' 12,288 weights as a 64x64 RGB image
-        tiles, what = w[:16].view(16, 3, args.image_size, args.image_size), "first 16 units' input weights"
-    else:
-        tiles, what = w, f"all {len(w)} {tuple(w.shape[2:])} filters"
-    low, high = tiles.flatten(1).min(1)[0], tiles.flatten(1).max(1)[0]
-    tiles = (tiles - low[:, None, None, None]) / (high - low).clamp_min(1e-12)[:, None, None, None]
-    grid = torchvision.utils.make_grid(tiles, nrow=8, padding=1, pad_value=1.0)
-    deeper = [encoder[len(encoder) // 2], ("to_mu", model.to_mu), decoder[len(decoder) // 2]]
-    fig, axes = plt.subplots(1, 4, figsize=(20, 5))
-    axes[0].imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-    axes[0].set(title=f"{first_name}: {what}\n(each scaled to [0, 1])", xticks=[], yticks=[])
-    for ax, (layer_name, layer) in zip(axes[1:], deeper):
-        matrix = layer.weight.detach().float().cpu()
-        if isinstance(layer, nn.ConvTranspose2d):
-            matrix = matrix.transpose(0, 1)  # stored (in, out, k, k): rows are outputs here too
-        matrix = matrix.flatten(1)
-        shown = matrix[:rows, :columns]
-        # torch.quantile takes at most 2^24 values; a larger matrix is scaled to its largest |w|
-        scale = matrix.abs().flatten().quantile(0.99).item() if matrix.numel() < 2 ** 24 else matrix.abs().max().item()
-        image = ax.imshow(shown.numpy(), aspect="auto", cmap="RdBu_r", interpolation="nearest",
-                          vmin=-scale, vmax=scale)
-        part = "" if shown.shape == matrix.shape else f"\ntop-left {tuple(shown.shape)} block"
-        ax.set(title=f"{layer_name}: {tuple(layer.weight.shape)}{part}", ylabel="output unit",
-               xlabel="input unit" if isinstance(layer, nn.Linear) else "input channel × kernel position")
-        fig.colorbar(image, ax=ax, fraction=0.046, extend="both")
-    fig.suptitle(f"{name}: weights after training")
+
+def rgb_tiles(layer, image_size):
+    """The weights of a layer on the image side as RGB tiles (N, 3, h, w): for the encoder's first
+    layer, what each filter (mlp: hidden unit) responds to; for the decoder's last, what each
+    input channel (mlp: hidden unit) paints into the image."""
+    w = layer.weight.detach().float().cpu()
+    if isinstance(layer, nn.Linear):  # (out, in): the 3·S·S pixels are the input or the output
+        w = w if w.shape[1] == 3 * image_size ** 2 else w.T
+        return w.reshape(len(w), 3, image_size, image_size)
+    if isinstance(layer, nn.ConvTranspose2d):  # (in, 3, k, k): each input channel's stamp
+        return w
+    # Conv2d: (out, in, k, k); a last layer's input pixel adds the flipped kernel around it
+    return w if w.shape[1] == 3 else w.transpose(0, 1).flip(2, 3)
+
+
+def shared_scale(tiles, side=32):
+    """Tiles on ONE scale symmetric around 0: w / max|w| over all of them, 0 → mid grey, so
+    filters can be compared; small kernels enlarged (nearest) to about `side` pixels."""
+    scale = tiles.abs().max().clamp_min(1e-12)
+    grown = tiles.repeat_interleave(max(1, side // tiles.shape[-1]), 2).repeat_interleave(
+        max(1, side // tiles.shape[-1]), 3)
+    return 0.5 + 0.5 * grown / scale, scale.item()
+
+
+def neighbour_correlation(tiles):
+    """Correlation of horizontally neighbouring weights: about 0 for random noise (the start of
+    training), near 1 for smooth patterns."""
+    left, right = tiles[..., :-1].flatten(), tiles[..., 1:].flatten()
+    return torch.corrcoef(torch.stack([left, right]))[0, 1].item()
+
+
+def weight_figure(model, args, name, n_units=16):
+    """The two layers that touch the image, as RGB tiles on one shared scale per layer (grey = 0):
+    the encoder's first layer (all filters; mlp: the first `n_units` hidden units, each a 64x64
+    template) and the decoder's last (what each channel or unit paints); below each, what a
+    student should see in it (WEIGHT_CAPTIONS)."""
+    def on_the_image(part, prefix, side):  # side "in": layers reading the image; "out": writing it
+        pixels = {nn.Linear: 3 * args.image_size ** 2, nn.Conv2d: 3, nn.ConvTranspose2d: 3}
+        return [(f"{prefix}.{n}", m) for n, m in part.named_modules() if type(m) in pixels and
+                getattr(m, f"{side}_features" if type(m) is nn.Linear else f"{side}_channels") == pixels[type(m)]]
+
+    layers = {"encoder's first layer: what each {} responds to": on_the_image(model.encoder, "encoder", "in")[0],
+              "decoder's last layer: what each {} paints": on_the_image(model.decoder, "decoder", "out")[-1]}
+    grids, measured = {}, []
+    for what, (layer_name, layer) in layers.items():
+        tiles = rgb_tiles(layer, args.image_size)[:n_units if isinstance(layer, nn.Linear) else None]
+        shown, scale = shared_scale(tiles)
+        measured.append(neighbour_correlation(tiles))
+        unit = "hidden unit" if isinstance(layer, nn.Linear) else "channel"
+        grids[f"{what.format(unit)}\n{layer_name}: {len(tiles)} tiles {tuple(tiles.shape[1:])}; "
+              f"|w| = {scale:.2g}: full colour"] = torchvision.utils.make_grid(
+            shown.clamp(0, 1), nrow=4 if len(tiles) <= 16 else 8, padding=2, pad_value=1.0)
+    side = next(iter(grids.values())).shape  # (3, H, W) of a grid: the figure follows its shape
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6 * side[1] / side[2] + 2.0))
+    for ax, (title, grid), caption, r in zip(axes, grids.items(), WEIGHT_CAPTIONS[args.arch], measured):
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set(xticks=[], yticks=[], title=title)
+        ax.set_xlabel(f"{caption}\nNeighbouring weights correlate {r:.2f} (random noise: 0, smooth: near 1).")
+    fig.suptitle(f"{name}: the weights that touch the image, one scale per layer (grey = 0)")
     common.save_figure(fig, Path(args.out_dir) / f"{name}_weights.png")
 
 
@@ -641,14 +693,17 @@ def architectures_figure(out, settings):
             runs[trained["arch"]] = max(runs.get(trained["arch"], metrics), metrics,
                                         key=lambda m: m["final"]["epochs_trained"])
     if len(runs) == len(ARCHS):
+        colours = dict(zip(ARCHS, ("tab:blue", "tab:orange", "tab:green")))
         common.plot_curves(out / f"{name}_architectures.png",
                            {f"{arch}, {p}": ([r["iteration"] for r in runs[arch]["history"]],
                                              [r[f"{p}_bce"] - runs[arch]["final"][f"{p}_bce_floor"]
                                               for r in runs[arch]["history"]])
                             for arch in ARCHS for p in ("train", "test")},
                            "training iteration", "BCE − its floor, nats per image",
-                           "Galaxy VAEs: reconstruction error of the three architectures",
-                           markers=False, log_y=True)
+                           "Galaxy VAEs: the three architectures "
+                           "(one colour each; solid: train, dashed: test)", markers=False, log_y=True,
+                           styles={f"{arch}, {p}": {"color": colours[arch], "linestyle": line}
+                                   for arch in ARCHS for p, line in (("train", "-"), ("test", "--"))})
 
 
 # Short tags of this script's knobs in a run's name; data paths, the cache and the workers stay

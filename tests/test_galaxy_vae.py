@@ -15,6 +15,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import common
 import galaxy_vae as gv
@@ -477,6 +478,8 @@ def test_smoke_then_load_gives_the_same_final_block(arch, extra, galaxies, tmp_p
     name = f"galaxy_vae_{arch}{'_cond' if extra else ''}_e2_bs16_size32_z4"  # the knobs that differ
     for what in ("loss", "weights", "samples", "class_samples", "latent"):
         assert (tmp_path / f"{name}_{what}.png").stat().st_size > 1000
+        width, height = Image.open(tmp_path / f"{name}_{what}.png").size
+        assert width <= 3 * height, what
     first = final_block(tmp_path, name)
     assert first["epochs_trained"] == 2 and first["test_bce"] > first["test_bce_floor"] > 0
     gv.main(args_for(root, tmp_path, "--labels", root / "labels.csv", "--load", tmp_path / f"{name}.pt"))
@@ -607,6 +610,123 @@ def test_an_unknown_sample_class_stops_before_training(galaxies, tmp_path):
                                                    "--sample-class", "barred", "--epochs", "1"))
     assert_one_line_error(result, "--sample-class 'barred' is not one of ['other', 'spiral_odd']")
     assert not list(tmp_path.glob("*.pt"))
+
+
+# --- figures ------------------------------------------------------------------------------------
+def two_classes(n=24, size=32, cond_dim=2):
+    """n uint8 images alternating between two classes, one-hot conditions, and the classes."""
+    y = torch.arange(n) % 2
+    data = {"x": torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8,
+                               generator=torch.Generator().manual_seed(0)),
+            "y": y, "c": torch.eye(cond_dim)[y]}
+    return data, {"names": ["other", "spiral_odd"], "counts": [n // 2, n // 2], "conditions": torch.eye(cond_dim)}
+
+
+def figure_of(function, monkeypatch, *args):
+    """The matplotlib figure `function` draws, kept open instead of written."""
+    drawn = []
+    monkeypatch.setattr(common, "save_figure", lambda fig, path: drawn.append(fig))
+    function(*args)
+    return drawn[0]
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_class_figure_shows_every_class_and_calls_its_rows_what_they_are(conditional, tmp_path, monkeypatch):
+    """A block per class (--sample-class first): originals, reconstructions and, conditional,
+    prior draws decoded given that class; unconditional, no per-class "generated" row (a draw of
+    q(z|x) is a reconstruction) but one unlabelled block of prior draws at the end."""
+    data, classes = two_classes()
+    model = gv.GalaxyVAE("conv", latent_dim=3, size=32, cond_dim=2 if conditional else 0)
+    args = gv.parse_args(["--image-size", "32", "--latent-dim", "3", "--out-dir", str(tmp_path),
+                          "--sample-class", "spiral_odd"])
+    shown, asked = {}, []
+    monkeypatch.setattr(common, "plot_image_rows", lambda path, rows, title: shown.update(rows))
+    condition = gv.class_condition
+    monkeypatch.setattr(gv, "class_condition",
+                        lambda cl, k, n, device: asked.append(k) or condition(cl, k, n, device))
+    gv.class_figures(model, data, classes, args, "run", torch.Generator().manual_seed(0))
+    labels = list(shown)
+    per_class = 3 if conditional else 2
+    for i, cls in enumerate(["spiral_odd", "other"]):  # the --sample-class first
+        block = labels[i * per_class:(i + 1) * per_class]
+        assert all(label.startswith(f"{cls}:") for label in block), labels
+        assert "originals" in block[0] and "reconstructions" in block[1]
+        of_class = data["x"][data["y"] == classes["names"].index(cls)]
+        assert torch.equal(shown[block[0]], of_class[:gv.N_SHOWN] / 255.0)
+    assert not any("q(z|x)" in label for label in labels)
+    if conditional:
+        assert asked == [1, 0]
+        assert "given spiral_odd" in labels[2] and "given other" in labels[5]
+    else:
+        assert len(labels) == 5 and "unconditional" in labels[-1] and asked == []
+    assert all(images.shape == (gv.N_SHOWN, 3, 32, 32) for images in shown.values())
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_sample_figure_decodes_the_same_z_under_every_class(conditional, tmp_path, monkeypatch):
+    """Conditional: a block per class, the same N_SHOWN draws z under each class's condition;
+    unconditional: 3·N_SHOWN prior draws, N_SHOWN to a row."""
+    _, classes = two_classes()
+    model = gv.GalaxyVAE("conv", latent_dim=3, size=32, cond_dim=2 if conditional else 0)
+    args = gv.parse_args(["--image-size", "32", "--latent-dim", "3", "--out-dir", str(tmp_path)])
+    shown = {}
+    monkeypatch.setattr(common, "plot_image_rows", lambda path, rows, title, nrow: shown.update(rows, nrow=nrow))
+    gv.sample_figure(model, classes if conditional else None, args, "run", "cpu", torch.Generator().manual_seed(0))
+    if conditional:
+        z = torch.randn(gv.N_SHOWN, 3, generator=torch.Generator().manual_seed(0))
+        for k, cls in enumerate(classes["names"]):
+            assert torch.equal(shown[cls], gv.decode(model, z, gv.class_condition(classes, k, gv.N_SHOWN, "cpu")))
+        assert shown["nrow"] == gv.N_SHOWN // 2
+    else:
+        assert shown["z ~ N(0, I)"].shape == (3 * gv.N_SHOWN, 3, 32, 32) and shown["nrow"] == gv.N_SHOWN
+
+
+def test_weight_tiles_share_one_scale_around_zero():
+    """Every tile on one scale: 0 is mid grey, the largest |w| of all tiles black or white, so a
+    filter of small weights stays near grey instead of being stretched to full contrast."""
+    tiles = torch.zeros(2, 3, 4, 4)
+    tiles[0, 0, 0, 0], tiles[0, 1, 0, 0], tiles[1, 2, 3, 3] = 2.0, -2.0, 0.2
+    shown, scale = gv.shared_scale(tiles, side=32)
+    assert scale == 2.0 and shown.shape == (2, 3, 32, 32)  # 4x4 enlarged 8x (nearest)
+    assert shown[0, 0, :8, :8].eq(1.0).all() and shown[0, 1, :8, :8].eq(0.0).all()
+    assert shown[1, 2, -1, -1].item() == pytest.approx(0.55) and shown[1, 0].eq(0.5).all()
+    smooth = torch.linspace(-1, 1, 64).expand(16, 3, 64, 64)
+    assert gv.neighbour_correlation(smooth) > 0.99
+    noise = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert abs(gv.neighbour_correlation(noise)) < 0.05
+
+
+@pytest.mark.parametrize("arch, tiles", [("mlp", (512, 3, 32, 32)), ("conv", (32, 3, 4, 4)),
+                                         ("resnet", (32, 3, 3, 3))])
+def test_weight_figure_shows_the_layers_that_touch_the_image(arch, tiles, tmp_path, monkeypatch):
+    """Encoder's first and decoder's last layer as RGB tiles, two panels, no wider than 3x tall."""
+    model = gv.GalaxyVAE(arch, latent_dim=3, size=32)
+    weighted = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    first = [m for m in model.encoder.modules() if isinstance(m, weighted)][0]
+    last = [m for m in model.decoder.modules() if isinstance(m, weighted)][-1]
+    assert gv.rgb_tiles(first, 32).shape == tiles and gv.rgb_tiles(last, 32).shape == tiles
+    args = gv.parse_args(["--arch", arch, "--image-size", "32", "--latent-dim", "3", "--out-dir", str(tmp_path)])
+    fig = figure_of(gv.weight_figure, monkeypatch, model, args, "run")
+    width, height = fig.get_size_inches()
+    assert len(fig.axes) == 2 and width <= 3 * height
+    assert all("Neighbouring weights correlate" in ax.get_xlabel() for ax in fig.axes)
+
+
+def test_architectures_figure_one_colour_per_architecture_dashed_test(tmp_path, monkeypatch):
+    settings = vars(gv.parse_args([]))
+    for i, arch in enumerate(gv.ARCHS):
+        history = [{"iteration": t, "train_bce": 3000 + 500 / t + i, "test_bce": 3000 + 600 / t + i}
+                   for t in (1, 2, 3)]
+        metrics = {"args": dict(settings, arch=arch), "history": history,
+                   "final": {"epochs_trained": 3, "train_bce_floor": 2900, "test_bce_floor": 2900}}
+        (tmp_path / f"galaxy_vae_{arch}_metrics.json").write_text(json.dumps(metrics))
+    fig = figure_of(gv.architectures_figure, monkeypatch, tmp_path, settings)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    for arch in gv.ARCHS:
+        train, test = lines[f"{arch}, train"], lines[f"{arch}, test"]
+        assert train.get_color() == test.get_color()
+        assert (train.get_linestyle(), test.get_linestyle()) == ("-", "--")
+    assert len({lines[f"{arch}, train"].get_color() for arch in gv.ARCHS}) == 3
 
 
 # --- the training step against a hand-written step on its objective ---------------------------
