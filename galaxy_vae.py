@@ -74,10 +74,17 @@ def parse_args(argv=None):
     m.add_argument("--condition", choices=["concat", "film"], default="concat",
                    help="--conditional: how the decoder is given the class: concatenated to z, or "
                         "also FiLM-modulating every hidden layer of the decoder")
+    m.add_argument("--class-loss-weight", type=common.nonnegative_float, default=0.0, metavar="WEIGHT",
+                   help="--conditional: add WEIGHT x the cross-entropy of a helper classifier (trained "
+                        "alongside on the real training images) on decoded prior samples of random "
+                        "classes, so the decoder draws what tells the classes apart (0: off)")
+    m.add_argument("--helper-pool", type=common.positive_int, default=1, metavar="K",
+                   help="--class-loss-weight: the helper sees real and generated images average-pooled "
+                        "KxK (1: full resolution, where the decoder learns to fool it with a pixel texture)")
     m.add_argument("--classifier-weights", metavar="FILE",
                    help="--conditional: the judge (--experiment classifier) that scores the generated "
                         "galaxies (default: galaxy_classifier.pt in --out-dir; without it no score)")
-    m.add_argument("--sample-class", help="class of the class figures (default: the rarest)")
+    m.add_argument("--sample-class", help="the class shown first in the class figures (default: the rarest)")
     args = parser.parse_args(argv)
     common.check_common_args(parser, args)
     if not 0 < args.test_fraction < 1:
@@ -86,6 +93,10 @@ def parse_args(argv=None):
         parser.error("--conditional needs --labels: the model is given each galaxy's class")
     if args.experiment == "classifier" and args.conditional:
         parser.error("--conditional is a VAE's; --experiment classifier trains the judge")
+    if args.class_loss_weight and not args.conditional:
+        parser.error("--class-loss-weight trains a --conditional model to draw the class it is given")
+    if args.helper_pool != 1 and not args.class_loss_weight:
+        parser.error("--helper-pool is how the --class-loss-weight helper sees the images")
     if args.condition != "concat" and not args.conditional:
         parser.error(f"--condition {args.condition} is how a --conditional model gets the class")
     args.epochs = args.epochs or EPOCHS[args.experiment]
@@ -278,25 +289,64 @@ def as_float(images):
     return images.float().div_(255)
 
 
-def train_epoch(model, optimizer, data, args, epoch, generator):
-    """One pass minimising vae_loss (averaged over each batch); per-batch bce, kl, mse."""
+def train_epoch(model, optimizer, data, args, epoch, generator, helper=None):
+    """One pass minimising vae_loss (averaged over each batch); per-batch bce, kl, mse. With a
+    helper (--class-loss-weight), each step also adds the weight times class_loss to the VAE's
+    objective and trains the helper on the real batch (per-batch "class" and "helper" terms)."""
     model.train()
     x, c = data["x"], data["c"]
     n_batches = common.num_batches(len(x), args.batch_size)
     # one value per batch and term, for the finite check and the epoch's means in the log
-    terms = {k: torch.empty(n_batches, device=x.device) for k in ("bce", "kl", "mse")}
+    names = ("bce", "kl", "mse") + (("class", "helper") if helper else ())
+    terms = {k: torch.empty(n_batches, device=x.device) for k in names}
     batches = common.batch_indices(len(x), args.batch_size, x.device, generator)
     for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
         images, cond = as_float(x[idx]), (c[idx] if c is not None else None)  # (B, 3, S, S), (B, C)
         with common.autocast(args, x.device):
             logits, mu, logvar = model(images, cond, generator)
             loss = vae_loss(logits, images, mu, logvar, args.kl_weight)
+            objective = loss["loss"].mean()  # the negative ELBO, averaged over the batch
+            if helper:
+                terms["class"][i] = generated_ce = class_loss(model, helper, data, len(idx), args, generator)
+                objective = objective + args.class_loss_weight * generated_ce
         optimizer.zero_grad(set_to_none=True)
-        loss["loss"].mean().backward()  # the negative ELBO, averaged over the batch
+        objective.backward()
         optimizer.step()
+        if helper:
+            terms["helper"][i] = helper_step(helper, images, data["y"][idx], data, args, generator)
         terms["bce"][i], terms["kl"][i] = loss["bce"].mean().detach(), loss["kl"].mean().detach()
         terms["mse"][i] = pixel_mse(logits.detach(), images).mean()
     return terms
+
+
+def class_loss(model, helper, data, n, args, generator):
+    """--class-loss-weight's term: n prior samples z ~ N(0, I) decoded given classes drawn
+    uniformly, and the cross-entropy of the helper's reading of them against the class asked for
+    (the auxiliary-classifier idea of AC-GAN, Odena et al. 2017, on a VAE's samples). The helper
+    is fixed here (eval mode, no gradient to its weights): only the decoder learns from it. It
+    sees the images average-pooled by --helper-pool: a pixel texture cannot tell it the class, so
+    the decoder has to change the coarse picture (shape, colour, arms)."""
+    device = data["x"].device
+    asked = torch.randint(len(data["conditions"]), (n,), generator=generator).to(device)
+    z = common.to_device(torch.randn(n, model.to_mu.out_features, generator=generator), device)
+    generated = torch.sigmoid(model.decode(z, data["conditions"][asked]).float())
+    helper.eval().requires_grad_(False)
+    loss = F.cross_entropy(helper(F.avg_pool2d(generated, args.helper_pool)).float(), asked)
+    helper.train().requires_grad_(True)
+    return loss
+
+
+def helper_step(helper, images, labels, data, args, generator):
+    """One step of the helper on the real batch, pooled as in class_loss, as the judge is trained
+    (class-weighted cross-entropy, random symmetries), with its own Adam at --lr. Returns its loss."""
+    pooled = F.avg_pool2d(images, args.helper_pool)
+    with common.autocast(args, images.device):
+        loss = F.cross_entropy(helper(random_symmetry(pooled, generator)).float(), labels,
+                               weight=data["class_weights"])
+    helper.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    helper.optimizer.step()
+    return loss.detach()
 
 
 @torch.no_grad()
@@ -320,13 +370,21 @@ def fit(model, train, test, args, stem, generator, classes):
     """Adam at a constant --lr (so a run extended by --resume continues the same descent); one test
     evaluation per epoch, recorded against the iteration count. `classes` is saved beside the
     weights (--load checks that a conditional model is given the classes it learned), and so are
-    the model's conv/resnet widths (--load builds them)."""
+    the model's conv/resnet widths (--load builds them). --class-loss-weight trains a helper
+    classifier alongside (saved in the checkpoint; --load needs only the VAE)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    run = common.Run(args, stem, KIND, {"model": model}, {"optimizer": optimizer}, generator)
+    models, optimizers, helper = {"model": model}, {"optimizer": optimizer}, None
+    if args.class_loss_weight:
+        helper = GalaxyClassifier(len(classes["names"])).to(train["x"].device)
+        helper.optimizer = torch.optim.Adam(helper.parameters(), lr=args.lr)
+        models["helper"], optimizers["helper_optimizer"] = helper, helper.optimizer
+        train = {**train, "conditions": classes["conditions"].to(train["x"].device),
+                 "class_weights": class_weights(train["y"], len(classes["names"]))}
+    run = common.Run(args, stem, KIND, models, optimizers, generator)
     per_epoch = common.num_batches(len(train["x"]), args.batch_size)
     for epoch in range(run.done + 1, args.epochs + 1):
-        terms = train_epoch(model, optimizer, train, args, epoch, generator)
-        common.check_finite(epoch, run.weights_path, bce=terms["bce"], kl=terms["kl"])
+        terms = train_epoch(model, optimizer, train, args, epoch, generator, helper)
+        common.check_finite(epoch, run.weights_path, **terms)
         run.log(epoch, {"iteration": epoch * per_epoch,
                         **{f"train_{k}": v.mean().item() for k, v in terms.items()},
                         **{f"test_{k}": v for k, v in evaluate(model, test, args).items()}})
@@ -491,6 +549,18 @@ def judge_real(model, data, classes, weights=None):
     return {"test_ce": F.cross_entropy(logits, data["y"], weight=weights).item(),
             "test_acc": (predicted == data["y"]).float().mean().item(),
             "test_balanced_accuracy": balanced_accuracy(predicted, data["y"], len(classes["names"]))}
+
+
+@torch.no_grad()
+def reconstructed_class_score(model, judge, data, classes):
+    """The yardstick beside generated_class_score: the judge's balanced accuracy on the
+    reconstructions (decoded μ, given their own class) of real images — how much of the class
+    the decoder can draw at all."""
+    x = torch.cat([decode(model, model.encode(as_float(data["x"][idx]), data["c"][idx] if model.cond_dim else None)[0],
+                          data["c"][idx] if model.cond_dim else None)
+                   for idx in common.batch_indices(len(data["x"]), 500, data["x"].device)])
+    seen = classify(judge, x.to(data["x"].device))
+    return balanced_accuracy(seen, data["y"], len(classes["names"]))
 
 
 @torch.no_grad()
@@ -709,10 +779,11 @@ def architectures_figure(out, settings):
 # Short tags of this script's knobs in a run's name; data paths, the cache and the workers stay
 # out (they do not change what a run computes), and so do --arch and --conditional (in the base).
 TAGS = {"latent_dim": "z", "kl_weight": "kl", "image_size": "size", "test_fraction": "test",
-        "class_scheme": "", "sample_class": "class", "condition": ""}
+        "class_scheme": "", "sample_class": "class", "condition": "", "class_loss_weight": "classloss",
+        "helper_pool": "pool"}
 NOT_IN_NAME = ("images_dir", "labels", "cache_dir", "workers", "arch", "conditional", "experiment",
                "classifier_weights")
-VAE_ONLY = ("latent_dim", "kl_weight", "condition", "sample_class")  # knobs the judge never reads
+VAE_ONLY = ("latent_dim", "kl_weight", "condition", "sample_class", "class_loss_weight", "helper_pool")  # knobs the judge never reads
 
 
 def run_name(args):
@@ -750,7 +821,8 @@ def load_judge(args, classes, device):
     if checkpoint["classes"]["names"] != classes["names"]:
         common.fail(f"--classifier-weights: {path} tells apart {checkpoint['classes']['names']}, "
                     f"not {classes['names']}")
-    judge = GalaxyClassifier(len(classes["names"])).to(device)
+    with torch.random.fork_rng(devices=[]):  # its random start is overwritten: the VAE's stays as without it
+        judge = GalaxyClassifier(len(classes["names"])).to(device)
     common.load_weights(path, CLASSIFIER, {"model": judge}, "--classifier-weights", checkpoint)
     return judge
 
@@ -823,6 +895,7 @@ def main(argv=None):
                      **generated_class_score(model, judge, classes, args.seed + 2))
         final["generated_to_real_ratio"] = (final["generated_balanced_accuracy"]
                                             / final["judge_real_test_balanced_accuracy"])
+        final["judge_reconstructed_test_balanced_accuracy"] = reconstructed_class_score(model, judge, test, classes)
         print(f"generated {final['generated_balanced_accuracy']:.3f} vs real "
               f"{final['judge_real_test_balanced_accuracy']:.3f} balanced accuracy of the judge")
     loss_figure(run.history, final, name, args)

@@ -23,6 +23,7 @@ import pytest
 from conftest import ROOT
 
 CNN = ["--cnn-weights", "figures/cnn.pt"]
+GALAXY = ["--labels", "{data}/galaxy/labels.csv", "--amp"]
 # weights file (in figures/) → the script and the flags of the command that reloads it
 COMMANDS = {
     "cnn": ("cnn", []),
@@ -47,6 +48,10 @@ COMMANDS = {
     "autoencoder_transfer": ("autoencoder", [
         "--experiment", "transfer", "--conv-weights", "figures/autoencoder_conv.pt",
         "--few-labels-weights", "figures/autoencoder_few_labels.pt"]),
+    "galaxy_vae_conv_amp": ("galaxy_vae", GALAXY),
+    "galaxy_classifier_amp": ("galaxy_vae", ["--experiment", "classifier", *GALAXY]),
+    "galaxy_vae_conv_cond_amp_film_classloss30": ("galaxy_vae", [
+        *GALAXY, "--classifier-weights", "figures/galaxy_classifier_amp.pt"]),
     "lstm_tweets": ("lstm_tweets", [
         "--train-csv", "{data}/tweets/semeval2017/train/*.tsv",
         "--test-csv", "{data}/tweets/semeval2017/SemEval2017-task4-test.subtask-A.english.txt"]),

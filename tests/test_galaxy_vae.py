@@ -343,28 +343,57 @@ def test_random_symmetry_gives_each_image_one_of_the_eight_symmetries_of_the_squ
     assert sorted(set(chosen)) == list(range(8))  # all eight occur over 64 images
 
 
+class ColourDecoder(gv.GalaxyVAE):
+    """A stand-in decoder: images red for class 0 and blue for class 1 (shows_class True), grey
+    (False: ignores the class), or blue for class 1 only where z₁ > 0 ("half")."""
+
+    def __init__(self, shows_class):
+        super().__init__("mlp", latent_dim=2, size=4, cond_dim=2)
+        self.shows_class = shows_class
+
+    def decode(self, z, c=None):
+        blue = c[:, 1] * (z[:, 0] > 0) if self.shows_class == "half" else c[:, 1]
+        colour = torch.stack([1 - blue, torch.zeros(len(c)), blue], 1) if self.shows_class else torch.ones(len(c), 3)
+        return torch.logit(colour.clamp(0.1, 0.9))[:, :, None, None].expand(-1, -1, 4, 4)
+
+
+class ColourJudge(torch.nn.Module):
+    """A stand-in judge: class 0 for red images, 1 for blue ones."""
+
+    def forward(self, x):
+        return torch.stack([x[:, 0].mean((1, 2)), x[:, 2].mean((1, 2))], 1)
+
+
 def test_generated_class_score_reads_the_class_the_judge_sees():
-    """Stand-ins: a decoder whose images are red for class 0 and blue for class 1 (or grey,
-    ignoring the class) and a judge that calls red 0 and blue 1. A decoder that shows the class
-    scores 1; one that ignores it scores 1/2 (balanced), whatever the judge's bias."""
-    class Decoder(gv.GalaxyVAE):
-        def __init__(self, shows_class):
-            super().__init__("mlp", latent_dim=2, size=4, cond_dim=2)
-            self.shows_class = shows_class
-
-        def decode(self, z, c=None):
-            colour = torch.stack([c[:, 0], torch.zeros(len(c)), c[:, 1]], 1) if self.shows_class else torch.ones(len(c), 3)
-            return torch.logit(colour.clamp(0.1, 0.9))[:, :, None, None].expand(-1, -1, 4, 4)
-
-    class Judge(torch.nn.Module):
-        def forward(self, x):
-            return torch.stack([x[:, 0].mean((1, 2)), x[:, 2].mean((1, 2))], 1)
-
+    """A decoder that shows the class scores 1; one that ignores it 1/2 (balanced, whatever the
+    judge's bias); one that half-shows it: recall of class 1 = the share of its draws with z₁ > 0,
+    recomputed here from the seeded draws, and balanced accuracy the mean of the two recalls, with
+    the class asked for as the truth."""
     classes = {"names": ["red", "blue"], "conditions": torch.eye(2)}
-    shown = gv.generated_class_score(Decoder(True), Judge(), classes, seed=0, n=10)
-    ignored = gv.generated_class_score(Decoder(False), Judge(), classes, seed=0, n=10)
+    shown = gv.generated_class_score(ColourDecoder(True), ColourJudge(), classes, seed=0, n=10)
+    ignored = gv.generated_class_score(ColourDecoder(False), ColourJudge(), classes, seed=0, n=10)
+    half = gv.generated_class_score(ColourDecoder("half"), ColourJudge(), classes, seed=3, n=40)
     assert shown == {"generated_balanced_accuracy": 1.0, "generated_recall_red": 1.0, "generated_recall_blue": 1.0}
     assert ignored["generated_balanced_accuracy"] == 0.5
+    draws = torch.Generator().manual_seed(3)
+    torch.randn(40, 2, generator=draws)  # class 0's draws
+    share = (torch.randn(40, 2, generator=draws)[:, 0] > 0).float().mean().item()  # class 1's
+    assert 0.2 < share < 0.8 and half["generated_recall_blue"] == pytest.approx(share)
+    assert half["generated_balanced_accuracy"] == pytest.approx((1 + share) / 2)
+
+
+def test_reconstructed_class_score_judges_the_decoded_means_given_their_own_class():
+    """Real images of classes 0, 0, 0, 1 reconstructed by a decoder that draws the class it is
+    given: the judge sees their own classes (1.0); labels that disagree with the conditions the
+    images carry score what the judge sees against the labels (3 of class 0 seen as 1: 0.0 and
+    1.0 for the two recalls here)."""
+    classes = {"names": ["red", "blue"], "conditions": torch.eye(2)}
+    data = {"x": torch.zeros(4, 3, 4, 4, dtype=torch.uint8), "y": torch.tensor([0, 0, 0, 1]),
+            "c": torch.eye(2)[[0, 0, 0, 1]]}
+    assert gv.reconstructed_class_score(ColourDecoder(True), ColourJudge(), data, classes) == 1.0
+    swapped = {**data, "c": torch.eye(2)[[1, 1, 1, 1]]}
+    assert gv.reconstructed_class_score(ColourDecoder(True), ColourJudge(), swapped, classes) == 0.5
+    assert gv.reconstructed_class_score(ColourDecoder(False), ColourJudge(), data, classes) == 0.5
 
 
 def test_one_judge_step_is_adam_on_the_class_weighted_cross_entropy_of_a_symmetry(monkeypatch):
@@ -404,6 +433,7 @@ def test_one_judge_step_is_adam_on_the_class_weighted_cross_entropy_of_a_symmetr
     order = [next(j for j in range(4) if any(torch.equal(images[i], s) for s in symmetries(batch[j])))
              for i in range(4)]  # which training image each input is a symmetry of
     assert sorted(order) == [0, 1, 2, 3]
+    assert any(not torch.equal(images[i], batch[order[i]]) for i in range(4))  # turned or mirrored
     labels = train["y"][order]
     weights = torch.tensor([4 / (2 * 3), 4 / (2 * 1)])
     log_p = torch.log_softmax(reference(images), 1).gather(1, labels[:, None]).squeeze(1)
@@ -434,7 +464,7 @@ def test_a_conditional_run_is_scored_by_the_judge_and_reload_repeats_the_score(g
     assert first["judge_real_test_balanced_accuracy"] == pytest.approx(judge["test_balanced_accuracy"])
     assert first["generated_to_real_ratio"] == pytest.approx(
         first["generated_balanced_accuracy"] / first["judge_real_test_balanced_accuracy"])
-    assert {"generated_recall_other", "generated_recall_spiral_odd"} <= set(first)
+    assert {"generated_recall_other", "generated_recall_spiral_odd", "judge_reconstructed_test_balanced_accuracy"} <= set(first)
     gv.main(args_for(root, tmp_path, "--labels", root / "labels.csv", "--load", tmp_path / f"{name}.pt",
                      "--classifier-weights", tmp_path / "galaxy_classifier_e1_bs16_size32.pt"))
     assert final_block(tmp_path, name) == first
@@ -449,6 +479,8 @@ def test_the_judge_flags_refuse_what_they_cannot_use(galaxies, tmp_path):
     base = args_for(root, tmp_path, "--labels", root / "labels.csv", "--epochs", "1", "--latent-dim", "3")
     assert_one_line_error(run_script("galaxy_vae.py", *base, "--conditional", "--classifier-weights",
                                      tmp_path / "none.pt"), "--classifier-weights: no file at")
+    assert_one_line_error(run_script("galaxy_vae.py", *base, "--conditional", "--helper-pool", "4"),
+                          "--helper-pool is how the --class-loss-weight helper sees the images")
     assert_one_line_error(run_script("galaxy_vae.py", *base, "--condition", "film"),
                           "--condition film is how a --conditional model gets the class")
     assert_one_line_error(run_script("galaxy_vae.py", *base, "--experiment", "classifier", "--conditional"),
@@ -502,6 +534,12 @@ def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
                 "--sample-class", "other") == "galaxy_vae_mlp_q1_size32_kl0.5_class-other"
     assert name() == "galaxy_vae_conv"
     assert name("--load", "runs/galaxy_vae_conv_e100_amp.pt", "--epochs", "3") == "galaxy_vae_conv_e100_amp"
+    assert name("--conditional", "--condition", "film", "--class-loss-weight", "30", "--amp",
+                "--classifier-weights", "j.pt") == "galaxy_vae_conv_cond_amp_film_classloss30"
+    assert name("--conditional", "--class-loss-weight", "30", "--helper-pool", "4") == "galaxy_vae_conv_cond_classloss30_pool4"
+    # the judge: its own default epochs (60, unnamed), none of the VAE's knobs
+    assert name("--experiment", "classifier", "--amp") == "galaxy_classifier_amp"
+    assert name("--experiment", "classifier", "--epochs", "60", "--latent-dim", "7", "--lr", "3e-3") == "galaxy_classifier_lr0.003"
     assert gv.comparison_name(vars(gv.parse_args(["--arch", "resnet", "--epochs", "30", "--amp"]))) == "galaxy_vae_amp"
 
 
@@ -763,21 +801,27 @@ def objective_by_hand(model, images, cond, eps, kl_weight):
         features = torch.cat([features, cond], 1)
     mu, logvar = model.to_mu(features), model.to_logvar(features)
     z = mu + torch.exp(0.5 * logvar) * eps
-    h = torch.cat([z, cond], 1) if cond is not None else z
-    for i, layer in enumerate(model.decoder):  # FiLM (Perez et al.): h·(1 + γ) + β after a hidden layer
-        h = layer(h)
-        if str(i) in model.film:
-            linear = model.film[str(i)].to_gamma_beta
-            gamma, beta = (cond @ linear.weight.T + linear.bias).split(h.shape[1], dim=1)
-            shape = (len(h), h.shape[1]) + (1,) * (h.dim() - 2)
-            h = h * (1 + gamma.reshape(shape)) + beta.reshape(shape)
-    logits = h
+    logits = decode_by_hand(model, z, cond)
     bce = -(images * F.logsigmoid(logits) + (1 - images) * F.logsigmoid(-logits)).flatten(1).sum(1)
     q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
     prior = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
     kl = torch.distributions.kl_divergence(q, prior).sum(1)
     mse = (torch.sigmoid(logits) - images).pow(2).flatten(1).mean(1)
     return {"bce": bce, "kl": kl, "mse": mse, "loss": (bce + kl_weight * kl).mean()}
+
+
+def decode_by_hand(model, z, cond):
+    """The decoder's layers in turn, given [z, c], with FiLM (Perez et al.) written out after each
+    hidden layer that has one: h·(1 + γ) + β, γ and β a linear map of c."""
+    h = torch.cat([z, cond], 1) if cond is not None else z
+    for i, layer in enumerate(model.decoder):
+        h = layer(h)
+        if str(i) in model.film:
+            linear = model.film[str(i)].to_gamma_beta
+            gamma, beta = (cond @ linear.weight.T + linear.bias).split(h.shape[1], dim=1)
+            shape = (len(h), h.shape[1]) + (1,) * (h.dim() - 2)
+            h = h * (1 + gamma.reshape(shape)) + beta.reshape(shape)
+    return h
 
 
 def away_from_the_prior(model):
@@ -842,6 +886,65 @@ def test_one_training_step_descends_the_documented_loss(arch, conditional, condi
         assert close(param.detach(), old - lr * gradient, rtol=1e-5), name
     for term in ("bce", "kl", "mse"):
         assert logged[term].shape == (1,) and close(logged[term], expected[term].mean().detach().view(1), 1e-5), term
+
+
+def pool_by_hand(images, k):
+    """k x k average pooling written as a reshape and a mean (B, C, S, S) -> (B, C, S/k, S/k)."""
+    b, c, s, _ = images.shape
+    return images.reshape(b, c, s // k, k, s // k, k).mean((3, 5))
+
+
+@pytest.mark.parametrize("pool", [1, 2])
+def test_the_class_loss_step_adds_the_helpers_cross_entropy_on_prior_samples_and_trains_the_helper(pool):
+    """--class-loss-weight 7 (FiLM, conv): the VAE's gradient is that of the ELBO plus 7 x the
+    cross-entropy of the helper (in eval mode) on sigmoid(decoder) of prior samples z ~ N(0, I)
+    given uniformly drawn classes, against those classes — written by hand (decode_by_hand,
+    log_softmax + gather); the helper's own update is an SGD step on the class-weighted
+    cross-entropy of the real batch's symmetries (recorded at its input), so a class term that
+    leaked into the helper's weights, an unweighted or unaugmented helper loss, or an ignored
+    weight fails; with --helper-pool 2 the helper sees both at half the side. Draw order on the
+    generator: shuffle, ε, the asked classes, the prior z, then the helper's symmetries."""
+    args = step_args("--arch", "conv", "--conditional", "--labels", "labels.csv", "--condition", "film",
+                     "--class-loss-weight", "7", "--helper-pool", pool)
+    torch.manual_seed(0)
+    model = with_random_film(away_from_the_prior(gv.GalaxyVAE("conv", LATENT, SIZE, COND_DIM, condition="film")))
+    helper = gv.GalaxyClassifier(COND_DIM)
+    reference, helper_reference = copy.deepcopy(model).train(), copy.deepcopy(helper)
+    data = tiny_data(conditional=True)
+    data["y"] = data["c"].argmax(1)
+    data["conditions"], data["class_weights"] = torch.eye(COND_DIM), torch.tensor([0.5, 1.0, 2.0, 4.0])
+
+    draws = torch.Generator().manual_seed(5)
+    order = torch.randperm(BATCH, generator=draws)
+    eps = torch.randn(BATCH, LATENT, generator=draws)
+    asked = torch.randint(COND_DIM, (BATCH,), generator=draws)
+    z = torch.randn(BATCH, LATENT, generator=draws)
+    images = data["x"][order].float() / 255
+    elbo = objective_by_hand(reference, images, data["c"][order], eps, KL_WEIGHT)["loss"]
+    generated = pool_by_hand(torch.sigmoid(decode_by_hand(reference, z, torch.eye(COND_DIM)[asked])), pool)
+    log_p = torch.log_softmax(helper_reference.eval()(generated), 1).gather(1, asked[:, None]).squeeze(1)
+    gradients = torch.autograd.grad(elbo + 7 * -log_p.mean(), list(reference.parameters()))
+
+    seen = []
+    helper.register_forward_pre_hook(lambda m, x: seen.append(x[0].detach().clone()) if m.training else None)
+    helper.optimizer = torch.optim.SGD(helper.parameters(), lr=0.05)
+    logged = gv.train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), data, args, 1,
+                            torch.Generator().manual_seed(5), helper)
+    for (name, param), gradient in zip(model.named_parameters(), gradients):
+        assert close(param.grad, gradient), name
+    assert close(logged["class"], -log_p.mean().detach().view(1), 1e-5)
+
+    (real,) = seen  # the helper's own step saw each real image under one of the eight symmetries
+    symmetries = lambda x: [torch.rot90(m, k, dims=(1, 2)) for m in (x, x.flip(2)) for k in range(4)]
+    assert all(any(torch.allclose(r, s, atol=1e-6) for s in symmetries(x)) for r, x in zip(real, pool_by_hand(images, pool)))
+    assert any(not torch.allclose(r, x, atol=1e-6) for r, x in zip(real, pool_by_hand(images, pool)))  # not all as they were
+    labels, weights = data["y"][order], data["class_weights"]
+    log_q = torch.log_softmax(helper_reference.train()(real), 1).gather(1, labels[:, None]).squeeze(1)
+    helper_loss = -(weights[labels] * log_q).sum() / weights[labels].sum()
+    helper_gradients = torch.autograd.grad(helper_loss, list(helper_reference.parameters()))
+    for (name, param), old, gradient in zip(helper.named_parameters(), helper_reference.parameters(), helper_gradients):
+        assert close(param.detach(), old.detach() - 0.05 * gradient, rtol=1e-5), name
+    assert close(logged["helper"], helper_loss.detach().view(1), 1e-5)
 
 
 def test_images_reach_the_encoder_as_floats_in_0_1_in_training_evaluation_and_the_metrics():

@@ -21,7 +21,9 @@ SECTION = "## Results: every experiment in one table"
 # A result label in the table -> the key (or keys, first present wins) in the metrics file.
 LABELS = {
     "test accuracy": ("test_acc",),
-    "test balanced accuracy": ("test_balanced_acc",),
+    "test balanced accuracy": ("test_balanced_acc", "test_balanced_accuracy"),  # lstm, galaxy's judge
+    "generated class balanced accuracy": ("generated_balanced_accuracy",),
+    "judge on real test images": ("judge_real_test_balanced_accuracy",),
     "test loss": ("test_loss",),
     "test reconstruction": ("test_recon",),
     "test KL": ("test_kl", "test_prior"),  # vaegan.py calls the KL term L_prior, as the paper does
