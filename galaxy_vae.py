@@ -556,10 +556,13 @@ def reconstructed_class_score(model, judge, data, classes):
     """The yardstick beside generated_class_score: the judge's balanced accuracy on the
     reconstructions (decoded μ, given their own class) of real images — how much of the class
     the decoder can draw at all."""
-    x = torch.cat([decode(model, model.encode(as_float(data["x"][idx]), data["c"][idx] if model.cond_dim else None)[0],
-                          data["c"][idx] if model.cond_dim else None)
-                   for idx in common.batch_indices(len(data["x"]), 500, data["x"].device)])
-    seen = classify(judge, x.to(data["x"].device))
+    model.eval()  # before the first encode: BatchNorm with its running statistics
+    reconstructions = []
+    for idx in common.batch_indices(len(data["x"]), 500, data["x"].device):
+        cond = data["c"][idx] if model.cond_dim else None
+        mu, _ = model.encode(as_float(data["x"][idx]), cond)
+        reconstructions.append(decode(model, mu, cond))
+    seen = classify(judge, torch.cat(reconstructions).to(data["x"].device))
     return balanced_accuracy(seen, data["y"], len(classes["names"]))
 
 
