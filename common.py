@@ -92,6 +92,7 @@ positive_int = _number(int, lambda v: v > 0, "> 0")
 nonnegative_int = _number(int, lambda v: v >= 0, ">= 0")
 positive_float = _number(float, lambda v: v > 0 and math.isfinite(v), "> 0")
 nonnegative_float = _number(float, lambda v: v >= 0 and math.isfinite(v), ">= 0")
+fraction = _number(float, lambda v: 0 <= v < 1, ">= 0 and < 1")  # a dropout rate, a held-out share
 
 
 def number_list(number):
@@ -437,6 +438,7 @@ class TweetFile:
     split_at_commas: list = field(default_factory=list)  # lines csv could not split (parse_line)
     lines: int = 0                                # lines in the file
     notes: dict = field(default_factory=dict)     # quirk -> line numbers of tweets read despite it
+    neutral: list = field(default_factory=list)   # texts of the skipped neutral rows (SemEval)
 
 
 def normalise(value):
@@ -591,6 +593,10 @@ SEMEVAL_LABELS = {"negative": 0, "positive": 1}  # "neutral" rows are skipped an
 ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")  # a literal \u2019 written into the text
 
 
+def unescape(match):
+    return chr(int(match.group(1), 16))
+
+
 def looks_like_semeval(numbered):
     """SemEval-2017 task 4A's layout: id<TAB>label<TAB>text, no header, labels
     positive/negative/neutral (true of most of the first lines)."""
@@ -602,8 +608,9 @@ def read_semeval_tsv(path, numbered, lines):
     """Tab-separated tweets as SemEval publishes them, quirks included: no CSV quoting (a double
     quote opening a text is the tweet's own); a stray trailing tab is an empty extra field (the
     tweet is read, the line counted); literal \\uXXXX escapes become the character they name
-    (then the script's rule for characters outside ASCII); neutral rows are skipped and counted."""
-    texts, labels, problems, notes = [], [], {}, {}
+    (then the script's rule for characters outside ASCII); neutral rows are skipped and counted,
+    their texts kept apart (unlabelled text, e.g. for a language model)."""
+    texts, labels, problems, notes, neutral = [], [], {}, {}, []
     blank = [n for n, line in enumerate(lines, start=1) if not line.strip()]
     if blank:
         problems["blank line"] = blank
@@ -618,13 +625,14 @@ def read_semeval_tsv(path, numbered, lines):
         text = "\t".join([fields[2]] + [f for f in extra if f])  # a tab inside a tweet stays
         if label == "neutral":
             problems.setdefault("neutral (a positive/negative classifier skips them)", []).append(n)
+            neutral.append(ESCAPE.sub(unescape, text))
             continue
         if label not in SEMEVAL_LABELS:
             problems.setdefault("label not positive/negative/neutral", []).append(n)
             continue
         if ESCAPE.search(text):
             notes.setdefault("literal \\uXXXX escapes, read as the characters they name", []).append(n)
-            text = ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text)
+            text = ESCAPE.sub(unescape, text)
         if not text.strip():
             problems.setdefault("empty tweet", []).append(n)
             continue
@@ -634,7 +642,7 @@ def read_semeval_tsv(path, numbered, lines):
         fail(f"{path}: no line holds a positive or negative tweet (SemEval layout "
                     "id<TAB>label<TAB>text)")
     return TweetFile(texts, labels, "SemEval layout (id<TAB>label<TAB>text, no header); labels "
-                     "negative/positive, neutral skipped", problems, [], len(lines), notes)
+                     "negative/positive, neutral skipped", problems, [], len(lines), notes, neutral)
 
 
 def plural(n, noun):
@@ -663,16 +671,17 @@ def tweet_file_report(path, tweets):
 
 def read_tweet_files(paths, text_column=None, label_column=None):
     """Tweet files read one by one (read_tweet_csv), each one's report printed as it is read,
-    joined in the order given: (texts, labels)."""
-    texts, labels = [], []
+    joined in the order given: (texts, labels, neutral texts)."""
+    texts, labels, neutral = [], [], []
     for path in paths:
         tweets = read_tweet_csv(path, text_column, label_column)
         print(tweet_file_report(path, tweets))
         texts.extend(tweets.texts)
         labels.extend(tweets.labels)
+        neutral.extend(tweets.neutral)
     if len(paths) > 1:
         print(f"  {plural(len(texts), 'tweet')} from {len(paths)} files")
-    return texts, labels
+    return texts, labels, neutral
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1185,14 +1194,16 @@ def save_figure(fig, path):
     print(f"wrote {path}")
 
 
-def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=False, styles=None):
+def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=False, styles=None,
+                caption=None):
     """panels: {ylabel: {label: (xs, ys)}}, one axis per entry side by side (e.g. reconstruction
     and KL, whose scales differ), at most three to a row (or `ncols`); a legend on every axis
     with a named curve.
     log_y: logarithmic y axes (a first epoch far above the rest hides the later ones), labelled
     at 1, 2, 5 × 10^n (readable_log_ticks). styles: {label: matplotlib line options}, e.g. one
     colour per run with solid train and dashed test curves; a curve not named there gets the
-    next default colour. At most three panels to a row: a figure at most 3x as wide as tall."""
+    next default colour. At most three panels to a row: a figure at most 3x as wide as tall.
+    caption: a sentence or two under the panels (what a reader must know to read them)."""
     ncols = ncols or math.ceil(len(panels) / math.ceil(len(panels) / 3))  # 4 panels: 2x2, 5: 3+2
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, max(4 * nrows, 5.5 * ncols / 3)),
@@ -1201,8 +1212,8 @@ def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=Fal
         ax.set_axis_off()
     for ax, (ylabel, curves) in zip(axes.flat, panels.items()):
         for label, (xs, ys) in curves.items():
-            ax.plot(xs, ys, marker="o" if markers else None, markersize=3, label=label,
-                    **(styles or {}).get(label, {}))
+            ax.plot(xs, ys, label=label, **{"marker": "o" if markers else None, "markersize": 3,
+                                            **(styles or {}).get(label, {})})
         ax.set(xlabel=xlabel, ylabel=ylabel)
         # epochs and steps are whole numbers; 'auto': as many ticks as fit the axis's width
         ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
@@ -1212,6 +1223,8 @@ def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=Fal
         if any(curves):  # every labelled curve is named ("" draws an axis's only curve unnamed)
             ax.legend()
     fig.suptitle(textwrap.fill(title, 55 * ncols))  # ~55 characters fit above one panel
+    if caption:
+        fig.supxlabel(textwrap.fill(caption, 80 * ncols), fontsize=9, ha="left", x=0.01)
     save_figure(fig, path)
 
 

@@ -894,7 +894,8 @@ def main(argv=None):
         run = fit(model, train, test, args, out / name, generator, classes)
     final = final_metrics(model, train, test, classes, args, run)
     if judge:  # the yardstick beside the score: the judge on real test images
-        final.update({f"judge_real_{k}": v for k, v in judge_real(judge, test, classes).items()},
+        weights = class_weights(train["y"], len(classes["names"]))  # as in the judge's own metrics
+        final.update({f"judge_real_{k}": v for k, v in judge_real(judge, test, classes, weights).items()},
                      **generated_class_score(model, judge, classes, args.seed + 2))
         final["generated_to_real_ratio"] = (final["generated_balanced_accuracy"]
                                             / final["judge_real_test_balanced_accuracy"])

@@ -82,7 +82,7 @@ def main(argv=None):
         (path,) = (folder / "out").glob("lstm_tweets*_metrics.json")  # named after its knobs
         metrics = json.loads(path.read_text())
         seconds = metrics["wall_seconds"]
-        split, _ = lstm_tweets.load_split([train], lstm_tweets.parse_args(["--train-csv", str(train)]),
+        split, *_ = lstm_tweets.load_split([train], lstm_tweets.parse_args(["--train-csv", str(train)]),
                                           device)
     per_1000 = 1000 * seconds / args.iterations
     print(f"lstm_tweets.py: {per_1000:.1f} s per 1000 iterations on {device} "

@@ -2,9 +2,11 @@
 
 The tweet-file readers live in common.py (read_tweet_csv, report, read_tweet_files: file formats
 are data loading); their tests stay here, calling common.X, beside the script that reads tweets."""
+import copy
 import csv
 import io
 import json
+import math
 
 import pytest
 import torch
@@ -427,7 +429,8 @@ def test_several_training_files_are_joined_in_order(tmp_path, capsys):
     second.write_text("3\tnegative\tbad one\n4\tpositive\tnice\n")
     args = lstm_tweets.parse_args(["--train-csv", str(first), str(second), "--test-csv", str(second),
                                    "--device", "cpu"])
-    (codes, lengths, labels), _ = lstm_tweets.load_split(args.train_csv, args, "cpu")
+    (codes, lengths, labels), _, texts, neutral = lstm_tweets.load_split(args.train_csv, args, "cpu")
+    assert texts == ["good one", "bad one", "nice"] and neutral == ["meh"]
     assert labels.tolist() == [1, 0, 1] and lengths.tolist() == [8, 7, 4]
     assert "3 tweets from 2 files" in capsys.readouterr().out
 
@@ -606,7 +609,7 @@ def test_fit_steps_through_whole_passes_of_bucketed_minibatches(tmp_path, monkey
 
     monkeypatch.setattr(lstm_tweets, "train_step", recording_step)
     train = (codes, lengths, labels)
-    lstm_tweets.fit(lstm_tweets.CharLSTM(8), train, train, train, args, torch.device("cpu"),
+    lstm_tweets.fit(lstm_tweets.CharLSTM(8), train, train, None, train, args, torch.device("cpu"),
                     torch.Generator().manual_seed(5), tmp_path / "run")
     assert len(steps) == 8
     for batch_codes, batch_lengths, batch_labels, class_weights in steps:
@@ -661,3 +664,220 @@ def test_the_network_sees_each_tweets_ascii_codes_cut_at_max_len(tweet_files, tm
             assert row[length:] == [0] * (len(row) - length)
             assert tuple(row[:length]) in (train_rows if training else train_rows | test_rows)
     assert len(seen[0][1]) == len(seen[1][1]) == 4
+
+
+# --- the bag-of-words yardstick ------------------------------------------------------------------
+def test_bag_of_words_keeps_the_ngrams_of_at_least_two_training_tweets():
+    """By hand: unigrams and bigrams, lower-cased, punctuation its own word; a vocabulary of the
+    n-grams in two or more training tweets (twice in one tweet counts once); a test tweet's
+    unseen n-grams are left out."""
+    train = ["I love it!", "love it", "I hate it", "hate hate"]
+    assert lstm_tweets.ngrams("I love it!") == {"i", "love", "it", "!", "i love", "love it", "it !"}
+    (x_train, x_test), n = lstm_tweets.bag_of_words(train, ["LOVE IT, I hate"])
+    vocabulary = sorted(["i", "love", "it", "love it", "hate"])  # "hate hate": once in its tweet
+    assert n == len(vocabulary) == 5
+    expected_train = [[{"i", "love", "it", "love it"}], [{"love", "it", "love it"}],
+                      [{"i", "it", "hate"}], [{"hate"}]]
+    for row, (grams,) in zip(x_train.to_dense(), expected_train):
+        assert [vocabulary[i] for i in row.nonzero().flatten().tolist()] == sorted(grams)
+    assert sorted(vocabulary[i] for i in x_test.to_dense()[0].nonzero().flatten().tolist()) == \
+        sorted(["love", "it", "love it", "i", "hate"])
+
+
+def test_the_logistic_regression_stops_where_its_gradient_written_by_hand_is_zero():
+    """At the returned (w, b) the gradient of the docstring's objective, written here by hand
+    (∂L/∂w = Xᵀ(c_y (σ(Xw + b) - y)) / Σ c_y + l2·w, ∂L/∂b = Σ c_y (σ - y) / Σ c_y), is ~0: the
+    optimum of a convex problem. Imbalanced labels (6 to 24) and a large l2, so an unweighted
+    loss, a penalised bias or an ignored l2 each leave a gradient far from 0."""
+    generator = torch.Generator().manual_seed(0)
+    dense = (torch.rand(30, 12, generator=generator) < 0.3).double()
+    labels = torch.tensor([1] * 6 + [0] * 24)
+    w, b = lstm_tweets.logistic_regression(dense.to_sparse(), labels, l2=0.05)
+    c = torch.where(labels == 1, 30 / (2 * 6), 30 / (2 * 24)).double()
+    residual = c * (torch.sigmoid(dense @ w.squeeze(1) + b) - labels.double()) / c.sum()
+    grad_w, grad_b = dense.T @ residual + 0.05 * w.squeeze(1), residual.sum()
+    assert grad_w.abs().max() < 1e-6 and abs(grad_b) < 1e-6  # at w = b = 0 it is ~0.1
+    assert w.abs().max() > 0.1  # not a trivial optimum
+
+
+def test_the_baseline_separates_a_separable_case(capsys):
+    """Tweets whose words say the class: the test tweets are all classified right."""
+    train = ["good day", "good game", "so good", "bad day", "bad game", "so bad", "good", "bad"]
+    labels = torch.tensor([1, 1, 1, 0, 0, 0, 1, 0])
+    result = lstm_tweets.bag_of_words_baseline(train, labels, ["good so", "bad game day"],
+                                               torch.tensor([1, 0]))
+    assert result["bag_of_words_test_acc"] == result["bag_of_words_test_balanced_acc"] == 1.0
+    assert result["bag_of_words_features"] == 5  # good, bad, day, game, so; each bigram is in one tweet
+    assert "bag-of-words logistic regression" in capsys.readouterr().out
+
+
+# --- the variants beyond the assignment ----------------------------------------------------------
+def test_max_and_mean_readouts_pool_the_real_steps_and_send_gradient_to_every_one():
+    """read_out by hand on states whose padding is larger than any real value (a readout that
+    looked at padding would pick it): max = each unit's largest real value, its gradient 1 at
+    that step; mean = the average over the real steps, gradient 1/length at each real step and
+    0 on padding. The last-state readout's gradient reaches only the last real step."""
+    generator = torch.Generator().manual_seed(1)
+    output = torch.randn(3, 6, 4, generator=generator)
+    lengths = torch.tensor([6, 2, 4])
+    for b, n in enumerate(lengths.tolist()):
+        output[b, n:] = 100.0
+    for how in ("max", "mean", "last"):
+        states = output.clone().requires_grad_(True)
+        pooled = lstm_tweets.read_out(states, lengths, how)
+        pooled.sum().backward()
+        for b, n in enumerate(lengths.tolist()):
+            real = output[b, :n]
+            if how == "max":
+                assert torch.equal(pooled[b], real.max(0).values)
+                hit = torch.zeros_like(real).scatter_(0, real.argmax(0, keepdim=True), 1.0)
+                assert torch.equal(states.grad[b, :n], hit)
+            elif how == "mean":
+                assert torch.allclose(pooled[b], real.mean(0))
+                assert torch.allclose(states.grad[b, :n], torch.full_like(real, 1 / n))
+            else:
+                assert torch.equal(pooled[b], real[-1])
+                assert states.grad[b, :n - 1].abs().sum() == 0 and states.grad[b, n - 1].eq(1).all()
+            assert states.grad[b, n:].abs().sum() == 0  # never the padding
+
+
+def log_probs_by_hand(model, tweets, readout):
+    """Each tweet through the model's LSTM alone (no padding, no batch), its states pooled by
+    hand, then the linear layer and log-softmax."""
+    rows = []
+    for tweet in tweets:
+        x = torch.nn.functional.one_hot(torch.tensor([ord(ch) for ch in tweet]), 128).float()
+        states, _ = model.lstm(x[None])
+        states = states[0]
+        pooled = {"last": states[-1], "max": states.max(0).values, "mean": states.mean(0)}[readout]
+        rows.append(torch.log_softmax(model.out(pooled), 0))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("readout", ["max", "mean"])
+def test_a_step_with_a_pooled_readout_descends_the_nll_of_the_pooled_states(readout):
+    """train_step with --readout max / mean, --class-weighted and SGD equals a hand-written SGD
+    step on the weighted NLL of log_probs_by_hand (each tweet alone, pooled by hand)."""
+    args = lstm_tweets.parse_args(["--optimizer", "sgd", "--lr", "0.05", "--hidden", "8",
+                                   "--class-weighted", "--readout", readout])
+    torch.manual_seed(0)
+    model = lstm_tweets.CharLSTM(args.hidden, args.readout)
+    reference = copy.deepcopy(model)
+    optimizer = lstm_tweets.make_optimizer(model, args)
+    tweets, labels = STEP_BATCHES[0][0], torch.tensor(STEP_BATCHES[0][1])
+    loss = weighted_nll_by_hand(log_probs_by_hand(reference, tweets, readout), labels, WEIGHTS_BY_HAND)
+    grads = torch.autograd.grad(loss, list(reference.parameters()))
+    lstm_tweets.train_step(model, optimizer, *codes_of(*tweets), labels,
+                           lstm_tweets.inverse_frequency(TRAIN_LABELS), args, torch.device("cpu"))
+    for param, before, grad in zip(model.parameters(), reference.parameters(), grads):
+        assert torch.allclose(param, before - 0.05 * grad, rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_zeroes_and_rescales_what_the_linear_layer_reads_in_training_only():
+    torch.manual_seed(0)
+    model = lstm_tweets.CharLSTM(64, "max", dropout=0.5)
+    seen = []
+    model.out.register_forward_pre_hook(lambda m, x: seen.append(x[0].detach()))
+    codes, lengths = codes_of("what a day", "ok")
+    clean = lstm_tweets.read_out(model.lstm(torch.nn.functional.one_hot(codes.long(), 128).float())[0],
+                                 lengths, "max").detach()
+    model.train()(codes, lengths)
+    model.eval()(codes, lengths)
+    dropped, evaluated = seen
+    assert torch.equal(evaluated, clean)
+    kept = dropped != 0
+    assert 0.3 < kept.float().mean() < 0.7  # about half of 128 values
+    assert torch.allclose(dropped[kept], 2 * clean[kept])
+
+
+def test_the_next_character_loss_by_hand():
+    """Each tweet alone through the LSTM: from the state after characters 1..t, the head's
+    log-softmax at character t + 1; the mean over every predicted character of the batch (a
+    tweet of length L predicts L - 1 of them; padding predicts none)."""
+    torch.manual_seed(2)
+    model, head = lstm_tweets.CharLSTM(8), torch.nn.Linear(8, 128)
+    tweets = ["hello there", "ok", "a"]
+    terms = []
+    for tweet in tweets:
+        x = torch.nn.functional.one_hot(torch.tensor([ord(ch) for ch in tweet]), 128).float()
+        states = model.lstm(x[None])[0][0]
+        for t in range(len(tweet) - 1):
+            terms.append(-torch.log_softmax(head(states[t]), 0)[ord(tweet[t + 1])])
+    assert len(terms) == 10 + 1 + 0
+    got = lstm_tweets.next_character_loss(model, head, *codes_of(*tweets))
+    assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-6)
+
+
+def test_pretraining_steps_adam_on_the_next_character_loss_then_the_classifier_starts_there(
+        tmp_path, monkeypatch):
+    """pretrain with one minibatch holding every tweet: its LSTM weights after the step equal a
+    hand-written Adam step at --lr on next_character_loss (head drawn from the same seed); the
+    classifier's linear layer is untouched by it."""
+    args = lstm_tweets.parse_args(["--hidden", "8", "--lr", "0.01", "--batch-size", "3",
+                                   "--bucket", "1", "--pretrain-iterations", "1", "--eval-every", "1"])
+    torch.manual_seed(0)
+    model = lstm_tweets.CharLSTM(args.hidden)
+    reference = copy.deepcopy(model)
+    corpus = codes_of("hello there", "good morning", "bye")
+    torch.manual_seed(7)
+    history = lstm_tweets.pretrain(model, corpus, args, torch.device("cpu"), torch.Generator().manual_seed(1))
+    torch.manual_seed(7)
+    head = torch.nn.Linear(8, 128)
+    params = [*reference.lstm.parameters(), *head.parameters()]
+    loss = lstm_tweets.next_character_loss(reference, head, *corpus)
+    grads = torch.autograd.grad(loss, params)
+    stepped = adam_by_hand([p.detach() for p in params], grads, {}, 0.01)
+    for param, expected in zip(model.lstm.parameters(), stepped):
+        assert torch.allclose(param, expected, rtol=1e-5, atol=1e-7)
+    assert torch.equal(model.out.weight, reference.out.weight)
+    assert history[0]["iteration"] == 1 and history[0]["next_character_loss"] == pytest.approx(loss.item())
+
+
+def test_the_cosine_schedule_sets_each_steps_rate(tweet_files, tmp_path, monkeypatch):
+    """--lr-schedule cosine: step i (from 1) runs at lr · (1 + cos(π (i - 1) / N)) / 2."""
+    rates, real_step = [], lstm_tweets.train_step
+
+    def recording(model, optimizer, *rest):
+        rates.append(optimizer.param_groups[0]["lr"])
+        return real_step(model, optimizer, *rest)
+
+    monkeypatch.setattr(lstm_tweets, "train_step", recording)
+    lstm_tweets.main(quick_args(tweet_files, tmp_path, "--lr-schedule", "cosine", "--iterations", "8",
+                                "--eval-every", "8"))
+    assert rates == pytest.approx([0.01 * (1 + math.cos(math.pi * i / 8)) / 2 for i in range(8)])
+
+
+def test_a_validation_run_keeps_its_best_weights_and_load_repeats_it(tweet_files, tmp_path):
+    """--val-fraction 0.25 of the 400 training tweets held out; --patience watches their loss;
+    the files hold the weights of the lowest validation loss, so the final block's validation
+    loss is that evaluation's, and --load (with the pooled readout it was trained with, taken
+    from the file) repeats every number. The bag-of-words line is in the final block."""
+    trained = tmp_path / "trained"
+    extra = ("--val-fraction", "0.25", "--patience", "2", "--readout", "max", "--dropout", "0.2",
+             "--iterations", "300", "--eval-every", "25")
+    lstm_tweets.main(quick_args(tweet_files, trained, *extra))
+    first = metrics(trained)
+    final, history = first["final"], first["history"]
+    assert (final["train_tweets"], final["val_tweets"]) == (300, 100)
+    best = min(history, key=lambda r: r["val_loss"])
+    assert final["weights_from_iteration"] == best["iteration"]
+    assert final["val_loss"] == pytest.approx(best["val_loss"], rel=1e-5)
+    assert 0.5 <= final["bag_of_words_test_balanced_acc"] <= 1
+    (weights,) = trained.glob("*.pt")
+    assert weights.stem == "lstm_tweets_lr0.01_patience2_it300_eval25_sample64_max_drop0.2_val0.25"
+    reloaded = tmp_path / "reloaded"
+    lstm_tweets.main(quick_args(tweet_files, reloaded, "--load", weights))
+    assert metrics(reloaded)["final"] == final
+
+
+def test_a_pretrained_run_records_its_language_model_and_load_keeps_it(tweet_files, tmp_path):
+    trained = tmp_path / "trained"
+    lstm_tweets.main(quick_args(tweet_files, trained, "--pretrain-iterations", "20",
+                                "--iterations", "20", "--eval-every", "10"))
+    first = metrics(trained)
+    assert [r["iteration"] for r in first["language_model"]] == [10, 20]
+    (weights,) = trained.glob("*.pt")
+    reloaded = tmp_path / "reloaded"
+    lstm_tweets.main(quick_args(tweet_files, reloaded, "--load", weights))
+    again = metrics(reloaded)
+    assert again["language_model"] == first["language_model"] and again["final"] == first["final"]

@@ -24,6 +24,7 @@ LABELS = {
     "test balanced accuracy": ("test_balanced_acc", "test_balanced_accuracy"),  # lstm, galaxy's judge
     "generated class balanced accuracy": ("generated_balanced_accuracy",),
     "judge on real test images": ("judge_real_test_balanced_accuracy",),
+    "bag-of-words test balanced accuracy": ("bag_of_words_test_balanced_acc",),  # lstm's yardstick
     "test loss": ("test_loss",),
     "test reconstruction": ("test_recon",),
     "test KL": ("test_kl", "test_prior"),  # vaegan.py calls the KL term L_prior, as the paper does
