@@ -45,7 +45,7 @@ KIND = "lstm_tweets"  # written into the checkpoint; --load refuses weights of a
 VOCAB = 128           # ASCII: the one-hot size
 # --load takes these flags from the run that wrote the file: its model and its data selection
 RUN_ARGS = ("hidden", "readout", "seed", "limit", "max_len", "train_sample", "val_fraction",
-            "text_column", "label_column")
+            "eval_every", "text_column", "label_column")
 
 
 def parse_args(argv=None):

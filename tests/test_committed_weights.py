@@ -55,6 +55,9 @@ COMMANDS = {
     "lstm_tweets": ("lstm_tweets", [
         "--train-csv", "{data}/tweets/semeval2017/train/*.tsv",
         "--test-csv", "{data}/tweets/semeval2017/SemEval2017-task4-test.subtask-A.english.txt"]),
+    "lstm_tweets_lr0.001_it10000_eval500_max_lm5000": ("lstm_tweets", [
+        "--train-csv", "{data}/tweets/semeval2017/train/*.tsv",
+        "--test-csv", "{data}/tweets/semeval2017/SemEval2017-task4-test.subtask-A.english.txt"]),
 }
 ALSO_WRITTEN = {"joint_pretrain_frozen": ["joint_pretrain_finetuned"]}  # two models, one command
 
