@@ -8,8 +8,8 @@ One --experiment per task (EXPERIMENTS holds each one's data set, default epochs
   conv                conv autoencoder to a d-dimensional code (--latent-dim, default 12), mean
                       L1 (ConvEncoder says why this shape; --no-fc: strided convs instead of FC).
   classifier          conv's encoder + a two-layer MLP head, cross-entropy.
-  classifier-decoder  classifier's encoder frozen, a fresh conv decoder trained on L1; both
-                      latent spaces compared (latent_spread, PCA).
+  classifier-decoder  classifier's encoder frozen, a fresh conv decoder trained on L1; its loss
+                      drawn with conv's, both latent spaces compared (latent_spread, PCA).
   few-labels          the classifier trained on the first 100 training images only.
   transfer            the same, its encoder initialised from conv's (--freeze-epochs,
                       --encoder-lr-factor); one figure against few-labels.
@@ -355,14 +355,14 @@ def latent_spread(codes, labels):
     """How a latent space arranges the classes, in units of its own size (so two encoders whose
     codes differ in scale compare fairly). codes: (N, d); labels: (N,).
 
-    scale   = sqrt(mean_i ‖z_i - z̄‖²), the RMS distance of a code from the mean code
+    scale   = rms_spread(codes)
     within  = mean_i ‖z_i - c_{y_i}‖ / scale, the mean distance of a code to its class centroid
     between = mean_{a<b} ‖c_a - c_b‖ / scale, the mean distance between two class centroids
 
     In float64 on the CPU (MPS has no float64): codes and labels are moved there first.
     """
     codes, labels = codes.cpu().double(), labels.cpu()
-    scale = (codes - codes.mean(0)).pow(2).sum(1).mean().sqrt()
+    scale = rms_spread(codes)
     classes = labels.unique()
     centroids = torch.stack([codes[labels == c].mean(0) for c in classes])     # (C, d)
     own_centroid = centroids[torch.searchsorted(classes, labels)]                # (N, d)
@@ -371,6 +371,12 @@ def latent_spread(codes, labels):
     between = (centroids[pairs[0]] - centroids[pairs[1]]).norm(dim=1).mean() / scale
     return {"within_class": within.item(), "between_centroids": between.item(),
             "separation_ratio": (between / within).item()}
+
+
+def rms_spread(codes):
+    """sqrt(mean_i ‖z_i - z̄‖²), the RMS distance of a code (N, d) from the mean code: the size of
+    a latent space, in its own units."""
+    return (codes - codes.mean(0)).pow(2).sum(1).mean().sqrt()
 
 
 def compare_latent_spaces(encoders, x, y):
@@ -489,12 +495,32 @@ def finish(model, data, args, run, **final):
     return final
 
 
-def loss_figure(args, run, title):
+def loss_figure(args, run, final, title, label="", baseline=None):
+    """The optimised loss per epoch, one colour per run, train solid and test dashed. Train is
+    the mean of the epoch's batch losses, taken in train mode: the weights still change during
+    the epoch, and BatchNorm standardises each batch with its own statistics (normalized's train
+    curve ends 9% above its eval-mode number). Test is evaluated after each epoch in eval mode;
+    so is the star, the train split after training: `final`'s (and the README's) train number.
+    baseline: (label, history) of another run drawn on the same axis, so that two losses read at
+    one scale (classifier-decoder: the conv autoencoder's, which E3 compares); `label` then
+    names this run's curves."""
     loss = EXPERIMENTS[args.experiment].loss
     ylabel = {"mse": "mean squared error per pixel", "l1": "mean absolute error per pixel"}[loss]
-    common.plot_curves(Path(args.out_dir) / f"{run_name(args)}_loss.png",
-                       common.epoch_series(run.history, loss),
-                       xlabel="epoch", ylabel=ylabel, title=title)
+    runs = [baseline, (label, run.history)] if baseline else [(label, run.history)]
+    curves, styles = {}, {}
+    for (name, history), colour in zip(runs, ("C0", "C1")):
+        suffix = f", {name}" if name else ""
+        curves.update(common.epoch_series(history, loss, suffix=suffix))
+        styles.update({f"train{suffix}": {"color": colour},
+                       f"test{suffix}": {"color": colour, "linestyle": "--"}})
+    star = f"train{suffix}, after training"  # this run's: the last in `runs`
+    curves[star] = ([final["epochs_trained"]], [final[f"train_{loss}"]])
+    styles[star] = {"color": colour, "marker": "*", "markersize": 12, "linestyle": "none"}
+    common.plot_curves(Path(args.out_dir) / f"{run_name(args)}_loss.png", curves,
+                       xlabel="epoch", ylabel=ylabel, title=title, styles=styles,
+                       caption="train: the mean of the epoch's batch losses in train mode (weights "
+                               "still changing; BatchNorm, where there is one, on each batch's "
+                               "statistics); test and ★: evaluated in eval mode")
 
 
 @torch.no_grad()
@@ -515,14 +541,14 @@ def run_fc(args, data, normalize=False):
     and its metrics (normalized's with the sample quality of its decoder fed N(0, I))."""
     model = build(FCAutoencoder, args, data, normalize=normalize)
     run = train_or_load(model, data, args)
-    name = "normalized-bottleneck" if normalize else "fully connected"
-    loss_figure(args, run, f"{name} autoencoder (2-neuron bottleneck), Fashion-MNIST")
-    reconstruction_figure(model, data[1][0], args,
-                          f"{name} autoencoder: 10 random test images and their decodings")
     codes = encode_all(model.encoder, data[1][0])
     quality = generation_quality(model.decoder, data, args) if normalize else {}
-    finish(model, data, args, run, code_mean=codes.mean(0).tolist(),
-           code_std=codes.std(0).tolist(), **quality)
+    final = finish(model, data, args, run, code_mean=codes.mean(0).tolist(),
+                   code_std=codes.std(0).tolist(), **quality)
+    name = "normalized-bottleneck" if normalize else "fully connected"
+    loss_figure(args, run, final, f"{name} autoencoder (2-neuron bottleneck), Fashion-MNIST")
+    reconstruction_figure(model, data[1][0], args,
+                          f"{name} autoencoder: 10 random test images and their decodings")
     return model
 
 
@@ -591,11 +617,11 @@ def run_conv(args, data):
     fc = not args.no_fc
     model = build(ConvAutoencoder, args, data, latent_dim=args.latent_dim, fc=fc)
     run = train_or_load(model, data, args)
+    final = finish(model, data, args, run)
     how = "FC layer" if fc else "strided convs, no FC"
-    loss_figure(args, run, f"conv autoencoder, d = {args.latent_dim} ({how}), MNIST")
+    loss_figure(args, run, final, f"conv autoencoder, d = {args.latent_dim} ({how}), MNIST")
     reconstruction_figure(model, data[1][0], args,
                           f"conv autoencoder (d = {args.latent_dim}, {how}): test digits and decodings")
-    finish(model, data, args, run)
 
 
 def run_classifier(args, data, initial_encoder=None):
@@ -618,9 +644,10 @@ def run_classifier(args, data, initial_encoder=None):
 
 
 def run_classifier_decoder(args, data):
-    """Task 3: decode the frozen classifier encoder's codes; compare with the autoencoder's."""
+    """Task 3: decode the frozen classifier encoder's codes; compare with the autoencoder's: the
+    two losses on one axis (conv's from its weights file's history), the two latent spaces."""
     autoencoder = build(ConvAutoencoder, args, data, latent_dim=args.latent_dim)
-    load_dependency(args, "conv", {"model": autoencoder})
+    conv = load_dependency(args, "conv", {"model": autoencoder})  # its weights and its history
     model = build(ConvAutoencoder, args, data, latent_dim=args.latent_dim)
     if not args.load:  # (a --load file holds the frozen encoder too)
         classifier = build(Classifier, args, data, latent_dim=args.latent_dim)
@@ -628,7 +655,6 @@ def run_classifier_decoder(args, data):
         model.encoder.load_state_dict(classifier.encoder.state_dict())
         model.encoder.requires_grad_(False)  # fixed: only the decoder trains
     run = train_or_load(model, data, args)
-    loss_figure(args, run, f"decoder trained on the frozen classifier encoder (d = {args.latent_dim})")
     test_x, test_y = data[1]
     out, name = Path(args.out_dir), run_name(args)
     with torch.no_grad():
@@ -642,15 +668,22 @@ def run_classifier_decoder(args, data):
                                nrow=20)
     latents, spread = compare_latent_spaces({"conv autoencoder": autoencoder.encoder,
                                              "classifier encoder": model.encoder}, test_x, test_y)
+    # the two spreads differ ~20x: shared axes would shrink the autoencoder's codes to a dot, so
+    # each panel keeps its own scale and its title says how big that space is
     common.plot_scatter(out / f"{name}_latent_pca.png",
-                        {f"{encoder}: within {s['within_class']:.2f}, between "
-                         f"{s['between_centroids']:.2f}": pca_2d(latents[encoder])
+                        {f"{encoder} (RMS spread {rms_spread(latents[encoder].cpu()):.1f})\n"
+                         f"within {s['within_class']:.2f}, between {s['between_centroids']:.2f} "
+                         f"(in units of its spread)": pca_2d(latents[encoder])
                          for encoder, s in spread.items()},
                         test_y, common.class_names("mnist"),
-                        title=f"test codes (d = {args.latent_dim}) on their first two principal axes",
+                        title=f"test codes (d = {args.latent_dim}) on their first two principal "
+                              f"axes, each panel on its own scale",
                         xlabel="PC 1", ylabel="PC 2")
     autoencoder_l1 = evaluate(autoencoder, test_x, test_y, "l1")["l1"]
-    finish(model, data, args, run, autoencoder_test_l1=autoencoder_l1, latent_spread=spread)
+    final = finish(model, data, args, run, autoencoder_test_l1=autoencoder_l1, latent_spread=spread)
+    loss_figure(args, run, final, f"reconstruction L1 (d = {args.latent_dim}): the conv autoencoder vs "
+                                  f"a decoder on the frozen classifier encoder",
+                label="classifier encoder", baseline=("conv autoencoder", conv["history"]))
 
 
 def run_transfer(args, data):
@@ -662,12 +695,16 @@ def run_transfer(args, data):
         encoder = autoencoder.encoder
     scratch = load_dependency(args, "few-labels", {})  # its history, for the comparison figure
     transfer = run_classifier(args, data, initial_encoder=encoder)
-    panels = {"cross-entropy": {}, "accuracy": {}}
-    for label, history in (("from scratch", scratch["history"]), ("transfer", transfer.history)):
+    panels, styles = {"cross-entropy": {}, "accuracy": {}}, {}
+    for (label, history), colour in ((("from scratch", scratch["history"]), "C0"),
+                                     (("transfer", transfer.history), "C1")):
         panels["cross-entropy"].update(common.epoch_series(history, "ce", suffix=f", {label}"))
         panels["accuracy"].update(common.epoch_series(history, "acc", suffix=f", {label}"))
+        styles.update({f"train, {label}": {"color": colour},
+                       f"test, {label}": {"color": colour, "linestyle": "--"}})
     common.plot_panels(Path(args.out_dir) / f"{run_name(args)}_vs_few_labels.png", panels,
                        xlabel="epoch (one pass over the 100 labelled digits)", markers=False,
+                       styles=styles, legend_below=True,
                        title="100 labelled MNIST digits: encoder from the autoencoder vs from scratch")
 
 

@@ -193,6 +193,18 @@ def frechet_distance(features_a, features_b):
     return (mean_term + cov_a.trace() + cov_b.trace() - 2 * cross).item()
 
 
+def load_judge(args, device):
+    """(cnn.py's trained CNN on `device`, its path): --cnn-weights, else cnn.pt in --out-dir;
+    (None, path), and a line saying so, when no file was named and none is there."""
+    path = Path(args.cnn_weights or Path(args.out_dir) / f"{KIND}.pt")
+    if not path.exists() and not args.cnn_weights:
+        print(f"sample quality skipped: no cnn.py weights at {path} (run python cnn.py first)")
+        return None, path
+    model = CNN().to(device)
+    common.load_weights(path, KIND, {"model": model}, flag="--cnn-weights")
+    return model, path
+
+
 @torch.no_grad()
 def features_and_predictions(model, x, batch_size=1000):
     """The 256-d penultimate features and the predicted class of each image: (N, 256), (N,)."""
@@ -214,12 +226,9 @@ def sample_quality(samples, real_test, real_train, args):
     The CNN runs on the device of `real_test`; every float64 statistic is taken on the CPU.
     Returns {} (and says so) when the weights are absent.
     """
-    path = Path(args.cnn_weights or Path(args.out_dir) / f"{KIND}.pt")
-    if not path.exists() and not args.cnn_weights:
-        print(f"sample quality skipped: no cnn.py weights at {path} (run python cnn.py first)")
+    model, path = load_judge(args, real_test.device)
+    if model is None:
         return {}
-    model = CNN().to(real_test.device)
-    common.load_weights(path, KIND, {"model": model}, flag="--cnn-weights")
     test_features, _ = features_and_predictions(model, real_test)
     chosen = torch.randperm(len(real_train), generator=torch.Generator().manual_seed(args.seed))
     train_features, _ = features_and_predictions(model, real_train[chosen[:len(samples)].to(real_train.device)])

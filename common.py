@@ -37,6 +37,7 @@ import matplotlib
 matplotlib.use("Agg")  # figures go to files; no display is needed (or present on servers)
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
+from matplotlib.transforms import offset_copy  # noqa: E402
 from PIL import Image  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -1195,19 +1196,24 @@ def save_figure(fig, path):
 
 
 def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=False, styles=None,
-                caption=None):
+                caption=None, sharey=False, ylims=None, legend_below=False):
     """panels: {ylabel: {label: (xs, ys)}}, one axis per entry side by side (e.g. reconstruction
     and KL, whose scales differ), at most three to a row (or `ncols`); a legend on every axis
     with a named curve.
     log_y: logarithmic y axes (a first epoch far above the rest hides the later ones), labelled
-    at 1, 2, 5 × 10^n (readable_log_ticks). styles: {label: matplotlib line options}, e.g. one
+    at 1, 2, 5 × 10^n (readable_log_ticks): True for every panel, or a set of the panels' ylabels. styles: {label: matplotlib line options}, e.g. one
     colour per run with solid train and dashed test curves; a curve not named there gets the
     next default colour. At most three panels to a row: a figure at most 3x as wide as tall.
-    caption: a sentence or two under the panels (what a reader must know to read them)."""
+    caption: a sentence or two under the panels (what a reader must know to read them).
+    sharey: one y range for every panel (related quantities read at one scale); ylims:
+    {ylabel: (low, high)}, a stated range for a panel whose autoscaled one would make noise look
+    like swings; legend_below: each legend under its axis, where it cannot cover a curve."""
     ncols = ncols or math.ceil(len(panels) / math.ceil(len(panels) / 3))  # 4 panels: 2x2, 5: 3+2
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, max(4 * nrows, 5.5 * ncols / 3)),
-                             squeeze=False)
+    height = max(4 * nrows, 5.5 * ncols / 3)
+    if legend_below:  # room under each row for its tallest legend (two columns past 3 entries)
+        height += nrows * (0.4 + 0.19 * max(math.ceil(len(c) / (2 if len(c) > 3 else 1)) for c in panels.values()))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, height), squeeze=False, sharey=sharey)
     for ax in axes.flat[len(panels):]:
         ax.set_axis_off()
     for ax, (ylabel, curves) in zip(axes.flat, panels.items()):
@@ -1215,12 +1221,18 @@ def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=Fal
             ax.plot(xs, ys, label=label, **{"marker": "o" if markers else None, "markersize": 3,
                                             **(styles or {}).get(label, {})})
         ax.set(xlabel=xlabel, ylabel=ylabel)
+        if ylabel in (ylims or {}):
+            ax.set_ylim(*ylims[ylabel])
         # epochs and steps are whole numbers; 'auto': as many ticks as fit the axis's width
         ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", integer=True))
-        if log_y:
+        if log_y is True or ylabel in (log_y or ()):
             readable_log_ticks(ax)
         ax.grid(alpha=0.3)
-        if any(curves):  # every labelled curve is named ("" draws an axis's only curve unnamed)
+        if any(curves) and legend_below:  # every labelled curve is named ("" draws an axis's only curve unnamed)
+            below_label = offset_copy(ax.transAxes, fig=fig, y=-34, units="points")  # under tick labels and xlabel
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below_label,
+                      fontsize=8, ncol=2 if len(curves) > 3 else 1)
+        elif any(curves):
             ax.legend()
     fig.suptitle(textwrap.fill(title, 55 * ncols))  # ~55 characters fit above one panel
     if caption:
@@ -1252,9 +1264,10 @@ def epoch_series(history, key, prefixes=("train", "test"), suffix=""):
     return {f"{p}{suffix}": (epochs, [r[f"{p}_{key}"] for r in history]) for p in prefixes}
 
 
-def plot_curves(path, curves, xlabel, ylabel, title, markers=True, log_y=False, styles=None):
-    """curves: {label: (xs, ys)} drawn on one axis, with a legend (styles: as in plot_panels)."""
-    plot_panels(path, {ylabel: curves}, xlabel, title, markers, log_y=log_y, styles=styles)
+def plot_curves(path, curves, xlabel, ylabel, title, markers=True, log_y=False, styles=None, **options):
+    """curves: {label: (xs, ys)} drawn on one axis, with a legend (styles and options
+    (caption, legend_below, ...): as in plot_panels)."""
+    plot_panels(path, {ylabel: curves}, xlabel, title, markers, log_y=log_y, styles=styles, **options)
 
 
 def plot_image_rows(path, rows, title, nrow=None):

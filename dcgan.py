@@ -11,7 +11,9 @@ Stabilising choices, and why:
   rejects every fake and log(1 - D(G(z))) has almost no gradient.
 - No label smoothing by default; --real-label 0.9 gives one-sided smoothing (Salimans et al.
   2016, Sec. 3.4) for anyone who sees D win too early.
-Samples: 12 fixed noise vectors after epochs 1, 5, 10, 25, 50, 100; Fréchet distance at the end.
+Samples: 12 fixed noise vectors after epochs 1, 5, 10, 25, 50, 100. Sample quality: the Fréchet
+distance of 2,000 fixed-noise samples after every epoch (the test of "the generator degrades after
+~40 epochs"), and of 10,000 samples at the end (cnn.sample_quality; both need cnn.py's weights).
 
 Run: python dcgan.py --data-dir ../shared/data            (100 epochs, as the report)
 """
@@ -28,6 +30,7 @@ KIND = "dcgan"
 NZ = 100
 SNAPSHOT_EPOCHS = (1, 5, 10, 25, 50, 100)  # the fixed noise is decoded after these (those <= --epochs)
 N_FIXED_NOISE = 12
+FRECHET_SAMPLES = 2000  # per-epoch Fréchet distance: this many fixed-noise samples vs all test images
 
 
 def parse_args(argv=None):
@@ -170,20 +173,51 @@ def make_optimizers(G, D, args):
             torch.optim.Adam(D.parameters(), lr=args.lr, betas=betas))
 
 
-def fit(G, D, x, args, generator, fixed_noise, stem):
+class EpochFrechet:
+    """The Fréchet distance after every epoch, cheaply: FRECHET_SAMPLES samples of one fixed noise
+    (seed --seed + 3, so the same images' drift is measured and training's random stream is
+    untouched) against the CNN features of every test image, computed once. `floor`: as many real
+    training images against the same test features, the best a generator can score at this sample
+    count (smaller samples score higher: compare only with other 2,000-sample numbers)."""
+
+    def __init__(self, judge, train_x, test_x, seed):
+        self.judge = judge
+        self.noise = torch.randn(FRECHET_SAMPLES, NZ, generator=torch.Generator().manual_seed(seed + 3))
+        self.test_features, _ = cnn.features_and_predictions(judge, test_x)
+        chosen = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))[:FRECHET_SAMPLES]
+        self.floor = self.distance(train_x[chosen.to(train_x.device)])
+
+    def distance(self, images):
+        features, _ = cnn.features_and_predictions(self.judge, images.to(self.test_features.device))
+        return cnn.frechet_distance(features, self.test_features)
+
+    def __call__(self, G):
+        return self.distance(generate(G, self.noise.to(self.test_features.device)))
+
+
+def fit(G, D, x, test_x, args, generator, fixed_noise, stem):
     """All args.epochs (a GAN has no test loss to stop on); the fixed noise decoded after each of
-    SNAPSHOT_EPOCHS into run.extra["snapshots"]; <stem>.ckpt and <stem>.pt after every epoch."""
+    SNAPSHOT_EPOCHS into run.extra["snapshots"]; with cnn.py's weights, the Fréchet distance of
+    2,000 samples after every epoch (`frechet_2000`, and the seconds it took, `frechet_seconds`);
+    <stem>.ckpt and <stem>.pt after every epoch."""
     opt_g, opt_d = make_optimizers(G, D, args)
     run = common.Run(args, stem, KIND, {"generator": G, "discriminator": D},
                      {"generator": opt_g, "discriminator": opt_d}, generator)
     snapshots = run.extra.get("snapshots", {})
+    judge, _ = cnn.load_judge(args, x.device)
+    frechet = EpochFrechet(judge, x, test_x, args.seed) if judge is not None else None
     for epoch in range(run.done + 1, args.epochs + 1):
         terms = train_epoch(G, D, opt_g, opt_d, x, args, epoch, generator)
         common.check_finite(epoch, run.weights_path, discriminator=terms["loss_d"], generator=terms["loss_g"])
         if epoch in SNAPSHOT_EPOCHS:
             snapshots[epoch] = generate(G, fixed_noise)
-        run.log(epoch, {k: v.mean().item() for k, v in terms.items()})
-        run.save(epoch, snapshots=snapshots)
+        record = {k: v.mean().item() for k, v in terms.items()}
+        if frechet is not None:
+            timer = common.Timer(x.device)
+            record["frechet_2000"] = frechet(G)
+            record["frechet_seconds"] = round(timer.seconds(), 2)
+        run.log(epoch, record)
+        run.save(epoch, snapshots=snapshots, **({"frechet_floor_2000": frechet.floor} if frechet else {}))
     return run
 
 
@@ -199,16 +233,25 @@ def run_name(args):
 # ----------------------------------------------------------------------------------------------
 # FIGURES
 # ----------------------------------------------------------------------------------------------
-def figures(G, history, snapshots, fixed_noise, out, name):
+def figures(G, history, extra, fixed_noise, out, name):
     epochs = [r["epoch"] for r in history]
     curve = lambda key: (epochs, [r[key] for r in history])  # noqa: E731  (x, y) of one record key
+    if "frechet_floor_2000" in extra:
+        common.plot_curves(out / f"{name}_frechet.png",
+                           {f"generator ({FRECHET_SAMPLES:,} fixed-noise samples)": curve("frechet_2000"),
+                            f"floor: {FRECHET_SAMPLES:,} real training images":
+                                (epochs, [extra["frechet_floor_2000"]] * len(epochs))},
+                           xlabel="epoch", ylabel="Fréchet distance to the test images (CNN features)",
+                           title="DCGAN: sample quality after every epoch (lower is better)", log_y=True,
+                           styles={f"floor: {FRECHET_SAMPLES:,} real training images":
+                                       {"linestyle": "--", "marker": "", "color": "grey"}})
     common.plot_panels(out / f"{name}_loss.png",
                        {"binary cross-entropy (mean over the epoch)":
                             {"discriminator": curve("loss_d"), "generator": curve("loss_g")},
                         "mean discriminator output":
                             {"D(x), real images": curve("d_x"), "D(G(z)), fakes": curve("d_g_z")}},
                        xlabel="epoch", title="DCGAN on Fashion-MNIST: losses and D's outputs")
-    rows = {f"epoch {e}": images for e, images in sorted(snapshots.items())}
+    rows = {f"epoch {e}": images for e, images in sorted(extra["snapshots"].items())}
     rows.setdefault(f"epoch {epochs[-1]}", generate(G, fixed_noise))  # the final generator too
     for label, images in rows.items():
         common.plot_image_rows(out / f"{name}_{label.replace(' ', '')}.png", {label: images},
@@ -230,8 +273,8 @@ def main(argv=None):
         run = common.load_run(args.load, KIND, {"generator": G, "discriminator": D})
     (train_x, _), (test_x, _) = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
     if not args.load:
-        run = fit(G, D, train_x, args, generator, fixed_noise, out / name)
-    figures(G, run.history, run.extra["snapshots"], fixed_noise, out, name)
+        run = fit(G, D, train_x, test_x, args, generator, fixed_noise, out / name)
+    figures(G, run.history, run.extra, fixed_noise, out, name)
     common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
                         final_numbers(G, run.history, test_x, train_x, args), trained_with=run.trained_with)
 

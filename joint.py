@@ -29,6 +29,10 @@ import common
 
 PRETRAINED = ("frozen", "finetuned")  # the two classifiers of --mode pretrain, in training order
 
+# accuracies and test losses are measured only every --eval-every epochs: drawn as points, since
+# lines between such sparse points would draw a shape (a dip, a V) that nothing measured
+SPARSE = {"linestyle": "none", "marker": "o", "markersize": 6}
+
 LOAD_HELP = ("skip training: load one weights file per model the mode trains, in its order (--mode "
              "pretrain: frozen, then fine-tuned), and redo the figures and metrics on the data given now")
 
@@ -282,7 +286,8 @@ def model_names(args):
 # FIGURES AND METRICS
 # ----------------------------------------------------------------------------------------------
 def plot_bars(path, values, ylabel, title, ylim=None):
-    """values: {label: number}, one labelled bar each (e.g. test accuracy per model)."""
+    """values: {label: number}, one labelled bar each (e.g. test accuracy per model). A bar's
+    length is its value, so the axis starts at 0 (a cut axis makes small gaps look large)."""
     fig, ax = plt.subplots(figsize=(1.6 * len(values) + 2, 4))
     bars = ax.bar(list(values), list(values.values()), color=plt.get_cmap("tab10").colors[:len(values)])
     ax.bar_label(bars, fmt="%.4f")
@@ -302,7 +307,8 @@ def finish(model, loss_terms, data, args, name, run, **extra):
                        {"train": (epochs, [r["train_acc"] for r in evals]),
                         "test": (epochs, [r["test_acc"] for r in evals])},
                        xlabel="epoch", ylabel="accuracy of the softmax on μ",
-                       title=f"{name} on Fashion-MNIST: accuracy")
+                       title=f"{name} on Fashion-MNIST: accuracy",
+                       styles={"train": SPARSE, "test": SPARSE})
     common.save_metrics(Path(args.out_dir) / f"{name}_metrics.json", args, data[0][0].device,
                         run.seconds, run.history, final, trained_with=run.trained_with, **extra)
     print(f"{name}: train acc {final['train_acc']:.4f} | test acc {final['test_acc']:.4f}")
@@ -330,7 +336,8 @@ def run_joint(args, data, generator, name=None):
               for key, ylabel in (("ce", "cross-entropy"), ("recon", f"reconstruction ({args.recon})"),
                                   ("kl", "KL"))}
     common.plot_panels(Path(args.out_dir) / f"{name}_loss.png", panels, xlabel="epoch",
-                       title=f"{name}: loss terms per example (unweighted; CE weight {args.ce_weight:g})")
+                       title=f"{name}: loss terms per example (unweighted; CE weight {args.ce_weight:g})",
+                       styles={"test": SPARSE})
     return final
 
 
@@ -430,9 +437,9 @@ def compare(args, names=None):
             print(f"comparison: {path} is not a metrics file with a final test_acc, so {label} "
                   "is left out (run it again to include it)")
     if table:
-        low, name = min(table.values()), run_name(args, "joint_comparison")
+        name = run_name(args, "joint_comparison")
         plot_bars(out / f"{name}.png", table, ylabel="test accuracy",
-                  title="Fashion-MNIST test accuracy", ylim=(max(0.0, low - 0.05), 1.0))
+                  title="Fashion-MNIST test accuracy", ylim=(0, 1))
         common.write_json(out / f"{name}.json", table)
     for label, accuracy in table.items():
         print(f"{label:>24}: {accuracy:.4f}")

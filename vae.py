@@ -37,8 +37,13 @@ INIT_STARTS = ("classifier", "random")  # the two VAEs of init-from-classifier, 
 EPOCHS = {"conv": 30, "mlp": 100, "classifier": 30, "init-from-classifier": 50}
 TAGS = {"kl_weight": "kl", "latent_dim": "z", "recon": ""}  # run names: vae_mlp_e50_mse-mean_kl0.5
 NOT_NAMED = ("arch", "experiment", "sweep_kl", "sweep_latent", "classifier_weights", "cnn_weights")
-RECON_LABELS = {"bce": "BCE, summed over pixels", "mse": "squared error, summed over pixels",
-                "mse-mean": "squared error, mean over pixels"}
+# y labels with units, as reconstruction_loss and kl_divergence reduce: BCE and KL in nats per
+# image (summed over the pixels / over z), squared errors of [0, 1] intensities per image or pixel
+RECON_LABELS = {"bce": "reconstruction, nats per image\n(BCE summed over pixels)",
+                "mse": "reconstruction per image\n(squared error, summed)",
+                "mse-mean": "reconstruction per pixel\n(squared error, averaged)"}
+KL_LABEL = "KL(q(z|x) || N(0, I)), nats per image"
+COLLAPSED_KL = 0.01  # nats: a final test KL below this means z carries nothing about the image
 LOAD_HELP = ("skip training: load weights files (<run>.pt or <run>.ckpt) and redo the figures and "
              "metrics; one per model the command trains, in its order: one per member for a sweep "
              "(--sweep-kl 1,0.5: vae_mlp.pt vae_mlp_kl0.5.pt), two for init-from-classifier")
@@ -387,11 +392,12 @@ def plot_histograms(path, samples, xlabel, title, bins=50):
 def vae_figures(model, test, args, name, run, fixed_noise, latents):
     out = Path(args.out_dir)
     x, y = test
-    recon_label = f"reconstruction ({RECON_LABELS[args.recon]})"
+    kl_curves = common.epoch_series(run.history, "kl")
     common.plot_panels(out / f"{name}_loss.png",
-                       {recon_label: common.epoch_series(run.history, "recon"),
-                        "KL(q(z|x) || N(0, I))": common.epoch_series(run.history, "kl")},
-                       xlabel="epoch", title=f"{name}: loss terms per example (β = {args.kl_weight:g})")
+                       {RECON_LABELS[args.recon]: common.epoch_series(run.history, "recon"),
+                        KL_LABEL: kl_curves},
+                       xlabel="epoch", title=f"{name}: loss terms per example (β = {args.kl_weight:g})",
+                       ylims={KL_LABEL: kl_range(kl_curves)})
     model.eval()
     originals = x[:4]
     mu, _ = model.encode(originals)
@@ -414,15 +420,60 @@ def vae_figures(model, test, args, name, run, fixed_noise, latents):
                             title=f"{name}: encoder means μ of the test set")
 
 
-def plot_loss_curves(path, runs, title, splits=("test",)):
-    """The loss terms of several runs ({label: run}) on the given splits, reconstruction and KL
-    side by side (train: the mean over each epoch's minibatches; test: after the epoch)."""
-    # {panel title: {curve label: (epochs, values)}}: one curve per run and split in each panel
-    panels = {panel: {f"{label}, {split}" if len(splits) > 1 else label:
-                      common.epoch_series(run.history, key, (split,))[split]
-                      for label, run in runs.items() for split in splits}
-              for key, panel in (("recon", "reconstruction"), ("kl", "KL"))}
-    common.plot_panels(path, panels, xlabel="epoch", title=title, markers=False)
+def kl_range(curves):
+    """The KL axis's stated range for curves {label: (xs, ys)}: from just below 0 (a collapsed KL
+    of 0 stays visible above the frame) to 5% above the highest value, and at least 1 nat (a
+    collapsed run's 1e-6 reads as the 0 it is). Autoscaled to the curves' narrow range instead,
+    noise of a tenth of a nat would look like swings."""
+    top = max(1.0, *(max(ys) for _, ys in curves.values()))
+    return -0.02 * top, 1.05 * top
+
+
+def term_series(history, key, split, kl_weight=None):
+    """(epochs, values) of one loss term ("recon", "kl" or "loss") on one split of a run's history;
+    "loss" is recomputed as recon + kl_weight·KL (the history records the test loss only)."""
+    epochs = [r["epoch"] for r in history]
+    if key == "loss":
+        return epochs, [vae_loss(r[f"{split}_recon"], r[f"{split}_kl"], kl_weight)["loss"]
+                        for r in history]
+    return epochs, [r[f"{split}_{key}"] for r in history]
+
+
+def plot_loss_curves(path, runs, title, recon, splits=("test",), kl_weight=None, caption=None,
+                     ncols=None):
+    """The loss terms of several runs ({label: run}) on the given splits, a panel each for
+    reconstruction and KL and, with `kl_weight`, the loss they add up to (train: the mean over
+    each epoch's minibatches; test: after the epoch); `ncols` panels to a row, each with its
+    legend below it. One colour per run; with both splits, test dashed."""
+    ylabels = {"recon": RECON_LABELS[recon], "kl": KL_LABEL}
+    if kl_weight is not None:
+        ylabels["loss"] = f"loss = recon + {kl_weight:g}·KL" + (
+            ", nats per image" if recon == "bce" else " per image")
+    # {panel's y label: {curve label: (epochs, values)}}: one curve per run and split in each panel
+    panels = {ylabel: {f"{label}, {split}" if len(splits) > 1 else label:
+                       term_series(run.history, key, split, kl_weight)
+                       for label, run in runs.items() for split in splits}
+              for key, ylabel in ylabels.items()}
+    styles = {f"{label}, {split}": {"color": f"C{i}", "linestyle": "--" if split == "test" else "-"}
+              for i, label in enumerate(runs) for split in splits}
+    common.plot_panels(path, panels, xlabel="epoch", title=title, markers=False, styles=styles,
+                       ylims={KL_LABEL: kl_range(panels[KL_LABEL])}, caption=caption,
+                       legend_below=True, ncols=ncols)
+
+
+def collapse_caption(runs):
+    """A caption naming the runs ({label: run}) whose test KL ended below COLLAPSED_KL nats: their
+    code collapsed onto the prior, so each decoder learns the same average image and their curves
+    lie on one line. None when fewer than two collapsed."""
+    collapsed = {label: run.history[-1] for label, run in runs.items()
+                 if run.history[-1]["test_kl"] < COLLAPSED_KL}
+    if len(collapsed) < 2:
+        return None
+    recons = [last["test_recon"] for last in collapsed.values()]
+    middle, spread = (max(recons) + min(recons)) / 2, (max(recons) - min(recons)) / 2
+    return (f"{', '.join(collapsed)}: one line in each panel (final test reconstruction "
+            f"{middle:.4g} ± {spread:.1g}). Their KL ends below {COLLAPSED_KL:g} nats: the code "
+            "collapsed onto the prior, so each decoder learns the same average image.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -480,7 +531,9 @@ def run_sweep(args, data):
     out = Path(args.out_dir)
     common.plot_image_rows(out / f"{name}.png", rows, title=f"{name}: the same {N_FIXED_NOISE} "
                            "z ~ N(0, I) decoded by each final model")
-    plot_loss_curves(out / f"{name}_loss.png", runs, title=f"{name}: test loss terms per example")
+    plot_loss_curves(out / f"{name}_loss.png", runs, title=f"{name}: test loss terms per example",
+                     recon=args.recon, caption=collapse_caption(runs),
+                     ncols=1)  # one panel to a row: room for a legend of every member
     common.save_metrics(out / f"{name}_metrics.json", args, data[0][0].device, seconds, [], summary)
 
 
@@ -543,7 +596,8 @@ def run_init_comparison(args, data):
         runs["encoder from the classifier" if start == "classifier" else "random init"] = run
         seconds += run.seconds
     name = run_name(args)  # the comparison's own files: vae_mlp_init plus the knobs
-    plot_loss_curves(out / f"{name}.png", runs, splits=("train", "test"),
+    plot_loss_curves(out / f"{name}.png", runs, splits=("train", "test"), recon=args.recon,
+                     kl_weight=args.kl_weight, ncols=2,  # 2x2: room for the legends
                      title=f"MLP VAE (z = {args.latent_dim}): encoder initialised from the "
                            "classifier vs at random")
     common.plot_image_rows(out / f"{name}_samples.png",

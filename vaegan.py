@@ -9,6 +9,10 @@ equation numbers as there).
 --dis-l          bonus 1: + L_llike^{Dis_l} (Eq. 6-7), the squared error between the discriminator's
                  last hidden features of x and of x̃, for the paper's L (Eq. 8); γ weighs it.
 --arch conv      bonus 2: the paper's Sec. 4.1 networks shrunk to 28x28.
+--real-label, --instance-noise, --dis-every, --leaky-decoder
+                 what helps fc GANs train (one-sided label smoothing, noise on what Dis sees,
+                 fewer Dis steps, a leaky generator), for the basic loss whose Dis otherwise
+                 wins (README's tries).
 
 Each network descends its own objective (the table in vaegan_losses), as Algorithm 1 does. Two
 departures, on purpose: the encoder and decoder descend the non-saturating "fooling" term in place
@@ -47,11 +51,32 @@ def parse_args(argv=None):
     parser.add_argument("--gamma", type=common.nonnegative_float,
                         help="weight of L_llike^{Dis_l} against L_GAN in the decoder update (Eq. 9); "
                              "default 0.5 for fc, 0.002 for conv (see vaegan_losses)")
+    parser.add_argument("--real-label", type=common.positive_float, default=1.0,
+                        help="vaegan: Dis's target on real images; 0.9 = one-sided label smoothing "
+                             "(Salimans et al. 2016, Sec. 3.4)")
+    parser.add_argument("--instance-noise", type=common.nonnegative_float, default=0.0,
+                        help="vaegan: std of Gaussian noise added to every image Dis sees in "
+                             "training (x, x̃, x_p), falling linearly to 0 by the last batch "
+                             "(Sønderby et al. 2017, Sec. 3.2); 0 = none")
+    parser.add_argument("--dis-every", type=common.positive_int, default=1,
+                        help="vaegan: Dis steps on every N-th batch only (1 Dis step per N "
+                             "encoder/decoder steps); 1 = Algorithm 1")
+    parser.add_argument("--leaky-decoder", action="store_true",
+                        help="fc: LeakyReLU(0.2) in the decoder (the generator) in place of ReLU, "
+                             "as GAN generators often have")
     cnn.add_sample_quality_args(parser)
     args = parser.parse_args(argv)
     common.check_common_args(parser, args)
     if args.model == "vae" and args.dis_l:
         parser.error("--dis-l needs the discriminator of --model vaegan")
+    gan_knobs = {"--real-label": args.real_label != 1, "--instance-noise": args.instance_noise > 0,
+                 "--dis-every": args.dis_every != 1}
+    if args.leaky_decoder and args.arch != "fc":
+        parser.error("--leaky-decoder changes the fc decoder; the conv one has its own design")
+    if args.model == "vae" and any(gan_knobs.values()):
+        parser.error(f"{', '.join(k for k, on in gan_knobs.items() if on)}: only --model vaegan has a discriminator")
+    if args.real_label > 1:
+        parser.error("--real-label must be <= 1")
     if args.model == "vaegan" and args.patience:
         parser.error("--patience watches a test loss, and the VAE-GAN's objective has none")
     args.latent_dim = args.latent_dim or (2 if args.arch == "fc" else 32)
@@ -76,7 +101,8 @@ def run_name(args):
     if args.load:
         return Path(args.load).stem
     variant_flags = ["--model", args.model, "--arch", args.arch] + ["--dis-l"] * args.dis_l
-    return common.run_name(variant(args), args, vars(parse_args(variant_flags)), {"latent_dim": "z"},
+    return common.run_name(variant(args), args, vars(parse_args(variant_flags)),
+                           {"latent_dim": "z", "real_label": "real", "instance_noise": "noise"},
                            skip=("model", "arch", "dis_l", "cnn_weights"))
 
 
@@ -112,11 +138,12 @@ class Decoder(nn.Module):
     reads the logits (pixel_bce), so there is no final Sigmoid layer (it held no parameters:
     weights saved when it was there still load)."""
 
-    def __init__(self, latent_dim, arch):
+    def __init__(self, latent_dim, arch, leaky=False):
         super().__init__()
-        if arch == "fc":  # autoencoder.py's decoder
-            self.net = nn.Sequential(nn.Linear(latent_dim, 128), nn.ReLU(),
-                                     nn.Linear(128, 512), nn.ReLU(),
+        if arch == "fc":  # autoencoder.py's decoder (leaky: LeakyReLU 0.2 in place of its ReLUs)
+            act = (lambda: nn.LeakyReLU(0.2)) if leaky else nn.ReLU
+            self.net = nn.Sequential(nn.Linear(latent_dim, 128), act(),
+                                     nn.Linear(128, 512), act(),
                                      nn.Linear(512, 784),                                    # (B, 784) logits
                                      nn.Unflatten(1, (1, 28, 28)))
         else:  # the paper's FC 8x8x256 then 5x5 transposed convs, for a 7x7 start
@@ -161,7 +188,8 @@ class Discriminator(nn.Module):
 
 def networks(args):
     """The encoder and decoder, and with --model vaegan the discriminator, by name."""
-    nets = {"encoder": Encoder(args.latent_dim, args.arch), "decoder": Decoder(args.latent_dim, args.arch)}
+    nets = {"encoder": Encoder(args.latent_dim, args.arch),
+            "decoder": Decoder(args.latent_dim, args.arch, args.leaky_decoder)}
     if args.model == "vaegan":
         nets["discriminator"] = Discriminator(args.arch)
     return nets
@@ -200,12 +228,13 @@ def dis_l_loss(features_reconstruction, features_real):
     return 0.5 * (features_reconstruction - features_real).pow(2).sum(1).mean()
 
 
-def discriminator_loss(real_logits, reconstruction_logits, prior_logits):
+def discriminator_loss(real_logits, reconstruction_logits, prior_logits, real_label=1.0):
     """-L_GAN = -[log Dis(x) + log(1 - Dis(x̃)) + log(1 - Dis(Dec(z_p)))] (Larsen et al. Eq. 5 with
     the reconstructions added, as in their Algorithm 1): Dis maximises L_GAN by minimising this
-    cross-entropy (each term a batch mean)."""
+    cross-entropy (each term a batch mean). real_label < 1 (--real-label): the real images'
+    target is that number instead of 1, one-sided label smoothing (Salimans et al. 2016)."""
     bce = F.binary_cross_entropy_with_logits
-    return (bce(real_logits, torch.ones_like(real_logits))
+    return (bce(real_logits, torch.full_like(real_logits, real_label))
             + bce(reconstruction_logits, torch.zeros_like(reconstruction_logits))
             + bce(prior_logits, torch.zeros_like(prior_logits)))
 
@@ -219,9 +248,11 @@ def fooling_loss(reconstruction_logits, prior_logits):
             + bce(prior_logits, torch.ones_like(prior_logits)))
 
 
-def vaegan_losses(nets, x, args, generator):
+def vaegan_losses(nets, x, args, generator, noise_std=0.0):
     """One forward pass of Algorithm 1; returns each network's objective ("encoder", "decoder",
-    and "dis" for the discriminator) and the terms that are logged. x̃ = Dec(z), z ~ q(z|x);
+    and "dis" for the discriminator) and the terms that are logged. noise_std > 0 (--instance-noise):
+    Dis sees x, x̃ and x_p each plus N(0, noise_std²) noise (drawn in that order after ε and z_p),
+    in every term, L_llike's features too. x̃ = Dec(z), z ~ q(z|x);
     x_p = Dec(z_p), z_p ~ N(0, I); L_GAN = log Dis(x) + log(1 - Dis(x̃)) + log(1 - Dis(x_p));
     "fooling" = -log Dis(x̃) - log Dis(x_p) (its log Dis(x) term does not depend on Enc or Dec):
 
@@ -235,19 +266,25 @@ def vaegan_losses(nets, x, args, generator):
     layer (fc: 128 units; conv: the third convolution, as the paper's Sec. 4.1), deep enough to
     describe shape rather than pixels. L_llike sums over Dis_l's features (128 fc, 6,272 conv),
     so γ's default depends on the architecture (0.5 fc, 0.002 conv): it keeps γ·L_llike within a
-    factor of about two of the fooling term at the start (first-epoch means of the committed runs:
-    L_llike ≈ 17 fc, ≈ 575 conv; fooling ≈ 4.1 fc, ≈ 2.7 conv)."""
+    factor of about three of the fooling term at the start (first-epoch means of the committed
+    runs: L_llike ≈ 27 fc, ≈ 575 conv; fooling ≈ 4.5 fc, ≈ 2.7 conv)."""
     encoder, decoder, discriminator = nets["encoder"], nets["decoder"], nets["discriminator"]
     mu, logvar = encoder(x)
     reconstruction = decoder.image(reparameterize(mu, logvar, generator))           # x̃
     z_prior = common.to_device(torch.randn(len(x), mu.shape[1], generator=generator), x.device)
     prior_images = decoder.image(z_prior)                                            # x_p
-    real_logits, real_features = discriminator(x)
-    reconstruction_logits, reconstruction_features = discriminator(reconstruction)
-    prior_logits, _ = discriminator(prior_images)
+
+    def judge(images):  # Dis(images), through instance noise when there is any
+        if noise_std:
+            images = images + noise_std * common.to_device(torch.randn(images.shape, generator=generator), x.device)
+        return discriminator(images)
+
+    real_logits, real_features = judge(x)
+    reconstruction_logits, reconstruction_features = judge(reconstruction)
+    prior_logits, _ = judge(prior_images)
     terms = {"prior": kl_divergence(mu, logvar),
              "fool": fooling_loss(reconstruction_logits, prior_logits),
-             "dis": discriminator_loss(real_logits, reconstruction_logits, prior_logits),
+             "dis": discriminator_loss(real_logits, reconstruction_logits, prior_logits, args.real_label),
              "d_x": torch.sigmoid(real_logits).mean(),
              "d_recon": torch.sigmoid(reconstruction_logits).mean(),
              "d_prior": torch.sigmoid(prior_logits).mean()}
@@ -273,20 +310,28 @@ def vae_losses(nets, x, args, generator):
 # ----------------------------------------------------------------------------------------------
 # TRAINING
 # ----------------------------------------------------------------------------------------------
-def step(nets, optimizers, terms):
+def step(nets, optimizers, terms, skip=()):
     """Each network follows the gradient of its own loss only (Algorithm 1): gradients are taken
-    per network with autograd.grad, then every optimizer steps."""
-    for name, net in nets.items():
+    per network with autograd.grad, then every optimizer steps, except those of the networks
+    named in `skip` (--dis-every: the discriminator on the batches between its steps)."""
+    stepping = [name for name in nets if name not in skip]
+    for name in stepping:
         loss = terms[name if name != "discriminator" else "dis"]  # the discriminator's is "dis"
-        params = list(net.parameters())
+        params = list(nets[name].parameters())
         for p, g in zip(params, torch.autograd.grad(loss, params, retain_graph=True)):
             p.grad = g
-    for optimizer in optimizers.values():
-        optimizer.step()
+    for name in stepping:
+        optimizers[name].step()
+
+
+def instance_noise(args, epoch, i, n_batches):
+    """--instance-noise's std at batch i of `epoch`: from the flag's value at the first batch of
+    the run linearly to 0 at its last (Sønderby et al. 2017: noise that vanishes by the end)."""
+    done = ((epoch - 1) * n_batches + i) / max(args.epochs * n_batches - 1, 1)
+    return args.instance_noise * (1 - done)
 
 
 def train_epoch(nets, optimizers, x, args, epoch, generator):
-    losses = vae_losses if args.model == "vae" else vaegan_losses
     for net in nets.values():
         net.train()
     n_batches = common.num_batches(len(x), args.batch_size)
@@ -294,8 +339,9 @@ def train_epoch(nets, optimizers, x, args, epoch, generator):
     batches = common.batch_indices(len(x), args.batch_size, x.device, generator)
     for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
         with common.autocast(args, x.device):
-            terms = losses(nets, x[idx], args, generator)
-        step(nets, optimizers, terms)
+            terms = (vae_losses(nets, x[idx], args, generator) if args.model == "vae" else
+                     vaegan_losses(nets, x[idx], args, generator, instance_noise(args, epoch, i, n_batches)))
+        step(nets, optimizers, terms, skip=("discriminator",) if i % args.dis_every else ())
         for name, value in terms.items():
             if args.model == "vaegan" or name not in ("encoder", "decoder"):  # the VAE's = its loss
                 logged.setdefault(name, torch.empty(n_batches, device=x.device))[i] = value.detach()
@@ -382,19 +428,31 @@ def figures(nets, test_x, args, name, history):
     else:
         encoder = "L_prior + L_llike" if args.dis_l else "L_prior + fooling"
         decoder = "γ·L_llike + fooling" if args.dis_l else "fooling"
-        panels = {"encoder": curves(history, {f"objective: {encoder}": "train_encoder",
-                                              "L_prior (KL)": "train_prior", "L_llike^Dis_l": "train_llike",
-                                              **({} if args.dis_l else {"fooling": "train_fool"})}),
-                  "decoder": curves(history, {f"objective: {decoder}": "train_decoder",
-                                              **({"fooling, -log Dis(x̃) - log Dis(x_p)": "train_fool"}
-                                                 if args.dis_l else {})}),
-                  "discriminator": curves(history, {"objective: -L_GAN": "train_dis"}),
-                  "mean Dis output": curves(history, {"real x": "train_d_x", "reconstruction x̃": "train_d_recon",
-                                                      "prior sample x_p": "train_d_prior"})}
+        panels = {"encoder's objective and its terms (nats)":
+                      curves(history, {f"objective: {encoder}": "train_encoder",
+                                       "L_prior (KL)": "train_prior", "L_llike^Dis_l": "train_llike",
+                                       **({} if args.dis_l else {"fooling": "train_fool"})}),
+                  "decoder's objective and its terms (nats)":
+                      curves(history, {f"objective: {decoder}": "train_decoder",
+                                       **({"fooling, -log Dis(x̃) - log Dis(x_p)": "train_fool"}
+                                          if args.dis_l else {})}),
+                  "discriminator's objective (nats)": curves(history, {"-L_GAN": "train_dis"}),
+                  "mean Dis output (its probability of real)":
+                      curves(history, {"real x": "train_d_x", "reconstruction x̃": "train_d_recon",
+                                       "prior sample x_p": "train_d_prior"})}
         if args.dis_l:  # the decoder's share of L_llike, as it enters its objective
             epochs = [r["epoch"] for r in history]
-            panels["decoder"]["γ·L_llike^Dis_l"] = (epochs, [args.gamma * r["train_llike"] for r in history])
-    common.plot_panels(out / f"{name}_loss.png", panels, xlabel="epoch",
+            panels["decoder's objective and its terms (nats)"]["γ·L_llike^Dis_l"] = (
+                epochs, [args.gamma * r["train_llike"] for r in history])
+    if args.model == "vaegan" and not args.dis_l:
+        caption = (f"The encoder's objective is L_prior + fooling; L_prior is at most "
+                   f"{max(r['train_prior'] for r in history):.2g} nats here, so where it is near 0 "
+                   "the objective's curve lies on the fooling curve, and Dis scores x̃ and x_p alike "
+                   "(q(z|x) ≈ N(0, I): both are decodings of draws from the prior). The decoder's "
+                   "objective is the fooling term alone.")
+    else:
+        caption = None
+    common.plot_panels(out / f"{name}_loss.png", panels, xlabel="epoch", caption=caption,
                        title=f"{name}: losses per network (means over each epoch)")
 
 
@@ -403,9 +461,13 @@ def main(argv=None):
     device = common.pick_device(args.device, args.deterministic)
     generator = common.seed_everything(args.seed)
     out, name = common.out_dir(args), run_name(args)
-    nets = {part: net.to(device) for part, net in networks(args).items()}
     if args.load:  # read before the data, so a wrong file fails at once
-        run = common.load_run(args.load, variant(args), nets)
+        checkpoint = common.load_checkpoint(args.load, variant(args))
+        # an activation holds no weights, so the file's own args say which decoder it trained
+        args.leaky_decoder = checkpoint["args"].get("leaky_decoder", False)
+    nets = {part: net.to(device) for part, net in networks(args).items()}
+    if args.load:
+        run = common.load_run(args.load, variant(args), nets, checkpoint=checkpoint)
     (train_x, _), (test_x, _) = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
     if not args.load:
         run = fit(nets, train_x, test_x, args, generator, out / name)

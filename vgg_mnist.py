@@ -269,21 +269,22 @@ def fit(model, train, test, args, device, generator, stem):
 # FIGURES
 # ----------------------------------------------------------------------------------------------
 def plot_history(history, args, n_train, path):
-    """The assignment's four plots as a 2x2 figure: test accuracy, training accuracy, test loss
-    and training loss, against epochs (or minibatches with --eval-every-batches)."""
+    """The assignment's four plots in two panels, training and test on one axis in each, against
+    epochs (or minibatches with --eval-every-batches): accuracy, and the cross-entropy on a
+    logarithmic axis (a training loss of 0.0006 against a test loss of 0.07 is the memorisation
+    the runs show, and on a linear axis both lie flat on the floor)."""
     by_step = args.eval_every_batches is not None
     xs = [r["step"] if by_step else r["epoch"] for r in history]
     xlabel = f"minibatches of {args.batch_size}" if by_step else "epoch"
-    panels = {"test accuracy": "test_acc", "training accuracy": "train_acc",
-              "test loss (cross-entropy)": "test_loss",
-              "training loss (cross-entropy)": "train_loss"}
-    curves = {ylabel: {"": (xs, [r[key] for r in history])} for ylabel, key in panels.items()}
-    curves["training loss (cross-entropy)"] = {
-        "whole training set, dropout off": (xs, [r["train_loss"] for r in history]),
-        "mean minibatch loss, dropout on": (xs, [r["batch_loss"] for r in history])}
     shifts = f", shifted up to {args.shift} px" if args.shift else ""
-    common.plot_panels(path, curves, xlabel,
-                       f"VGG11 (config A) on MNIST 32x32, {n_train} training images{shifts}", ncols=2)
+    loss_label = "cross-entropy (log scale)"
+    panels = {"accuracy (dropout off)": {"test set": (xs, [r["test_acc"] for r in history]),
+                                         "whole training set": (xs, [r["train_acc"] for r in history])},
+              loss_label: {"test set": (xs, [r["test_loss"] for r in history]),
+                           "whole training set, dropout off": (xs, [r["train_loss"] for r in history]),
+                           "mean minibatch loss, dropout on": (xs, [r["batch_loss"] for r in history])}}
+    common.plot_panels(path, panels, xlabel, f"VGG11 (config A) on MNIST 32x32, {n_train} training images{shifts}",
+                       log_y={loss_label})
 
 
 def main(argv=None):

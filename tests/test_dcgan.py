@@ -189,6 +189,39 @@ def test_run_then_load_repeats_figures_and_numbers(synthetic_data, cnn_weights, 
     assert (tmp_path / "b" / f"{QUICK}_epoch1.png").is_file()  # the snapshots come back with the weights
 
 
+def test_each_epoch_scores_the_fixed_noise_and_leaves_training_alone(synthetic_data, cnn_weights, tmp_path,
+                                                                     monkeypatch):
+    """With cnn.py's weights every epoch records frechet_2000: the Fréchet distance between the CNN
+    features of that epoch's generator on the fixed noise of seed --seed + 3 and those of every
+    test image (recomputed here from the saved generator); the floor is as many training images'
+    (the first of a permutation of seed --seed). The losses equal those of a run without the
+    judge: scoring draws nothing from training's random stream."""
+    monkeypatch.setattr(dcgan, "FRECHET_SAMPLES", 64)
+    dcgan.main(quick_args(synthetic_data, tmp_path / "judged", "--cnn-weights", cnn_weights, "--seed", 5))
+    dcgan.main(quick_args(synthetic_data, tmp_path / "plain", "--seed", 5))  # no cnn.pt there: unscored
+    run = "dcgan_e2_seed5_limit128"
+    judged, plain = metrics(tmp_path / "judged", run), metrics(tmp_path / "plain", run)
+    losses = lambda m: [{k: r[k] for k in ("loss_d", "loss_g", "d_x", "d_g_z")} for r in m["history"]]  # noqa: E731
+    assert losses(judged) == losses(plain) and "frechet_2000" not in plain["history"][-1]
+    assert (tmp_path / "judged" / f"{run}_frechet.png").is_file()
+
+    import cnn
+    G, judge = dcgan.Generator(), cnn.CNN()
+    saved = common.load_weights(tmp_path / "judged" / f"{run}.pt", "dcgan", {"generator": G}, "--load")
+    common.load_weights(cnn_weights, "cnn", {"model": judge}, "--cnn-weights")
+    (train_x, _), (test_x, _) = common.load_mnist_like("fashion-mnist", synthetic_data, "cpu", 128)
+    with torch.no_grad():
+        G.eval(), judge.eval()
+        noise = torch.randn(64, dcgan.NZ, generator=torch.Generator().manual_seed(5 + 3))
+        samples = ((G(noise) + 1) / 2).clamp(0, 1)
+        real = train_x[torch.randperm(len(train_x), generator=torch.Generator().manual_seed(5))[:64]]
+        test_features = judge.features(test_x)
+        expected = cnn.frechet_distance(judge.features(samples), test_features)
+        floor = cnn.frechet_distance(judge.features(real), test_features)
+    assert judged["history"][-1]["frechet_2000"] == pytest.approx(expected, rel=1e-5)
+    assert saved["frechet_floor_2000"] == pytest.approx(floor, rel=1e-5)
+
+
 def test_resume_after_a_kill_continues_the_same_run_with_its_snapshots(synthetic_data, tmp_path, monkeypatch):
     dcgan.main(quick_args(synthetic_data, tmp_path / "whole"))
     kill_at_call(monkeypatch, dcgan, "train_epoch", 2)

@@ -1,6 +1,7 @@
 """joint.py: the joint VAE-classifier and the pretrain-then-classify alternative."""
 import copy
 import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
@@ -127,6 +128,25 @@ def test_joint_run_then_load(synthetic_data, tmp_path):
         assert (tmp_path / "a" / name).is_file(), name
     joint.main(quick_args(synthetic_data, tmp_path / "b", "--load", tmp_path / "a" / f"joint{QUICK}.pt"))
     assert final(tmp_path / "b" / f"joint{QUICK}_metrics.json") == final(tmp_path / "a" / f"joint{QUICK}_metrics.json")
+
+
+def test_sparse_evaluations_are_points_and_the_comparison_starts_at_zero(synthetic_data, tmp_path,
+                                                                         monkeypatch):
+    """Issue 26: accuracies and test losses, measured only every --eval-every epochs, are drawn as
+    points (a line between two of them draws a shape nothing measured), the per-epoch train means
+    as a line; the comparison's bars start at 0 (a cut axis makes small gaps look large)."""
+    drawn = {}  # {file name: ({(curve label, line style)}, the first axis's y range)}
+
+    def record(fig, path):
+        curves = {(line.get_label(), line.get_linestyle()) for ax in fig.axes for line in ax.get_lines()}
+        drawn[Path(path).name] = curves, fig.axes[0].get_ylim()
+        plt.close(fig)
+
+    monkeypatch.setattr(common, "save_figure", record)
+    joint.main(quick_args(synthetic_data, tmp_path))
+    assert drawn[f"joint{QUICK}_loss.png"][0] == {("train (epoch mean)", "-"), ("test", "None")}
+    assert drawn[f"joint{QUICK}_accuracy.png"][0] == {("train", "None"), ("test", "None")}
+    assert drawn[f"joint_comparison{QUICK}.png"][1] == (0, 1)
 
 
 def test_ce_sweep_trains_one_model_per_weight_then_load(synthetic_data, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """vae.py: architectures, losses against independent computations, every mode with --load, bad input."""
 import json
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import pytest
@@ -314,6 +315,27 @@ def test_init_from_classifier_then_load(synthetic_data, tmp_path):
     vae.main(quick_args(synthetic_data, tmp_path / "b", *init, "--load",
                         *[tmp_path / "a" / f"vae_mlp_init_{s}_{knobs}.pt" for s in ("classifier", "random")]))
     assert metrics(tmp_path / "b" / f"vae_mlp_init_{knobs}_metrics.json")["final"] == summary
+
+
+def test_loss_figures_state_units_the_objective_and_which_runs_collapsed(tmp_path, monkeypatch):
+    """plot_loss_curves: units on the y labels, the loss recon + β·KL as its own panel, legends
+    under the axes, the KL range from 0, and a caption naming the runs whose KL collapsed
+    (issue 26)."""
+    def run(kl):
+        return SimpleNamespace(history=[{"epoch": e, "train_recon": 250.0, "test_recon": 252.0,
+                                         "train_kl": kl, "test_kl": kl} for e in (1, 2)])
+    runs = {"β = 1": run(1e-6), "β = 0.5": run(2e-6), "β = 0.01": run(6.0)}
+    drawn = {}
+    monkeypatch.setattr(common, "plot_panels",
+                        lambda path, panels, **options: drawn.update(options, panels=panels))
+    vae.plot_loss_curves(tmp_path / "loss.png", runs, "title", recon="bce", splits=("train", "test"),
+                         kl_weight=0.5, caption=vae.collapse_caption(runs))
+    recon, kl, loss = drawn["panels"]
+    assert all("nats per image" in label for label in (recon, kl, loss))
+    assert drawn["panels"][loss]["β = 0.01, train"][1] == [250.0 + 0.5 * 6.0] * 2
+    assert drawn["legend_below"] and drawn["ylims"][kl][0] <= 0 < 6.0 < drawn["ylims"][kl][1]
+    assert drawn["caption"].split(":")[0] == "β = 1, β = 0.5"  # the two collapsed runs, not β = 0.01
+    assert vae.collapse_caption({"β = 1": run(1e-6), "β = 0.01": run(6.0)}) is None  # one alone
 
 
 def test_encoder_copy_is_exact(synthetic_data, tmp_path, monkeypatch):

@@ -74,19 +74,24 @@ def test_shapes(arch):
     assert logits.shape == (4,) and features.shape == ((4, 128) if arch == "fc" else (4, 128 * 7 * 7))
 
 
-def objectives_by_hand(nets, x, args, generator):
+def objectives_by_hand(nets, x, args, generator, noise_std=0.0):
     """The table of vaegan's docstring, written out again from the networks' raw outputs, with
-    the KL from torch.distributions and the logs from F.logsigmoid; ε and z_p are drawn from
-    `generator` in the order the script draws them."""
+    the KL from torch.distributions and the logs from F.logsigmoid; ε and z_p, then the instance
+    noise on x, x̃ and x_p (std noise_std) are drawn from `generator` in the order the script
+    draws them. Dis's target on real images is args.real_label r: its real-image term is the
+    cross-entropy -[r log Dis(x) + (1 - r) log(1 - Dis(x))]."""
     encoder, decoder, discriminator = nets["encoder"], nets["decoder"], nets["discriminator"]
     mu, logvar = encoder(x)
     sigma = torch.exp(0.5 * logvar)
     reconstruction = torch.sigmoid(decoder(mu + sigma * torch.randn(mu.shape, generator=generator)))
     prior_images = torch.sigmoid(decoder(torch.randn(len(x), mu.shape[1], generator=generator)))
-    (real, real_features), (fake, fake_features), (prior, _) = map(
-        discriminator, (x, reconstruction, prior_images))
+    seen = [images + noise_std * torch.randn(images.shape, generator=generator) if noise_std else images
+            for images in (x, reconstruction, prior_images)]
+    (real, real_features), (fake, fake_features), (prior, _) = map(discriminator, seen)
     l_prior = kl_divergence(Normal(mu, sigma), Normal(0, 1)).sum(1).mean()
-    l_gan = F.logsigmoid(real).mean() + F.logsigmoid(-fake).mean() + F.logsigmoid(-prior).mean()
+    r = args.real_label
+    l_gan = (r * F.logsigmoid(real).mean() + (1 - r) * F.logsigmoid(-real).mean()
+             + F.logsigmoid(-fake).mean() + F.logsigmoid(-prior).mean())
     fooling = -F.logsigmoid(fake).mean() - F.logsigmoid(prior).mean()
     l_llike = 0.5 * (fake_features - real_features).pow(2).sum(1).mean()
     if args.dis_l:
@@ -95,19 +100,23 @@ def objectives_by_hand(nets, x, args, generator):
     return {"encoder": l_prior + fooling, "decoder": fooling, "discriminator": -l_gan}
 
 
-@pytest.mark.parametrize("flags", [[], ["--dis-l", "--gamma", "0.7"]], ids=["basic", "dis-l"])
-def test_each_network_descends_what_the_docstring_states(flags):
+@pytest.mark.parametrize("flags, noise_std", [([], 0.0), (["--dis-l", "--gamma", "0.7"], 0.0),
+                                              (["--real-label", "0.8"], 0.25),
+                                              (["--dis-l", "--real-label", "0.9"], 0.1)],
+                         ids=["basic", "dis-l", "basic smoothed noisy", "dis-l smoothed noisy"])
+def test_each_network_descends_what_the_docstring_states(flags, noise_std):
     """The gradient each network receives from vaegan.step equals the gradient of its row of the
-    docstring's table, computed independently (objectives_by_hand)."""
+    docstring's table, computed independently (objectives_by_hand), also with one-sided label
+    smoothing and instance noise."""
     torch.manual_seed(0)
     args = vaegan.parse_args(flags)
     nets = vaegan.networks(args)
     x = torch.rand(16, 1, 28, 28)
-    expected = objectives_by_hand(nets, x, args, torch.Generator().manual_seed(3))
+    expected = objectives_by_hand(nets, x, args, torch.Generator().manual_seed(3), noise_std)
     by_hand = {name: torch.autograd.grad(expected[name], list(net.parameters()), retain_graph=True)
                for name, net in nets.items()}
     frozen = {name: torch.optim.SGD(net.parameters(), lr=0.0) for name, net in nets.items()}
-    vaegan.step(nets, frozen, vaegan.vaegan_losses(nets, x, args, torch.Generator().manual_seed(3)))
+    vaegan.step(nets, frozen, vaegan.vaegan_losses(nets, x, args, torch.Generator().manual_seed(3), noise_std))
     for name, net in nets.items():
         for param, grad in zip(net.parameters(), by_hand[name]):
             assert torch.allclose(param.grad, grad, rtol=1e-4, atol=1e-6), name
@@ -129,6 +138,20 @@ def vae_objective_by_hand(nets, x, generator):
 
 
 
+def train_one_epoch(args, n_images, epoch):
+    """vaegan.train_epoch over n_images random images from seed-0 networks, with fit's
+    optimizers, ε, z_p and the batch order from a generator seeded 3. Returns the networks
+    before and after, the images, and the gradients each optimizer stepped with."""
+    torch.manual_seed(0)
+    nets = vaegan.networks(args)
+    before = copy.deepcopy(nets)
+    x = torch.rand(n_images, 1, 28, 28)
+    optimizers = vaegan.make_optimizers(nets, args)
+    seen = {name: record_gradients(optimizers[name], list(nets[name].parameters())) for name in nets}
+    vaegan.train_epoch(nets, optimizers, x, args, epoch, torch.Generator().manual_seed(3))
+    return before, nets, x, seen
+
+
 @pytest.mark.parametrize("flags", [["--model", "vae"], [], ["--dis-l", "--gamma", "0.7"],
                                    ["--arch", "conv", "--dis-l", "--gamma", "0.01"]],
                          ids=["vae", "vaegan basic", "vaegan dis-l", "vaegan conv dis-l"])
@@ -141,13 +164,7 @@ def test_a_training_epoch_descends_each_networks_objective(flags, float64):
     with the noise the script draws (the order, then ε, then z_p); and each parameter moved by
     Adam's first step at that rate, -lr·g/(|g| + ε)."""
     args = vaegan.parse_args([*flags, "--batch-size", "4", "--lr", "5e-4"])
-    torch.manual_seed(0)
-    nets = vaegan.networks(args)
-    before = copy.deepcopy(nets)
-    x = torch.rand(4, 1, 28, 28)
-    optimizers = vaegan.make_optimizers(nets, args)
-    seen = {name: record_gradients(optimizers[name], list(nets[name].parameters())) for name in nets}
-    vaegan.train_epoch(nets, optimizers, x, args, 1, torch.Generator().manual_seed(3))
+    before, nets, x, seen = train_one_epoch(args, n_images=4, epoch=1)
 
     generator = torch.Generator().manual_seed(3)
     batch = x[torch.randperm(4, generator=generator)]
@@ -166,6 +183,27 @@ def test_a_training_epoch_descends_each_networks_objective(flags, float64):
             # 1e-12 for a conv bias before BatchNorm, whose gradient is 0 up to rounding
             assert torch.allclose(grad_seen, grad, rtol=1e-6, atol=1e-6 * grad.abs().max() + 1e-12), name
             assert torch.allclose(after, start - 5e-4 * grad / (grad.abs() + 1e-8), rtol=0, atol=5e-7), name
+
+
+def test_a_training_epoch_with_the_gan_knobs_descends_the_smoothed_noisy_objective(float64):
+    """train_epoch at epoch 2 of 4 with --real-label 0.85 --instance-noise 0.3 --dis-every 2 on
+    two batches: the first batch's gradients equal objectives_by_hand's with noise std
+    0.3·(1 − 2/7) (batch 2 of the run's 8, counting from 0: linearly from 0.3 at the first to 0
+    at the last); the discriminator steps on that batch only, the encoder and decoder on both."""
+    args = vaegan.parse_args(["--batch-size", "4", "--epochs", "4", "--real-label", "0.85",
+                              "--instance-noise", "0.3", "--dis-every", "2"])
+    before, _, x, seen = train_one_epoch(args, n_images=8, epoch=2)
+    assert {name: len(grads) for name, grads in seen.items()} == {"encoder": 2, "decoder": 2, "discriminator": 1}
+
+    generator = torch.Generator().manual_seed(3)
+    first_batch = x[torch.randperm(8, generator=generator)[:4]]
+    for net in before.values():
+        net.train()
+    expected = objectives_by_hand(before, first_batch, args, generator, noise_std=0.3 * (1 - 2 / 7))
+    for name, net in before.items():
+        grads = torch.autograd.grad(expected[name], list(net.parameters()), retain_graph=True)
+        for grad_seen, grad in zip(seen[name][0], grads):
+            assert torch.allclose(grad_seen, grad, rtol=1e-6, atol=1e-6 * grad.abs().max() + 1e-12), name
 
 
 @pytest.mark.parametrize("flags, lr, betas", [
@@ -287,6 +325,8 @@ def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
     assert name("--model", "vae", "--latent-dim", "8", "--lr", "1e-3") == "vaegan_vae_fc_z8"
     assert name("--arch", "conv", "--latent-dim", "32", "--gamma", "0.01") == "vaegan_conv_gamma0.01"
     assert name("--model", "vae", "--load", "runs/vaegan_vae_fc_e3.pt") == "vaegan_vae_fc_e3"
+    assert (name("--epochs", "20", "--real-label", "0.9", "--instance-noise", "0.1", "--dis-every", "2")
+            == "vaegan_fc_e20_real0.9_noise0.1_dis-every2")
 
 
 @pytest.mark.parametrize("flags", [["--model", "vae"], ["--dis-l"]])
@@ -311,6 +351,19 @@ def test_amp_trains_in_bfloat16_to_finite_losses(flags, synthetic_data, tmp_path
     assert all(torch.isfinite(torch.tensor(v)) for k, v in record.items() if k != "epoch")
 
 
+def test_a_leaky_decoder_is_rebuilt_leaky_by_load(synthetic_data, tmp_path):
+    """--leaky-decoder swaps the fc decoder's ReLUs for LeakyReLU(0.2), which hold no weights: a
+    loaded file's decoder is rebuilt from the file's own args, so --load without the flag repeats
+    the run's numbers (an ordinary decoder would load the same weights and decode differently)."""
+    assert [type(m) for m in vaegan.Decoder(2, "fc", leaky=True).net[:4]] == [
+        torch.nn.Linear, torch.nn.LeakyReLU, torch.nn.Linear, torch.nn.LeakyReLU]
+    vaegan.main(quick_args(synthetic_data, tmp_path / "a", "--leaky-decoder", "--epochs", 1))
+    run = "vaegan_fc_e1_limit128_leaky-decoder"
+    vaegan.main(quick_args(synthetic_data, tmp_path / "b", "--load", tmp_path / "a" / f"{run}.pt"))
+    a, b = (json.loads((tmp_path / d / f"{run}_metrics.json").read_text())["final"] for d in "ab")
+    assert a == b
+
+
 def test_resume_without_a_checkpoint(synthetic_data, tmp_path):
     result = run_script("vaegan.py", *quick_args(synthetic_data, tmp_path), "--resume")
     assert_one_line_error(result, "--resume: no checkpoint at", f"vaegan_fc{QUICK}.ckpt")
@@ -320,6 +373,11 @@ def test_resume_without_a_checkpoint(synthetic_data, tmp_path):
     (["--model", "gan"], ["invalid choice", "gan"]),
     (["--epochs", "0"], ["--epochs", "> 0"]),
     (["--model", "vae", "--dis-l"], ["--dis-l"]),
+    (["--model", "vae", "--real-label", "0.9", "--dis-every", "2"], ["--real-label, --dis-every", "vaegan"]),
+    (["--real-label", "1.1"], ["--real-label", "<= 1"]),
+    (["--instance-noise", "-0.1"], ["--instance-noise"]),
+    (["--dis-every", "0"], ["--dis-every"]),
+    (["--arch", "conv", "--leaky-decoder"], ["--leaky-decoder", "fc"]),
 ])
 def test_bad_flags(flags, phrases):
     assert_one_line_error(run_script("vaegan.py", *flags), *phrases)

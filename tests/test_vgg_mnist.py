@@ -3,6 +3,8 @@ import copy
 import json
 import math
 
+import matplotlib.pyplot as plt
+
 import pytest
 import torch
 import torch.nn as nn
@@ -161,6 +163,22 @@ def test_smoke_run_then_load_repeats_the_numbers(synthetic_data, tmp_path):
     again = metrics(reloaded)
     assert again["final"] == first["final"]
     assert again["history"] == first["history"]
+
+
+def test_the_loss_panel_has_a_log_axis_and_the_accuracy_panel_a_linear_one(tmp_path, monkeypatch):
+    """Issue 26: a training loss of 0.0006 against a test loss of 0.07 (the memorisation the runs
+    show) is visible only on a log axis; accuracy, near 1, reads on a linear one."""
+    scales = {}
+
+    def record(fig, path):
+        scales.update({ax.get_ylabel(): ax.get_yscale() for ax in fig.axes})
+        plt.close(fig)
+
+    monkeypatch.setattr(common, "save_figure", record)
+    history = [{"epoch": e, "step": 94 * e, "batch_loss": 1 / e, "train_loss": 10.0 ** -e,
+                "test_loss": 0.07, "train_acc": 0.9, "test_acc": 0.9} for e in (1, 2, 3)]
+    vgg_mnist.plot_history(history, vgg_mnist.parse_args([]), 6000, tmp_path / "run_curves.png")
+    assert scales == {"accuracy (dropout off)": "linear", "cross-entropy (log scale)": "log"}
 
 
 def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
