@@ -1201,9 +1201,9 @@ def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=Fal
     and KL, whose scales differ), at most three to a row (or `ncols`); a legend on every axis
     with a named curve.
     log_y: logarithmic y axes (a first epoch far above the rest hides the later ones), labelled
-    at 1, 2, 5 × 10^n (readable_log_ticks): True for every panel, or a set of the panels' ylabels. styles: {label: matplotlib line options}, e.g. one
-    colour per run with solid train and dashed test curves; a curve not named there gets the
-    next default colour. At most three panels to a row: a figure at most 3x as wide as tall.
+    at 1, 2, 5 × 10^n (readable_log_ticks): True for every panel, or a set of the panels'
+    ylabels. styles: {label: matplotlib line options}, e.g. one colour per run with solid train
+    and dashed test curves; a curve not named there gets the next default colour. At most three panels to a row: a figure at most 3x as wide as tall.
     caption: a sentence or two under the panels (what a reader must know to read them).
     sharey: one y range for every panel (related quantities read at one scale); ylims:
     {ylabel: (low, high)}, a stated range for a panel whose autoscaled one would make noise look
@@ -1228,11 +1228,13 @@ def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=Fal
         if log_y is True or ylabel in (log_y or ()):
             readable_log_ticks(ax)
         ax.grid(alpha=0.3)
-        if any(curves) and legend_below:  # every labelled curve is named ("" draws an axis's only curve unnamed)
-            below_label = offset_copy(ax.transAxes, fig=fig, y=-34, units="points")  # under tick labels and xlabel
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below_label,
+        if not any(curves):  # every labelled curve is named ("" draws an axis's only curve unnamed)
+            continue
+        if legend_below:  # 34 points under the axis: below its tick labels and xlabel
+            below = offset_copy(ax.transAxes, fig=fig, y=-34, units="points")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=below,
                       fontsize=8, ncol=2 if len(curves) > 3 else 1)
-        elif any(curves):
+        else:
             ax.legend()
     fig.suptitle(textwrap.fill(title, 55 * ncols))  # ~55 characters fit above one panel
     if caption:
