@@ -214,6 +214,14 @@ def features_and_predictions(model, x, batch_size=1000):
     return features, model.classifier(features).argmax(1)
 
 
+def real_floor(model, real_train, test_features, n, seed):
+    """The Fréchet distance between n real training images (a draw seeded by `seed`) and the test
+    images' features: the best a generator can score at n samples (fewer samples score higher)."""
+    chosen = torch.randperm(len(real_train), generator=torch.Generator().manual_seed(seed))[:n]
+    features, _ = features_and_predictions(model, real_train[chosen.to(real_train.device)])
+    return frechet_distance(features, test_features)
+
+
 def sample_quality(samples, real_test, real_train, args):
     """How close generated images are to Fashion-MNIST, by the trained CNN of this script.
 
@@ -230,13 +238,11 @@ def sample_quality(samples, real_test, real_train, args):
     if model is None:
         return {}
     test_features, _ = features_and_predictions(model, real_test)
-    chosen = torch.randperm(len(real_train), generator=torch.Generator().manual_seed(args.seed))
-    train_features, _ = features_and_predictions(model, real_train[chosen[:len(samples)].to(real_train.device)])
     features, predicted = features_and_predictions(model, samples.to(real_test.device))
     shares = torch.bincount(predicted.cpu(), minlength=10).double() / len(predicted)
     entropy = -(shares[shares > 0] * shares[shares > 0].log()).sum().item()
     return {"frechet_distance": frechet_distance(features, test_features),
-            "frechet_floor_train_vs_test": frechet_distance(train_features, test_features),
+            "frechet_floor_train_vs_test": real_floor(model, real_train, test_features, len(samples), args.seed),
             "n_generated": len(samples), "class_shares": dict(zip(common.class_names("fashion-mnist"),
                                                                    shares.tolist())),
             "class_entropy_nats": entropy, "classifier_weights": str(path)}

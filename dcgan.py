@@ -184,8 +184,7 @@ class EpochFrechet:
         self.judge = judge
         self.noise = torch.randn(FRECHET_SAMPLES, NZ, generator=torch.Generator().manual_seed(seed + 3))
         self.test_features, _ = cnn.features_and_predictions(judge, test_x)
-        chosen = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(seed))[:FRECHET_SAMPLES]
-        self.floor = self.distance(train_x[chosen.to(train_x.device)])
+        self.floor = cnn.real_floor(judge, train_x, self.test_features, FRECHET_SAMPLES, seed)
 
     def distance(self, images):
         features, _ = cnn.features_and_predictions(self.judge, images.to(self.test_features.device))

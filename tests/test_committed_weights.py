@@ -28,6 +28,7 @@ GALAXY = ["--labels", "{data}/galaxy/labels.csv", "--amp"]
 COMMANDS = {
     "cnn": ("cnn", []),
     "dcgan_e25": ("dcgan", CNN),
+    "dcgan_amp": ("dcgan", CNN),
     "joint": ("joint", ["--mode", "joint"]),
     "joint_pretrain_frozen": ("joint", ["--mode", "pretrain", "--load", "figures/joint_pretrain_frozen.pt",
                                         "figures/joint_pretrain_finetuned.pt"]),
