@@ -154,15 +154,17 @@ def generate(G, z):
 
 
 @torch.no_grad()
-def final_numbers(G, history, test_x, train_x, args):
-    """The last epoch's losses and D outputs, and the final generator's sample quality: as many
-    samples as test images, from noise of seed --seed + 2 (the same after --load), scored by
-    cnn.sample_quality (the Fréchet distance of the CNN's features against the test images, the
-    class histogram of the samples and its entropy)."""
+def final_numbers(G, history, extra, test_x, train_x, args):
+    """The last epoch's losses and D outputs, the per-epoch scores' floor (when the run scored its
+    epochs), and the final generator's sample quality: as many samples as test images, from noise
+    of seed --seed + 2 (the same after --load), scored by cnn.sample_quality (the Fréchet distance
+    of the CNN's features against the test images, the class histogram of the samples and its
+    entropy)."""
     noise = torch.randn(len(test_x), NZ, generator=torch.Generator().manual_seed(args.seed + 2))
     samples = torch.cat([generate(G, z.to(test_x.device)) for z in noise.split(1000)])  # 1000 at a time
     return {"epochs_trained": history[-1]["epoch"],
             **{k: history[-1][k] for k in ("loss_d", "loss_g", "d_x", "d_g_z")},
+            **{k: extra[k] for k in ("frechet_floor_2000",) if k in extra},
             **cnn.sample_quality(samples, test_x, train_x, args)}
 
 
@@ -275,7 +277,7 @@ def main(argv=None):
         run = fit(G, D, train_x, test_x, args, generator, fixed_noise, out / name)
     figures(G, run.history, run.extra, fixed_noise, out, name)
     common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
-                        final_numbers(G, run.history, test_x, train_x, args), trained_with=run.trained_with)
+                        final_numbers(G, run.history, run.extra, test_x, train_x, args), trained_with=run.trained_with)
 
 
 if __name__ == "__main__":

@@ -194,8 +194,9 @@ def test_each_epoch_scores_the_fixed_noise_and_leaves_training_alone(synthetic_d
     """With cnn.py's weights every epoch records frechet_2000: the Fréchet distance between the CNN
     features of that epoch's generator on the fixed noise of seed --seed + 3 and those of every
     test image (recomputed here from the saved generator); the floor is as many training images'
-    (the first of a permutation of seed --seed). The losses equal those of a run without the
-    judge: scoring draws nothing from training's random stream."""
+    (the first of a permutation of seed --seed), in the .pt and in the metrics' final block. The
+    losses equal those of a run without the judge: scoring draws nothing from training's random
+    stream."""
     monkeypatch.setattr(dcgan, "FRECHET_SAMPLES", 64)
     dcgan.main(quick_args(synthetic_data, tmp_path / "judged", "--cnn-weights", cnn_weights, "--seed", 5))
     dcgan.main(quick_args(synthetic_data, tmp_path / "plain", "--seed", 5))  # no cnn.pt there: unscored
@@ -220,6 +221,8 @@ def test_each_epoch_scores_the_fixed_noise_and_leaves_training_alone(synthetic_d
         floor = cnn.frechet_distance(judge.features(real), test_features)
     assert judged["history"][-1]["frechet_2000"] == pytest.approx(expected, rel=1e-5)
     assert saved["frechet_floor_2000"] == pytest.approx(floor, rel=1e-5)
+    assert judged["final"]["frechet_floor_2000"] == pytest.approx(floor, rel=1e-5)  # the JSON says it too
+    assert "frechet_floor_2000" not in plain["final"]
 
 
 def test_resume_after_a_kill_continues_the_same_run_with_its_snapshots(synthetic_data, tmp_path, monkeypatch):
