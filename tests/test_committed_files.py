@@ -19,7 +19,7 @@ MAX_ASPECT = 3.5
 
 # Re-made by training again (no committed weights); the commands are in the README's sections.
 AWAITING_VERSIONS = set()
-AWAITING_REDRAW = {"vaegan_conv_e11_loss", "vaegan_conv_disl_e11_loss"}  # H100 runs (2 min each there)
+AWAITING_REDRAW = {"vaegan_conv_disl_e11_loss"}  # an H100 run (2 min there, ~65 min on 2 CPU cores)
 
 
 def png_size(path):
