@@ -4,9 +4,6 @@
   for the Python version).
 - No committed plot of curves (loss, accuracy, comparison) is wider than 3.5x its height, so it
   stays readable at README width; image grids (samples, reconstructions, weights) are exempt.
-
-Files made before a rule existed and not yet re-made are listed by name below, so the list can
-only shrink: re-making one without deleting its entry fails too.
 """
 import json
 import struct
@@ -16,10 +13,6 @@ from conftest import ROOT
 FIGURES = ROOT / "figures"
 CURVE_PLOTS = ("_loss", "_curves", "_accuracy", "_comparison", "_frechet")  # the names' endings
 MAX_ASPECT = 3.5
-
-# Re-made by training again (no committed weights); the commands are in the README's sections.
-AWAITING_VERSIONS = set()
-AWAITING_REDRAW = {"vaegan_conv_disl_e11_loss"}  # an H100 run (2 min there, ~65 min on 2 CPU cores)
 
 
 def png_size(path):
@@ -37,13 +30,13 @@ def aspect(path):
 def test_every_top_level_metrics_file_records_its_versions():
     without = {path.name.removesuffix("_metrics.json") for path in FIGURES.glob("*_metrics.json")
                if "versions" not in json.loads(path.read_text(encoding="utf-8"))}
-    assert without == AWAITING_VERSIONS
+    assert without == set()
 
 
 def test_no_plot_of_curves_is_wider_than_three_and_a_half_times_its_height():
     wide = {str(path.relative_to(FIGURES).with_suffix("")) for path in FIGURES.rglob("*.png")
             if path.stem.endswith(CURVE_PLOTS) and aspect(path) > MAX_ASPECT}
-    assert wide == AWAITING_REDRAW
+    assert wide == set()
 
 
 def test_the_size_is_read_from_the_png_header(tmp_path):
