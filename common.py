@@ -41,7 +41,6 @@ from matplotlib.transforms import offset_copy  # noqa: E402
 from PIL import Image  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import torchvision  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 
@@ -245,6 +244,7 @@ def pick_device(name, deterministic=False):
 
 def versions():
     """What the results were made with; every script's first log line and metrics JSON hold it."""
+    import torchvision  # imported here, not at the top: see dataset_class
     return {"python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "platform": platform.platform()}
 
@@ -296,10 +296,15 @@ def to_device(tensor, device):
 # ----------------------------------------------------------------------------------------------
 # Data: MNIST-sized sets live on the device as one tensor; batches are cut by index
 # ----------------------------------------------------------------------------------------------
-DATASETS = {
-    "mnist": (torchvision.datasets.MNIST, "MNIST"),
-    "fashion-mnist": (torchvision.datasets.FashionMNIST, "Fashion-MNIST"),
-}
+DATASETS = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("FashionMNIST", "Fashion-MNIST")}
+
+
+def dataset_class(name):
+    """torchvision's class for `name`. torchvision is imported where it is used, not at the top:
+    its import takes ~2 s (it loads every model family), which a --help or a mistyped flag would
+    otherwise wait for, as would the test suite's ~100 runs of a script that stop at a flag."""
+    import torchvision
+    return getattr(torchvision.datasets, DATASETS[name][0])
 
 
 def idx_file_problem(path):
@@ -324,7 +329,7 @@ def idx_file_problem(path):
 def open_dataset(name, data_dir, train):
     """The torchvision dataset, downloaded when absent. Offline and absent, or present but
     damaged, is a one-line error that names the file and what is wrong with it."""
-    cls, title = DATASETS[name]
+    cls, title = dataset_class(name), DATASETS[name][1]
     root = Path(data_dir)
     if root.exists() and not root.is_dir():
         fail(f"--data-dir {root} is a file, not a folder")
@@ -360,7 +365,7 @@ def load_mnist_like(name, data_dir, device, limit=None):
 
 
 def class_names(name):
-    return DATASETS[name][0].classes
+    return dataset_class(name).classes
 
 
 def batch_indices(n, batch_size, device, generator=None):
@@ -1275,7 +1280,8 @@ def plot_curves(path, curves, xlabel, ylabel, title, markers=True, log_y=False, 
 def plot_image_rows(path, rows, title, nrow=None):
     """rows: {label: (N, C, H, W) images in [0, 1]}; each entry is one block of rows (nrow images
     per row, default all N in one), labelled on the left: samples per epoch, per KL weight, ..."""
-    grids = [torchvision.utils.make_grid(images.detach().float().cpu().clamp(0, 1),
+    from torchvision.utils import make_grid  # imported here: see dataset_class
+    grids = [make_grid(images.detach().float().cpu().clamp(0, 1),
                                          nrow=nrow or len(images), padding=2, pad_value=1.0)
              for images in rows.values()]  # each (3, H', W')
     width = max(g.shape[2] for g in grids)

@@ -28,7 +28,6 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 import common
 
@@ -709,6 +708,8 @@ def weight_figure(model, args, name, n_units=16):
     the encoder's first layer (all filters; mlp: the first `n_units` hidden units, each a 64x64
     template) and the decoder's last (what each channel or unit paints); below each, what a
     student should see in it (WEIGHT_CAPTIONS)."""
+    from torchvision.utils import make_grid  # imported here, not at the top: see common.dataset_class
+
     def on_the_image(part, prefix, side):  # side "in": layers reading the image; "out": writing it
         pixels = {nn.Linear: 3 * args.image_size ** 2, nn.Conv2d: 3, nn.ConvTranspose2d: 3}
         return [(f"{prefix}.{n}", m) for n, m in part.named_modules() if type(m) in pixels and
@@ -723,7 +724,7 @@ def weight_figure(model, args, name, n_units=16):
         measured.append(neighbour_correlation(tiles))
         unit = "hidden unit" if isinstance(layer, nn.Linear) else "channel"
         grids[f"{what.format(unit)}\n{layer_name}: {len(tiles)} tiles {tuple(tiles.shape[1:])}; "
-              f"|w| = {scale:.2g}: full colour"] = torchvision.utils.make_grid(
+              f"|w| = {scale:.2g}: full colour"] = make_grid(
             shown.clamp(0, 1), nrow=4 if len(tiles) <= 16 else 8, padding=2, pad_value=1.0)
     side = next(iter(grids.values())).shape  # (3, H, W) of a grid: the figure follows its shape
     fig, axes = plt.subplots(1, 2, figsize=(12, 6 * side[1] / side[2] + 2.0))

@@ -4,6 +4,8 @@ import json
 import math
 import os
 import platform
+import subprocess
+import sys
 import urllib.error
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 import torchvision
 
 import common
+from conftest import ROOT
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -159,6 +162,15 @@ def test_first_log_line_names_the_versions_and_the_device(capsys):
     first = capsys.readouterr().out.splitlines()[0]
     assert all(f"{name} {value}" in first for name, value in VERSIONS.items())
     assert first.endswith("device: cpu")
+
+
+def test_importing_the_scripts_leaves_torchvision_out():
+    """torchvision's ~2 s import waits until data or an image grid needs it (common.dataset_class),
+    so --help and a flag error answer at once; a top-level `import torchvision` anywhere fails."""
+    scripts = sorted(path.stem for path in ROOT.glob("*.py"))
+    code = f"import sys; import {', '.join(scripts)}; print('torchvision' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
 
 
 # --- training helpers --------------------------------------------------------------------------
