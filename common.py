@@ -302,7 +302,7 @@ DATASETS = {"mnist": ("MNIST", "MNIST"), "fashion-mnist": ("FashionMNIST", "Fash
 def dataset_class(name):
     """torchvision's class for `name`. torchvision is imported where it is used, not at the top:
     its import takes ~2 s (it loads every model family), which a --help or a mistyped flag would
-    otherwise wait for, as would the test suite's ~100 runs of a script that stop at a flag."""
+    otherwise wait for, as would the test suite's ~80 runs of a script that stop at a flag."""
     import torchvision
     return getattr(torchvision.datasets, DATASETS[name][0])
 
@@ -1282,7 +1282,7 @@ def plot_image_rows(path, rows, title, nrow=None):
     per row, default all N in one), labelled on the left: samples per epoch, per KL weight, ..."""
     from torchvision.utils import make_grid  # imported here: see dataset_class
     grids = [make_grid(images.detach().float().cpu().clamp(0, 1),
-                                         nrow=nrow or len(images), padding=2, pad_value=1.0)
+                       nrow=nrow or len(images), padding=2, pad_value=1.0)
              for images in rows.values()]  # each (3, H', W')
     width = max(g.shape[2] for g in grids)
     height = sum(g.shape[1] for g in grids)
