@@ -490,7 +490,7 @@ def finish(model, data, args, run, **final):
              **{f"train_{k}": v for k, v in evaluate(model, train_x, train_y, loss).items()},
              **{f"test_{k}": v for k, v in evaluate(model, test_x, test_y, loss).items()}, **final}
     common.save_metrics(Path(args.out_dir) / f"{name}_metrics.json", args, train_x.device,
-                        run.seconds, run.history, final, trained_with=run.trained_with)
+                        run.seconds, run.history, final, **run.provenance())
     print(f"{name}: " + " | ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)))
     return final
 
@@ -711,6 +711,7 @@ def run_transfer(args, data):
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
+    common.check_amp(args, device)
     common.out_dir(args)
     data = common.load_mnist_like(EXPERIMENTS[args.experiment].dataset, args.data_dir, device,
                                   args.limit)

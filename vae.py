@@ -500,7 +500,7 @@ def run_vae(args, data, generator, figures=True):
     final.update(cnn.sample_quality(prior_samples(model, len(data[1][0]), args, device),
                                     data[1][0], data[0][0], args))
     common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
-                        final, trained_with=run.trained_with)
+                        final, **run.provenance())
     print(f"{name}: test recon {final['test_recon']:.2f} | test KL {final['test_kl']:.2f}")
     return final, run, decode_images(model, fixed_noise)
 
@@ -553,7 +553,7 @@ def run_classifier(args, data, generator):
                         "accuracy": common.epoch_series(run.history, "acc")},
                        xlabel="epoch", title="MLP classifier 784-500-10 on Fashion-MNIST")
     common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds,
-                        run.history, final, trained_with=run.trained_with)
+                        run.history, final, **run.provenance())
     print(f"{name}: test acc {test['acc']:.4f}")
 
 
@@ -592,7 +592,7 @@ def run_init_comparison(args, data):
                           "train_kl": last["train_kl"], "test_recon": test["recon"],
                           "test_kl": test["kl"]}
         common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
-                            summary[start], trained_with=run.trained_with)
+                            summary[start], **run.provenance())
         runs["encoder from the classifier" if start == "classifier" else "random init"] = run
         seconds += run.seconds
     name = run_name(args)  # the comparison's own files: vae_mlp_init plus the knobs
@@ -610,6 +610,7 @@ def run_init_comparison(args, data):
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
+    common.check_amp(args, device)
     generator = common.seed_everything(args.seed)
     common.out_dir(args)
     data = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)

@@ -459,6 +459,7 @@ def figures(nets, test_x, args, name, history):
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
+    common.check_amp(args, device)
     generator = common.seed_everything(args.seed)
     out, name = common.out_dir(args), run_name(args)
     if args.load:  # read before the data, so a wrong file fails at once
@@ -476,7 +477,7 @@ def main(argv=None):
     final = {"epochs_trained": run.history[-1]["epoch"], **evaluate(nets, test_x, args),
              **cnn.sample_quality(samples, test_x, train_x, args)}
     common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
-                        final, trained_with=run.trained_with)
+                        final, **run.provenance())
     print(f"{name}: " + " | ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float)))
 
 

@@ -290,6 +290,7 @@ def plot_history(history, args, n_train, path):
 def main(argv=None):
     args = parse_args(argv)
     device = common.pick_device(args.device, args.deterministic)
+    common.check_amp(args, device)
     generator = common.seed_everything(args.seed)
     out, name = common.out_dir(args), run_name(args)
     checkpoint = common.load_checkpoint(args.load, KIND) if args.load else None
@@ -309,7 +310,7 @@ def main(argv=None):
     plot_history(run.history, args, len(train[0]), out / f"{name}_curves.png")
     common.save_metrics(out / f"{name}_metrics.json", args, device, run.seconds, run.history,
                         final, weights=str(args.load or out / f"{name}.pt"),
-                        trained_with=run.trained_with,
+                        **run.provenance(),
                         parameters=sum(p.numel() for p in model.parameters()))
     print(f"final: train acc {train_acc:.4f} | test acc {test_acc:.4f} | train loss "
           f"{train_loss:.4f} | test loss {test_loss:.4f} | {run.seconds:.0f} s of training")

@@ -1,12 +1,17 @@
 """Shared test fixtures: tiny synthetic datasets in torchvision's raw layout, and script runners.
 
-No test touches the network: data is written here, and subprocess runs get a proxy that refuses
+No test touches the network: data is written here, and script runs get a proxy that refuses
 every connection, so "data missing" is tested the same way on a laptop with internet as in CI.
 """
+import contextlib
+import importlib
+import io
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -22,6 +27,46 @@ DEVICE = os.environ.get("TEST_DEVICE", "cpu")
 DEVICE_FLAGS = ["--device", DEVICE, *(["--deterministic"] if DEVICE == "cuda" else [])]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))  # the scripts are top-level modules, not a package
+import common  # noqa: E402
+
+# Training with --amp runs where the device computes bf16 (cuda; a CPU with AVX-512 BF16 or AMX);
+# on any other CPU common.check_amp refuses it, so the tests that train in bf16 skip there, and
+# the summary says so. The refusal itself is tested everywhere, with the detection monkeypatched.
+CPU = f"{common.processor_name()}, {torch.backends.cpu.get_cpu_capability()}"
+BF16_HERE = DEVICE == "cuda" or (DEVICE == "cpu" and common.cpu_computes_bf16())
+NO_BF16 = f"no bf16 units on this {DEVICE} ({CPU}): --amp training is refused here"
+needs_bf16 = pytest.mark.skipif(not BF16_HERE, reason=NO_BF16)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Remember whether each test's body passed, for the tmp_path fixture below."""
+    outcome = yield
+    if call.when == "call":
+        item.passed_body = outcome.get_result().passed
+
+
+@pytest.fixture
+def tmp_path(tmp_path, request):
+    """pytest's own tmp_path, emptied once its test has passed: the runs a test makes (weights,
+    figures, galaxy caches) are gone with it, and a green suite leaves little in pytest's
+    temporary folder (which keeps the last three runs). A failing test's folder stays, to look in."""
+    yield tmp_path
+    if getattr(request.node, "passed_body", False):
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: over ~2 s on 2 CPU cores (trains a model to its end, or "
+                                       "reloads a committed one); python -m pytest -m 'not slow' is the "
+                                       "quick tier")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line at the end of every run, -q included: which CPU ran the suite, and whether the
+    bf16 training tests ran on it."""
+    ran = "ran" if BF16_HERE else f"skipped ({NO_BF16})"
+    terminalreporter.write_line(f"cpu: {CPU}; bf16 training tests {ran}")
 
 
 def readme_section(title):
@@ -80,11 +125,37 @@ OFFLINE_ENV = {key: "http://127.0.0.1:9" for key in
                ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}
 
 
-def run_script(*args):
-    """Run a repository script as a user would; the network is closed by a refusing proxy."""
-    env = {**os.environ, **OFFLINE_ENV, "no_proxy": "", "NO_PROXY": ""}
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+def run_script(script, *args):
+    """Run a repository script as `python script args` does, in this process: a new interpreter
+    would spend ~2.5 s importing torch for every run, and the suite makes ~90 of them. sys.argv
+    is the user's (argparse and common.fail name the script from it), the working directory is
+    the repository, the network is closed by a refusing proxy, stdout and stderr are captured,
+    and the exit status is SystemExit's; an uncaught exception leaves its traceback on stderr
+    with status 1, as Python would. test_common.py runs real processes too."""
+    module = importlib.import_module(Path(script).stem)
+    argv = [str(arg) for arg in args]
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    saved_argv, saved_cwd, saved_env = sys.argv, os.getcwd(), dict(os.environ)
+    os.environ.update({**OFFLINE_ENV, "no_proxy": "", "NO_PROXY": ""})
+    sys.argv = [script, *argv]
+    os.chdir(ROOT)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                common.run_main(module.main, argv)
+            except SystemExit as stop:  # exit(2) from argparse; a message from common.fail
+                status = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+                if status == 1 and not isinstance(stop.code, int):
+                    print(stop.code, file=sys.stderr)
+            except Exception:  # noqa: BLE001: what an uncaught error prints, for the tests to see
+                traceback.print_exc()
+                status = 1
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess([script, *argv], status, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(result, *phrases):

@@ -262,6 +262,7 @@ def trained(synthetic_data, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", list(EXPERIMENT_OUTPUTS))
 def test_every_experiment_writes_its_outputs_and_load_reproduces_them(experiment, trained,
                                                                      synthetic_data, tmp_path):

@@ -3,9 +3,10 @@ never a traceback, and a message that names the real cause (a truncated file is 
 
 The classes: a --load file that is absent, a folder, empty, garbage, text, truncated or another
 script's; damaged dataset files and a --data-dir that is a file; an --out-dir that is a file;
---resume with nothing to continue; a size flag too big for any machine; a loss that becomes NaN
-(every weight initialised to NaN; a NaN in evaluation is tested on common.Run itself). Scripts run in-process through common.run_main, as `python script.py`
-does, so the battery stays fast.
+--resume with nothing to continue; --amp training on a CPU without bf16 units; a size flag too
+big for any machine; a loss that becomes NaN (every weight initialised to NaN; a NaN in
+evaluation is tested on common.Run itself). Scripts run in-process through common.run_main, as
+`python script.py` does, so the battery stays fast.
 """
 import csv
 import importlib
@@ -162,6 +163,18 @@ def test_out_dir_that_is_a_file(script, data_dir, tmp_path, capsys):
 def test_resume_with_nothing_to_continue(script, data_dir, tmp_path, capsys):
     message = one_line_error(capsys, script, argv(script, data_dir, tmp_path / "out", "--resume"))
     assert "--resume: no checkpoint at" in message
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_amp_on_a_cpu_without_bf16_units_stops_before_any_work(script, data_dir, tmp_path, capsys,
+                                                                monkeypatch):
+    """Emulated bf16 is 25-50x slower than fp32 (and the LSTM has none): --amp training on such
+    a CPU stops at once, before the output folder or the data are touched."""
+    monkeypatch.setattr(common, "cpu_computes_bf16", lambda: False)
+    arguments = [*argv(script, data_dir, tmp_path / "out", "--amp"), "--device", "cpu"]
+    message = one_line_error(capsys, script, arguments)
+    assert "--amp: this CPU" in message and message.endswith("run without --amp")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("script", [s for s, (_, size) in SCRIPTS.items() if size])

@@ -332,6 +332,7 @@ def test_resume_without_a_checkpoint(synthetic_data, tmp_path):
 
 
 # --- real data -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_short_run_on_real_fashion_mnist_beats_chance(shared_data, tmp_path):
     cnn.main(["--data-dir", str(shared_data), "--out-dir", str(tmp_path), *DEVICE_FLAGS,
               "--epochs", "2", "--limit", "3000"])

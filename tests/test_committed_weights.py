@@ -22,6 +22,7 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # ~3 min together: each reloads a model and redoes its run's numbers
 CNN = ["--cnn-weights", "figures/cnn.pt"]
 GALAXY = ["--labels", "{data}/galaxy/labels.csv", "--amp"]
 # weights file (in figures/) → the script and the flags of the command that reloads it

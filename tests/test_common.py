@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 import urllib.error
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,6 +79,72 @@ def test_auto_device_picks_what_is_there(capsys):
     expected = "cuda" if torch.cuda.is_available() else "mps" if common._mps_available() else "cpu"
     assert device.type == expected
     assert f"device: {expected}" in capsys.readouterr().out
+
+
+# --- --amp on every CPU: bf16 only where the CPU has bf16 units ---------------------------------
+@pytest.mark.parametrize("onednn, avx512_bf16, amx, machine, expected", [
+    (False, True, True, "x86_64", False),   # oneDNN says no (AVX2 only): no, whatever else
+    (True, False, False, "x86_64", False),  # AVX-512 without BF16: oneDNN would emulate it
+    (True, True, False, "x86_64", True),    # AVX-512 BF16 (Cooper Lake, Zen 4)
+    (True, False, True, "AMD64", True),     # AMX (Sapphire Rapids), as Windows names x86-64
+    (True, False, False, "aarch64", True),  # Arm: oneDNN's answer is the BF16 extension's
+    (False, False, False, "arm64", False),
+])
+def test_cpu_computes_bf16_only_with_bf16_units(monkeypatch, onednn, avx512_bf16, amx, machine,
+                                                expected):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    assert common.cpu_computes_bf16() is expected
+
+
+def test_a_torch_without_onednn_computes_no_bf16(monkeypatch):
+    def absent():
+        raise RuntimeError("No such operator mkldnn::_is_mkldnn_bf16_supported")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", absent)
+    assert common.cpu_computes_bf16() is False
+
+
+def amp_args(*flags):
+    return argparse.Namespace(amp="--amp" in flags, load="w.pt" if "--load" in flags else None)
+
+
+@pytest.mark.parametrize("device, flags, bf16_units", [
+    ("cpu", [], False), ("cpu", ["--amp"], True), ("cpu", ["--amp", "--load"], False),
+    ("cuda", ["--amp"], False)])
+def test_check_amp_lets_through_what_runs_at_full_speed(monkeypatch, capsys, device, flags,
+                                                        bf16_units):
+    """No --amp, a CPU with bf16 units, --load (which trains nothing), or cuda (whatever the
+    CPU): as before, nothing printed."""
+    monkeypatch.setattr(common, "cpu_computes_bf16", lambda: bf16_units)
+    args = amp_args(*flags)
+    common.check_amp(args, torch.device(device))
+    assert args.amp == ("--amp" in flags) and capsys.readouterr().out == ""
+
+
+def test_check_amp_refuses_training_on_a_cpu_without_bf16_units(monkeypatch):
+    monkeypatch.setattr(common, "cpu_computes_bf16", lambda: False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    with pytest.raises(SystemExit) as stop:
+        common.check_amp(amp_args("--amp"), torch.device("cpu"))
+    message = str(stop.value)
+    assert "\n" not in message and "AVX2" in message and "has no bf16 units" in message
+    assert "25-50x slower than fp32" in message and message.endswith("run without --amp")
+
+
+@pytest.mark.parametrize("trained_with_amp", [True, False])
+def test_load_of_a_bf16_run_says_it_evaluates_in_fp32(tmp_path, capsys, trained_with_amp):
+    """Autocast wraps the training steps only: --load of a run trained with --amp redoes its
+    numbers in fp32 on any CPU, and says so in one line; another flag's weights say nothing."""
+    path = tmp_path / "w.pt"
+    common.save_checkpoint(path, "cnn", args={"amp": trained_with_amp}, epoch=1)
+    common.load_checkpoint(path, "cnn")
+    common.load_checkpoint(path, "cnn", flag="--cnn-weights")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ([f"--load: {path} was trained with --amp (bf16 autocast of the training "
+                      f"steps); its figures and numbers are redone in fp32, as every evaluation "
+                      f"here runs, on any device"] if trained_with_amp else [])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -152,9 +219,21 @@ def test_metrics_json_holds_args_history_and_final(tmp_path):
                       "history": [{"epoch": 1}], "final": {"test_acc": 0.5}, "versions": VERSIONS}
 
 
-# what the assignment asks a report to mention, read here independently of common.versions
-VERSIONS = {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "platform": platform.platform()}
+def cpuinfo_model_name():
+    """The CPU's name as Linux's /proc/cpuinfo gives it (None elsewhere), read here on its own."""
+    path = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in path.read_text().splitlines()
+             if line.startswith("model name")] if path.is_file() else []
+    return names[0] if names else None
+
+
+# what the assignment asks a report to mention, and which CPU made a number (its time, the last
+# digits of an --amp run), read here independently of common.versions
+VERSIONS = {"python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "platform": platform.platform(),
+            "processor": cpuinfo_model_name() or platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_bf16": common.cpu_computes_bf16()}  # its own tests: test_cpu_computes_bf16_*
 
 
 def test_first_log_line_names_the_versions_and_the_device(capsys):
@@ -164,6 +243,7 @@ def test_first_log_line_names_the_versions_and_the_device(capsys):
     assert first.endswith("device: cpu")
 
 
+@pytest.mark.slow
 def test_importing_the_scripts_leaves_torchvision_out():
     """torchvision's ~2 s import waits until data or an image grid needs it (common.dataset_class),
     so --help and a flag error answer at once; a top-level `import torchvision` anywhere fails."""
@@ -353,6 +433,22 @@ def test_resume_from_another_runs_checkpoint_extends_it_under_this_runs_name(tmp
     assert [r["train_loss"] for r in extended.history] == [r["train_loss"] for r in whole.history]
     assert common.load_checkpoint(tmp_path / "toy.pt", "toy")["epoch"] == 3
     assert (tmp_path / "toy_e2.pt").read_bytes() == before
+
+
+def test_a_run_records_the_machine_of_each_session_and_load_passes_it_on(tmp_path, monkeypatch):
+    """trained_on: one entry (versions and device) per machine the run trained on; a run resumed
+    on another CPU has two, and --load gives the training's, not the reloading machine's."""
+    here = {**VERSIONS, "device": "cpu"}
+    toy_fit(run_args(tmp_path), tmp_path / "toy", stop_after=1)
+    toy_fit(run_args(tmp_path, resume=True), tmp_path / "toy", stop_after=2)  # the same machine
+    assert common.load_checkpoint(tmp_path / "toy.pt", "toy")["trained_on"] == [here]
+    elsewhere = {**VERSIONS, "processor": "another CPU", "cpu_capability": "AVX2", "cpu_bf16": False}
+    monkeypatch.setattr(common, "versions", lambda: elsewhere)
+    resumed, _ = toy_fit(run_args(tmp_path, resume=True), tmp_path / "toy")
+    assert resumed.provenance()["trained_on"] == [here, {**elsewhere, "device": "cpu"}]
+    loaded = common.LoadedRun(common.load_checkpoint(tmp_path / "toy.pt", "toy"))
+    assert loaded.provenance() == {"trained_with": vars(run_args(tmp_path, resume=True)),
+                                   "trained_on": [here, {**elsewhere, "device": "cpu"}]}
 
 
 def test_resume_without_a_checkpoint_is_one_line(tmp_path):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import common
 import dcgan
 from conftest import (DEVICE_FLAGS, assert_one_line_error, guard_host_copies, kill_at_call,
-                      record_gradients, run_script)
+                      needs_bf16, record_gradients, run_script)
 
 
 def quick_args(data_dir, out_dir, *extra):
@@ -178,6 +178,7 @@ def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
     assert name("--load", "figures/dcgan_e25.pt") == "dcgan_e25"
 
 
+@pytest.mark.slow
 def test_run_then_load_repeats_figures_and_numbers(synthetic_data, cnn_weights, tmp_path):
     dcgan.main(quick_args(synthetic_data, tmp_path / "a", "--cnn-weights", cnn_weights))
     for what in (".pt", ".ckpt", "_metrics.json", "_loss.png", "_samples.png", "_epoch1.png", "_epoch2.png"):
@@ -189,6 +190,7 @@ def test_run_then_load_repeats_figures_and_numbers(synthetic_data, cnn_weights, 
     assert (tmp_path / "b" / f"{QUICK}_epoch1.png").is_file()  # the snapshots come back with the weights
 
 
+@pytest.mark.slow
 def test_each_epoch_scores_the_fixed_noise_and_leaves_training_alone(synthetic_data, cnn_weights, tmp_path,
                                                                      monkeypatch):
     """With cnn.py's weights every epoch records frechet_2000: the Fréchet distance between the CNN
@@ -225,6 +227,7 @@ def test_each_epoch_scores_the_fixed_noise_and_leaves_training_alone(synthetic_d
     assert "frechet_floor_2000" not in plain["final"]
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_continues_the_same_run_with_its_snapshots(synthetic_data, tmp_path, monkeypatch):
     dcgan.main(quick_args(synthetic_data, tmp_path / "whole"))
     kill_at_call(monkeypatch, dcgan, "train_epoch", 2)
@@ -240,6 +243,7 @@ def test_resume_after_a_kill_continues_the_same_run_with_its_snapshots(synthetic
     assert sorted(snapshots) == [1]  # epoch 1's, written before the kill
 
 
+@needs_bf16
 def test_amp_trains_in_bfloat16_to_finite_losses(synthetic_data, tmp_path):
     dcgan.main(quick_args(synthetic_data, tmp_path, "--epochs", "1", "--amp"))
     record = metrics(tmp_path, "dcgan_e1_amp_limit128")["history"][0]

@@ -261,6 +261,7 @@ def test_every_architecture_maps_images_to_logits_of_the_same_shape(arch):
     assert logits.shape == (4, 3, 32, 32) and mu.shape == logvar.shape == (4, 7)
 
 
+@pytest.mark.slow
 def test_conditional_samples_follow_the_class(galaxies, tmp_path):
     """The synthetic "other" galaxies are orange, the "spiral_odd" ones blue. After a short
     training, the same z decoded given "other" is redder at the centre than given "spiral_odd"."""
@@ -447,6 +448,7 @@ def test_one_judge_step_is_adam_on_the_class_weighted_cross_entropy_of_a_symmetr
         assert torch.allclose(param.detach(), want, rtol=1e-5, atol=1e-7), name
 
 
+@pytest.mark.slow
 def test_a_conditional_run_is_scored_by_the_judge_and_reload_repeats_the_score(galaxies, tmp_path, capsys):
     """--experiment classifier writes the judge; a conditional run finds it in --out-dir and
     records its score on generated galaxies beside the judge's own on real test images; --load
@@ -501,6 +503,7 @@ def final_block(out, name):
     return json.loads((out / f"{name}_metrics.json").read_text())["final"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, extra", [("mlp", []), ("conv", []), ("resnet", []),
                                          ("conv", ["--conditional"])])
 def test_smoke_then_load_gives_the_same_final_block(arch, extra, galaxies, tmp_path):
@@ -544,6 +547,7 @@ def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
     assert gv.comparison_name(vars(gv.parse_args(["--arch", "resnet", "--epochs", "30", "--amp"]))) == "galaxy_vae_amp"
 
 
+@pytest.mark.slow
 def test_resume_continues_where_the_run_stopped(galaxies, tmp_path, monkeypatch):
     root, _ = galaxies
     flags = args_for(root, tmp_path, "--arch", "mlp", "--latent-dim", "4", "--batch-size", "16", "--epochs", "2")
@@ -566,6 +570,7 @@ def test_resume_continues_where_the_run_stopped(galaxies, tmp_path, monkeypatch)
     assert [r["test_bce"] for r in resumed["history"]] == [r["test_bce"] for r in straight["history"]]
 
 
+@pytest.mark.slow
 def test_unsupervised_skips_the_class_figures_and_the_overlay_needs_all_three(galaxies, tmp_path, capsys):
     root, _ = galaxies
     for arch in gv.ARCHS:

@@ -149,6 +149,7 @@ def test_sparse_evaluations_are_points_and_the_comparison_starts_at_zero(synthet
     assert drawn[f"joint_comparison{QUICK}.png"][1] == (0, 1)
 
 
+@pytest.mark.slow
 def test_ce_sweep_trains_one_model_per_weight_then_load(synthetic_data, tmp_path, capsys):
     cnn_metrics = tmp_path / "cnn_metrics.json"
     cnn_metrics.write_text(json.dumps({"args": {"weight_decay": 0.0, "schedule": "constant", "lr": 1e-3,
@@ -228,6 +229,7 @@ def test_resume_is_strict_in_both_modes(synthetic_data, tmp_path, capsys):
     assert "--resume: no checkpoint at" in message and f"joint_pretrain_frozen{QUICK}.ckpt" in message
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_matches_an_uninterrupted_run(synthetic_data, tmp_path, monkeypatch):
     joint.main(quick_args(synthetic_data, tmp_path / "whole", "--epochs", "3", "--eval-every", "2"))
     kill_at_call(monkeypatch, joint, "evaluate", 3)  # in epoch 2: epoch 1 evaluated train and test

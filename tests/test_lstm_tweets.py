@@ -14,7 +14,7 @@ import torch
 import common
 import lstm_tweets
 from conftest import (DEVICE, DEVICE_FLAGS, NoHostTensors, adam_by_hand, assert_one_line_error,
-                      kill_at_call, record_gradients, run_script)
+                      kill_at_call, needs_bf16, record_gradients, run_script)
 
 TWEETS = ["I love this phone", "worst day ever", "so happy today :)", "I hate waiting",
           "what a great game", "this is awful", "best coffee, ever", "my cat is sick"]
@@ -304,6 +304,7 @@ def without_times(history):
     return [{k: v for k, v in record.items() if k != "seconds"} for record in history]
 
 
+@pytest.mark.slow
 def test_smoke_run_learns_then_load_repeats_the_numbers(tweet_files, tmp_path):
     trained = tmp_path / "trained"
     lstm_tweets.main(quick_args(tweet_files, trained))
@@ -344,6 +345,7 @@ def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
     assert name("--load", "runs/lstm_tweets_h64.pt", "--hidden", "32") == "lstm_tweets_h64"
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tweet_files, tmp_path, monkeypatch):
     lstm_tweets.main(quick_args(tweet_files, tmp_path / "whole"))
     kill_at_call(monkeypatch, lstm_tweets, "evaluate", 5)  # two evaluations per record
@@ -358,6 +360,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tweet_files, tmp_path,
     assert split["final"] == whole["final"]
 
 
+@needs_bf16
 def test_amp_trains_in_bfloat16_to_finite_losses(tweet_files, tmp_path):
     lstm_tweets.main(quick_args(tweet_files, tmp_path, "--iterations", "50", "--amp"))
     record = metrics(tmp_path)["history"][0]
@@ -847,6 +850,7 @@ def test_the_cosine_schedule_sets_each_steps_rate(tweet_files, tmp_path, monkeyp
     assert rates == pytest.approx([0.01 * (1 + math.cos(math.pi * i / 8)) / 2 for i in range(8)])
 
 
+@pytest.mark.slow
 def test_a_validation_run_keeps_its_best_weights_and_load_repeats_it(tweet_files, tmp_path):
     """--val-fraction 0.25 of the 400 training tweets held out; --patience watches their loss;
     the files hold the weights of the lowest validation loss, so the final block's validation

@@ -85,6 +85,29 @@ def test_every_number_and_time_in_the_results_table_is_its_metrics_file(cells):
     assert check_row(cells) == []
 
 
+def hardware(metrics):
+    """What a row's hardware cell may say, from its metrics file: the machine of every session of
+    the training (trained_on: its device, and the CPU's kind as versions record it). A file from
+    before trained_on: a bf16 (--amp) CPU run was made on a CPU with bf16 units (on one without,
+    --amp is refused, and its emulation would have taken 25-50x the time); an fp32 CPU run on
+    either kind, not recorded; a run on --device auto on the CPU or the one GPU lent (an H100)."""
+    sessions = metrics.get("trained_on") or []
+    if sessions:
+        return {" and ".join(sorted({
+            "H100" if s["device"].startswith("cuda") else
+            "CPU, AVX-512 BF16" if s["cpu_bf16"] else f"CPU, {s['cpu_capability']}"
+            for s in sessions}))}
+    trained_with = metrics.get("trained_with") or metrics["args"]
+    cpu = "CPU, AVX-512 BF16" if trained_with.get("amp") else "CPU, kind not recorded"
+    return {"cpu": {cpu}, "cuda": {"H100"}}.get(trained_with["device"], {cpu, "H100"})
+
+
+@pytest.mark.parametrize("cells", table_rows(), ids=lambda cells: cells[1])
+def test_the_hardware_column_says_which_cpu_made_each_row(cells):
+    metrics = json.loads((ROOT / re.fullmatch(r"\[json\]\((.+)\)", cells[6]).group(1)).read_text())
+    assert cells[4] in hardware(metrics), cells[1]
+
+
 def test_a_changed_number_or_label_is_caught():
     """The check itself can fail: a digit changed, a label swapped and a time changed are found."""
     cells = next(c for c in table_rows() if c[6] == "[json](figures/cnn_metrics.json)")
@@ -142,7 +165,7 @@ def readme_commands():
             line = line.split(" #")[0].strip()
             if assignment := re.fullmatch(r'(\w+)="(.*)"', line):
                 variables[assignment[1]] = assignment[2]
-            elif line.startswith("python ") and "..." not in line and "-m pytest" not in line:
+            elif re.match(r"python \S+\.py\b", line) and "..." not in line:  # a script, not -c or -m
                 commands.append(re.sub(r"\$(\w+)", lambda m: variables[m[1]], line))
     commands += [cells[5].strip("`") for cells in table_rows()
                  if cells[5].startswith("`python") and "…" not in cells[5]]

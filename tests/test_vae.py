@@ -10,8 +10,8 @@ from torch.distributions import Normal, kl_divergence
 
 import common
 import vae
-from conftest import (DEVICE_FLAGS, assert_one_line_error, count_reads, guard_host_copies, kill_at_call,
-                      run_script)
+from conftest import (DEVICE, DEVICE_FLAGS, assert_one_line_error, count_reads, guard_host_copies,
+                      kill_at_call, needs_bf16, run_script)
 
 
 QUICK = "e2_limit128"  # the knobs of quick_args that differ from the defaults: in every run's name
@@ -198,10 +198,28 @@ def test_a_quick_edit_writes_beside_the_default_run(synthetic_data, tmp_path):
     assert (tmp_path / f"vae_mlp_{QUICK}_kl0.5.pt").is_file()
 
 
+@needs_bf16
 def test_amp_run_trains_with_finite_losses(synthetic_data, tmp_path):
     vae.main(quick_args(synthetic_data, tmp_path, "--arch", "mlp", "--epochs", "1", "--amp"))
     final = metrics(tmp_path / "vae_mlp_e1_amp_limit128_metrics.json")["final"]
     assert 0 < final["test_recon"] < float("inf") and final["test_kl"] >= 0
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the bf16 check is the CPU's")
+def test_a_bf16_run_reloads_exactly_on_a_cpu_without_bf16_units(synthetic_data, tmp_path,
+                                                                 monkeypatch, capsys):
+    """Trained with --amp where the CPU computes bf16; reloaded where it does not (the detection
+    monkeypatched both ways, so this runs on any CPU): --load is not refused, says it evaluates
+    in fp32, and gives the run's final numbers exactly (every evaluation runs in fp32)."""
+    monkeypatch.setattr(common, "cpu_computes_bf16", lambda: True)
+    vae.main(quick_args(synthetic_data, tmp_path / "a", "--arch", "mlp", "--epochs", "1", "--amp"))
+    monkeypatch.setattr(common, "cpu_computes_bf16", lambda: False)
+    capsys.readouterr()
+    weights = tmp_path / "a" / "vae_mlp_e1_amp_limit128.pt"
+    vae.main(quick_args(synthetic_data, tmp_path / "b", "--arch", "mlp", "--amp", "--load", weights))
+    assert "was trained with --amp" in capsys.readouterr().out
+    run = "vae_mlp_e1_amp_limit128_metrics.json"
+    assert metrics(tmp_path / "b" / run)["final"] == metrics(tmp_path / "a" / run)["final"]
 
 
 def test_kl_sweep_then_load(synthetic_data, tmp_path):

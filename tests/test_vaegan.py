@@ -11,7 +11,7 @@ from torch.distributions import Normal, kl_divergence
 import common
 import vaegan
 from conftest import (DEVICE_FLAGS, ROOT, assert_one_line_error, guard_host_copies, kill_at_call,
-                      record_gradients, run_script)
+                      needs_bf16, record_gradients, run_script)
 
 
 QUICK = "_e2_limit128"  # what quick_args adds to a variant's name: the knobs that differ
@@ -295,6 +295,7 @@ VARIANTS = [(["--model", "vae"], "vaegan_vae_fc"),
             (["--arch", "conv"], "vaegan_conv"), (["--arch", "conv", "--dis-l"], "vaegan_conv_disl")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags,run", VARIANTS)
 def test_every_combination_runs_and_reloads(flags, run, synthetic_data, cnn_weights, tmp_path):
     extra = [*flags, "--cnn-weights", cnn_weights]
@@ -344,6 +345,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(flags, synthetic_data,
     assert split["final"] == whole["final"]
 
 
+@needs_bf16
 @pytest.mark.parametrize("flags", [["--model", "vae"], ["--dis-l"]])
 def test_amp_trains_in_bfloat16_to_finite_losses(flags, synthetic_data, tmp_path):
     vaegan.main(quick_args(synthetic_data, tmp_path, *flags, "--epochs", "1", "--amp"))

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 import common
 import vgg_mnist
-from conftest import (DEVICE_FLAGS, NoHostTensors, assert_one_line_error, kill_at_call, record_gradients,
-                      run_script)
+from conftest import (DEVICE_FLAGS, NoHostTensors, assert_one_line_error, kill_at_call, needs_bf16,
+                      record_gradients, run_script)
 
 # Table 1 of Simonyan & Zisserman (2015), column A, written out here independently of the script
 TABLE_1_A = [("conv", 64), ("pool",), ("conv", 128), ("pool",), ("conv", 256), ("conv", 256),
@@ -146,6 +146,7 @@ def test_real_mnist_subset_is_600_per_class(shared_data):
 
 
 # --- runs ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_smoke_run_then_load_repeats_the_numbers(synthetic_data, tmp_path):
     trained = tmp_path / "trained"
     vgg_mnist.main(quick_args(synthetic_data, trained))
@@ -195,6 +196,7 @@ def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
     assert name("--load", "runs/vgg_mnist_e1.pt", "--epochs", "9") == "vgg_mnist_e1"
 
 
+@pytest.mark.slow
 def test_eval_every_batches_records_within_epochs(synthetic_data, tmp_path):
     vgg_mnist.main(quick_args(synthetic_data, tmp_path, "--eval-every-batches", "2"))
     # 96 images in batches of 32: 3 minibatches per epoch, 6 in all; a record after every 2
@@ -203,6 +205,7 @@ def test_eval_every_batches_records_within_epochs(synthetic_data, tmp_path):
                                                                               (2, 5), (2, 6)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, spans", [
     ([], [(0, 3), (3, 6)]),                                   # one record per epoch
     (["--eval-every-batches", "2"], [(0, 2), (2, 3), (3, 5), (5, 6)]),  # never across an epoch
@@ -235,6 +238,7 @@ def test_subset_run_has_its_own_files(synthetic_data, tmp_path):
     assert [p.name for p in tmp_path.glob("*.pt")] == [f"{run}.pt"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extra, saved_epoch", [
     ([], 2),  # killed while recording epoch 3
     (["--shift", "2"], 2),  # the shifts' random draws continue where they stopped
@@ -257,6 +261,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(extra, saved_epoch, sy
     assert split["final"] == whole["final"]
 
 
+@pytest.mark.slow
 def test_patience_stops_within_an_epoch_and_saves_there(synthetic_data, tmp_path, monkeypatch):
     real_measure = vgg_mnist.measure
 
@@ -290,6 +295,7 @@ def test_resume_without_a_checkpoint(synthetic_data, tmp_path):
     assert_one_line_error(result, "--resume: no checkpoint at", f"{RUN}.ckpt")
 
 
+@needs_bf16
 def test_amp_trains_in_bfloat16_to_finite_losses(synthetic_data, tmp_path):
     vgg_mnist.main(quick_args(synthetic_data, tmp_path, "--epochs", "1", "--amp"))
     record = metrics(tmp_path)["history"][0]
