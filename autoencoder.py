@@ -18,7 +18,8 @@ them from --<name>-weights, by default that run's file in --out-dir; absent, it 
 command to run first (nothing is trained behind your back). naive and normalized also score their
 samples with cnn.py's classifier (Fréchet distance, class entropy).
 
-Run: python autoencoder.py --experiment fc --data-dir ../shared/data   (the README gives the order)
+Page: docs/autoencoder.md (what it does, results, answers, every flag)
+Run: python autoencoder.py --experiment fc --data-dir ../shared/data   (docs/autoencoder.md gives the order)
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -500,7 +501,7 @@ def loss_figure(args, run, final, title, label="", baseline=None):
     the mean of the epoch's batch losses, taken in train mode: the weights still change during
     the epoch, and BatchNorm standardises each batch with its own statistics (normalized's train
     curve ends 9% above its eval-mode number). Test is evaluated after each epoch in eval mode;
-    so is the star, the train split after training: `final`'s (and the README's) train number.
+    so is the star, the train split after training: `final`'s (and the results table's) train number.
     baseline: (label, history) of another run drawn on the same axis, so that two losses read at
     one scale (classifier-decoder: the conv autoencoder's, which E3 compares); `label` then
     names this run's curves."""

@@ -1267,6 +1267,11 @@ def save_figure(fig, path):
     print(f"wrote {path}")
 
 
+# Numbers measured only every few epochs (accuracies, test losses): drawn as points, since lines
+# between such sparse points would draw a shape (a dip, a V) that nothing measured.
+SPARSE = {"linestyle": "none", "marker": "o", "markersize": 6}
+
+
 def plot_panels(path, panels, xlabel, title, markers=True, ncols=None, log_y=False, styles=None,
                 caption=None, sharey=False, ylims=None, legend_below=False):
     """panels: {ylabel: {label: (xs, ys)}}, one axis per entry side by side (e.g. reconstruction
@@ -1321,9 +1326,12 @@ def readable_log_ticks(ax):
     ax.set_yscale("log")
     low, high = ax.get_ylim()
     decades = math.log10(high / low)
-    subs = ((1, 2, 5) if decades > 2 else (1, 1.5, 2, 3, 5, 7) if decades > 1 else
-            (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9))  # the labelled values in each decade
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    if decades < 0.5:  # a narrow band (a KL settling at 20-23 after 32): evenly spaced labels
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=8))
+    else:
+        subs = ((1, 2, 5) if decades > 2 else (1, 1.2, 1.5, 2, 3, 5, 7) if decades > 1 else
+                (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9))  # the labelled values in each decade
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
     ax.yaxis.set_minor_formatter(NullFormatter())
@@ -1389,9 +1397,9 @@ def plot_scatter(path, panels, labels, names, title, xlabel="z₁", ylabel="z₂
             extra = extra.detach().float().cpu()
             ax.scatter(extra[:, 0], extra[:, 1], label=label, **style)
         ax.set(xlabel=xlabel, ylabel=ylabel, title=panel)
-        legend = ax.legend(fontsize="x-small", loc="best")
+        legend = ax.legend(fontsize="medium", loc="best", markerscale=1.5)
         for handle in legend.legend_handles:  # every entry the same readable size
-            handle.set_sizes([20])
+            handle.set_sizes([40])
             handle.set_alpha(1)
     fig.suptitle(title)
     save_figure(fig, path)

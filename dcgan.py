@@ -15,6 +15,7 @@ Samples: 12 fixed noise vectors after epochs 1, 5, 10, 25, 50, 100. Sample quali
 distance of 2,000 fixed-noise samples after every epoch (the test of "the generator degrades after
 ~40 epochs"), and of 10,000 samples at the end (cnn.sample_quality; both need cnn.py's weights).
 
+Page: docs/dcgan.md (what it does, results, answers, every flag)
 Run: python dcgan.py --data-dir ../shared/data            (100 epochs, as the report)
 """
 from pathlib import Path

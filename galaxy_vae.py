@@ -17,6 +17,7 @@ beside it with the per-pixel MSE. Reading the JPEGs (a centre crop of 207, the K
 resized to 64; decoded once into a cache) and the label files is common.py's; a seeded
 class-stratified split holds out --test-fraction.
 
+Page: docs/galaxy_vae.md (what it does, results, answers, every flag)
 Run:     python galaxy_vae.py --arch conv --data-dir ../shared/data --labels ../shared/data/galaxy/labels.csv
 """
 import argparse
@@ -738,19 +739,26 @@ def weight_figure(model, args, name, n_units=16):
 
 def loss_figure(history, final, name, args):
     """BCE above each split's floor (what a decoder can still gain), per-pixel MSE and KL against
-    the iteration count, train and test, on log axes (epoch 1 is far above the rest)."""
+    the iteration count, train and test, on log axes (epoch 1 is far above the rest); with
+    --class-loss-weight also the class loss and the helper's own cross-entropy."""
     iterations = [r["iteration"] for r in history]
 
     def series(key, floor=False):
         return {p: (iterations, [r[f"{p}_{key}"] - (final[f"{p}_bce_floor"] if floor else 0) for r in history])
                 for p in ("train", "test")}
 
-    common.plot_panels(Path(args.out_dir) / f"{name}_loss.png",
-                       {f"BCE − its floor, nats per image (floor: test {final['test_bce_floor']:.0f})":
-                            series("bce", floor=True),
-                        "MSE per pixel value": series("mse"),
-                        "KL(q(z|x) || N(0, I)), nats": series("kl")},
+    panels = {f"BCE − its floor, nats per image (floor: test {final['test_bce_floor']:.0f})":
+                  series("bce", floor=True),
+              "MSE per pixel value": series("mse"),
+              "KL(q(z|x) || N(0, I)), nats": series("kl")}
+    if "train_class" in history[-1]:  # --class-loss-weight: the term the conditional result rests on
+        panels["cross-entropy, nats per image (training batches)"] = {
+            "class loss: the helper on generated galaxies (× --class-loss-weight in the objective)":
+                (iterations, [r["train_class"] for r in history]),
+            "the helper on the real batch (its own training)": (iterations, [r["train_helper"] for r in history])}
+    common.plot_panels(Path(args.out_dir) / f"{name}_loss.png", panels,
                        xlabel="training iteration", markers=False, log_y=True,
+                       legend_below=len(panels) > 3,
                        title=f"{name}: reconstruction error and KL (train: mean over each epoch's "
                              f"batches while training; test: after the epoch)")
 

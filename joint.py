@@ -13,6 +13,7 @@ their objective; accuracies at epoch 1, every --eval-every epochs and the last. 
 with a comparison of every model measured so far: cnn.py's CNN, the joint model, and the two
 pretrained classifiers.
 
+Page: docs/joint.md (what it does, results, answers, every flag)
 Run: python joint.py --mode pretrain --data-dir ../shared/data   (after python vae.py --arch conv)
 """
 import argparse
@@ -28,10 +29,7 @@ import common
 
 
 PRETRAINED = ("frozen", "finetuned")  # the two classifiers of --mode pretrain, in training order
-
-# accuracies and test losses are measured only every --eval-every epochs: drawn as points, since
-# lines between such sparse points would draw a shape (a dip, a V) that nothing measured
-SPARSE = {"linestyle": "none", "marker": "o", "markersize": 6}
+RECON_UNITS = {"bce": "nats per image", "mse": "squared error per image"}  # the loss figure's labels
 
 LOAD_HELP = ("skip training: load one weights file per model the mode trains, in its order (--mode "
              "pretrain: frozen, then fine-tuned), and redo the figures and metrics on the data given now")
@@ -308,7 +306,7 @@ def finish(model, loss_terms, data, args, name, run, **extra):
                         "test": (epochs, [r["test_acc"] for r in evals])},
                        xlabel="epoch", ylabel="accuracy of the softmax on μ",
                        title=f"{name} on Fashion-MNIST: accuracy",
-                       styles={"train": SPARSE, "test": SPARSE})
+                       styles={"train": common.SPARSE, "test": common.SPARSE})
     common.save_metrics(Path(args.out_dir) / f"{name}_metrics.json", args, data[0][0].device,
                         run.seconds, run.history, final, **run.provenance(), **extra)
     print(f"{name}: train acc {final['train_acc']:.4f} | test acc {final['test_acc']:.4f}")
@@ -333,11 +331,12 @@ def run_joint(args, data, generator, name=None):
     evals = [r for r in history if "test_ce" in r]
     panels = {ylabel: {"train (epoch mean)": ([r["epoch"] for r in history], [r[f"train_{key}"] for r in history]),
                        "test": ([r["epoch"] for r in evals], [r[f"test_{key}"] for r in evals])}
-              for key, ylabel in (("ce", "cross-entropy"), ("recon", f"reconstruction ({args.recon})"),
-                                  ("kl", "KL"))}
+              for key, ylabel in (("ce", "cross-entropy, nats per image"),
+                                  ("recon", f"reconstruction ({args.recon}), {RECON_UNITS[args.recon]}"),
+                                  ("kl", "KL(q(z|x) || N(0, I)), nats per image"))}
     common.plot_panels(Path(args.out_dir) / f"{name}_loss.png", panels, xlabel="epoch",
                        title=f"{name}: loss terms per example (unweighted; CE weight {args.ce_weight:g})",
-                       styles={"test": SPARSE})
+                       styles={"test": common.SPARSE})
     return final
 
 

@@ -25,6 +25,7 @@ state, not only the last), --dropout, --val-fraction (early stopping on held-out
 never the test file), --lr-schedule cosine, --pretrain-iterations (first a character language
 model on the training files' text, neutral tweets included; Dai & Le 2015).
 
+Page: docs/lstm_tweets.md (what it does, results, answers, every flag)
 Run: python lstm_tweets.py --train-csv ../shared/data/tweets/semeval2017/train/*.tsv --test-csv FILE
 """
 import copy
@@ -519,7 +520,7 @@ def plot_history(history, final, args, name, path):
                f"class, so train and test accuracy differ by the class shift as well; balanced "
                f"accuracy (the mean of the two class recalls, 0.5 for any constant answer) does not.")
     common.plot_panels(path, panels, xlabel="iteration", title=f"Character LSTM on tweets: {what}{kept}",
-                       markers=len(history) <= 30, caption=caption,
+                       markers=len(history) <= 30, caption=caption, legend_below=True,
                        styles={bow: {"color": "0.3", "linestyle": "--", "marker": None}})
 
 

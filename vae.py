@@ -12,11 +12,12 @@
               the same VAE from a random start.
 Design: one objective, vae_loss = recon + β·KL (each per example, averaged over the batch), for
 training and evaluation alike; --recon sets the reconstruction term's form and reduction, which
-decides where a KL weight collapses the code (README). Test losses sample z from a fixed-seed
+decides where a KL weight collapses the code (docs/vae.md). Test losses sample z from a fixed-seed
 generator, so --load repeats them; every VAE's metrics hold the sample quality of as many
 z ~ N(0, I) draws as the test set has (cnn.sample_quality).
 
-Run: python vae.py --arch mlp --data-dir ../shared/data        (the README has every command)
+Page: docs/vae.md (what it does, results, answers, every flag)
+Run: python vae.py --arch mlp --data-dir ../shared/data        (docs/vae.md has every command)
 """
 import argparse
 from pathlib import Path

@@ -12,7 +12,7 @@ equation numbers as there).
 --real-label, --instance-noise, --dis-every, --leaky-decoder
                  what helps fc GANs train (one-sided label smoothing, noise on what Dis sees,
                  fewer Dis steps, a leaky generator), for the basic loss whose Dis otherwise
-                 wins (README's tries).
+                 wins (docs/vaegan.md's tries).
 
 Each network descends its own objective (the table in vaegan_losses), as Algorithm 1 does. Two
 departures, on purpose: the encoder and decoder descend the non-saturating "fooling" term in place
@@ -21,6 +21,7 @@ assignment's L = L_prior + fooling, since Algorithm 1's L_prior alone is minimis
 The decoders output pixel logits: the BCE is taken from them (pixel_bce), and sigmoid(logits) is
 the image wherever one is drawn or judged.
 
+Page: docs/vaegan.md (what it does, results, answers, every flag)
 Run: python vaegan.py --model vaegan [--dis-l] [--arch conv] --data-dir ../shared/data
 """
 from pathlib import Path
@@ -261,7 +262,7 @@ def vaegan_losses(nets, x, args, generator, noise_std=0.0):
       Dec       γ·L_llike^{Dis_l} + fooling (Eq. 9)  fooling
       Dis       -L_GAN                               -L_GAN
 
-    The basic model still collapses (README): nothing in its L compares x̃ with x, and a
+    The basic model still collapses (docs/vaegan.md): nothing in its L compares x̃ with x, and a
     posterior equal to the prior satisfies both terms. Dis_l is the discriminator's last hidden
     layer (fc: 128 units; conv: the third convolution, as the paper's Sec. 4.1), deep enough to
     describe shape rather than pixels. L_llike sums over Dis_l's features (128 fc, 6,272 conv),

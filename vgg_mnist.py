@@ -13,6 +13,7 @@ training set's mean pixel subtracted, and --shift N, small random moves of the d
 counterpart of its random crops (off by default; the committed full run used --shift 2).
 --subset 0.1 is the assignment's CPU option: a tenth of the training set, balanced by class.
 
+Page: docs/vgg_mnist.md (what it does, results, answers, every flag)
 Run: python vgg_mnist.py --data-dir ../shared/data --subset 0.1
 """
 from pathlib import Path

@@ -69,9 +69,10 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"cpu: {CPU}; bf16 training tests {ran}")
 
 
-def readme_section(title):
-    """The README's section that starts with the heading `title`, up to the next "## " heading."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def readme_section(title, page="README.md"):
+    """The section of `page` (README.md, or docs/<name>.md) that starts with the heading `title`,
+    up to the next "## " heading."""
+    text = (ROOT / page).read_text(encoding="utf-8")
     start = text.index(title)
     end = text.find("\n## ", start + len(title))
     return text[start:end if end != -1 else len(text)]

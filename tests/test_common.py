@@ -357,24 +357,28 @@ def test_plot_helpers_write_png_files(tmp_path):
 
 def test_log_axes_are_labelled_at_1_2_5_and_styles_are_applied(tmp_path, monkeypatch):
     """A log axis from 60 to 2000 names 100, 200, 500, 1000 and 2000 in plain numbers (not only
-    10^2 and 10^3); one within a factor of 10 gets several round numbers; a style given for a
+    10^2 and 10^3); one within a factor of 10 gets several round numbers, a band of 20-23 (with
+    one value at 15 and one at 32) two or more inside it; a style given for a
     label is that curve's; three side-by-side panels are no wider than 3x their height."""
     drawn = []
     monkeypatch.setattr(common, "save_figure", lambda fig, path: drawn.append(fig))
     xs = list(range(1, 41))
+    band = [32, 15] + [20 + 3 * (x % 2) for x in xs[2:]]  # a KL: one high, one low, then 20-23
     common.plot_panels(tmp_path / "l.png", {"wide": {"train": (xs, [60 + 2000 / x ** 2 for x in xs])},
                                             "narrow": {"": (xs, [14 + 18 / x for x in xs])},
-                                            "third": {"": (xs, xs)}},
+                                            "band": {"": (xs, band)}},
                        "epoch", "t", log_y=True, styles={"train": {"color": "red", "linestyle": "--"}})
     fig = drawn[0]
     fig.canvas.draw()
 
-    def labels(ax):
-        low, high = ax.get_ylim()
-        return {t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks()) if low <= v <= high}
-    wide, narrow, _ = fig.axes
+    def labels(ax, low=0, high=float("inf")):
+        bottom, top = ax.get_ylim()
+        return {t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks())
+                if max(bottom, low) <= v <= min(top, high)}
+    wide, narrow, band_axis = fig.axes
     assert {"100", "200", "500", "1000", "2000"} <= labels(wide)
     assert len(labels(narrow)) >= 3
+    assert len(labels(band_axis, 20, 23)) >= 2  # labels where the curve lies, not only 15, 20, 30
     assert (wide.get_lines()[0].get_color(), wide.get_lines()[0].get_linestyle()) == ("red", "--")
     width, height = fig.get_size_inches()
     assert width <= 3 * height

@@ -674,6 +674,28 @@ def figure_of(function, monkeypatch, *args):
     return drawn[0]
 
 
+@pytest.mark.parametrize("class_loss", [False, True])
+def test_the_loss_figure_plots_the_class_loss_and_the_helper_when_they_were_trained(class_loss, tmp_path,
+                                                                                   monkeypatch):
+    """BCE above its floor, MSE and KL for every run; a run trained with --class-loss-weight also
+    shows the term its conditional result rests on (the helper's cross-entropy on generated
+    galaxies) and the helper's own on real ones, as recorded in the history."""
+    terms = ("bce", "mse", "kl") + (("class", "helper") if class_loss else ())
+    history = [{"iteration": 10 * i, **{f"train_{k}": 1.0 / i for k in terms},
+                **{f"test_{k}": 1.5 / i for k in ("bce", "mse", "kl")}} for i in (1, 2, 3)]
+    final = {"train_bce_floor": 0.1, "test_bce_floor": 0.1}
+    args = gv.parse_args(["--out-dir", str(tmp_path)])
+    fig = figure_of(gv.loss_figure, monkeypatch, history, final, "run", args)
+    axes = [ax for ax in fig.axes if ax.get_lines()]
+    assert len(axes) == (4 if class_loss else 3)
+    if class_loss:
+        lines = {line.get_label(): list(line.get_ydata()) for line in axes[3].get_lines()}
+        (generated,) = [label for label in lines if label.startswith("class loss")]
+        (helper,) = [label for label in lines if label.startswith("the helper on the real")]
+        assert lines[generated] == [r["train_class"] for r in history]
+        assert lines[helper] == [r["train_helper"] for r in history]
+
+
 @pytest.mark.parametrize("conditional", [False, True])
 def test_class_figure_shows_every_class_and_calls_its_rows_what_they_are(conditional, tmp_path, monkeypatch):
     """A block per class (--sample-class first): originals, reconstructions and, conditional,

@@ -1,4 +1,5 @@
-"""The README's results table, checked against the metrics files it links to.
+"""The README's results table, checked against the metrics files it links to (the links,
+commands, flags tables and headings of README.md and docs/ are tests/test_docs.py's).
 
 Each row of "## Results: every experiment in one table" names a metrics JSON; its result cell is
 a list of "label number" items separated by ";" and its time cell is "N s" or "N min". Every
@@ -117,67 +118,3 @@ def test_a_changed_number_or_label_is_caught():
     wrong_time = cells[:3] + ["8 min"] + cells[4:]
     for wrong in (wrong_digit, wrong_label, wrong_time):
         assert len(check_row(wrong)) == 1
-
-
-def github_anchor(heading):
-    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to hyphens."""
-    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
-
-
-def test_every_link_inside_the_readme_reaches_a_heading():
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)  # a "# comment" is no heading
-    anchors = {github_anchor(h) for h in re.findall(r"^#+ (.+)$", prose, flags=re.M)}
-    links = re.findall(r"\]\(#([^)]+)\)", text)
-    assert links and [link for link in links if link not in anchors] == []
-    assert github_anchor("## Benchmark: `--amp` (bf16 autocast)".lstrip("# ")) == \
-        "benchmark---amp-bf16-autocast"
-
-
-def test_every_name_a_section_points_to_is_defined_in_its_script():
-    """Each section's "Read in [`X.py`]" line names functions and classes: each must exist there."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    lines = re.findall(r"^\*\*Read in \[`(\w+\.py)`\]\(\1\):\*\* (.+)$", text, flags=re.M)
-    assert len(lines) == 9
-    for script, names in lines:
-        source = (ROOT / script).read_text(encoding="utf-8")
-        for name in re.findall(r"`(\w+)`", names):
-            assert re.search(rf"^(def|class) {name}\b|^{name} = ", source, flags=re.M), \
-                f"{script} has no {name}"
-
-
-def test_every_file_the_readme_shows_or_links_exists():
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    paths = re.findall(r"\]\(((?:figures|benchmarks|tests)/[^)#]+)\)", text)
-    paths += re.findall(r'<img src="([^"]+)"', text)
-    assert len(paths) > 50
-    assert [p for p in paths if not (ROOT / p).exists()] == []
-
-
-def readme_commands():
-    """Every `python SCRIPT.py ...` line of the README's shell blocks (continuations joined,
-    shell variables expanded; lines that elide arguments with "..." left out) and every command of
-    the results table written out in full, as argument lists."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    variables, commands = {}, []
-    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" #")[0].strip()
-            if assignment := re.fullmatch(r'(\w+)="(.*)"', line):
-                variables[assignment[1]] = assignment[2]
-            elif re.match(r"python \S+\.py\b", line) and "..." not in line:  # a script, not -c or -m
-                commands.append(re.sub(r"\$(\w+)", lambda m: variables[m[1]], line))
-    commands += [cells[5].strip("`") for cells in table_rows()
-                 if cells[5].startswith("`python") and "…" not in cells[5]]
-    return [shlex.split(command) for command in commands]
-
-
-@pytest.mark.parametrize("words", readme_commands(), ids=" ".join)
-def test_every_readme_command_parses(words):
-    """A flag renamed in a script (or mistyped here) fails: each command goes through the script's
-    own parse_args, which exits on an unknown flag or a bad value."""
-    assert words[0] == "python" and words[1].endswith(".py")
-    script = importlib.import_module(words[1][:-3].replace("/", "."))
-    script.parse_args(words[2:])
-    with pytest.raises(SystemExit):
-        script.parse_args([*words[2:], "--no-such-flag"])

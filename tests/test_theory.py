@@ -1,16 +1,16 @@
-"""The README's answers to the theory questions, checked in PyTorch. Numbers and formulas are read
-from the README's sections (the formulas from their ```python lines, evaluated here), so the text
-and the check cannot drift.
+"""The answers to the theory questions (docs/theory.md), checked in PyTorch. Numbers and formulas
+are read from the page's sections (the formulas from their ```python lines, evaluated here), so
+the text and the check cannot drift.
 
 - Assignment D, part 1 (CNN basics): output sizes, receptive field and parameter count, on the
   network built in PyTorch.
 - Assignment D, part 4 (VAE theory): the KL of a Gaussian to N(0, 1), the log σ² gradients, the
   reparameterisation trick and the Bernoulli reconstruction term, against torch.distributions and
   autograd, and against vae.py's own kl_divergence, reparameterize and reconstruction_loss (the
-  functions the README names).
+  functions the page names).
 - Assignment E (convolution theory): shift-equivariance of convolution, of a constant, of ReLU,
   of strided pooling and of a small CNN, on circular shifts; the Jacobians of a bias, a fully
-  connected layer and a 1-d and 2-d convolution, built entry by entry from the README's lines and
+  connected layer and a 1-d and 2-d convolution, built entry by entry from the page's lines and
   compared with autograd."""
 import itertools
 import re
@@ -31,7 +31,7 @@ CONV_THEORY = "## Questions: convolution theory (assignment E)"
 
 
 def section(title=CNN_BASICS):
-    return readme_section(title)
+    return readme_section(title, "docs/theory.md")
 
 
 def formulas(title):
@@ -68,7 +68,7 @@ def entrywise(title, name, shape, **names):
 
 
 def number(text):
-    """A number as the README writes it: Unicode minus, thousands commas."""
+    """A number as the page writes it: Unicode minus, thousands commas."""
     return float(text.replace("−", "-").replace(",", ""))
 
 
@@ -134,7 +134,7 @@ def test_parameter_count_under_the_same_size_assumption():
 # Assignment D, part 4: VAE theory
 # ----------------------------------------------------------------------------------------------
 def vae_function(signature):
-    """The vae.py function the README names as "`vae.py`'s `name(signature)`"."""
+    """The vae.py function the page names as "`vae.py`'s `name(signature)`"."""
     pattern = r"`vae\.py`'s\s+`(\w+)\(" + re.escape(signature) + r"\)`"
     match = re.search(pattern, section(VAE_THEORY))
     assert match, signature
@@ -194,7 +194,7 @@ def test_log_variance_small_values_and_kl_gradients():
 
 def test_reparameterised_gradients_match_the_analytic_ones():
     """f(z) = z²: the mean of f over 200,000 samples of vae.reparameterize, and its gradients by
-    backpropagation, against the README's E, ∂E/∂μ and ∂E/∂σ (5 standard errors or less)."""
+    backpropagation, against the page's E, ∂E/∂μ and ∂E/∂σ (5 standard errors or less)."""
     stated_mu, stated_sigma = stated_mu_sigma()
     mu = torch.tensor(stated_mu, requires_grad=True)
     sigma = torch.tensor(stated_sigma, requires_grad=True)
@@ -245,7 +245,7 @@ def test_bernoulli_log_likelihood_is_minus_the_summed_bce():
 
 
 def test_vae_reconstruction_loss_is_minus_log_p_of_one_z_per_image():
-    """vae.py's bce reconstruction loss on a forward pass of its MLP VAE: minus the README's
+    """vae.py's bce reconstruction loss on a forward pass of its MLP VAE: minus the page's
     log p(x|z), averaged over the images, with z = μ + σ ⊙ ε and one ε per image (L = 1)."""
     torch.manual_seed(0)
     model = vae.MLPVAE(latent_dim=2)
@@ -353,7 +353,7 @@ def test_a_cnn_is_equivariant_only_to_shifts_by_the_product_of_its_strides():
 
 
 def test_shift_augmentation_moves_each_image_by_whole_pixels():
-    """The README's pointer: both flags exist and go through common.random_shift, which moves
+    """The page's pointer: both flags exist and go through common.random_shift, which moves
     each image by a whole number of pixels, the uncovered border filled with zeros."""
     match = re.search(r"`cnn\.py (--[\w-]+)`.*?`vgg_mnist\.py (--[\w-]+) N`", section(CONV_THEORY),
                       flags=re.S)
@@ -385,7 +385,7 @@ def test_jacobian_of_a_fully_connected_layer():
     by_W, by_b = jacobian(lambda W, b: F.linear(x, W, b), (W, b))  # (m, m, n), (m, m)
     assert torch.equal(by_W, entrywise(CONV_THEORY, "fc_dW", (m, m, n), x=x))
     assert torch.equal(by_b, entrywise(CONV_THEORY, "fc_db", (m, m)))
-    # row-major vec(W): the I_m ⊗ xᵀ the README states, not xᵀ ⊗ I_m
+    # row-major vec(W): the I_m ⊗ xᵀ the page states, not xᵀ ⊗ I_m
     assert "W.flatten()" in section(CONV_THEORY) and "∂y/∂vec(W) = I_m ⊗ xᵀ" in section(CONV_THEORY)
     by_vec = jacobian(lambda w: F.linear(x, w.reshape(m, n), b), W.flatten())
     assert torch.equal(by_vec, torch.kron(torch.eye(m, dtype=torch.float64), x[None]))
