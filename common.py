@@ -1251,6 +1251,24 @@ def save_metrics(path, args, device, seconds, history, final, **extra):
                       "wall_seconds": round(seconds, 2), "history": history, "final": final, **extra})
 
 
+def read_metrics(path, needs, what):
+    """A <run>_metrics.json that save_metrics wrote (for --replot: a run's curves redrawn from its
+    history when its weights are not kept), whose history records hold the key `needs`; anything
+    else is one line naming the problem. Returns the record and the run's name."""
+    path = Path(path)
+    if not path.is_file():
+        fail(f"--replot: {path} is a folder, not a metrics file" if path.is_dir() else
+             f"--replot: no metrics file at {path}")
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        fail(f"--replot: {path} is not a metrics JSON (not readable as JSON text)")
+    history = metrics.get("history") if isinstance(metrics, dict) else None
+    if not history or not isinstance(history, list) or needs not in history[-1]:
+        fail(f"--replot: {path} is not the metrics of {what} (no training history with {needs!r})")
+    return metrics, path.name.removesuffix("_metrics.json")
+
+
 def write_json(path, record):
     text = json.dumps(record, indent=2, default=str) + "\n"
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
@@ -1327,10 +1345,10 @@ def readable_log_ticks(ax):
     low, high = ax.get_ylim()
     decades = math.log10(high / low)
     if decades < 0.5:  # a narrow band (a KL settling at 20-23 after 32): evenly spaced labels
-        ax.yaxis.set_major_locator(MaxNLocator(nbins=8))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=12))
     else:
         subs = ((1, 2, 5) if decades > 2 else (1, 1.2, 1.5, 2, 3, 5, 7) if decades > 1 else
-                (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9))  # the labelled values in each decade
+                (1, 1.2, 1.5, 2, 3, 4, 5, 6, 7, 8, 9))  # the labelled values in each decade
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))

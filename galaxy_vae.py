@@ -85,6 +85,9 @@ def parse_args(argv=None):
                    help="--conditional: the judge (--experiment classifier) that scores the generated "
                         "galaxies (default: galaxy_classifier.pt in --out-dir; without it no score)")
     m.add_argument("--sample-class", help="the class shown first in the class figures (default: the rarest)")
+    m.add_argument("--replot", metavar="METRICS",
+                   help="no data, no model: redraw the loss figure of the run that wrote this "
+                        "<run>_metrics.json from its history (for a run whose weights are not kept)")
     args = parser.parse_args(argv)
     common.check_common_args(parser, args)
     if not 0 < args.test_fraction < 1:
@@ -95,6 +98,8 @@ def parse_args(argv=None):
         parser.error("--conditional is a VAE's; --experiment classifier trains the judge")
     if args.class_loss_weight and not args.conditional:
         parser.error("--class-loss-weight trains a --conditional model to draw the class it is given")
+    if args.replot and (args.load or args.resume):
+        parser.error("--replot draws from a metrics file alone: no --load or --resume")
     if args.helper_pool != 1 and not args.class_loss_weight:
         parser.error("--helper-pool is how the --class-loss-weight helper sees the images")
     if args.condition != "concat" and not args.conditional:
@@ -794,7 +799,7 @@ TAGS = {"latent_dim": "z", "kl_weight": "kl", "image_size": "size", "test_fracti
         "class_scheme": "", "sample_class": "class", "condition": "", "class_loss_weight": "classloss",
         "helper_pool": "pool"}
 NOT_IN_NAME = ("images_dir", "labels", "cache_dir", "workers", "arch", "conditional", "experiment",
-               "classifier_weights")
+               "classifier_weights", "replot")
 VAE_ONLY = ("latent_dim", "kl_weight", "condition", "sample_class", "class_loss_weight", "helper_pool")  # knobs the judge never reads
 
 
@@ -864,6 +869,9 @@ def main(argv=None):
     common.check_amp(args, device)
     generator = common.seed_everything(args.seed)
     out, name = common.out_dir(args), run_name(args)
+    if args.replot:  # a run whose weights are not kept: its curves from its metrics file
+        metrics, name = common.read_metrics(args.replot, "train_bce", "a galaxy VAE run")
+        return loss_figure(metrics["history"], metrics["final"], name, args)
     kind = CLASSIFIER if args.experiment == "classifier" else KIND
     checkpoint = common.load_checkpoint(args.load, kind, "--load") if args.load else None
     if args.load:  # the architecture and preprocessing are the trained run's

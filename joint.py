@@ -61,7 +61,14 @@ def parse_args(argv=None):
     parser.add_argument("--vae-weights", metavar="FILE",
                         help="pretrain: the weights of `python vae.py --arch conv` "
                              "(default: vae_conv.pt in --out-dir)")
+    parser.add_argument("--replot", metavar="METRICS",
+                        help="no data, no model: redraw the loss and accuracy figures of the joint "
+                             "run that wrote this <run>_metrics.json from its history (for a run "
+                             "whose weights are not kept)")
     args = parser.parse_args(argv)
+    if args.replot and (args.load or args.resume or args.sweep_ce or args.mode != "joint"):
+        parser.error("--replot redraws one joint run from its metrics file: no --load, --resume, "
+                     "--sweep-ce or --mode pretrain")
     if args.sweep_ce and args.mode != "joint":
         parser.error("--sweep-ce sweeps the joint model's loss: it needs --mode joint")
     if args.sweep_ce and args.ce_weight != parser.get_default("ce_weight"):
@@ -264,7 +271,7 @@ def run_name(args, base, skip=(), always=()):
     values = {**vars(args), "vae_weights": Path(args.vae_weights or "vae_conv").stem}
     defaults = {**vars(parse_args([])), "vae_weights": "vae_conv", **dict.fromkeys(always)}
     return common.run_name(base, argparse.Namespace(**values), defaults, TAGS,
-                           ("mode", "sweep_ce", "cnn_metrics", *skip))
+                           ("mode", "sweep_ce", "cnn_metrics", "replot", *skip))
 
 
 def model_names(args):
@@ -296,10 +303,9 @@ def plot_bars(path, values, ylabel, title, ylim=None):
     common.save_figure(fig, path)
 
 
-def finish(model, loss_terms, data, args, name, run, **extra):
-    """Final numbers, accuracy figure and metrics JSON of one trained (or loaded) model."""
-    final = final_numbers(model, loss_terms, data, args, run)
-    evals = [r for r in run.history if "test_acc" in r]
+def accuracy_figure(history, args, name):
+    """Train and test accuracy of the softmax on μ, at the epochs they were measured."""
+    evals = [r for r in history if "test_acc" in r]
     epochs = [r["epoch"] for r in evals]
     common.plot_curves(Path(args.out_dir) / f"{name}_accuracy.png",
                        {"train": (epochs, [r["train_acc"] for r in evals]),
@@ -307,6 +313,26 @@ def finish(model, loss_terms, data, args, name, run, **extra):
                        xlabel="epoch", ylabel="accuracy of the softmax on μ",
                        title=f"{name} on Fashion-MNIST: accuracy",
                        styles={"train": common.SPARSE, "test": common.SPARSE})
+
+
+def loss_figure(history, args, name):
+    """The joint model's three loss terms, unweighted, per epoch (train: the epoch's mean) and at
+    each evaluation (test)."""
+    evals = [r for r in history if "test_ce" in r]
+    panels = {ylabel: {"train (epoch mean)": ([r["epoch"] for r in history], [r[f"train_{key}"] for r in history]),
+                       "test": ([r["epoch"] for r in evals], [r[f"test_{key}"] for r in evals])}
+              for key, ylabel in (("ce", "cross-entropy, nats per image"),
+                                  ("recon", f"reconstruction ({args.recon}), {RECON_UNITS[args.recon]}"),
+                                  ("kl", "KL(q(z|x) || N(0, I)), nats per image"))}
+    common.plot_panels(Path(args.out_dir) / f"{name}_loss.png", panels, xlabel="epoch",
+                       title=f"{name}: loss terms per example (unweighted; CE weight {args.ce_weight:g})",
+                       styles={"test": common.SPARSE})
+
+
+def finish(model, loss_terms, data, args, name, run, **extra):
+    """Final numbers, accuracy figure and metrics JSON of one trained (or loaded) model."""
+    final = final_numbers(model, loss_terms, data, args, run)
+    accuracy_figure(run.history, args, name)
     common.save_metrics(Path(args.out_dir) / f"{name}_metrics.json", args, data[0][0].device,
                         run.seconds, run.history, final, **run.provenance(), **extra)
     print(f"{name}: train acc {final['train_acc']:.4f} | test acc {final['test_acc']:.4f}")
@@ -327,16 +353,7 @@ def run_joint(args, data, generator, name=None):
         run = fit(model, joint_terms, data, args, Path(args.out_dir) / name, "joint", generator,
                   model.parameters())
     final = finish(model, joint_terms, data, args, name, run)
-    history = run.history
-    evals = [r for r in history if "test_ce" in r]
-    panels = {ylabel: {"train (epoch mean)": ([r["epoch"] for r in history], [r[f"train_{key}"] for r in history]),
-                       "test": ([r["epoch"] for r in evals], [r[f"test_{key}"] for r in evals])}
-              for key, ylabel in (("ce", "cross-entropy, nats per image"),
-                                  ("recon", f"reconstruction ({args.recon}), {RECON_UNITS[args.recon]}"),
-                                  ("kl", "KL(q(z|x) || N(0, I)), nats per image"))}
-    common.plot_panels(Path(args.out_dir) / f"{name}_loss.png", panels, xlabel="epoch",
-                       title=f"{name}: loss terms per example (unweighted; CE weight {args.ce_weight:g})",
-                       styles={"test": common.SPARSE})
+    loss_figure(run.history, args, name)
     return final
 
 
@@ -450,6 +467,12 @@ def main(argv=None):
     common.check_amp(args, device)
     generator = common.seed_everything(args.seed)
     common.out_dir(args)
+    if args.replot:  # a run whose weights are not kept: its curves from its metrics file
+        metrics, name = common.read_metrics(args.replot, "train_ce", "a joint run")
+        common.use_run_args(args, {"args": metrics.get("trained_with") or metrics["args"]},
+                            ("recon", "ce_weight"), args.replot)
+        accuracy_figure(metrics["history"], args, name)
+        return loss_figure(metrics["history"], args, name)
     data = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
     if args.sweep_ce:
         run_ce_sweep(args, data)

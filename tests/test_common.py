@@ -455,6 +455,29 @@ def test_a_run_records_the_machine_of_each_session_and_load_passes_it_on(tmp_pat
                                    "trained_on": [here, {**elsewhere, "device": "cpu"}]}
 
 
+@pytest.mark.parametrize("content, phrase", [
+    (None, "no metrics file at"), ("folder", "is a folder, not a metrics file"),
+    (bytes(range(256)), "is not a metrics JSON"), ("[1, 2]", "is not the metrics of a toy run"),
+    (json.dumps({"history": [{"epoch": 1, "test_acc": 0.5}]}), "no training history with 'train_loss'")])
+def test_read_metrics_refuses_what_is_not_a_runs_metrics(tmp_path, content, phrase):
+    path = tmp_path / "run_metrics.json"
+    if content == "folder":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as stop:
+        common.read_metrics(path, "train_loss", "a toy run")
+    assert phrase in str(stop.value) and "\n" not in str(stop.value)
+
+
+def test_read_metrics_gives_the_record_and_the_runs_name(tmp_path):
+    record = {"args": {}, "history": [{"epoch": 1, "train_loss": 0.5}], "final": {}}
+    (tmp_path / "toy_e3_metrics.json").write_text(json.dumps(record))
+    assert common.read_metrics(tmp_path / "toy_e3_metrics.json", "train_loss", "a toy run") == (record, "toy_e3")
+
+
 def test_resume_without_a_checkpoint_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as stop:
         toy_fit(run_args(tmp_path, resume=True), tmp_path / "toy")

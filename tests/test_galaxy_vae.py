@@ -547,6 +547,19 @@ def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
     assert gv.comparison_name(vars(gv.parse_args(["--arch", "resnet", "--epochs", "30", "--amp"]))) == "galaxy_vae_amp"
 
 
+def test_replot_redraws_the_loss_figure_from_the_metrics_alone(galaxies, tmp_path):
+    """For a run whose weights are not kept (the mlp, the resnet): --replot <run>_metrics.json
+    draws its loss figure byte for byte as the run drew it, reading no image and no weights."""
+    root, _ = galaxies
+    gv.main(args_for(root, tmp_path / "a", "--arch", "mlp", "--latent-dim", "4", "--epochs", "2"))
+    (metrics,) = (tmp_path / "a").glob("*_metrics.json")
+    run = metrics.name.removesuffix("_metrics.json")
+    gv.main(["--replot", str(metrics), "--out-dir", str(tmp_path / "b"),
+             "--images-dir", str(tmp_path / "no_images_here"), *DEVICE_FLAGS])
+    assert [p.name for p in (tmp_path / "b").iterdir()] == [f"{run}_loss.png"]
+    assert (tmp_path / "b" / f"{run}_loss.png").read_bytes() == (tmp_path / "a" / f"{run}_loss.png").read_bytes()
+
+
 @pytest.mark.slow
 def test_resume_continues_where_the_run_stopped(galaxies, tmp_path, monkeypatch):
     root, _ = galaxies

@@ -130,6 +130,23 @@ def test_joint_run_then_load(synthetic_data, tmp_path):
     assert final(tmp_path / "b" / f"joint{QUICK}_metrics.json") == final(tmp_path / "a" / f"joint{QUICK}_metrics.json")
 
 
+def test_replot_redraws_a_runs_curves_from_its_metrics_alone(synthetic_data, tmp_path):
+    """For a run whose weights are not kept: --replot <run>_metrics.json draws its loss and
+    accuracy figures byte for byte as the run drew them, with no data and no weights, and takes
+    the knobs the figures name (--recon, --ce-weight) from the run, not the command line."""
+    joint.main(quick_args(synthetic_data, tmp_path / "a", "--ce-weight", "3"))
+    run = f"joint{QUICK}_ce3"
+    joint.main(["--replot", str(tmp_path / "a" / f"{run}_metrics.json"), "--out-dir", str(tmp_path / "b"),
+                "--data-dir", str(tmp_path / "no_data_here"), *DEVICE_FLAGS])
+    for figure in (f"{run}_loss.png", f"{run}_accuracy.png"):
+        assert (tmp_path / "b" / figure).read_bytes() == (tmp_path / "a" / figure).read_bytes(), figure
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [f"{run}_accuracy.png", f"{run}_loss.png"]
+    refused = run_script("joint.py", "--replot", tmp_path / "a" / f"{run}_metrics.json", "--mode", "pretrain")
+    assert_one_line_error(refused, "--replot redraws one joint run from its metrics file")
+    missing = run_script("joint.py", "--replot", tmp_path / "a" / "nothing_metrics.json", "--out-dir", tmp_path / "c")
+    assert_one_line_error(missing, "--replot: no metrics file at")
+
+
 def test_sparse_evaluations_are_points_and_the_comparison_starts_at_zero(synthetic_data, tmp_path,
                                                                          monkeypatch):
     """Issue 26: accuracies and test losses, measured only every --eval-every epochs, are drawn as
