@@ -1,11 +1,13 @@
 """README.md and the pages under docs/, read as a student reads them: every link reaches a file
 and a heading, every image exists, every `python SCRIPT.py ...` command parses with that
 script's own parser, every script page has the same headings, its flags table is its parser's
-flags (so neither can drift), the names it points to exist in the code, and no page is a
-development log (no issue numbers). The results table's numbers: tests/test_readme_results.py;
-the theory page's: tests/test_theory.py.
+flags (so neither can drift), the names it points to exist in the code, no page is a
+development log (no issue numbers), and every number of a page's table row that links a metrics
+file is a value of that file. The results table's numbers: tests/test_readme_results.py; the
+theory page's: tests/test_theory.py.
 """
 import importlib
+import json
 import re
 import shlex
 
@@ -148,3 +150,60 @@ def test_every_command_parses(words):
     script.parse_args(words[2:])
     with pytest.raises(SystemExit):
         script.parse_args([*words[2:], "--no-such-flag"])
+
+
+def file_values(record, found=None):
+    """Every number anywhere in a metrics record (final block, history, wall seconds, args)."""
+    found = [] if found is None else found
+    if isinstance(record, dict):
+        for value in record.values():
+            file_values(value, found)
+    elif isinstance(record, list):
+        for value in record:
+            file_values(value, found)
+    elif isinstance(record, (int, float)) and not isinstance(record, bool):
+        found.append(float(record))
+    return found
+
+
+def is_a_value(stated, percent, values):
+    """stated (as a page writes it: "0.9952", "1,794", "12.5" of "12.5%") equals one of `values`
+    rounded to as many decimals; a percentage is of a fraction; a whole number may be minutes of
+    a number of seconds."""
+    decimals = len(stated.split(".")[1]) if "." in stated else 0
+    number = float(stated)
+    candidates = [100 * v for v in values] if percent else values + [v / 60 for v in values]
+    return any(abs(round(v, decimals) - number) <= 10 ** -(decimals + 3) for v in candidates)
+
+
+def unfounded_numbers(page):
+    """(number, row) for every number of a table row that links exactly one metrics file and is
+    not a value of that file. The row's first cell (its label: "z = 64", "784-500-2") and its
+    code, links and CPU names ("AVX-512") are not numbers of the run."""
+    problems = []
+    for line in text(page).splitlines():
+        files = re.findall(r"\]\(([^)]+_metrics\.json)\)", line)
+        if not line.startswith("|") or len(files) != 1:
+            continue
+        values = file_values(json.loads((page.parent / files[0]).read_text(encoding="utf-8")))
+        cells = re.sub(r"\]\([^)]*\)|`[^`]*`|AVX-?512|AVX2", "", "|".join(line.strip("| ").split("|")[1:]))
+        for number, percent in re.findall(r"(?<![\w.])(-?\d[\d,]*(?:\.\d+)?)(%?)", cells):
+            if not is_a_value(number.replace(",", ""), bool(percent), values):
+                problems.append((number + percent, line[:80]))
+    return problems
+
+
+@pytest.mark.parametrize("page", sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
+def test_every_number_of_a_table_row_is_a_value_of_the_metrics_file_it_links(page):
+    assert unfounded_numbers(page) == []
+
+
+def test_a_number_that_is_not_in_the_file_is_caught(tmp_path):
+    (tmp_path / "run_metrics.json").write_text(json.dumps(
+        {"wall_seconds": 1794.3, "final": {"test_acc": 0.99523, "share": 0.125}}))
+    page = tmp_path / "page.md"
+    row = "| run | 0.9952 | 30 min | 12.5% | {} | [json](run_metrics.json) |"
+    page.write_text(row.format("1,794") + "\n")
+    assert unfounded_numbers(page) == []
+    page.write_text(row.format("1,795") + "\n" + row.replace("0.9952", "0.9953").format("1,794") + "\n")
+    assert [number for number, _ in unfounded_numbers(page)] == ["1,795", "0.9953"]
