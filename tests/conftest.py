@@ -6,6 +6,7 @@ every connection, so "data missing" is tested the same way on a laptop with inte
 import contextlib
 import importlib
 import io
+import math
 import os
 import shutil
 import struct
@@ -76,6 +77,13 @@ def readme_section(title, page="README.md"):
     start = text.index(title)
     end = text.find("\n## ", start + len(title))
     return text[start:end if end != -1 else len(text)]
+
+
+def agrees(stated, value):
+    """stated (a number as a page writes it, e.g. "0.9319") equals value rounded to that many
+    decimals: the check of every number the README and docs/ copy from a metrics file."""
+    decimals = len(stated.split(".")[1]) if "." in stated else 0
+    return math.isclose(round(value, decimals), float(stated), abs_tol=10 ** -(decimals + 3))
 
 
 def write_idx(path, tensor):

@@ -13,7 +13,7 @@ import shlex
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, agrees
 
 DOCS = ROOT / "docs"
 SCRIPTS = ["cnn", "vae", "joint", "autoencoder", "dcgan", "vaegan", "vgg_mnist", "lstm_tweets",
@@ -170,10 +170,8 @@ def is_a_value(stated, percent, values):
     """stated (as a page writes it: "0.9952", "1,794", "12.5" of "12.5%") equals one of `values`
     rounded to as many decimals; a percentage is of a fraction; a whole number may be minutes of
     a number of seconds."""
-    decimals = len(stated.split(".")[1]) if "." in stated else 0
-    number = float(stated)
     candidates = [100 * v for v in values] if percent else values + [v / 60 for v in values]
-    return any(abs(round(v, decimals) - number) <= 10 ** -(decimals + 3) for v in candidates)
+    return any(agrees(stated, v) for v in candidates)
 
 
 def unfounded_numbers(page):

@@ -9,13 +9,12 @@ committed runs, and a mislabelled number (a test loss called an accuracy) fails 
 """
 import importlib
 import json
-import math
 import re
 import shlex
 
 import pytest
 
-from conftest import ROOT, readme_section
+from conftest import ROOT, agrees, readme_section
 
 SECTION = "## Results: every experiment in one table"
 
@@ -45,12 +44,6 @@ def table_rows():
         if len(cells) == 7 and cells[0] != "script" and not cells[1].startswith("---"):
             rows.append(cells)
     return rows
-
-
-def agrees(stated, value):
-    """stated (the README's text, e.g. "0.9319") equals value rounded to that many decimals."""
-    decimals = len(stated.split(".")[1]) if "." in stated else 0
-    return math.isclose(round(value, decimals), float(stated), abs_tol=10 ** -(decimals + 3))
 
 
 def check_row(cells):
