@@ -968,11 +968,13 @@ class Run:
     random streams, history, and what was saved beside them, in `run.extra`); nothing to resume
     is a one-line error. Two files, both written atomically by save: <stem>.ckpt, the full
     checkpoint --resume needs (optimizer states and random streams: kept in --out-dir, not
-    committed), and <stem>.pt, the weights-only file --load reads (model states, args, history).
+    committed), and <stem>.pt, the weights-only file --load reads (model states, args, history;
+    of the models named in `for_load` only, when given: a helper network --load never needs
+    stays in the .ckpt).
     """
 
-    def __init__(self, args, stem, kind, models, optimizers, generator, unit="epoch", total=None):
-        self.args, self.kind, self.unit = args, kind, unit
+    def __init__(self, args, stem, kind, models, optimizers, generator, unit="epoch", total=None, for_load=None):
+        self.args, self.kind, self.unit, self.for_load = args, kind, unit, for_load
         self.weights_path = Path(f"{stem}.pt")
         self.checkpoint_path = Path(f"{stem}.ckpt")
         self.models, self.optimizers, self.generator = models, optimizers, generator
@@ -1023,7 +1025,8 @@ class Run:
         models = {name: m.state_dict() for name, m in self.models.items()}
         save_checkpoint(self.checkpoint_path, self.kind, models=models, rng=rng_state(self.generator),
                         optimizers={n: o.state_dict() for n, o in self.optimizers.items()}, **shared)
-        save_checkpoint(self.weights_path, self.kind, models=models, **shared)
+        save_checkpoint(self.weights_path, self.kind, models={name: models[name] for name in self.for_load or models},
+                        **shared)
 
 
 _RUN_KEYS = ("kind", "args", "epoch", "history", "seconds", "trained_on", "models", "optimizers",
@@ -1381,7 +1384,8 @@ def plot_image_rows(path, rows, title, nrow=None):
     height = sum(g.shape[1] for g in grids)
     label_room = 1.6 if any(rows) else 0.0
     fig = plt.figure(figsize=(max(width / 36 + label_room, 6.0), height / 36 + 0.6))
-    fig.suptitle(title)
+    fits = int(fig.get_figwidth() * 9)  # characters of the title font across the figure
+    fig.suptitle("\n".join(textwrap.fill(line, fits) for line in title.splitlines()))
     spec = fig.add_gridspec(len(grids), 1, height_ratios=[g.shape[1] for g in grids])
     for i, (label, grid) in enumerate(zip(rows, grids)):
         ax = fig.add_subplot(spec[i])

@@ -10,6 +10,10 @@ pairs, as the task names them (--arch), each decoder mirroring its encoder:
 The widths (CHANNELS) are stored with the weights; the image side must survive their halvings.
 --conditional makes it a conditional VAE (Sohn et al. 2015): encoder and decoder are given the
 galaxy's class (one-hot, or Kaggle's 37 probabilities), so "generate this class" is literal.
+Sharper galaxies: --gan-weight and --dis-l-weight add a discriminator's terms (a VAE-GAN, Larsen et
+al. 2016), --likelihood gaussian a decoder of fitted variance (σ-VAE, Rybkin et al. 2021); --init
+starts from a trained VAE. With labels, a judge (a CNN of real galaxies) scores every model: a
+Fréchet distance in its features (galaxy_frechet) and, conditional, the class of its samples.
 
 Loss (vae_loss): BCE summed over the 12,288 pixel values plus the closed-form KL. The targets are
 intensities in [0, 1], so the BCE has a floor, each pixel's own entropy (bce_floor), reported
@@ -22,6 +26,7 @@ Run:     python galaxy_vae.py --arch conv --data-dir ../shared/data --labels ../
 """
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 
@@ -30,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import cnn
 import common
 
 KIND = "galaxy_vae"  # what the weights files of every galaxy run say they hold
@@ -42,6 +48,11 @@ N_SHOWN = 8  # originals, reconstructions and samples per figure row
 CLASSIFIER = "galaxy_classifier"  # the judge's run name and checkpoint kind
 EPOCHS = {"vae": 200, "classifier": 60}  # default --epochs (the assignment: at least 200 for the VAEs)
 N_JUDGED = 500  # generated galaxies per class the judge classifies
+# --gan-weight / --dis-l-weight: the discriminator's widths, and its Adam (Radford et al. 2016's
+# rate and β1 for GAN discriminators; the VAE keeps --lr and Adam's defaults)
+DIS_WIDTHS = (32, 64, 128, 256)
+DIS_LR = 2e-4
+DIS_BETAS = (0.5, 0.999)
 
 
 def parse_args(argv=None):
@@ -70,6 +81,10 @@ def parse_args(argv=None):
     m.add_argument("--arch", choices=ARCHS, default="conv", help="encoder/decoder architecture")
     m.add_argument("--latent-dim", type=common.positive_int, default=50, help="size of z")
     m.add_argument("--kl-weight", type=common.nonnegative_float, default=1.0, help="KL term's weight (1: the ELBO)")
+    m.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli",
+                   help="the decoder's p(x|z): per-pixel Bernoulli (the BCE), or the σ-VAE's Gaussian "
+                        "whose variance is fitted to each batch's squared error (Rybkin et al. 2021): "
+                        "a smaller variance than the BCE's, so fine detail costs more to lose")
     m.add_argument("--conditional", action="store_true", help="give encoder and decoder the class (needs --labels)")
     m.add_argument("--condition", choices=["concat", "film"], default="concat",
                    help="--conditional: how the decoder is given the class: concatenated to z, or "
@@ -81,10 +96,28 @@ def parse_args(argv=None):
     m.add_argument("--helper-pool", type=common.positive_int, default=1, metavar="K",
                    help="--class-loss-weight: the helper sees real and generated images average-pooled "
                         "KxK (1: full resolution, where the decoder learns to fool it with a pixel texture)")
+    m.add_argument("--gan-weight", type=common.nonnegative_float, default=0.0, metavar="WEIGHT",
+                   help="VAE-GAN (Larsen et al. 2016): add WEIGHT x the GAN term -log D(x̃) - log D(x_p) "
+                        "of a discriminator D trained alongside to tell real galaxies x from "
+                        "reconstructions x̃ and decoded prior samples x_p (0: off)")
+    m.add_argument("--dis-l-weight", type=common.nonnegative_float, default=0.0, metavar="WEIGHT",
+                   help="add WEIGHT x L_llike^Dis_l = ½ Σ (Dis_l(x̃) - Dis_l(x))², the reconstruction "
+                        "error in the features of D's last convolution (Larsen et al. Eq. 6-7), to "
+                        "the pixel BCE (0: off; either weight trains D)")
+    m.add_argument("--init", metavar="WEIGHTS",
+                   help="start the VAE from a trained galaxy VAE's weights file (same architecture) "
+                        "instead of at random, e.g. to add --gan-weight to a converged VAE for a few "
+                        "epochs; the run's name ends in _from-<that file's name>")
     m.add_argument("--classifier-weights", metavar="FILE",
-                   help="--conditional: the judge (--experiment classifier) that scores the generated "
-                        "galaxies (default: galaxy_classifier.pt in --out-dir; without it no score)")
+                   help="the judge (--experiment classifier) that scores the galaxies: the Fréchet "
+                        "distance in its features, and a conditional model's class score (default: "
+                        "galaxy_classifier.pt in --out-dir; without it neither)")
     m.add_argument("--sample-class", help="the class shown first in the class figures (default: the rarest)")
+    m.add_argument("--compare", nargs="+", metavar="WEIGHTS",
+                   help="no training: draw galaxy_vae_comparison.png from these VAE weights files: for "
+                        "each class, real test galaxies beside each model's generated galaxies of that "
+                        "class at the same size (an unconditional model's: the prior samples the judge "
+                        "reads as that class); needs --labels and the judge")
     m.add_argument("--replot", metavar="METRICS",
                    help="no data, no model: redraw the loss figure of the run that wrote this "
                         "<run>_metrics.json from its history (for a run whose weights are not kept)")
@@ -100,8 +133,18 @@ def parse_args(argv=None):
         parser.error("--class-loss-weight trains a --conditional model to draw the class it is given")
     if args.replot and (args.load or args.resume):
         parser.error("--replot draws from a metrics file alone: no --load or --resume")
+    if args.init and (args.load or args.experiment == "classifier"):
+        parser.error("--init starts a VAE's training from trained weights: not with --load or --experiment classifier")
+    if args.compare and (args.load or args.resume or args.replot or not args.labels):
+        parser.error("--compare draws trained models' galaxies by class: it needs --labels, and no "
+                     "--load, --resume or --replot")
     if args.helper_pool != 1 and not args.class_loss_weight:
         parser.error("--helper-pool is how the --class-loss-weight helper sees the images")
+    if args.experiment == "classifier" and (args.gan_weight or args.dis_l_weight):
+        parser.error("--gan-weight and --dis-l-weight train a VAE's decoder; --experiment classifier trains the judge")
+    if (args.gan_weight or args.dis_l_weight) and args.image_size % 2 ** len(DIS_WIDTHS):
+        parser.error(f"the discriminator's {len(DIS_WIDTHS)} stride-2 convolutions need an --image-size "
+                     f"that is a multiple of {2 ** len(DIS_WIDTHS)}, got {args.image_size}")
     if args.condition != "concat" and not args.conditional:
         parser.error(f"--condition {args.condition} is how a --conditional model gets the class")
     args.epochs = args.epochs or EPOCHS[args.experiment]
@@ -243,6 +286,27 @@ class GalaxyVAE(nn.Module):
         return self.decode(z, c), mu, logvar
 
 
+class Discriminator(nn.Module):
+    """D of the VAE-GAN (Larsen et al. 2016), DCGAN-sized: four 4x4 stride-2 convolutions
+    (LeakyReLU 0.2, BatchNorm after all but the first), 32 → 256 channels (64 → 4 pixels a side),
+    then one linear layer to the logit of "real". Dis_l, the features L_llike compares, is the
+    last convolution's output, as the paper's (its fourth and last convolution), (B, 256·4·4)."""
+
+    def __init__(self, size, widths=DIS_WIDTHS):
+        super().__init__()
+        layers, c_in = [], 3
+        for i, c in enumerate(widths):
+            layers += [nn.Conv2d(c_in, c, 4, 2, 1, bias=i == 0), *([nn.BatchNorm2d(c)] if i else []),
+                       nn.LeakyReLU(0.2)]
+            c_in = c
+        self.dis_l = nn.Sequential(*layers, nn.Flatten())
+        self.to_logit = nn.Linear(c_in * (size // 2 ** len(widths)) ** 2, 1)
+
+    def forward(self, x):  # (B, 3, S, S) in [0, 1] -> logits (B,), Dis_l features (B, F)
+        features = self.dis_l(x)
+        return self.to_logit(features).squeeze(1), features
+
+
 @torch.no_grad()
 def decode(model, z, c):
     """Generation: the mean image of p(x|z[, c]), σ(decoder logits), on the CPU (B, 3, S, S)."""
@@ -259,19 +323,57 @@ def class_condition(classes, k, n, device):
 # ----------------------------------------------------------------------------------------------
 # LOSS
 # ----------------------------------------------------------------------------------------------
-def vae_loss(logits, x, mu, logvar, kl_weight):
+def vae_loss(logits, x, mu, logvar, kl_weight, likelihood="bernoulli"):
     """Negative ELBO (Kingma & Welling 2014, Eq. 10), per example, as a β-VAE at kl_weight ≠ 1:
 
         bce = -Σ_pixels [x log σ(l) + (1 - x) log(1 - σ(l))]    (Bernoulli decoder, Appendix C.1)
         kl  = -½ Σ_j (1 + log σ_j² - μ_j² - σ_j²)                (closed form, Appendix B)
         loss = bce + kl_weight · kl
 
-    Summed over the 3·S·S pixel values and the latent dimensions; returned per example (B,), so
-    training averages them over the batch and evaluation sums them over a split."""
+    likelihood "gaussian" (--likelihood) replaces bce in the loss by the σ-VAE's Gaussian decoder
+    (Rybkin et al. 2021, Sec. 4): p(x|z) = N(σ(l), s² I) with the one s² that fits best, the
+    batch's mean squared error (detached: at the best s its own gradient is 0), so
+
+        nll = Σ_pixels (x - σ(l))² / (2 s²) + (D/2) log(2π s²)     (D = 3·S·S pixel values)
+
+    bce is still returned (the yardstick every model is compared by). Summed over the pixel
+    values and the latent dimensions; returned per example (B,), so training averages them over
+    the batch and evaluation sums them over a split."""
     # in float32 even under --amp: sums of 12,288 terms; (B, 3, S, S) → (B,)
     bce = F.binary_cross_entropy_with_logits(logits.float(), x, reduction="none").flatten(1).sum(1)
     kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).float().sum(1)  # (B, z) → (B,)
-    return {"bce": bce, "kl": kl, "loss": bce + kl_weight * kl}
+    reconstruction = bce
+    if likelihood == "gaussian":
+        squared = (torch.sigmoid(logits.float()) - x).pow(2).flatten(1)  # (B, D)
+        variance = squared.detach().mean().clamp_min(1e-6)  # s², the best fit over the batch
+        reconstruction = squared.sum(1) / (2 * variance) + 0.5 * squared.shape[1] * torch.log(2 * math.pi * variance)
+    return {"bce": bce, "kl": kl, "loss": reconstruction + kl_weight * kl}
+
+
+def adversarial_terms(model, discriminator, images, logits, cond, generator):
+    """The VAE-GAN's terms for one batch (Larsen et al. 2016; each a batch mean): x the real
+    images, x̃ = σ(logits) their reconstructions, x_p = σ(Dec(z_p[, c])) with z_p ~ N(0, I)
+    decoded given the batch's own conditions (so D sees the classes as often as in the data):
+
+        fool  = -log D(x̃) - log D(x_p)                   the VAE's side of L_GAN, non-saturating
+        llike = ½ Σ_f (Dis_l(x̃) - Dis_l(x))²              L_llike^Dis_l (Eq. 6-7), Dis_l(x) the target
+        dis   = -[log D(x) + log(1 - D(x̃)) + log(1 - D(x_p))]   D's loss (-L_GAN, Eq. 5, as Algorithm 1)
+
+    The VAE descends bce + kl_weight·kl + --gan-weight·fool + --dis-l-weight·llike: the pixel BCE
+    stays (the reconstructions' yardstick is the plain VAE's BCE) and the encoder and decoder
+    share one objective, unlike the paper's split (vaegan.py follows that). Also D's mean output
+    on real and on prior images, for the log."""
+    z = common.to_device(torch.randn(len(images), model.to_mu.out_features, generator=generator), images.device)
+    reconstructions, prior = torch.sigmoid(logits), torch.sigmoid(model.decode(z, cond))
+    (real, real_features), (recon, recon_features), (fake, _) = (
+        discriminator(x) for x in (images, reconstructions, prior))
+    real, recon, fake = real.float(), recon.float(), fake.float()
+    bce = F.binary_cross_entropy_with_logits
+    return {"fool": bce(recon, torch.ones_like(recon)) + bce(fake, torch.ones_like(fake)),
+            "llike": 0.5 * (recon_features.float() - real_features.detach().float()).pow(2).sum(1).mean(),
+            "dis": (bce(real, torch.ones_like(real)) + bce(recon, torch.zeros_like(recon))
+                    + bce(fake, torch.zeros_like(fake))),
+            "d_real": torch.sigmoid(real).mean().detach(), "d_prior": torch.sigmoid(fake).mean().detach()}
 
 
 def bce_floor(x):
@@ -294,29 +396,45 @@ def as_float(images):
     return images.float().div_(255)
 
 
-def train_epoch(model, optimizer, data, args, epoch, generator, helper=None):
+def train_epoch(model, optimizer, data, args, epoch, generator, helper=None, discriminator=None):
     """One pass minimising vae_loss (averaged over each batch); per-batch bce, kl, mse. With a
     helper (--class-loss-weight), each step also adds the weight times class_loss to the VAE's
-    objective and trains the helper on the real batch (per-batch "class" and "helper" terms)."""
+    objective and trains the helper on the real batch (per-batch "class" and "helper" terms).
+    With a discriminator (--gan-weight, --dis-l-weight), each step adds the weighted fool and
+    llike terms of adversarial_terms and steps D on its "dis" loss from the same forward pass
+    (Algorithm 1 of Larsen et al.: every network updated from one set of images)."""
     model.train()
     x, c = data["x"], data["c"]
     n_batches = common.num_batches(len(x), args.batch_size)
     # one value per batch and term, for the finite check and the epoch's means in the log
-    names = ("bce", "kl", "mse") + (("class", "helper") if helper else ())
+    names = (("bce", "kl", "mse") + (("class", "helper") if helper else ())
+             + (("fool", "llike", "dis", "d_real", "d_prior") if discriminator else ()))
     terms = {k: torch.empty(n_batches, device=x.device) for k in names}
     batches = common.batch_indices(len(x), args.batch_size, x.device, generator)
     for i, idx in enumerate(common.progress(batches, n_batches, f"epoch {epoch}")):
         images, cond = as_float(x[idx]), (c[idx] if c is not None else None)  # (B, 3, S, S), (B, C)
         with common.autocast(args, x.device):
             logits, mu, logvar = model(images, cond, generator)
-            loss = vae_loss(logits, images, mu, logvar, args.kl_weight)
+            loss = vae_loss(logits, images, mu, logvar, args.kl_weight, args.likelihood)
             objective = loss["loss"].mean()  # the negative ELBO, averaged over the batch
             if helper:
                 terms["class"][i] = generated_ce = class_loss(model, helper, data, len(idx), args, generator)
                 objective = objective + args.class_loss_weight * generated_ce
+            if discriminator:
+                discriminator.train()
+                adversarial = adversarial_terms(model, discriminator, images, logits, cond, generator)
+                objective = objective + args.gan_weight * adversarial["fool"] + args.dis_l_weight * adversarial["llike"]
         optimizer.zero_grad(set_to_none=True)
-        objective.backward()
+        if discriminator:  # D's gradient of its own loss only; the VAE's objective reaches the VAE only
+            dis_parameters = list(discriminator.parameters())
+            for p, g in zip(dis_parameters, torch.autograd.grad(adversarial["dis"], dis_parameters, retain_graph=True)):
+                p.grad = g
+            for name in ("fool", "llike", "dis", "d_real", "d_prior"):
+                terms[name][i] = adversarial[name].detach()
+        objective.backward(inputs=list(model.parameters()))
         optimizer.step()
+        if discriminator:
+            discriminator.optimizer.step()
         if helper:
             terms["helper"][i] = helper_step(helper, images, data["y"][idx], data, args, generator)
         terms["bce"][i], terms["kl"][i] = loss["bce"].mean().detach(), loss["kl"].mean().detach()
@@ -365,7 +483,7 @@ def evaluate(model, data, args, batch_size=500):
     for idx in common.batch_indices(len(x), batch_size, x.device):
         images = as_float(x[idx])
         logits, mu, logvar = model(images, c[idx] if c is not None else None, generator)
-        loss = vae_loss(logits, images, mu, logvar, args.kl_weight)
+        loss = vae_loss(logits, images, mu, logvar, args.kl_weight, args.likelihood)
         sums += torch.stack([loss["bce"].sum(), loss["kl"].sum(), loss["loss"].sum(),
                              pixel_mse(logits, images).sum()])
     return dict(zip(("bce", "kl", "loss", "mse"), (s / len(x) for s in sums.tolist())))
@@ -376,19 +494,29 @@ def fit(model, train, test, args, stem, generator, classes):
     evaluation per epoch, recorded against the iteration count. `classes` is saved beside the
     weights (--load checks that a conditional model is given the classes it learned), and so are
     the model's conv/resnet widths (--load builds them). --class-loss-weight trains a helper
-    classifier alongside (saved in the checkpoint; --load needs only the VAE)."""
+    classifier alongside (with --init, the helper of that file when it holds one), --gan-weight
+    and --dis-l-weight a discriminator with its own Adam
+    (DIS_LR, DIS_BETAS): both saved in the .ckpt for --resume, not in the .pt (--load needs only
+    the VAE)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     models, optimizers, helper = {"model": model}, {"optimizer": optimizer}, None
     if args.class_loss_weight:
         helper = GalaxyClassifier(len(classes["names"])).to(train["x"].device)
         helper.optimizer = torch.optim.Adam(helper.parameters(), lr=args.lr)
+        if args.init and not args.resume and "helper" in common.load_checkpoint(args.init, KIND, "--init")["models"]:
+            common.load_weights(args.init, KIND, {"helper": helper}, "--init")  # the trained helper too
         models["helper"], optimizers["helper_optimizer"] = helper, helper.optimizer
         train = {**train, "conditions": classes["conditions"].to(train["x"].device),
                  "class_weights": class_weights(train["y"], len(classes["names"]))}
-    run = common.Run(args, stem, KIND, models, optimizers, generator)
+    discriminator = None
+    if args.gan_weight or args.dis_l_weight:
+        discriminator = Discriminator(args.image_size).to(train["x"].device)
+        discriminator.optimizer = torch.optim.Adam(discriminator.parameters(), lr=DIS_LR, betas=DIS_BETAS)
+        models["discriminator"], optimizers["discriminator_optimizer"] = discriminator, discriminator.optimizer
+    run = common.Run(args, stem, KIND, models, optimizers, generator, for_load=("model",))
     per_epoch = common.num_batches(len(train["x"]), args.batch_size)
     for epoch in range(run.done + 1, args.epochs + 1):
-        terms = train_epoch(model, optimizer, train, args, epoch, generator, helper)
+        terms = train_epoch(model, optimizer, train, args, epoch, generator, helper, discriminator)
         common.check_finite(epoch, run.weights_path, **terms)
         run.log(epoch, {"iteration": epoch * per_epoch,
                         **{f"train_{k}": v.mean().item() for k, v in terms.items()},
@@ -561,13 +689,7 @@ def reconstructed_class_score(model, judge, data, classes):
     """The yardstick beside generated_class_score: the judge's balanced accuracy on the
     reconstructions (decoded μ, given their own class) of real images — how much of the class
     the decoder can draw at all."""
-    model.eval()  # before the first encode: BatchNorm with its running statistics
-    reconstructions = []
-    for idx in common.batch_indices(len(data["x"]), 500, data["x"].device):
-        cond = data["c"][idx] if model.cond_dim else None
-        mu, _ = model.encode(as_float(data["x"][idx]), cond)
-        reconstructions.append(decode(model, mu, cond))
-    seen = classify(judge, torch.cat(reconstructions).to(data["x"].device))
+    seen = classify(judge, reconstructions(model, data).to(data["x"].device))
     return balanced_accuracy(seen, data["y"], len(classes["names"]))
 
 
@@ -590,6 +712,80 @@ def generated_class_score(model, judge, classes, seed, n=N_JUDGED):
     return {"generated_balanced_accuracy": balanced_accuracy(seen, asked, len(classes["names"])),
             **{f"generated_recall_{name}": (seen[asked == k] == k).float().mean().item()
                for k, name in enumerate(classes["names"])}}
+
+
+# ----------------------------------------------------------------------------------------------
+# SAMPLE QUALITY: a Fréchet distance in the judge's features
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def judge_features(judge, images, batch_size=500):
+    """The judge's penultimate features (its global average pool of the last 256 channels) of
+    `images` (float in [0, 1], any device): (N, 256) on the CPU, in eval mode."""
+    judge.eval()
+    device, trunk = next(judge.parameters()).device, judge.net[:-1]  # all but the last linear layer
+    return torch.cat([trunk(images[i:i + batch_size].to(device)).float().cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def reconstructions(model, data):
+    """σ(Dec(μ)) of every image of a split, given its own class (a conditional model): (N, 3, S, S)."""
+    model.eval()  # before the first encode: BatchNorm with its running statistics
+    decoded = []
+    for idx in common.batch_indices(len(data["x"]), 500, data["x"].device):
+        cond = data["c"][idx] if model.cond_dim else None
+        decoded.append(decode(model, model.encode(as_float(data["x"][idx]), cond)[0], cond))
+    return torch.cat(decoded)
+
+
+@torch.no_grad()
+def prior_samples(model, classes, counts, seed):
+    """The model's generated galaxies: sum(counts) prior draws z ~ N(0, I) (a generator seeded
+    by `seed`) decoded; a conditional model's first counts[0] given class 0, the next counts[1]
+    given class 1, ...: (N, 3, S, S) on the CPU, and the class each was asked for (None when the
+    model is unconditional)."""
+    device = next(model.parameters()).device
+    z = torch.randn(sum(counts), model.to_mu.out_features, generator=torch.Generator().manual_seed(seed))
+    if not model.cond_dim:
+        return torch.cat([decode(model, chunk.to(device), None) for chunk in z.split(500)]), None
+    asked = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    conditions = classes["conditions"][asked]
+    return torch.cat([decode(model, zs.to(device), cs.to(device))
+                      for zs, cs in zip(z.split(500), conditions.split(500))]), asked
+
+
+def galaxy_frechet(model, judge, train, test, classes, seed):
+    """How galaxy-like the model's galaxies are: the Fréchet distance (cnn.frechet_distance, the
+    FID formula) between the judge's features of a set of images and of the real test galaxies,
+    overall and per class (against the test galaxies of that class), for three sets of as many
+    images of each class as the test split holds:
+      generated      prior samples (prior_samples; a conditional model's given each class, an
+                     unconditional model's unlabelled: overall only);
+      reconstructed  the model's reconstructions of the test galaxies (what its decoder can draw
+                     when it is told what to draw);
+      floor          real training galaxies (a seeded draw per class): what a perfect generator
+                     scores at this sample count (fewer samples score higher, so compare only at
+                     the same count, frechet_n).
+    The judge is the one network here trained on real galaxies alone (the helper of
+    --class-loss-weight and the discriminator of --gan-weight learn against a model's images), and
+    its features are nearly blind to a galaxy's orientation (it learned under random symmetries)."""
+    names, y_train, y_test = classes["names"], train["y"].cpu(), test["y"].cpu()
+    counts = torch.bincount(y_test, minlength=len(names)).tolist()
+    draw = torch.Generator().manual_seed(seed + 1)
+    chosen = torch.cat([(y_train == k).nonzero().flatten()[torch.randperm(int((y_train == k).sum()), generator=draw)[:n]]
+                        for k, n in enumerate(counts)])
+    generated, asked = prior_samples(model, classes, counts, seed)
+    sets = {"generated": (judge_features(judge, generated), asked),
+            "reconstructed": (judge_features(judge, reconstructions(model, test)), y_test),
+            "floor": (judge_features(judge, as_float(train["x"][chosen.to(train["x"].device)])), y_train[chosen])}
+    real = judge_features(judge, as_float(test["x"]))
+    result = {"frechet_n": len(real)}
+    for name, (features, labels) in sets.items():
+        result[f"frechet_{name}"] = cnn.frechet_distance(features, real)
+        for k, cls in enumerate(names):
+            if labels is not None and min(int((labels == k).sum()), counts[k]) > 1:  # a covariance needs two
+                result[f"frechet_{name}_{cls}"] = cnn.frechet_distance(features[labels == k], real[y_test == k])
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -662,21 +858,27 @@ def latent_figure(model, data, classes, args, name):
                         ylabel=f"PC2 ({explained[1]:.0%} of the variance)")
 
 
-# What to look for in weight_figure's two panels (encoder's first layer, decoder's last), per --arch
+# What to look for in weight_figure's three panels (encoder's first layer, its second layer seen
+# on the image, decoder's last), per --arch
 WEIGHT_CAPTIONS = {
-    "mlp": ("Each unit weighs every pixel value: a trained unit shows a galaxy-sized\n"
-            "blob; pixel noise is the random start that training barely moved.",
-            "Each unit adds a whole image: blurry galaxy-sized templates (a smooth centre\n"
-            "in a mottled coloured surround) that the decoder mixes; a flat grey tile\n"
-            "is a unit it hardly uses."),
-    "conv": ("4x4 patches: look for brightness gradients (light on one side, dark on the other:\n"
-             "edges) and colour-opponent patches (blue against orange).",
-             "Each channel stamps a 4x4 patch per pixel of the last feature map:\n"
-             "an even tile paints a colour, a graded one a texture."),
-    "resnet": ("3x3 filters, each followed by BatchNorm (so only the pattern counts, not the size):\n"
-               "look for gradients and colour-opponent patches.",
-               "The last 3x3 convolution mixes 32 channels into RGB:\n"
-               "each tile is what one channel adds around a pixel.")}
+    "mlp": ("Each unit weighs every pixel value: a few show a blob or\na bright spot; most are the "
+            "random start's pixel\nnoise, which training barely moved.",
+            "Second-layer units mix the first layer's: a faint\nlighter or darker disc at the centre, "
+            "where the\ngalaxies are, under the first layer's noise.",
+            "Each unit adds a whole image: blurry galaxy-sized\ntemplates (a smooth centre in a "
+            "mottled surround)\nthat the decoder mixes; a tile of noise is a unit\nit hardly uses."),
+    "conv": ("4x4 patches: look for brightness gradients (edges:\nlight on one side, dark on the "
+             "other) and colour-\nopponent patches (blue against orange).",
+             "Each second-layer filter on a 10x10 patch of the image:\ncentre-surround spots "
+             "(a bright centre in a dark ring,\nor the reverse) and colour blobs, built from 4x4 ones.",
+             "Each channel stamps a 4x4 patch per pixel of the\nlast feature map: an even tile "
+             "paints a colour,\na graded one a texture."),
+    "resnet": ("3x3 filters, each followed by BatchNorm: look for\ngradients and colour-opponent "
+               "patches.",
+               "The first block's second convolution on a 7x7 patch\nof the image: larger edges "
+               "and colour blobs.",
+               "The last 3x3 convolution mixes 32 channels into RGB:\neach tile is what one "
+               "channel adds around a pixel.")}
 
 
 def rgb_tiles(layer, image_size):
@@ -693,13 +895,32 @@ def rgb_tiles(layer, image_size):
     return w if w.shape[1] == 3 else w.transpose(0, 1).flip(2, 3)
 
 
-def shared_scale(tiles, side=32):
-    """Tiles on ONE scale symmetric around 0: w / max|w| over all of them, 0 → mid grey, so
-    filters can be compared; small kernels enlarged (nearest) to about `side` pixels."""
-    scale = tiles.abs().max().clamp_min(1e-12)
-    grown = tiles.repeat_interleave(max(1, side // tiles.shape[-1]), 2).repeat_interleave(
-        max(1, side // tiles.shape[-1]), 3)
-    return 0.5 + 0.5 * grown / scale, scale.item()
+@torch.no_grad()
+def second_layer_tiles(encoder, image_size):
+    """The encoder's second layer seen on the image, linearised (the non-linearity between the
+    two layers left out): mlp, W2·W1, each second-layer unit as a 3xSxS template; conv and
+    resnet, each second-layer filter composed with the first layer's filters through the
+    BatchNorm scale γ/√(var + ε) between them: K_o = Σ_c W2[o, c] ⊛ (scale_c · W1[c]), the
+    first layer's stride apart (a transposed convolution), a (3, h, w) patch of the image."""
+    linears = [m for m in encoder.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        w = linears[1].weight.float() @ linears[0].weight.float()  # (512, 3·S·S)
+        return w.cpu().reshape(len(w), 3, image_size, image_size)
+    first, second = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)][:2]
+    norm = next(m for m in encoder.modules() if isinstance(m, nn.BatchNorm2d))  # the one after `first`
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    return F.conv_transpose2d(second.weight.float() * scale[None, :, None, None].float(),
+                              first.weight.float(), stride=first.stride).cpu()
+
+
+def own_scale(tiles, side=32):
+    """Each tile stretched to its own largest |w| around 0 (0 → mid grey, ±max → full colour), so
+    the pattern of a filter of small weights shows; small kernels enlarged (nearest) to about
+    `side` pixels. Returns the tiles in [0, 1] and the range of the per-tile maxima."""
+    peak = tiles.abs().amax((1, 2, 3), keepdim=True).clamp_min(1e-12)
+    times = max(1, side // tiles.shape[-1])
+    grown = (0.5 + 0.5 * tiles / peak).repeat_interleave(times, 2).repeat_interleave(times, 3)
+    return grown, (peak.min().item(), peak.max().item())
 
 
 def neighbour_correlation(tiles):
@@ -710,10 +931,11 @@ def neighbour_correlation(tiles):
 
 
 def weight_figure(model, args, name, n_units=16):
-    """The two layers that touch the image, as RGB tiles on one shared scale per layer (grey = 0):
-    the encoder's first layer (all filters; mlp: the first `n_units` hidden units, each a 64x64
-    template) and the decoder's last (what each channel or unit paints); below each, what a
-    student should see in it (WEIGHT_CAPTIONS)."""
+    """Three panels of RGB tiles, each tile on its own scale (grey = 0): the encoder's first
+    layer (all filters; mlp: the first `n_units` hidden units, each a template of the image), its
+    second layer seen on the image (second_layer_tiles), and the decoder's last layer (what each
+    channel or unit paints); below each, what a student should see in it (WEIGHT_CAPTIONS) and
+    how smooth its tiles are (neighbour_correlation)."""
     from torchvision.utils import make_grid  # imported here, not at the top: see common.dataset_class
 
     def on_the_image(part, prefix, side):  # side "in": layers reading the image; "out": writing it
@@ -721,24 +943,28 @@ def weight_figure(model, args, name, n_units=16):
         return [(f"{prefix}.{n}", m) for n, m in part.named_modules() if type(m) in pixels and
                 getattr(m, f"{side}_features" if type(m) is nn.Linear else f"{side}_channels") == pixels[type(m)]]
 
-    layers = {"encoder's first layer: what each {} responds to": on_the_image(model.encoder, "encoder", "in")[0],
-              "decoder's last layer: what each {} paints": on_the_image(model.decoder, "decoder", "out")[-1]}
-    grids, measured = {}, []
-    for what, (layer_name, layer) in layers.items():
-        tiles = rgb_tiles(layer, args.image_size)[:n_units if isinstance(layer, nn.Linear) else None]
-        shown, scale = shared_scale(tiles)
-        measured.append(neighbour_correlation(tiles))
-        unit = "hidden unit" if isinstance(layer, nn.Linear) else "channel"
-        grids[f"{what.format(unit)}\n{layer_name}: {len(tiles)} tiles {tuple(tiles.shape[1:])}; "
-              f"|w| = {scale:.2g}: full colour"] = make_grid(
-            shown.clamp(0, 1), nrow=4 if len(tiles) <= 16 else 8, padding=2, pad_value=1.0)
-    side = next(iter(grids.values())).shape  # (3, H, W) of a grid: the figure follows its shape
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6 * side[1] / side[2] + 2.0))
-    for ax, (title, grid), caption, r in zip(axes, grids.items(), WEIGHT_CAPTIONS[args.arch], measured):
+    (first_name, first), (last_name, last) = (on_the_image(model.encoder, "encoder", "in")[0],
+                                              on_the_image(model.decoder, "decoder", "out")[-1])
+    unit = "hidden unit" if isinstance(first, nn.Linear) else "channel"
+    panels = {f"encoder's first layer ({first_name}):\nwhat each {unit} responds to": rgb_tiles(first, args.image_size),
+              f"encoder's second layer, on the image\n(linearised through the first): what each responds to":
+                  second_layer_tiles(model.encoder, args.image_size),
+              f"decoder's last layer ({last_name}):\nwhat each {unit} paints": rgb_tiles(last, args.image_size)}
+    grids = {}
+    for title, tiles in panels.items():
+        tiles = tiles[:n_units if unit == "hidden unit" else 32]
+        shown, peaks = own_scale(tiles)
+        grids[title] = (tiles, peaks, make_grid(shown.clamp(0, 1), nrow=4 if len(tiles) <= 16 else 8,
+                                                padding=2, pad_value=1.0))
+    rows, columns = next(iter(grids.values()))[2].shape[1:]  # each panel ~5.2 in wide, 3.1 in of text
+    fig, axes = plt.subplots(1, 3, figsize=(16.8, 5.2 * rows / columns + 3.1))
+    for ax, (title, (tiles, (low, high), grid)), caption in zip(axes, grids.items(), WEIGHT_CAPTIONS[args.arch]):
         ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set(xticks=[], yticks=[], title=title)
-        ax.set_xlabel(f"{caption}\nNeighbouring weights correlate {r:.2f} (random noise: 0, smooth: near 1).")
-    fig.suptitle(f"{name}: the weights that touch the image, one scale per layer (grey = 0)")
+        ax.set(xticks=[], yticks=[], title=f"{title}\n{len(tiles)} tiles {tuple(tiles.shape[1:])}; "
+                                           f"max |w| {low:.2g}-{high:.2g}")
+        ax.set_xlabel(f"{caption}\nNeighbouring weights correlate {neighbour_correlation(tiles):.2f} "
+                      f"(random noise: 0, smooth: near 1).")
+    fig.suptitle(f"{name}: the weights that see and draw the image (each tile on its own scale, grey = 0)")
     common.save_figure(fig, Path(args.out_dir) / f"{name}_weights.png")
 
 
@@ -756,6 +982,11 @@ def loss_figure(history, final, name, args):
                   series("bce", floor=True),
               "MSE per pixel value": series("mse"),
               "KL(q(z|x) || N(0, I)), nats": series("kl")}
+    if "train_fool" in history[-1]:  # --gan-weight, --dis-l-weight: the VAE-GAN's terms
+        panels["VAE-GAN terms, nats per image (training batches)"] = {
+            "GAN term −log D(x̃) − log D(x_p) (× --gan-weight)": (iterations, [r["train_fool"] for r in history]),
+            "L_llike^Dis_l / 1000 (× --dis-l-weight)": (iterations, [r["train_llike"] / 1000 for r in history]),
+            "D's own loss −L_GAN": (iterations, [r["train_dis"] for r in history])}
     if "train_class" in history[-1]:  # --class-loss-weight: the term the conditional result rests on
         panels["cross-entropy, nats per image (training batches)"] = {
             "class loss: the helper on generated galaxies (× --class-loss-weight in the objective)":
@@ -766,6 +997,43 @@ def loss_figure(history, final, name, args):
                        legend_below=len(panels) > 3,
                        title=f"{name}: reconstruction error and KL (train: mean over each epoch's "
                              f"batches while training; test: after the epoch)")
+
+
+@torch.no_grad()
+def comparison_figure(paths, test, classes, judge, args, device):
+    """--compare: for each class, N_SHOWN real test galaxies of it, then each model's generated
+    galaxies of that class, every image at the same size: a conditional model's prior draws
+    decoded given the class; an unconditional model's prior draws (a pool of 400) that the judge
+    reads as the class, the first N_SHOWN of them (it cannot be asked for a class)."""
+    models, files = {}, []  # {row label: model}, and which file each is (the title)
+    for path in paths:
+        checkpoint = common.load_checkpoint(path, KIND, "--compare")
+        trained = checkpoint["args"]
+        if trained["image_size"] != args.image_size:
+            common.fail(f"--compare: {path} draws {trained['image_size']}-pixel galaxies, not {args.image_size}")
+        cond_dim = classes["conditions"].shape[1] if trained["conditional"] else 0
+        with torch.random.fork_rng(devices=[]):  # the random start is overwritten
+            model = GalaxyVAE(trained["arch"], trained["latent_dim"], args.image_size, cond_dim,
+                              checkpoint.get("channels", CHANNELS), trained.get("condition", "concat")).to(device)
+        common.load_weights(path, KIND, {"model": model}, "--compare", checkpoint)
+        models[f"model {len(models) + 1} ({'conditional' if cond_dim else 'unconditional'})"] = model
+        files.append(f"model {len(models)}: {Path(path).name}")
+    rows, generator = {}, torch.Generator().manual_seed(args.seed + 1)
+    pools = {name: prior_samples(model, classes, [400], args.seed + 5)[0]
+             for name, model in models.items() if not model.cond_dim}
+    for k, cls in enumerate(classes["names"]):
+        rows[f"real test galaxies:\n{cls}"] = as_float(test["x"][(test["y"] == k).nonzero().flatten()[:N_SHOWN]]).cpu()
+        for name, model in models.items():
+            if model.cond_dim:
+                z = torch.randn(N_SHOWN, model.to_mu.out_features, generator=generator).to(device)
+                rows[f"{name}:\ngenerated given {cls}"] = decode(model, z, class_condition(classes, k, N_SHOWN, device))
+            else:
+                read_as = classify(judge, pools[name].to(device)).cpu()
+                chosen = pools[name][read_as == k][:N_SHOWN]
+                rows[f"{name}:\nprior samples the judge\nreads as {cls} ({int((read_as == k).sum())}/400)"] = chosen
+    common.plot_image_rows(Path(args.out_dir) / f"{KIND}_comparison.png", rows,
+                           title="Real galaxies and generated ones, class by class, at the same size\n"
+                                 + "\n".join(files))
 
 
 def architectures_figure(out, settings):
@@ -797,10 +1065,11 @@ def architectures_figure(out, settings):
 # out (they do not change what a run computes), and so do --arch and --conditional (in the base).
 TAGS = {"latent_dim": "z", "kl_weight": "kl", "image_size": "size", "test_fraction": "test",
         "class_scheme": "", "sample_class": "class", "condition": "", "class_loss_weight": "classloss",
-        "helper_pool": "pool"}
+        "helper_pool": "pool", "gan_weight": "gan", "dis_l_weight": "disl", "likelihood": ""}
 NOT_IN_NAME = ("images_dir", "labels", "cache_dir", "workers", "arch", "conditional", "experiment",
-               "classifier_weights", "replot")
-VAE_ONLY = ("latent_dim", "kl_weight", "condition", "sample_class", "class_loss_weight", "helper_pool")  # knobs the judge never reads
+               "classifier_weights", "replot", "compare", "init")
+VAE_ONLY = ("latent_dim", "kl_weight", "condition", "sample_class", "class_loss_weight", "helper_pool",
+            "gan_weight", "dis_l_weight", "likelihood")  # knobs the judge never reads
 
 
 def run_name(args):
@@ -814,7 +1083,8 @@ def run_name(args):
     if args.experiment == "classifier":
         return common.run_name(CLASSIFIER, args, defaults, TAGS, skip=(*NOT_IN_NAME, *VAE_ONLY))
     base = f"{KIND}_{args.arch}{'_cond' if args.conditional else ''}"
-    return common.run_name(base, args, defaults, TAGS, skip=NOT_IN_NAME)
+    started = f"_from-{Path(args.init).stem}" if args.init else ""  # a fine-tuned run: where it started
+    return common.run_name(base, args, defaults, TAGS, skip=NOT_IN_NAME) + started
 
 
 def comparison_name(settings):
@@ -842,6 +1112,27 @@ def load_judge(args, classes, device):
         judge = GalaxyClassifier(len(classes["names"])).to(device)
     common.load_weights(path, CLASSIFIER, {"model": judge}, "--classifier-weights", checkpoint)
     return judge
+
+
+def judge_metrics(model, judge, train, test, classes, args):
+    """What the judge says of a VAE's galaxies, each beside its yardstick: the Fréchet distances
+    (galaxy_frechet: generated, reconstructed, the real floor); the judge on real test galaxies
+    and on the model's reconstructions of them; for a conditional model, the class score of its
+    generated galaxies (generated_class_score) and its ratio to the real images' score."""
+    weights = class_weights(train["y"], len(classes["names"]))  # as in the judge's own metrics
+    result = {**galaxy_frechet(model, judge, train, test, classes, args.seed + 3),
+              **{f"judge_real_{k}": v for k, v in judge_real(judge, test, classes, weights).items()},
+              "judge_reconstructed_test_balanced_accuracy": reconstructed_class_score(model, judge, test, classes)}
+    print(f"Fréchet distance in the judge's features ({result['frechet_n']} galaxies): generated "
+          f"{result['frechet_generated']:.2f}, reconstructed {result['frechet_reconstructed']:.2f}, "
+          f"real training galaxies {result['frechet_floor']:.2f}")
+    if model.cond_dim:
+        result.update(generated_class_score(model, judge, classes, args.seed + 2))
+        result["generated_to_real_ratio"] = (result["generated_balanced_accuracy"]
+                                             / result["judge_real_test_balanced_accuracy"])
+        print(f"generated {result['generated_balanced_accuracy']:.3f} vs real "
+              f"{result['judge_real_test_balanced_accuracy']:.3f} balanced accuracy of the judge")
+    return result
 
 
 def run_classifier(args, train, test, classes, out, name, generator, checkpoint):
@@ -876,7 +1167,7 @@ def main(argv=None):
     checkpoint = common.load_checkpoint(args.load, kind, "--load") if args.load else None
     if args.load:  # the architecture and preprocessing are the trained run's
         common.use_run_args(args, checkpoint, ("arch", "latent_dim", "conditional", "condition", "crop",
-                                               "image_size", "class_scheme", "kl_weight"), args.load)
+                                               "image_size", "class_scheme", "kl_weight", "likelihood"), args.load)
         if args.conditional and not args.labels:
             common.fail(f"{args.load} is a conditional model: give --labels to condition it")
     if args.experiment == "classifier" and not args.labels:
@@ -894,7 +1185,11 @@ def main(argv=None):
     train, test = common.split_galaxies(data, args.test_fraction, args.seed, args.limit, device)
     if args.experiment == "classifier":
         return run_classifier(args, train, test, classes, out, name, generator, checkpoint)
-    judge = load_judge(args, classes, device) if args.conditional else None
+    judge = load_judge(args, classes, device) if classes else None
+    if args.compare:
+        if judge is None:
+            common.fail("--compare needs the judge: give --classifier-weights")
+        return comparison_figure(args.compare, test, classes, judge, args, device)
     cond_dim = classes["conditions"].shape[1] if args.conditional else 0
     model = GalaxyVAE(args.arch, args.latent_dim, args.image_size, cond_dim, channels, args.condition).to(device)
     if args.load:
@@ -908,18 +1203,18 @@ def main(argv=None):
         run = common.load_run(args.load, KIND, {"model": model}, checkpoint=checkpoint)
     print(f"{len(train['x'])} training and {len(test['x'])} test images, {tuple(train['x'].shape[1:])}; "
           f"{n_parameters(model):,} parameters")
+    if args.init and not args.resume:  # a trained VAE as the start; optimizers and the rest are new
+        start = common.load_checkpoint(args.init, KIND, "--init")
+        if differ := [f"--{k.replace('_', '-')} {start['args'][k]}" for k in ("arch", "latent_dim", "conditional", "condition", "image_size")
+                      if start["args"].get(k, getattr(args, k)) != getattr(args, k)]:
+            common.fail(f"--init: {args.init} was trained with {', '.join(differ)}: give the same to start from it")
+        common.load_weights(args.init, KIND, {"model": model}, "--init", start)
+        print(f"--init: the VAE starts from {args.init}")
     if not args.load:
         run = fit(model, train, test, args, out / name, generator, classes)
     final = final_metrics(model, train, test, classes, args, run)
-    if judge:  # the yardstick beside the score: the judge on real test images
-        weights = class_weights(train["y"], len(classes["names"]))  # as in the judge's own metrics
-        final.update({f"judge_real_{k}": v for k, v in judge_real(judge, test, classes, weights).items()},
-                     **generated_class_score(model, judge, classes, args.seed + 2))
-        final["generated_to_real_ratio"] = (final["generated_balanced_accuracy"]
-                                            / final["judge_real_test_balanced_accuracy"])
-        final["judge_reconstructed_test_balanced_accuracy"] = reconstructed_class_score(model, judge, test, classes)
-        print(f"generated {final['generated_balanced_accuracy']:.3f} vs real "
-              f"{final['judge_real_test_balanced_accuracy']:.3f} balanced accuracy of the judge")
+    if judge:
+        final.update(judge_metrics(model, judge, train, test, classes, args))
     loss_figure(run.history, final, name, args)
     weight_figure(model, args, name)
     figure_generator = torch.Generator().manual_seed(args.seed + 1)

@@ -37,7 +37,7 @@ INIT_STARTS = ("classifier", "random")  # the two VAEs of init-from-classifier, 
 # default --epochs: the report's MLP VAE ran 100, and compared the two init starts at epoch 50
 EPOCHS = {"conv": 30, "mlp": 100, "classifier": 30, "init-from-classifier": 50}
 TAGS = {"kl_weight": "kl", "latent_dim": "z", "recon": ""}  # run names: vae_mlp_e50_mse-mean_kl0.5
-NOT_NAMED = ("arch", "experiment", "sweep_kl", "sweep_latent", "classifier_weights", "cnn_weights")
+NOT_NAMED = ("arch", "experiment", "sweep_kl", "sweep_latent", "classifier_weights", "cnn_weights", "replot")
 # y labels with units, as reconstruction_loss and kl_divergence reduce: BCE and KL in nats per
 # image (summed over the pixels / over z), squared errors of [0, 1] intensities per image or pixel
 RECON_LABELS = {"bce": "reconstruction, nats per image\n(BCE summed over pixels)",
@@ -75,10 +75,16 @@ def parse_args(argv=None):
     parser.add_argument("--classifier-weights", metavar="FILE",
                         help="init-from-classifier: the weights of --experiment classifier "
                              f"(default: {CLASSIFIER}.pt in --out-dir)")
+    parser.add_argument("--replot", nargs=2, metavar=("CLASSIFIER_START", "RANDOM_START"),
+                        help="init-from-classifier: no data, no model: redraw the comparison's loss "
+                             "figure from its two runs' <run>_metrics.json (weights not kept)")
     cnn.add_sample_quality_args(parser)
     args = parser.parse_args(argv)
     if args.experiment != "vae" and (args.arch == "conv" or args.sweep_kl or args.sweep_latent):
         parser.error(f"--experiment {args.experiment} uses the MLP encoder: no --arch conv, no sweep")
+    if args.replot and (args.experiment != "init-from-classifier" or args.load or args.resume):
+        parser.error("--replot redraws the init-from-classifier comparison from its metrics files: "
+                     "no other --experiment, no --load or --resume")
     models = len(args.sweep_kl or args.sweep_latent or []) or (
         len(INIT_STARTS) if args.experiment == "init-from-classifier" else 1)
     common.check_common_args(parser, args, load_files=models,
@@ -441,11 +447,13 @@ def term_series(history, key, split, kl_weight=None):
 
 
 def plot_loss_curves(path, runs, title, recon, splits=("test",), kl_weight=None, caption=None,
-                     ncols=None):
+                     ncols=None, zoom_kl=False):
     """The loss terms of several runs ({label: run}) on the given splits, a panel each for
     reconstruction and KL and, with `kl_weight`, the loss they add up to (train: the mean over
     each epoch's minibatches; test: after the epoch); `ncols` panels to a row, each with its
-    legend below it. One colour per run; with both splits, test dashed."""
+    legend below it. One colour per run; with both splits, test dashed. zoom_kl: the KL once more,
+    its axis fitted to the curves, where runs differ by tenths of a nat (the KL panel's axis
+    starts at 0, kl_range)."""
     ylabels = {"recon": RECON_LABELS[recon], "kl": KL_LABEL}
     if kl_weight is not None:
         ylabels["loss"] = f"loss = recon + {kl_weight:g}·KL" + (
@@ -455,6 +463,8 @@ def plot_loss_curves(path, runs, title, recon, splits=("test",), kl_weight=None,
                        term_series(run.history, key, split, kl_weight)
                        for label, run in runs.items() for split in splits}
               for key, ylabel in ylabels.items()}
+    if zoom_kl:
+        panels[f"{KL_LABEL},\nzoomed to the curves"] = panels[KL_LABEL]
     styles = {f"{label}, {split}": {"color": f"C{i}", "linestyle": "--" if split == "test" else "-"}
               for i, label in enumerate(runs) for split in splits}
     common.plot_panels(path, panels, xlabel="epoch", title=title, markers=False, styles=styles,
@@ -597,15 +607,31 @@ def run_init_comparison(args, data):
         runs["encoder from the classifier" if start == "classifier" else "random init"] = run
         seconds += run.seconds
     name = run_name(args)  # the comparison's own files: vae_mlp_init plus the knobs
-    plot_loss_curves(out / f"{name}.png", runs, splits=("train", "test"), recon=args.recon,
-                     kl_weight=args.kl_weight, ncols=2,  # 2x2: room for the legends
-                     title=f"MLP VAE (z = {args.latent_dim}): encoder initialised from the "
-                           "classifier vs at random")
+    init_loss_figure(out / f"{name}.png", runs, args)
     common.plot_image_rows(out / f"{name}_samples.png",
                            {f"{label}\nepoch {epoch}": images for label, run in runs.items()
                             for epoch, images in sorted(run.extra.get("snapshots", {}).items())},
                            title=f"the same {N_FIXED_NOISE} z ~ N(0, I) decoded during training")
     common.save_metrics(out / f"{name}_metrics.json", args, device, seconds, [], summary)
+
+
+def init_loss_figure(path, runs, args):
+    """The two init-from-classifier runs' loss terms, train and test, 2x2: reconstruction, KL,
+    their sum and the KL zoomed (the starts differ there by a tenth of a nat)."""
+    plot_loss_curves(path, runs, splits=("train", "test"), recon=args.recon, kl_weight=args.kl_weight,
+                     ncols=2, zoom_kl=True,  # 2x2: room for the legends
+                     title=f"MLP VAE (z = {args.latent_dim}): encoder initialised from the classifier vs at random")
+
+
+def replot_init_comparison(args):
+    """--replot: the init-from-classifier loss figure from its two runs' metrics files."""
+    runs = {}
+    for label, path in zip(("encoder from the classifier", "random init"), args.replot):
+        metrics, _ = common.read_metrics(path, "train_kl", "an init-from-classifier run")
+        common.use_run_args(args, metrics, ("recon", "kl_weight", "latent_dim", "epochs"), path)  # the title's and name's
+        runs[label] = common.LoadedRun({"history": metrics["history"], "seconds": metrics["wall_seconds"],
+                                        "epoch": metrics["history"][-1]["epoch"], "args": metrics["args"]})
+    init_loss_figure(Path(args.out_dir) / f"{run_name(args)}.png", runs, args)
 
 
 def main(argv=None):
@@ -614,6 +640,8 @@ def main(argv=None):
     common.check_amp(args, device)
     generator = common.seed_everything(args.seed)
     common.out_dir(args)
+    if args.replot:  # runs whose weights are not kept: their curves from their metrics files
+        return replot_init_comparison(args)
     data = common.load_mnist_like("fashion-mnist", args.data_dir, device, args.limit)
     if args.experiment == "classifier":
         run_classifier(args, data, generator)

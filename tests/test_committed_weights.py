@@ -50,10 +50,14 @@ COMMANDS = {
     "autoencoder_transfer": ("autoencoder", [
         "--experiment", "transfer", "--conv-weights", "figures/autoencoder_conv.pt",
         "--few-labels-weights", "figures/autoencoder_few_labels.pt"]),
-    "galaxy_vae_conv_amp": ("galaxy_vae", GALAXY),
+    "galaxy_vae_conv_amp": ("galaxy_vae", [*GALAXY, "--classifier-weights", "figures/galaxy_classifier_amp.pt"]),
     "galaxy_classifier_amp": ("galaxy_vae", ["--experiment", "classifier", *GALAXY]),
     "galaxy_vae_conv_cond_amp_film_classloss30": ("galaxy_vae", [
         *GALAXY, "--classifier-weights", "figures/galaxy_classifier_amp.pt"]),
+    "galaxy_vae_conv_e10_amp_gan0.5_disl0.01_from-galaxy_vae_conv_amp": ("galaxy_vae", [
+        *GALAXY, "--classifier-weights", "figures/galaxy_classifier_amp.pt"]),
+    "galaxy_vae_conv_cond_e10_amp_film_classloss30_gan0.5_disl0.01_from-galaxy_vae_conv_cond_amp_film_classloss30": (
+        "galaxy_vae", [*GALAXY, "--classifier-weights", "figures/galaxy_classifier_amp.pt"]),
     "lstm_tweets": ("lstm_tweets", [
         "--train-csv", "{data}/tweets/semeval2017/train/*.tsv",
         "--test-csv", "{data}/tweets/semeval2017/SemEval2017-task4-test.subtask-A.english.txt"]),

@@ -19,7 +19,7 @@ from PIL import Image
 
 import common
 import galaxy_vae as gv
-from conftest import (DEVICE_FLAGS, SHARED_DATA, adam_by_hand, assert_one_line_error, record_gradients, run_script,
+from conftest import (DEVICE_FLAGS, ROOT, SHARED_DATA, adam_by_hand, assert_one_line_error, record_gradients, run_script,
                       write_galaxies)
 
 # Kaggle's training_solutions_rev1.csv header, written out as the competition ships it
@@ -467,7 +467,10 @@ def test_a_conditional_run_is_scored_by_the_judge_and_reload_repeats_the_score(g
         assert first[f"judge_real_{key}"] == pytest.approx(judge[key]), key
     assert first["generated_to_real_ratio"] == pytest.approx(
         first["generated_balanced_accuracy"] / first["judge_real_test_balanced_accuracy"])
-    assert {"generated_recall_other", "generated_recall_spiral_odd", "judge_reconstructed_test_balanced_accuracy"} <= set(first)
+    assert {"generated_recall_other", "generated_recall_spiral_odd", "judge_reconstructed_test_balanced_accuracy",
+            "frechet_generated", "frechet_generated_spiral_odd", "frechet_reconstructed", "frechet_floor"} <= set(first)
+    test_size = json.loads((tmp_path / f"{name}_metrics.json").read_text())["data"]["test"]
+    assert first["frechet_n"] == test_size and first["frechet_floor"] < first["frechet_generated"]
     gv.main(args_for(root, tmp_path, "--labels", root / "labels.csv", "--load", tmp_path / f"{name}.pt",
                      "--classifier-weights", tmp_path / "galaxy_classifier_e1_bs16_size32.pt"))
     assert final_block(tmp_path, name) == first
@@ -504,14 +507,16 @@ def final_block(out, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch, extra", [("mlp", []), ("conv", []), ("resnet", []),
-                                         ("conv", ["--conditional"])])
-def test_smoke_then_load_gives_the_same_final_block(arch, extra, galaxies, tmp_path):
+@pytest.mark.parametrize("arch, extra, tags", [
+    ("mlp", [], ""), ("conv", [], ""), ("resnet", [], ""), ("conv", ["--conditional"], ""),
+    ("conv", ["--gan-weight", "2", "--dis-l-weight", "0.01"], "_gan2_disl0.01")])
+def test_smoke_then_load_gives_the_same_final_block(arch, extra, tags, galaxies, tmp_path):
     root, _ = galaxies
     flags = args_for(root, tmp_path, "--labels", root / "labels.csv", "--arch", arch,
                      "--latent-dim", "4", "--batch-size", "16", "--epochs", "2", *extra)
     gv.main(flags)
-    name = f"galaxy_vae_{arch}{'_cond' if extra else ''}_e2_bs16_size32_z4"  # the knobs that differ
+    cond = "_cond" if "--conditional" in extra else ""
+    name = f"galaxy_vae_{arch}{cond}_e2_bs16_size32_z4{tags}"  # the knobs that differ
     for what in ("loss", "weights", "samples", "class_samples", "latent"):
         assert (tmp_path / f"{name}_{what}.png").stat().st_size > 1000
         width, height = Image.open(tmp_path / f"{name}_{what}.png").size
@@ -541,6 +546,8 @@ def test_a_run_is_named_after_the_knobs_that_differ_from_the_defaults():
     assert name("--conditional", "--condition", "film", "--class-loss-weight", "30", "--amp",
                 "--classifier-weights", "j.pt") == "galaxy_vae_conv_cond_amp_film_classloss30"
     assert name("--conditional", "--class-loss-weight", "30", "--helper-pool", "4") == "galaxy_vae_conv_cond_classloss30_pool4"
+    assert name("--gan-weight", "10", "--dis-l-weight", "0.01", "--amp") == "galaxy_vae_conv_amp_gan10_disl0.01"
+    assert name("--experiment", "classifier", "--amp", "--gan-weight", "0") == "galaxy_classifier_amp"
     # the judge: its own default epochs (60, unnamed), none of the VAE's knobs
     assert name("--experiment", "classifier", "--amp") == "galaxy_classifier_amp"
     assert name("--experiment", "classifier", "--epochs", "60", "--latent-dim", "7", "--lr", "3e-3") == "galaxy_classifier_lr0.003"
@@ -607,18 +614,23 @@ def test_load_refuses_other_classes_for_a_conditional_model(galaxies, tmp_path):
     assert_one_line_error(result, "was conditioned on the classes ['other', 'spiral_odd']")
 
 
-def test_real_galaxy_images(tmp_path, capsys):
-    """120 of the real JPEGs with the real labels.csv: decoded, matched and reported."""
+def real_galaxies(tmp, n):
+    """The first n of the real JPEGs with the real labels.csv, read as galaxy_vae.py reads them
+    (64x64, the default crop): (data, classes); skipped without ../shared/data."""
     real = SHARED_DATA / "galaxy"
     if not (real / "images_training_rev1").is_dir():
         pytest.skip(f"real galaxy images not found at {real}")
-    folder = tmp_path / "images_training_rev1"
+    folder = tmp / "images_training_rev1"
     folder.mkdir()
-    for path in sorted((real / "images_training_rev1").glob("*.jpg"))[:120]:
+    for path in sorted((real / "images_training_rev1").glob("*.jpg"))[:n]:
         shutil.copy(path, folder)
-    args = gv.parse_args(["--images-dir", str(folder), "--labels", str(real / "labels.csv"),
-                          "--cache-dir", str(tmp_path / "cache"), "--workers", "2"])
-    data, classes = load(args)
+    return load(gv.parse_args(["--images-dir", str(folder), "--labels", str(real / "labels.csv"),
+                               "--cache-dir", str(tmp / "cache"), "--workers", "2"]))
+
+
+def test_real_galaxy_images(tmp_path, capsys):
+    """120 of the real JPEGs with the real labels.csv: decoded, matched and reported."""
+    data, classes = real_galaxies(tmp_path, 120)
     out = capsys.readouterr().out
     assert data["x"].shape == (120, 3, 64, 64) and sum(classes["counts"]) == 120
     assert "4880 label rows have no image" in out
@@ -760,25 +772,59 @@ def test_sample_figure_decodes_the_same_z_under_every_class(conditional, tmp_pat
         assert shown["z ~ N(0, I)"].shape == (3 * gv.N_SHOWN, 3, 32, 32) and shown["nrow"] == gv.N_SHOWN
 
 
-def test_weight_tiles_share_one_scale_around_zero():
-    """Every tile on one scale: 0 is mid grey, the largest |w| of all tiles black or white, so a
-    filter of small weights stays near grey instead of being stretched to full contrast."""
+def test_weight_tiles_are_each_on_their_own_scale_around_zero():
+    """Each tile stretched to its own largest |w|: 0 is mid grey, that tile's ±max full colour, so
+    a filter of small weights shows its pattern as clearly as one of large weights."""
     tiles = torch.zeros(2, 3, 4, 4)
-    tiles[0, 0, 0, 0], tiles[0, 1, 0, 0], tiles[1, 2, 3, 3] = 2.0, -2.0, 0.2
-    shown, scale = gv.shared_scale(tiles, side=32)
-    assert scale == 2.0 and shown.shape == (2, 3, 32, 32)  # 4x4 enlarged 8x (nearest)
+    tiles[0, 0, 0, 0], tiles[0, 1, 0, 0], tiles[1, 2, 3, 3], tiles[1, 0, 0, 0] = 2.0, -2.0, 0.2, -0.1
+    shown, (low, high) = gv.own_scale(tiles, side=32)
+    assert (low, high) == pytest.approx((0.2, 2.0)) and shown.shape == (2, 3, 32, 32)  # 4x4 enlarged 8x
     assert shown[0, 0, :8, :8].eq(1.0).all() and shown[0, 1, :8, :8].eq(0.0).all()
-    assert shown[1, 2, -1, -1].item() == pytest.approx(0.55) and shown[1, 0].eq(0.5).all()
+    assert shown[1, 2, -1, -1].item() == pytest.approx(1.0) and shown[1, 0, 0, 0].item() == pytest.approx(0.25)
+    assert shown[1, 1].eq(0.5).all()
     smooth = torch.linspace(-1, 1, 64).expand(16, 3, 64, 64)
     assert gv.neighbour_correlation(smooth) > 0.99
     noise = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     assert abs(gv.neighbour_correlation(noise)) < 0.05
 
 
+@pytest.mark.parametrize("arch, patch", [("mlp", 32), ("conv", 10), ("resnet", 7)])
+def test_the_second_layer_on_the_image_is_the_linearised_response_to_each_pixel(arch, patch):
+    """second_layer_tiles against autograd: a second-layer unit's response to the image through
+    the first two layers with the non-linearity, the biases and the BatchNorm shift left out (the
+    BatchNorm scale kept, with random running statistics), differentiated with respect to the
+    pixels; for conv and resnet the unit at the top-left output position, whose receptive field is
+    the top-left patch x patch pixels."""
+    torch.manual_seed(0)
+    model = gv.GalaxyVAE(arch, latent_dim=3, size=32)
+    norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(0.5, 1.5)
+    tiles = gv.second_layer_tiles(model.encoder, 32)
+    x = torch.zeros(1, 3, 32, 32, requires_grad=True)
+    if arch == "mlp":
+        first, second = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)][:2]
+        response = F.linear(F.linear(x.flatten(1), first.weight), second.weight)[0]
+        expected = torch.stack([torch.autograd.grad(response[o], x, retain_graph=True)[0][0] for o in range(5)])
+        assert tiles.shape == (512, 3, 32, 32)
+    else:
+        first, second = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)][:2]
+        scale = norms[0].weight / torch.sqrt(norms[0].running_var + norms[0].eps)
+        hidden = F.conv2d(x, first.weight, stride=first.stride, padding=first.padding) * scale[None, :, None, None]
+        response = F.conv2d(hidden, second.weight, stride=second.stride)[0, :, 0, 0]  # no padding: a full field
+        expected = torch.stack([torch.autograd.grad(response[o], x, retain_graph=True)[0][0] for o in range(5)])
+        pad = first.padding[0]  # the first layer's padding shifts the field by that many pixels
+        expected = expected[:, :, :patch - pad, :patch - pad]
+        tiles = tiles[:, :, pad:, pad:]
+    assert torch.allclose(tiles[:5], expected[:, :, :tiles.shape[2], :tiles.shape[3]], atol=1e-5)
+
+
 @pytest.mark.parametrize("arch, tiles", [("mlp", (512, 3, 32, 32)), ("conv", (32, 3, 4, 4)),
                                          ("resnet", (32, 3, 3, 3))])
 def test_weight_figure_shows_the_layers_that_touch_the_image(arch, tiles, tmp_path, monkeypatch):
-    """Encoder's first and decoder's last layer as RGB tiles, two panels, no wider than 3x tall."""
+    """Encoder's first and decoder's last layer as RGB tiles, and the encoder's second layer seen
+    on the image between them: three panels, no wider than 3x tall."""
     model = gv.GalaxyVAE(arch, latent_dim=3, size=32)
     weighted = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
     first = [m for m in model.encoder.modules() if isinstance(m, weighted)][0]
@@ -787,7 +833,8 @@ def test_weight_figure_shows_the_layers_that_touch_the_image(arch, tiles, tmp_pa
     args = gv.parse_args(["--arch", arch, "--image-size", "32", "--latent-dim", "3", "--out-dir", str(tmp_path)])
     fig = figure_of(gv.weight_figure, monkeypatch, model, args, "run")
     width, height = fig.get_size_inches()
-    assert len(fig.axes) == 2 and width <= 3 * height
+    assert len(fig.axes) == 3 and width <= 3 * height
+    assert "second layer" in fig.axes[1].get_title()
     assert all("Neighbouring weights correlate" in ax.get_xlabel() for ax in fig.axes)
 
 
@@ -1156,3 +1203,320 @@ def test_latent_probe_weights_the_classes_and_scores_accuracy_and_balanced_accur
     probe = gv.latent_probe(Pixels(), part(40, 15, 10), part(8, 2, 4), 2)
     assert probe["latent_probe_test_accuracy"] == pytest.approx(12 / 14)
     assert probe["latent_probe_test_balanced_accuracy"] == pytest.approx(0.9)
+
+
+# --- the Fréchet distance of galaxies and where its samples come from ----------------------------
+class PriorRecorder(torch.nn.Module):
+    """A stand-in VAE that records every z it decodes (and the condition), and paints the image
+    from z's first three entries, so the distance has something to measure."""
+
+    def __init__(self, latent=8, cond_dim=0, size=16):
+        super().__init__()
+        self.to_mu, self.cond_dim, self.size, self.seen = torch.nn.Linear(1, latent), cond_dim, size, []
+
+    def decode(self, z, c=None):
+        self.seen.append((z.detach().clone(), None if c is None else c.detach().clone()))
+        return z[:, :3, None, None].expand(-1, -1, self.size, self.size).contiguous()
+
+    def encode(self, x, c=None):
+        mu = torch.zeros(len(x), self.to_mu.out_features)
+        mu[:, :3] = torch.logit(x.mean((2, 3)).clamp(1e-3, 1 - 1e-3))  # decodes back to the mean colour
+        return mu, torch.zeros_like(mu)
+
+
+def two_class_galaxies(n, size=16, seed=0):
+    """n uint8 images of two classes (every third image class 1), conditions one-hot."""
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.tensor([int(i % 3 == 0) for i in range(n)])
+    x = torch.randint(0, 256, (n, 3, size, size), generator=generator, dtype=torch.uint8)
+    return {"x": x, "y": y, "c": F.one_hot(y, 2).float()}
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_every_generated_galaxy_that_is_scored_is_decoded_from_the_prior(conditional):
+    """The z behind the Fréchet distance's generated set and behind the judge's class score: all
+    of them, pooled, have mean 0 and standard deviation 1 in every dimension (N(0, I), as the
+    docstrings say: a draw scaled by 0.5 or shifted by 0.1, which would flatter both numbers,
+    fails), no two alike, and a conditional model's are asked for each class as often as the
+    test split holds it (the distance) or N_JUDGED times (the class score)."""
+    classes = {"names": ["other", "spiral_odd"], "conditions": torch.eye(2)}
+    model = PriorRecorder(cond_dim=2 if conditional else 0)
+    judge = gv.GalaxyClassifier(2)
+    train, test = two_class_galaxies(900, seed=1), two_class_galaxies(600, seed=2)
+    gv.galaxy_frechet(model, judge, train, test, classes, seed=3)
+    decoded_for_the_distance = len(model.seen)
+    if conditional:
+        gv.generated_class_score(model, judge, classes, seed=4)
+    z = torch.cat([z for z, _ in model.seen])
+    # the reconstructions are decoded from μ of real images: leave them out (their z is not a draw)
+    prior = torch.cat([z for z, _ in model.seen[:decoded_for_the_distance] if z[:, 3:].abs().sum() > 0] +
+                      [z for z, _ in model.seen[decoded_for_the_distance:]])
+    expected = 600 + (2 * gv.N_JUDGED if conditional else 0)
+    assert len(prior) == expected and len(torch.unique(prior, dim=0)) == expected
+    assert prior.mean(0).abs().max() < 0.2 and (prior.std(0) - 1).abs().max() < 0.2  # each dimension
+    assert prior.mean().abs() < 0.05 and (prior.std() - 1).abs() < 0.05  # pooled: 8 x 600 values or more
+    if conditional:
+        asked = torch.cat([c.argmax(1) for z, c in model.seen if z[:, 3:].abs().sum() > 0])
+        assert torch.bincount(asked).tolist() == [400 + gv.N_JUDGED, 200 + gv.N_JUDGED]
+    assert len(z) > len(prior)  # the reconstructions were decoded too
+
+
+def test_galaxy_frechet_compares_sets_of_the_test_splits_class_sizes(monkeypatch):
+    """galaxy_frechet hands cnn.frechet_distance the judge's features of each set against the real
+    test galaxies': overall (45 against 45) and per class (30 and 15 against the test split's 30
+    and 15) for the reconstructions and the real floor, the generated set overall only for an
+    unconditional model; the reconstructions of a model that redraws the test images themselves
+    (the stand-in decodes each image's mean colour; the test images here are flat colours) score
+    0, and the floor draws real training galaxies, not test ones."""
+    calls, distance = [], gv.cnn.frechet_distance
+    monkeypatch.setattr(gv.cnn, "frechet_distance", lambda a, b: calls.append((a, b)) or distance(a, b))
+    classes = {"names": ["other", "spiral_odd"], "conditions": torch.eye(2)}
+    test = two_class_galaxies(45, seed=2)
+    colours = torch.rand(45, 3, 1, 1, generator=torch.Generator().manual_seed(5))
+    test["x"] = (colours.expand(-1, -1, 16, 16) * 255).round().to(torch.uint8)
+    judge = gv.GalaxyClassifier(2)
+    result = gv.galaxy_frechet(PriorRecorder(), judge, two_class_galaxies(90, seed=1), test, classes, seed=3)
+    assert set(result) == {"frechet_n", "frechet_generated", "frechet_reconstructed", "frechet_floor",
+                           "frechet_reconstructed_other", "frechet_reconstructed_spiral_odd",
+                           "frechet_floor_other", "frechet_floor_spiral_odd"}
+    assert [(len(a), len(b)) for a, b in calls] == [(45, 45), (45, 45), (30, 30), (15, 15), (45, 45), (30, 30), (15, 15)]
+    real = gv.judge_features(judge, test["x"].float() / 255)
+    assert all(torch.equal(b, real) for b in (calls[0][1], calls[1][1], calls[4][1]))
+    assert result["frechet_reconstructed"] < 1e-3 * result["frechet_floor"]
+    assert result["frechet_n"] == 45
+
+
+@pytest.fixture(scope="module")
+def real_galaxies_and_judge(tmp_path_factory):
+    """600 of the real JPEGs (64x64, the default crop) and the committed judge; skipped without them."""
+    weights = ROOT / "figures" / "galaxy_classifier_amp.pt"
+    if not weights.is_file():
+        pytest.skip(f"the committed judge ({weights}) not found")
+    data, _ = real_galaxies(tmp_path_factory.mktemp("real"), 600)
+    judge = gv.GalaxyClassifier(2)
+    common.load_weights(weights, gv.CLASSIFIER, {"model": judge}, "--classifier-weights")
+    return data["x"].float() / 255, judge
+
+
+def test_real_galaxies_score_near_zero_and_a_blurred_copy_scores_worse(real_galaxies_and_judge):
+    """In the committed judge's features, 300 real galaxies against 300 others score near the
+    floor, a blurred copy of the same 300 (a 5x5 Gaussian, σ 1.5 pixels: what a VAE's decoder
+    draws) far worse (measured: 0.42, 6.5), and one more blurred worse still (8.8); a copy with its
+    colours swapped (RGB → BGR) is not a galaxy either, though these features, trained to tell
+    the two classes apart, notice it less than blur (2.0)."""
+    x, judge = real_galaxies_and_judge
+    a, b = judge_features_of(judge, x[:300]), judge_features_of(judge, x[300:])
+    real = gv.cnn.frechet_distance(a, b)
+    blurred = [gv.cnn.frechet_distance(judge_features_of(judge, blur(x[:300], s)), b) for s in (1.5, 3.0)]
+    swapped = gv.cnn.frechet_distance(judge_features_of(judge, x[:300].flip(1)), b)
+    assert real < 2.0 and 5 * real < blurred[0] < blurred[1] and swapped > 3 * real, (real, blurred, swapped)
+
+
+def judge_features_of(judge, images):
+    return gv.judge_features(judge, images)
+
+
+def blur(images, sigma):
+    """A 5x5 Gaussian blur of each channel (zero padding outside the dark frame)."""
+    t = torch.arange(5) - 2.0
+    kernel = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    kernel = (kernel[:, None] * kernel[None, :]) / kernel.sum() ** 2
+    return F.conv2d(images, kernel.expand(3, 1, 5, 5), padding=2, groups=3)
+
+
+# --- the VAE-GAN terms (--gan-weight, --dis-l-weight) --------------------------------------------
+def discriminator_by_hand(discriminator, images):
+    """D's layers written out (train mode: BatchNorm with the batch's own statistics): each 4x4
+    stride-2 convolution, then BatchNorm (all but the first) and LeakyReLU 0.2; Dis_l is the last
+    convolution's output flattened; the logit one linear map of it."""
+    h = images
+    convs = [m for m in discriminator.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in discriminator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for i, conv in enumerate(convs):
+        h = F.conv2d(h, conv.weight, conv.bias, stride=2, padding=1)
+        if i:
+            norm = norms[i - 1]
+            mean, var = h.mean((0, 2, 3), keepdim=True), h.var((0, 2, 3), unbiased=False, keepdim=True)
+            h = (h - mean) / torch.sqrt(var + norm.eps) * norm.weight.view(1, -1, 1, 1) + norm.bias.view(1, -1, 1, 1)
+        h = torch.where(h > 0, h, 0.2 * h)
+    features = h.flatten(1)
+    return features @ discriminator.to_logit.weight.T[:, 0] + discriminator.to_logit.bias, features
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_the_vae_gan_step_adds_the_weighted_gan_and_dis_l_terms_and_steps_the_discriminator_on_its_own_loss(conditional):
+    """--gan-weight 3 --dis-l-weight 0.07 (not the defaults 0): the VAE's gradient is that of
+    the ELBO + 3·(-log D(x̃) - log D(x_p)) + 0.07·½ Σ (Dis_l(x̃) - Dis_l(x))², with x̃ = σ(logits)
+    of the batch, x_p = σ(Dec(z_p[, c])) of prior draws given the batch's own conditions and
+    Dis_l(x) a fixed target (no gradient through it), written by hand (objective_by_hand,
+    decode_by_hand, discriminator_by_hand, F.logsigmoid); D moves by an SGD step on its own loss
+    -[log D(x) + log(1 - D(x̃)) + log(1 - D(x_p))] only (a VAE term leaking into D, or D's loss
+    into the VAE, fails). Draw order: shuffle, ε, z_p."""
+    cond_flags = ["--conditional", "--labels", "labels.csv"] if conditional else []
+    args = step_args("--arch", "conv", "--gan-weight", "3", "--dis-l-weight", "0.07", *cond_flags)
+    torch.manual_seed(0)
+    model = away_from_the_prior(gv.GalaxyVAE("conv", LATENT, SIZE, COND_DIM if conditional else 0))
+    discriminator = gv.Discriminator(SIZE)
+    reference, dis_reference = copy.deepcopy(model).train(), copy.deepcopy(discriminator).train()
+    data = tiny_data(conditional=conditional)
+
+    draws = torch.Generator().manual_seed(5)
+    order = torch.randperm(BATCH, generator=draws)
+    eps = torch.randn(BATCH, LATENT, generator=draws)
+    z_prior = torch.randn(BATCH, LATENT, generator=draws)
+    images = data["x"][order].float() / 255
+    cond = data["c"][order] if conditional else None
+    elbo = objective_by_hand(reference, images, cond, eps, KL_WEIGHT)["loss"]
+    features = reference.encoder(images)
+    features = torch.cat([features, cond], 1) if conditional else features
+    mu, logvar = reference.to_mu(features), reference.to_logvar(features)
+    reconstructions = torch.sigmoid(decode_by_hand(reference, mu + torch.exp(0.5 * logvar) * eps, cond))
+    prior = torch.sigmoid(decode_by_hand(reference, z_prior, cond))
+    (real, real_f), (recon, recon_f), (fake, _) = (discriminator_by_hand(dis_reference, x)
+                                                    for x in (images, reconstructions, prior))
+    fool = -F.logsigmoid(recon).mean() - F.logsigmoid(fake).mean()
+    llike = 0.5 * (recon_f - real_f.detach()).pow(2).sum(1).mean()
+    dis = -F.logsigmoid(real).mean() - F.logsigmoid(-recon).mean() - F.logsigmoid(-fake).mean()
+    gradients = torch.autograd.grad(elbo + 3 * fool + 0.07 * llike, list(reference.parameters()), retain_graph=True)
+    dis_gradients = torch.autograd.grad(dis, list(dis_reference.parameters()))
+
+    discriminator.optimizer = torch.optim.SGD(discriminator.parameters(), lr=0.05)
+    before = [p.detach().clone() for p in discriminator.parameters()]
+    logged = gv.train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), data, args, 1,
+                            torch.Generator().manual_seed(5), None, discriminator)
+    for (name, param), gradient in zip(model.named_parameters(), gradients):
+        assert close(param.grad, gradient), name
+    for (name, param), old, gradient in zip(discriminator.named_parameters(), before, dis_gradients):
+        assert close(param.detach(), old - 0.05 * gradient, rtol=1e-5), name
+    for term, value in (("fool", fool), ("llike", llike), ("dis", dis), ("d_real", torch.sigmoid(real).mean()),
+                        ("d_prior", torch.sigmoid(fake).mean())):
+        assert close(logged[term], value.detach().view(1), 1e-5), term
+
+
+def test_the_discriminator_trains_with_its_own_adam_and_is_saved_beside_the_vae(tmp_path, monkeypatch):
+    """fit with --gan-weight hands train_epoch a Discriminator whose optimizer is Adam at DIS_LR with
+    DIS_BETAS (not the VAE's --lr, here 3e-4), the VAE's Adam at --lr; both networks and both
+    optimizers are in the checkpoint --resume reads; without either weight no discriminator."""
+    handed, real_train_epoch = [], gv.train_epoch
+
+    def recording_train_epoch(model, optimizer, data, args, epoch, generator, helper=None, discriminator=None):
+        handed.append((optimizer, discriminator))
+        return real_train_epoch(model, optimizer, data, args, epoch, generator, helper, discriminator)
+
+    monkeypatch.setattr(gv, "train_epoch", recording_train_epoch)
+    for stem, extra in (("gan", ["--dis-l-weight", "0.5"]), ("vae", [])):
+        args = step_args("--arch", "conv", "--lr", "3e-4", "--epochs", "1", "--out-dir", tmp_path, *extra)
+        gv.fit(gv.GalaxyVAE("conv", LATENT, SIZE), tiny_data(), tiny_data(seed=1), args, tmp_path / stem,
+               torch.Generator().manual_seed(0), None)
+    (optimizer, discriminator), (_, none) = handed
+    assert none is None and isinstance(discriminator, gv.Discriminator)
+    (group,) = discriminator.optimizer.param_groups
+    assert type(discriminator.optimizer) is torch.optim.Adam and group["lr"] == gv.DIS_LR != 3e-4
+    assert group["betas"] == gv.DIS_BETAS and optimizer.param_groups[0]["lr"] == 3e-4
+    checkpoint = torch.load(tmp_path / "gan.ckpt", weights_only=False)
+    assert {"model", "discriminator"} <= set(checkpoint["models"])
+    assert {"optimizer", "discriminator_optimizer"} <= set(checkpoint["optimizers"])
+    assert set(torch.load(tmp_path / "gan.pt", weights_only=False)["models"]) == {"model"}  # what --load needs
+
+
+@pytest.mark.slow
+def test_compare_draws_real_and_generated_galaxies_class_by_class(galaxies, tmp_path, monkeypatch):
+    """--compare with an unconditional and a conditional model (and the judge): one block of real
+    test galaxies per class, then each model's galaxies of that class, all 32x32 (one size):
+    the conditional model's decoded given the class, the unconditional model's those the judge
+    reads as the class, with the count out of 400 in the label."""
+    root, _ = galaxies
+    flags = ["--labels", root / "labels.csv", "--batch-size", "16", "--epochs", "1", "--latent-dim", "3"]
+    gv.main(args_for(root, tmp_path, "--experiment", "classifier", *flags))
+    judge = ["--classifier-weights", tmp_path / "galaxy_classifier_e1_bs16_size32.pt"]
+    gv.main(args_for(root, tmp_path, *flags, *judge))
+    gv.main(args_for(root, tmp_path, "--conditional", *flags, *judge))
+    drawn = {}
+    monkeypatch.setattr(common, "plot_image_rows", lambda path, rows, title, **k: drawn.update(path=path, rows=rows, title=title))
+    gv.main(args_for(root, tmp_path, "--labels", root / "labels.csv", *judge, "--compare",
+                     tmp_path / "galaxy_vae_conv_e1_bs16_size32_z3.pt", tmp_path / "galaxy_vae_conv_cond_e1_bs16_size32_z3.pt"))
+    labels = list(drawn["rows"])
+    assert drawn["path"] == tmp_path / "galaxy_vae_comparison.png" and len(labels) == 6
+    assert labels[0] == "real test galaxies:\nother" and labels[3] == "real test galaxies:\nspiral_odd"
+    assert labels[2] == "model 2 (conditional):\ngenerated given other"
+    assert labels[1].startswith("model 1 (unconditional):\nprior samples the judge\nreads as other (")
+    assert "model 2: galaxy_vae_conv_cond_e1_bs16_size32_z3.pt" in drawn["title"]
+    counts = [int(label.split("(")[-1].split("/")[0]) for label in (labels[1], labels[4])]
+    assert sum(counts) == 400
+    for label, images in drawn["rows"].items():
+        assert images.shape[1:] == (3, 32, 32) and len(images) <= gv.N_SHOWN, label
+
+
+def test_the_vae_gan_flags_refuse_what_they_cannot_use(galaxies, tmp_path):
+    root, _ = galaxies
+    base = args_for(root, tmp_path, "--labels", root / "labels.csv", "--epochs", "1")
+    assert_one_line_error(run_script("galaxy_vae.py", *base, "--experiment", "classifier", "--gan-weight", "1"),
+                          "--gan-weight and --dis-l-weight train a VAE's decoder")
+    assert_one_line_error(run_script("galaxy_vae.py", *base, "--arch", "mlp", "--image-size", "40", "--dis-l-weight", "1"),
+                          "need an --image-size that is a multiple of 16, got 40")
+    assert_one_line_error(run_script("galaxy_vae.py", *base, "--gan-weight", "-1"), "--gan-weight")
+    assert_one_line_error(run_script("galaxy_vae.py", *args_for(root, tmp_path, "--compare", "a.pt")),
+                          "--compare draws trained models' galaxies by class: it needs --labels")
+
+
+def test_the_gaussian_likelihood_step_is_the_sigma_vae_loss_with_the_batchs_best_variance():
+    """--likelihood gaussian --kl-weight 0.3: the step's gradient is that of
+    -log N(x | σ(l), s² I) (torch.distributions.Normal, summed over the pixel values) + 0.3·KL,
+    averaged over the batch, with s² the batch's mean squared error held fixed (Rybkin et al.'s
+    best σ); the logged bce is still the Bernoulli one. Also: that s² is the variance at which
+    the Gaussian likelihood of the batch is largest (its derivative in s² is 0 there)."""
+    args = step_args("--arch", "conv", "--likelihood", "gaussian")
+    torch.manual_seed(0)
+    model = away_from_the_prior(gv.GalaxyVAE("conv", LATENT, SIZE))
+    reference = copy.deepcopy(model).train()
+    data = tiny_data()
+    draws = torch.Generator().manual_seed(5)
+    order = torch.randperm(BATCH, generator=draws)
+    eps = torch.randn(BATCH, LATENT, generator=draws)
+    images = data["x"][order].float() / 255
+    features = reference.encoder(images)
+    mu, logvar = reference.to_mu(features), reference.to_logvar(features)
+    mean = torch.sigmoid(decode_by_hand(reference, mu + torch.exp(0.5 * logvar) * eps, None))
+    variance = (mean - images).pow(2).mean().detach()
+    nll = -torch.distributions.Normal(mean, variance.sqrt()).log_prob(images).flatten(1).sum(1)
+    kl = torch.distributions.kl_divergence(torch.distributions.Normal(mu, torch.exp(0.5 * logvar)),
+                                           torch.distributions.Normal(0.0, 1.0)).sum(1)
+    gradients = torch.autograd.grad((nll + KL_WEIGHT * kl).mean(), list(reference.parameters()))
+    logged = gv.train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), data, args, 1,
+                            torch.Generator().manual_seed(5))
+    for (name, param), gradient in zip(model.named_parameters(), gradients):
+        assert close(param.grad, gradient), name
+    bce = F.binary_cross_entropy(mean, images, reduction="none").flatten(1).sum(1).mean()
+    assert close(logged["bce"], bce.detach().view(1), 1e-4)
+    s2 = variance.clone().requires_grad_(True)
+    total = -torch.distributions.Normal(mean.detach(), s2.sqrt()).log_prob(images).sum()
+    (slope,) = torch.autograd.grad(total, s2)
+    assert abs(slope.item()) < 1e-3 * total.abs().item()
+
+
+def test_init_starts_the_vae_from_trained_weights_and_names_the_run_after_them(galaxies, tmp_path, monkeypatch):
+    """--init FILE: the model fit receives holds FILE's weights exactly (not a random start), the
+    run is named ..._from-<FILE's stem>, and a file of another architecture is one line."""
+    root, _ = galaxies
+    flags = ["--labels", root / "labels.csv", "--batch-size", "16", "--latent-dim", "3"]
+    gv.main(args_for(root, tmp_path, *flags, "--epochs", "1"))
+    trained = tmp_path / "galaxy_vae_conv_e1_bs16_size32_z3.pt"
+    handed = []
+
+    class Stop(Exception):
+        pass
+
+    def recording_fit(model, train, test, args, stem, *rest):
+        handed.append(({k: v.clone() for k, v in model.state_dict().items()}, stem))
+        raise Stop
+
+    monkeypatch.setattr(gv, "fit", recording_fit)
+    with pytest.raises(Stop):
+        gv.main(args_for(root, tmp_path, *flags, "--epochs", "2", "--gan-weight", "1", "--init", trained))
+    (state, stem), = handed
+    saved = torch.load(trained, weights_only=False)["models"]["model"]
+    assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in state)
+    assert stem.name == "galaxy_vae_conv_e2_bs16_size32_z3_gan1_from-galaxy_vae_conv_e1_bs16_size32_z3"
+    monkeypatch.undo()
+    assert_one_line_error(run_script("galaxy_vae.py", *args_for(root, tmp_path, *flags, "--arch", "mlp", "--init", trained)),
+                          f"--init: {trained} was trained with --arch conv: give the same to start from it")

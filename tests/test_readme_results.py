@@ -31,6 +31,8 @@ LABELS = {
     "test MSE": ("test_mse",),
     "test L1": ("test_l1",),
     "Fréchet distance": ("frechet_distance",),
+    "samples' Fréchet distance": ("frechet_generated",),  # galaxies: in the judge's features
+    "real galaxies' Fréchet distance": ("frechet_floor",),  # its floor, real training vs test galaxies
     "epochs": ("epochs_trained",),
     "test BCE above floor": ("test_bce_above_floor",),
     "probe balanced accuracy": ("latent_probe_test_balanced_accuracy",),

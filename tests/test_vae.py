@@ -601,3 +601,33 @@ def test_images_reach_the_encoder_in_0_1_and_are_their_own_target(flags, synthet
     if "classifier" not in flags:
         assert len(pairs) >= 3  # two training batches and the evaluations
         assert all(torch.equal(seen, target) for seen, target in pairs)
+
+
+def test_replot_redraws_the_init_comparison_from_its_two_metrics_files(tmp_path, monkeypatch):
+    """--replot CLASSIFIER_START RANDOM_START: no data, no model; the loss figure of the
+    init-from-classifier comparison from the two runs' histories (labelled in that order), with
+    the KL a second time on an axis fitted to the curves (the first starts at 0), and the recon
+    loss, β and z of the runs' own metrics whatever the command line says; anything but two
+    metrics files of such runs is one line."""
+    def metrics(path, kl):
+        history = [{"epoch": e, "train_recon": 250.0, "test_recon": 252.0, "train_kl": kl + e / 10,
+                    "test_kl": kl, "seconds": 1.0} for e in (1, 2)]
+        path.write_text(json.dumps({"args": {"recon": "mse", "kl_weight": 0.5, "latent_dim": 2, "epochs": 2},
+                                    "wall_seconds": 2.0, "history": history, "final": {}}))
+        return path
+    drawn = {}
+    monkeypatch.setattr(common, "plot_panels", lambda path, panels, **options: drawn.update(options, path=path, panels=panels))
+    monkeypatch.setattr(common, "load_mnist_like", lambda *a, **k: pytest.fail("--replot read the data"))
+    vae.main(["--experiment", "init-from-classifier", "--out-dir", str(tmp_path), "--replot",
+              str(metrics(tmp_path / "a_metrics.json", 6.4)), str(metrics(tmp_path / "b_metrics.json", 6.5))])
+    recon, kl, loss, zoomed = drawn["panels"]
+    assert drawn["panels"][zoomed] == drawn["panels"][kl] and "zoomed" in zoomed
+    assert kl in drawn["ylims"] and zoomed not in drawn["ylims"]
+    assert drawn["panels"][kl]["encoder from the classifier, train"][1] == pytest.approx([6.5, 6.6])
+    assert drawn["panels"][kl]["random init, test"][1] == [6.5, 6.5]
+    assert loss.startswith("loss = recon + 0.5·KL") and "z = 2" in drawn["title"]
+    assert drawn["path"] == tmp_path / "vae_mlp_init_e2_mse_kl0.5.png"
+    assert_one_line_error(run_script("vae.py", "--experiment", "init-from-classifier", "--replot",
+                                     str(tmp_path / "none.json"), str(tmp_path / "b_metrics.json")),
+                          "--replot: no metrics file at")
+    assert_one_line_error(run_script("vae.py", "--replot", "x", "y"), "--replot redraws the init-from-classifier comparison")
