@@ -799,8 +799,10 @@ def load_images(images_dir, crop, size, cache_dir, workers):
         fail(f"--images-dir {folder} is not a folder (expected Kaggle's images_training_rev1 "
                     "with <GalaxyID>.jpg files)")
     entries = sorted(folder.iterdir())
-    files = [p for p in entries if p.suffix.lower() in (".jpg", ".jpeg") and p.is_file()]
-    warn_skipped(f"entries of {folder} are not .jpg files", [p.name for p in entries if p not in files], "ignored")
+    is_jpeg = [p.suffix.lower() in (".jpg", ".jpeg") and p.is_file() for p in entries]
+    files = [p for p, jpeg in zip(entries, is_jpeg) if jpeg]
+    warn_skipped(f"entries of {folder} are not .jpg files", [p.name for p, jpeg in zip(entries, is_jpeg) if not jpeg],
+                 "ignored")
     if not files:
         fail(f"--images-dir {folder} holds no .jpg file")
     key = hashlib.sha256(f"{crop},{size}\n".encode() + "\n".join(

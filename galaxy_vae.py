@@ -373,7 +373,7 @@ def adversarial_terms(model, discriminator, images, logits, cond, generator):
             "llike": 0.5 * (recon_features.float() - real_features.detach().float()).pow(2).sum(1).mean(),
             "dis": (bce(real, torch.ones_like(real)) + bce(recon, torch.zeros_like(recon))
                     + bce(fake, torch.zeros_like(fake))),
-            "d_real": torch.sigmoid(real).mean().detach(), "d_prior": torch.sigmoid(fake).mean().detach()}
+            "d_real": torch.sigmoid(real).mean(), "d_prior": torch.sigmoid(fake).mean()}
 
 
 def bce_floor(x):
@@ -489,12 +489,12 @@ def evaluate(model, data, args, batch_size=500):
     return dict(zip(("bce", "kl", "loss", "mse"), (s / len(x) for s in sums.tolist())))
 
 
-def fit(model, train, test, args, stem, generator, classes):
+def fit(model, train, test, args, stem, generator, classes, start=None):
     """Adam at a constant --lr (so a run extended by --resume continues the same descent); one test
     evaluation per epoch, recorded against the iteration count. `classes` is saved beside the
     weights (--load checks that a conditional model is given the classes it learned), and so are
     the model's conv/resnet widths (--load builds them). --class-loss-weight trains a helper
-    classifier alongside (with --init, the helper of that file when it holds one), --gan-weight
+    classifier alongside (with --init, the helper of its checkpoint `start` when it holds one), --gan-weight
     and --dis-l-weight a discriminator with its own Adam
     (DIS_LR, DIS_BETAS): both saved in the .ckpt for --resume, not in the .pt (--load needs only
     the VAE)."""
@@ -503,8 +503,8 @@ def fit(model, train, test, args, stem, generator, classes):
     if args.class_loss_weight:
         helper = GalaxyClassifier(len(classes["names"])).to(train["x"].device)
         helper.optimizer = torch.optim.Adam(helper.parameters(), lr=args.lr)
-        if args.init and not args.resume and "helper" in common.load_checkpoint(args.init, KIND, "--init")["models"]:
-            common.load_weights(args.init, KIND, {"helper": helper}, "--init")  # the trained helper too
+        if start and "helper" in start["models"]:
+            common.load_weights(args.init, KIND, {"helper": helper}, "--init", start)  # the trained helper too
         models["helper"], optimizers["helper_optimizer"] = helper, helper.optimizer
         train = {**train, "conditions": classes["conditions"].to(train["x"].device),
                  "class_weights": class_weights(train["y"], len(classes["names"]))}
@@ -685,11 +685,11 @@ def judge_real(model, data, classes, weights=None):
 
 
 @torch.no_grad()
-def reconstructed_class_score(model, judge, data, classes):
+def reconstructed_class_score(judge, reconstructed, data, classes):
     """The yardstick beside generated_class_score: the judge's balanced accuracy on the
-    reconstructions (decoded μ, given their own class) of real images — how much of the class
-    the decoder can draw at all."""
-    seen = classify(judge, reconstructions(model, data).to(data["x"].device))
+    reconstructions (`reconstructed`: decoded μ, given their own class) of the real images of
+    `data` — how much of the class the decoder can draw at all."""
+    seen = classify(judge, reconstructed.to(data["x"].device))
     return balanced_accuracy(seen, data["y"], len(classes["names"]))
 
 
@@ -754,15 +754,15 @@ def prior_samples(model, classes, counts, seed):
                       for zs, cs in zip(z.split(500), conditions.split(500))]), asked
 
 
-def galaxy_frechet(model, judge, train, test, classes, seed):
+def galaxy_frechet(model, judge, train, test, reconstructed, classes, seed):
     """How galaxy-like the model's galaxies are: the Fréchet distance (cnn.frechet_distance, the
     FID formula) between the judge's features of a set of images and of the real test galaxies,
     overall and per class (against the test galaxies of that class), for three sets of as many
     images of each class as the test split holds:
       generated      prior samples (prior_samples; a conditional model's given each class, an
                      unconditional model's unlabelled: overall only);
-      reconstructed  the model's reconstructions of the test galaxies (what its decoder can draw
-                     when it is told what to draw);
+      reconstructed  the model's reconstructions of the test galaxies (`reconstructed`, from
+                     reconstructions: what its decoder can draw when it is told what to draw);
       floor          real training galaxies (a seeded draw per class): what a perfect generator
                      scores at this sample count (fewer samples score higher, so compare only at
                      the same count, frechet_n).
@@ -776,7 +776,7 @@ def galaxy_frechet(model, judge, train, test, classes, seed):
                         for k, n in enumerate(counts)])
     generated, asked = prior_samples(model, classes, counts, seed)
     sets = {"generated": (judge_features(judge, generated), asked),
-            "reconstructed": (judge_features(judge, reconstructions(model, test)), y_test),
+            "reconstructed": (judge_features(judge, reconstructed), y_test),
             "floor": (judge_features(judge, as_float(train["x"][chosen.to(train["x"].device)])), y_train[chosen])}
     real = judge_features(judge, as_float(test["x"]))
     result = {"frechet_n": len(real)}
@@ -1120,9 +1120,10 @@ def judge_metrics(model, judge, train, test, classes, args):
     and on the model's reconstructions of them; for a conditional model, the class score of its
     generated galaxies (generated_class_score) and its ratio to the real images' score."""
     weights = class_weights(train["y"], len(classes["names"]))  # as in the judge's own metrics
-    result = {**galaxy_frechet(model, judge, train, test, classes, args.seed + 3),
+    reconstructed = reconstructions(model, test)
+    result = {**galaxy_frechet(model, judge, train, test, reconstructed, classes, args.seed + 3),
               **{f"judge_real_{k}": v for k, v in judge_real(judge, test, classes, weights).items()},
-              "judge_reconstructed_test_balanced_accuracy": reconstructed_class_score(model, judge, test, classes)}
+              "judge_reconstructed_test_balanced_accuracy": reconstructed_class_score(judge, reconstructed, test, classes)}
     print(f"Fréchet distance in the judge's features ({result['frechet_n']} galaxies): generated "
           f"{result['frechet_generated']:.2f}, reconstructed {result['frechet_reconstructed']:.2f}, "
           f"real training galaxies {result['frechet_floor']:.2f}")
@@ -1203,7 +1204,8 @@ def main(argv=None):
         run = common.load_run(args.load, KIND, {"model": model}, checkpoint=checkpoint)
     print(f"{len(train['x'])} training and {len(test['x'])} test images, {tuple(train['x'].shape[1:])}; "
           f"{n_parameters(model):,} parameters")
-    if args.init and not args.resume:  # a trained VAE as the start; optimizers and the rest are new
+    start = None  # --init: a trained VAE as the start; optimizers and the rest are new
+    if args.init and not args.resume:
         start = common.load_checkpoint(args.init, KIND, "--init")
         if differ := [f"--{k.replace('_', '-')} {start['args'][k]}" for k in ("arch", "latent_dim", "conditional", "condition", "image_size")
                       if start["args"].get(k, getattr(args, k)) != getattr(args, k)]:
@@ -1211,7 +1213,7 @@ def main(argv=None):
         common.load_weights(args.init, KIND, {"model": model}, "--init", start)
         print(f"--init: the VAE starts from {args.init}")
     if not args.load:
-        run = fit(model, train, test, args, out / name, generator, classes)
+        run = fit(model, train, test, args, out / name, generator, classes, start)
     final = final_metrics(model, train, test, classes, args, run)
     if judge:
         final.update(judge_metrics(model, judge, train, test, classes, args))

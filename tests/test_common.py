@@ -14,7 +14,7 @@ import torch
 import torchvision
 
 import common
-from conftest import ROOT
+from conftest import ROOT, write_galaxies
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -567,3 +567,17 @@ def test_deterministic_cuda_settings_are_applied_only_for_cuda(monkeypatch):
     assert common.pick_device("cuda", deterministic=True).type == "cuda"
     assert calls == [True] and torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_entries_of_the_image_folder_that_are_not_jpeg_files_are_counted_and_named(tmp_path, capsys):
+    """A folder of 12 JPEGs plus a text file, a .png and a sub-folder named like a JPEG: the 12
+    images load (none lost), and one warning counts and names the 3 other entries, in order."""
+    ids = write_galaxies(tmp_path, n=12, size=32)
+    folder = tmp_path / "images_training_rev1"
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "100001.png").write_bytes(b"")
+    (folder / "folder.jpg").mkdir()
+    images, loaded = common.load_images(folder, 24, 16, tmp_path / "cache", workers=1)
+    assert sorted(map(str, loaded)) == sorted(map(str, ids)) and images.shape == (12, 3, 16, 16)
+    assert (f"warning: 3 entries of {folder} are not .jpg files (first: 100001.png, folder.jpg, "
+            "notes.txt); ignored") in capsys.readouterr().out

@@ -391,10 +391,12 @@ def test_reconstructed_class_score_judges_the_decoded_means_given_their_own_clas
     classes = {"names": ["red", "blue"], "conditions": torch.eye(2)}
     data = {"x": torch.zeros(4, 3, 4, 4, dtype=torch.uint8), "y": torch.tensor([0, 0, 0, 1]),
             "c": torch.eye(2)[[0, 0, 0, 1]]}
-    assert gv.reconstructed_class_score(ColourDecoder(True), ColourJudge(), data, classes) == 1.0
-    swapped = {**data, "c": torch.eye(2)[[1, 1, 1, 1]]}
-    assert gv.reconstructed_class_score(ColourDecoder(True), ColourJudge(), swapped, classes) == 0.5
-    assert gv.reconstructed_class_score(ColourDecoder(False), ColourJudge(), data, classes) == 0.5
+    def score(decoder, data):
+        return gv.reconstructed_class_score(ColourJudge(), gv.reconstructions(decoder, data), data, classes)
+
+    assert score(ColourDecoder(True), data) == 1.0
+    assert score(ColourDecoder(True), {**data, "c": torch.eye(2)[[1, 1, 1, 1]]}) == 0.5
+    assert score(ColourDecoder(False), data) == 0.5
 
 
 def test_one_judge_step_is_adam_on_the_class_weighted_cross_entropy_of_a_symmetry(monkeypatch):
@@ -1243,7 +1245,7 @@ def test_every_generated_galaxy_that_is_scored_is_decoded_from_the_prior(conditi
     model = PriorRecorder(cond_dim=2 if conditional else 0)
     judge = gv.GalaxyClassifier(2)
     train, test = two_class_galaxies(900, seed=1), two_class_galaxies(600, seed=2)
-    gv.galaxy_frechet(model, judge, train, test, classes, seed=3)
+    gv.galaxy_frechet(model, judge, train, test, gv.reconstructions(model, test), classes, seed=3)
     decoded_for_the_distance = len(model.seen)
     if conditional:
         gv.generated_class_score(model, judge, classes, seed=4)
@@ -1275,7 +1277,9 @@ def test_galaxy_frechet_compares_sets_of_the_test_splits_class_sizes(monkeypatch
     colours = torch.rand(45, 3, 1, 1, generator=torch.Generator().manual_seed(5))
     test["x"] = (colours.expand(-1, -1, 16, 16) * 255).round().to(torch.uint8)
     judge = gv.GalaxyClassifier(2)
-    result = gv.galaxy_frechet(PriorRecorder(), judge, two_class_galaxies(90, seed=1), test, classes, seed=3)
+    model = PriorRecorder()
+    result = gv.galaxy_frechet(model, judge, two_class_galaxies(90, seed=1), test, gv.reconstructions(model, test),
+                               classes, seed=3)
     assert set(result) == {"frechet_n", "frechet_generated", "frechet_reconstructed", "frechet_floor",
                            "frechet_reconstructed_other", "frechet_reconstructed_spiral_odd",
                            "frechet_floor_other", "frechet_floor_spiral_odd"}
@@ -1520,3 +1524,30 @@ def test_init_starts_the_vae_from_trained_weights_and_names_the_run_after_them(g
     monkeypatch.undo()
     assert_one_line_error(run_script("galaxy_vae.py", *args_for(root, tmp_path, *flags, "--arch", "mlp", "--init", trained)),
                           f"--init: {trained} was trained with --arch conv: give the same to start from it")
+
+
+def test_init_from_a_checkpoint_with_a_helper_starts_the_helper_from_it_too(galaxies, tmp_path, monkeypatch):
+    """--init FILE.ckpt of a --class-loss-weight run: the helper the first epoch trains holds the
+    helper of FILE exactly; --init of its .pt (the VAE only) gives a new random helper."""
+    root, _ = galaxies
+    flags = ["--labels", root / "labels.csv", "--batch-size", "16", "--latent-dim", "3", "--conditional",
+             "--class-loss-weight", "2"]
+    gv.main(args_for(root, tmp_path, *flags, "--epochs", "1"))
+    stem = tmp_path / "galaxy_vae_conv_cond_e1_bs16_size32_z3_classloss2"
+    handed = []
+
+    class Stop(Exception):
+        pass
+
+    def recording_epoch(model, optimizer, data, args, epoch, generator, helper=None, discriminator=None):
+        handed.append({k: v.clone() for k, v in helper.state_dict().items()})
+        raise Stop
+
+    monkeypatch.setattr(gv, "train_epoch", recording_epoch)
+    for suffix in (".ckpt", ".pt"):
+        with pytest.raises(Stop):
+            gv.main(args_for(root, tmp_path, *flags, "--epochs", "2", "--init", f"{stem}{suffix}"))
+    saved = torch.load(f"{stem}.ckpt", weights_only=False)["models"]["helper"]
+    from_ckpt, from_pt = handed
+    assert from_ckpt.keys() == saved.keys() and all(torch.equal(from_ckpt[k], saved[k]) for k in saved)
+    assert not torch.equal(from_pt["net.0.weight"], saved["net.0.weight"])
