@@ -1011,12 +1011,10 @@ def comparison_figure(paths, test, classes, judge, args, device):
         trained = checkpoint["args"]
         if trained["image_size"] != args.image_size:
             common.fail(f"--compare: {path} draws {trained['image_size']}-pixel galaxies, not {args.image_size}")
-        cond_dim = classes["conditions"].shape[1] if trained["conditional"] else 0
         with torch.random.fork_rng(devices=[]):  # the random start is overwritten
-            model = GalaxyVAE(trained["arch"], trained["latent_dim"], args.image_size, cond_dim,
-                              checkpoint.get("channels", CHANNELS), trained.get("condition", "concat")).to(device)
+            model = build_vae(trained, checkpoint.get("channels", CHANNELS), classes, device)
         common.load_weights(path, KIND, {"model": model}, "--compare", checkpoint)
-        models[f"model {len(models) + 1} ({'conditional' if cond_dim else 'unconditional'})"] = model
+        models[f"model {len(models) + 1} ({'conditional' if model.cond_dim else 'unconditional'})"] = model
         files.append(f"model {len(models)}: {Path(path).name}")
     rows, generator = {}, torch.Generator().manual_seed(args.seed + 1)
     pools = {name: prior_samples(model, classes, [400], args.seed + 5)[0]
@@ -1092,6 +1090,14 @@ def comparison_name(settings):
     the epochs ({flag: value} of the run, as its metrics record them), e.g. galaxy_vae_amp."""
     return common.run_name(KIND, argparse.Namespace(**settings), vars(parse_args([])), TAGS,
                            skip=(*NOT_IN_NAME, "epochs", "sample_class"))
+
+
+def build_vae(settings, channels, classes, device):
+    """The GalaxyVAE of a run's settings (its args, as a dict: arch, latent_dim, image_size,
+    conditional, condition) and conv/resnet widths; conditioned on the classes' conditions."""
+    cond_dim = classes["conditions"].shape[1] if settings["conditional"] else 0
+    return GalaxyVAE(settings["arch"], settings["latent_dim"], settings["image_size"], cond_dim, channels,
+                     settings.get("condition", "concat")).to(device)  # files from before --condition: concat
 
 
 def load_judge(args, classes, device):
@@ -1191,8 +1197,7 @@ def main(argv=None):
         if judge is None:
             common.fail("--compare needs the judge: give --classifier-weights")
         return comparison_figure(args.compare, test, classes, judge, args, device)
-    cond_dim = classes["conditions"].shape[1] if args.conditional else 0
-    model = GalaxyVAE(args.arch, args.latent_dim, args.image_size, cond_dim, channels, args.condition).to(device)
+    model = build_vae(vars(args), channels, classes, device)
     if args.load:
         trained = checkpoint.get("classes")  # a conditional model needs the classes it learned
         if args.conditional and trained["layout"] != classes["layout"]:
