@@ -475,18 +475,22 @@ def helper_step(helper, images, labels, data, args, generator):
 @torch.no_grad()
 def evaluate(model, data, args, batch_size=500):
     """Per-example means of bce, kl, loss and mse over a whole split, in eval mode; z drawn with
-    a fixed-seed generator, so --load reproduces these numbers exactly."""
+    a fixed-seed generator, so --load reproduces these numbers exactly. Also μ of every image
+    (on the CPU, (N, latent_dim), as latent_means gives it): the final block's latent statistics
+    without a second pass over the split."""
     model.eval()
     x, c = data["x"], data["c"]
     generator = torch.Generator().manual_seed(args.seed)
     sums = torch.zeros(4, device=x.device)  # Σ over the split of bce, kl, loss and mse
+    means = []
     for idx in common.batch_indices(len(x), batch_size, x.device):
         images = as_float(x[idx])
         logits, mu, logvar = model(images, c[idx] if c is not None else None, generator)
         loss = vae_loss(logits, images, mu, logvar, args.kl_weight, args.likelihood)
         sums += torch.stack([loss["bce"].sum(), loss["kl"].sum(), loss["loss"].sum(),
                              pixel_mse(logits, images).sum()])
-    return dict(zip(("bce", "kl", "loss", "mse"), (s / len(x) for s in sums.tolist())))
+        means.append(mu.float().cpu())
+    return dict(zip(("bce", "kl", "loss", "mse"), (s / len(x) for s in sums.tolist()))), torch.cat(means)
 
 
 def fit(model, train, test, args, stem, generator, classes, start=None):
@@ -520,7 +524,7 @@ def fit(model, train, test, args, stem, generator, classes, start=None):
         common.check_finite(epoch, run.weights_path, **terms)
         run.log(epoch, {"iteration": epoch * per_epoch,
                         **{f"train_{k}": v.mean().item() for k, v in terms.items()},
-                        **{f"test_{k}": v for k, v in evaluate(model, test, args).items()}})
+                        **{f"test_{k}": v for k, v in evaluate(model, test, args)[0].items()}})
         run.save(epoch, classes=classes, channels=list(model.channels))
         if common.stop_early(run.history, "test_loss", args.patience):
             break
@@ -533,16 +537,17 @@ def fit(model, train, test, args, stem, generator, classes, start=None):
 def final_metrics(model, train, test, classes, args, run):
     """The run's final block: loss terms, BCE floor and the BCE above it on both splits, the
     active latent dimensions and (with classes) the linear probe of μ."""
-    final = {"epochs_trained": run.history[-1]["epoch"], "parameters": n_parameters(model)}
+    final, means = {"epochs_trained": run.history[-1]["epoch"], "parameters": n_parameters(model)}, {}
     for part, data in (("train", train), ("test", test)):
-        final.update({f"{part}_{k}": v for k, v in evaluate(model, data, args).items()})
+        scores, means[part] = evaluate(model, data, args)
+        final.update({f"{part}_{k}": v for k, v in scores.items()})
         floors = [bce_floor(as_float(data["x"][idx])).sum() for idx in
                   common.batch_indices(len(data["x"]), 500, data["x"].device)]
         final[f"{part}_bce_floor"] = torch.stack(floors).sum().item() / len(data["x"])
         final[f"{part}_bce_above_floor"] = final[f"{part}_bce"] - final[f"{part}_bce_floor"]
-    final["active_latent_dims"] = active_dims(model, test)
+    final["active_latent_dims"] = active_dims(means["test"])
     if classes:
-        final.update(latent_probe(model, train, test, len(classes["names"])))
+        final.update(latent_probe(means["train"], means["test"], train["y"], test["y"], len(classes["names"])))
     return final
 
 
@@ -558,21 +563,22 @@ def latent_means(model, data):
                       for idx in common.batch_indices(len(data["x"]), 500, data["x"].device)])
 
 
-def active_dims(model, data, threshold=0.01):
-    """Latent dimensions the model uses: those whose μ varies across images, Var_x[μ_j] > 0.01
-    (Burda et al. 2016, Sec. 5.2). The others sit at the prior, μ ≈ 0 for every image."""
-    return int((latent_means(model, data).var(0) > threshold).sum())
+def active_dims(means, threshold=0.01):
+    """Latent dimensions the model uses: those whose μ (`means`, (N, latent_dim) over a split)
+    varies across images, Var_x[μ_j] > 0.01 (Burda et al. 2016, Sec. 5.2). The others sit at the
+    prior, μ ≈ 0 for every image."""
+    return int((means.var(0) > threshold).sum())
 
 
 @torch.no_grad()
-def latent_probe(model, train, test, n_classes, steps=200):
+def latent_probe(train_means, test_means, y_train, y_test, n_classes, steps=200):
     """How much of the class a straight line through the latent space finds: multinomial logistic
     regression on the standardised μ of the training set (class-weighted, so both classes count
     alike; LBFGS), scored on the test set's μ. Returns accuracy and balanced accuracy (the mean
     of the per-class recalls; 1/K for any constant guess)."""
-    mus = [latent_means(model, part).double() for part in (train, test)]
+    mus = [train_means.double(), test_means.double()]
     mean, std = mus[0].mean(0), mus[0].std(0).clamp_min(1e-8)  # the training set's, for both splits
-    (x_train, x_test), (y_train, y_test) = [(m - mean) / std for m in mus], [p["y"].cpu() for p in (train, test)]
+    (x_train, x_test), (y_train, y_test) = [(m - mean) / std for m in mus], [y_train.cpu(), y_test.cpu()]
     weights = class_weights(y_train, n_classes).double()
     linear = nn.Linear(x_train.shape[1], n_classes).double()
     optimizer = torch.optim.LBFGS(linear.parameters(), max_iter=steps)

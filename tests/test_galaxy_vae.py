@@ -655,10 +655,11 @@ def test_latent_probe_finds_a_linear_class_and_not_a_random_one(galaxies, tmp_pa
     root, _ = galaxies
     data, _ = load(parse(root, tmp_path, "--labels", root / "labels.csv"))
     train, test = common.split_galaxies(data, 0.3, 0, None, "cpu")
-    assert gv.latent_probe(Pixels(), train, test, 2)["latent_probe_test_balanced_accuracy"] == 1.0
-    shuffled = [dict(part, y=part["y"][torch.randperm(len(part["y"]), generator=torch.Generator().manual_seed(1))])
+    means = [gv.latent_means(Pixels(), part) for part in (train, test)]
+    assert gv.latent_probe(*means, train["y"], test["y"], 2)["latent_probe_test_balanced_accuracy"] == 1.0
+    shuffled = [part["y"][torch.randperm(len(part["y"]), generator=torch.Generator().manual_seed(1))]
                 for part in (train, test)]
-    assert gv.latent_probe(Pixels(), *shuffled, 2)["latent_probe_test_balanced_accuracy"] < 0.8
+    assert gv.latent_probe(*means, *shuffled, 2)["latent_probe_test_balanced_accuracy"] < 0.8
 
 
 def test_active_dims_counts_the_dimensions_whose_mean_varies(galaxies, tmp_path):
@@ -672,7 +673,7 @@ def test_active_dims_counts_the_dimensions_whose_mean_varies(galaxies, tmp_path)
 
     root, _ = galaxies
     data, _ = load(parse(root, tmp_path))
-    assert gv.active_dims(Encoder(), data) == 2
+    assert gv.active_dims(gv.latent_means(Encoder(), data)) == 2
 
 
 def test_an_unknown_sample_class_stops_before_training(galaxies, tmp_path):
@@ -1039,7 +1040,7 @@ def test_the_class_loss_step_adds_the_helpers_cross_entropy_on_prior_samples_and
 
 def test_images_reach_the_encoder_as_floats_in_0_1_in_training_evaluation_and_the_metrics():
     """A forward pre-hook on the encoder records what it is given inside train_epoch, evaluate
-    and latent_means (which feeds active_dims and latent_probe): each time the uint8 images
+    (whose μ feeds active_dims and latent_probe) and latent_means (the latent figure): each time the uint8 images
     divided by 255, float32, spanning [0, 1] (the data hold 0 and 255), never raw bytes or
     another scaling on one of the paths."""
     args = step_args("--arch", "mlp")
@@ -1078,7 +1079,8 @@ def test_evaluate_averages_the_documented_terms_per_image_in_eval_mode():
     expected = {k: v / 6 for k, v in sums.items()}
     expected["loss"] = expected["bce"] + KL_WEIGHT * expected["kl"]
     model.train()  # evaluate must switch to eval mode itself
-    measured = gv.evaluate(model, data, args, batch_size=4)
+    measured, means = gv.evaluate(model, data, args, batch_size=4)
+    assert torch.equal(means, gv.latent_means(model, data))  # μ of each image, in order
     assert measured.keys() == expected.keys()
     for key, value in expected.items():
         assert measured[key] == pytest.approx(value, rel=1e-5), key
@@ -1185,7 +1187,7 @@ def test_active_dims_against_the_variance_of_mu_computed_by_hand():
         mu = reference.to_mu(reference.encoder(data["x"].float() / 255))
     expected = int((mu.var(0) > 0.01).sum())
     model.train()
-    assert gv.active_dims(model, data) == expected == 2
+    assert gv.active_dims(gv.latent_means(model, data)) == expected == 2
     assert 1e-4 < mu.var(0)[5] < 1e-2  # the dimension that only a standard deviation would count
 
 
@@ -1202,7 +1204,8 @@ def test_latent_probe_weights_the_classes_and_scores_accuracy_and_balanced_accur
         x[black0:] = 255
         return {"x": x, "c": None, "y": torch.tensor([0] * (black0 + white0) + [1] * white1)}
 
-    probe = gv.latent_probe(Pixels(), part(40, 15, 10), part(8, 2, 4), 2)
+    train, test = part(40, 15, 10), part(8, 2, 4)
+    probe = gv.latent_probe(gv.latent_means(Pixels(), train), gv.latent_means(Pixels(), test), train["y"], test["y"], 2)
     assert probe["latent_probe_test_accuracy"] == pytest.approx(12 / 14)
     assert probe["latent_probe_test_balanced_accuracy"] == pytest.approx(0.9)
 
