@@ -35,16 +35,11 @@ def test_every_top_level_metrics_file_records_its_versions():
     assert without == set()
 
 
-# the resnet's weights are not kept, so its distance needs its 200-epoch run repeated (under way,
-# issue 38); when its new metrics file lands, this set empties (the test fails until it does)
-WITHOUT_DISTANCE_YET = {"galaxy_vae_resnet_amp_metrics.json"}
-
-
 def test_every_galaxy_vae_metrics_file_carries_the_frechet_distance_and_its_floor():
     files = sorted(FIGURES.rglob("galaxy_vae_*_metrics.json"))
     without = {str(path.relative_to(FIGURES)) for path in files
                if not {"frechet_generated", "frechet_floor"} <= json.loads(path.read_text(encoding="utf-8"))["final"].keys()}
-    assert len(files) >= 17 and without == WITHOUT_DISTANCE_YET
+    assert len(files) >= 17 and without == set()
 
 
 def test_no_plot_of_curves_is_wider_than_three_and_a_half_times_its_height():
